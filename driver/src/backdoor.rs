@@ -1,0 +1,200 @@
+//! The backdoor shell: a root shell on the guest's virtio console (hvc0),
+//! installed into every image and started by the image's own init system.
+//! It works before the network is up and while the link is blocked.
+//!
+//! Framing (guest side in `guests/files/backdoor.sh`): the host writes
+//! `X <id> <cmd-len> <stdin-len> <timeout-s> <stream>\n` followed by the raw
+//! command and stdin bytes; the guest answers with base64 lines
+//! `XDO <id> …` (stdout), `XDE <id> …` (stderr) and `XDX <id> <status>`.
+//! The guest sends command output through files, not pipes, so a
+//! background child that holds stdout open cannot hang a command.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, watch};
+
+use crate::output::{Output, Sink};
+
+/// Backdoor failures.
+#[derive(Debug, thiserror::Error)]
+pub enum BackdoorError {
+    /// The console stream closed (QEMU exited).
+    #[error("the backdoor console closed (QEMU exited)")]
+    Closed,
+    /// The shell did not announce itself in time.
+    #[error("the backdoor shell did not come up within {0:?}")]
+    NotReady(Duration),
+    /// The command outlived its deadline and the guest did not report back.
+    #[error("backdoor command got no reply within {0:?}")]
+    Timeout(Duration),
+    /// The shell restarted while a command ran.
+    #[error("the backdoor shell restarted while the command ran")]
+    Restarted,
+    /// Writing to the console failed.
+    #[error("writing to the backdoor console")]
+    Io(#[source] std::io::Error),
+    /// A reply line could not be decoded.
+    #[error("bad backdoor reply: {0}")]
+    Protocol(String),
+}
+
+#[derive(Debug)]
+enum Msg {
+    Out(Vec<u8>),
+    Err(Vec<u8>),
+    Exit(i32),
+    Restarted,
+}
+
+type Route = Arc<Mutex<Option<(u64, mpsc::UnboundedSender<Msg>)>>>;
+
+/// The host end of a VM's backdoor.
+#[derive(Debug)]
+pub struct Backdoor {
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    route: Route,
+    ready: watch::Receiver<u32>,
+    closed: watch::Receiver<bool>,
+    next_id: Mutex<u64>,
+}
+
+fn decode(b64: &str) -> Result<Vec<u8>, BackdoorError> {
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|e| BackdoorError::Protocol(e.to_string()))
+}
+
+impl Backdoor {
+    /// Starts reading the backdoor console QEMU connected with.
+    pub fn start(stream: UnixStream) -> Backdoor {
+        let (r, w) = stream.into_split();
+        let route: Route = Arc::default();
+        let (ready_tx, ready) = watch::channel(0u32);
+        let (closed_tx, closed) = watch::channel(false);
+        let rt = route.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::with_capacity(1 << 20, r).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let line = line.trim_end_matches('\r');
+                if line.starts_with("XDRIVER-BACKDOOR-READY") {
+                    ready_tx.send_modify(|n| *n += 1);
+                    if let Some((_, tx)) = rt.lock().expect("route lock").as_ref() {
+                        let _ = tx.send(Msg::Restarted);
+                    }
+                    continue;
+                }
+                let mut parts = line.splitn(3, ' ');
+                let (Some(tag), Some(id), rest) = (parts.next(), parts.next(), parts.next()) else { continue };
+                let Ok(id) = id.parse::<u64>() else { continue };
+                let msg = match (tag, rest) {
+                    ("XDO", Some(b)) => decode(b).map(Msg::Out),
+                    ("XDE", Some(b)) => decode(b).map(Msg::Err),
+                    ("XDX", Some(rc)) => Ok(Msg::Exit(rc.trim().parse().unwrap_or(255))),
+                    _ => continue,
+                };
+                let g = rt.lock().expect("route lock");
+                if let (Some((want, tx)), Ok(msg)) = (g.as_ref(), msg) {
+                    if *want == id {
+                        let _ = tx.send(msg);
+                    }
+                }
+            }
+            let _ = closed_tx.send(true);
+        });
+        Backdoor { writer: tokio::sync::Mutex::new(w), route, ready, closed, next_id: Mutex::new(0) }
+    }
+
+    /// Waits until the shell has announced itself.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), BackdoorError> {
+        let mut r = self.ready.clone();
+        let mut closed = self.closed.clone();
+        tokio::select! {
+            res = tokio::time::timeout(timeout, r.wait_for(|n| *n > 0)) => match res {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(_)) => Err(BackdoorError::Closed),
+                Err(_) => Err(BackdoorError::NotReady(timeout)),
+            },
+            _ = closed.wait_for(|c| *c) => Err(BackdoorError::Closed),
+        }
+    }
+
+    /// Whether the shell has announced itself.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow() > 0
+    }
+
+    /// Runs `cmd` (a bash script) as root with `stdin`. The guest kills it
+    /// after `timeout` (0 = no limit). With a `sink`, output is streamed as
+    /// it comes (polled every 50 ms in the guest) and not kept in the
+    /// returned [`Output`]. One command runs at a time.
+    pub async fn exec(
+        &self,
+        cmd: &str,
+        stdin: &[u8],
+        timeout: Duration,
+        mut sink: Option<&mut dyn Sink>,
+    ) -> Result<Output, BackdoorError> {
+        let id = {
+            let mut n = self.next_id.lock().expect("id lock");
+            *n += 1;
+            *n
+        };
+        let mut w = self.writer.lock().await;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        *self.route.lock().expect("route lock") = Some((id, tx));
+        let secs = if timeout.is_zero() { 0 } else { timeout.as_secs().max(1) };
+        let header = format!("X {id} {} {} {secs} {}\n", cmd.len(), stdin.len(), u8::from(sink.is_some()));
+        let mut frame = Vec::with_capacity(header.len() + cmd.len() + stdin.len());
+        frame.extend_from_slice(header.as_bytes());
+        frame.extend_from_slice(cmd.as_bytes());
+        frame.extend_from_slice(stdin);
+        let write = async {
+            w.write_all(&frame).await.map_err(BackdoorError::Io)?;
+            w.flush().await.map_err(BackdoorError::Io)
+        };
+        // The guest reads stdin only after the command line, so a large
+        // stdin must be written while replies are awaited.
+        let mut out = Output::default();
+        let collect = async {
+            loop {
+                match rx.recv().await {
+                    Some(Msg::Out(d)) => match sink.as_deref_mut() {
+                        Some(s) => s.stdout(&d),
+                        None => out.stdout.extend_from_slice(&d),
+                    },
+                    Some(Msg::Err(d)) => match sink.as_deref_mut() {
+                        Some(s) => s.stderr(&d),
+                        None => out.stderr.extend_from_slice(&d),
+                    },
+                    Some(Msg::Exit(rc)) => {
+                        out.status = rc;
+                        return Ok(());
+                    }
+                    Some(Msg::Restarted) => return Err(BackdoorError::Restarted),
+                    None => return Err(BackdoorError::Closed),
+                }
+            }
+        };
+        // The guest's `timeout -k 5` ends the command; allow for that and
+        // for shipping the output back.
+        let limit = if secs == 0 { Duration::from_secs(365 * 24 * 3600) } else { timeout + Duration::from_secs(30) };
+        let mut closed = self.closed.clone();
+        let res = tokio::time::timeout(limit, async {
+            tokio::select! {
+                r = async { write.await?; collect.await } => r,
+                _ = closed.wait_for(|c| *c) => Err(BackdoorError::Closed),
+            }
+        })
+        .await;
+        *self.route.lock().expect("route lock") = None;
+        match res {
+            Err(_) => Err(BackdoorError::Timeout(limit)),
+            Ok(r) => r.map(|()| out),
+        }
+    }
+}

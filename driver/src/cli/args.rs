@@ -1,0 +1,116 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::accel::AccelChoice;
+use crate::vm::Channel;
+
+/// xdriver: boot QEMU guests of several OSes and init systems and run
+/// things in them, under TCG or proven KVM.
+#[derive(Debug, Parser)]
+#[command(name = "xdriver", version, about, long_about = None, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+const EXIT_CODES: &str = "Exit codes: 0 success; `run` passes on the command's own status; \
+2 usage error; 100 tests failed; 125 infrastructure failure (image build, QEMU, guest boot, channel); \
+130 interrupted. Logs: XDRIVER_LOG=debug. Cache: XDRIVER_CACHE_DIR (default ~/.cache/xdriver).";
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build, list and remove guest images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Boot a fresh VM, run a command (or a shell) as root, shut down.
+    Run(RunArgs),
+    /// Check the host: tools, KVM (by a boot probe), cache.
+    Doctor(DoctorArgs),
+}
+
+/// `xdriver image …`
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build a recipe's init variants (cached; a no-op when already built).
+    Build {
+        /// Recipe, e.g. debian-12 (or a full image name, e.g. debian-12-runit).
+        recipe: String,
+        /// Init variants to build (repeat or comma-separate; default: all).
+        #[arg(long = "init", value_delimiter = ',')]
+        inits: Vec<xdriver_guests::Init>,
+        /// Print the manifest(s) as JSON when done.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List built images.
+    List {
+        /// As JSON (the manifests, with dir and current).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove every entry of an image.
+    Rm {
+        /// Image name, e.g. debian-12-systemd.
+        name: String,
+    },
+    /// Remove stale entries, interrupted builds and unused kernels.
+    Gc,
+}
+
+/// `xdriver run`
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Image to boot, e.g. debian-12-systemd (built first if missing).
+    #[arg(long, default_value = "debian-12-systemd")]
+    pub image: String,
+    /// Channel that runs the command.
+    #[arg(long, value_enum, default_value = "ssh")]
+    pub channel: Channel,
+    /// Share a host directory into the guest over 9p: HOST:GUEST[:ro|:rw]
+    /// (read-only by default). Repeatable.
+    #[arg(long = "share", value_name = "HOST:GUEST")]
+    pub shares: Vec<String>,
+    /// Leave the VM running and print how to reach it.
+    #[arg(long)]
+    pub keep: bool,
+    /// Accelerator: auto proves KVM with a boot probe, else uses TCG.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub accel: AccelChoice,
+    /// vCPUs.
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u32,
+    /// Guest RAM in MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub mem_mib: u32,
+    /// Seconds the guest may take to come up.
+    #[arg(long, default_value_t = 180)]
+    pub boot_timeout: u64,
+    /// Seconds the command may run (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub timeout: u64,
+    /// Extra kernel command-line words.
+    #[arg(long = "append", value_name = "WORD")]
+    pub append: Vec<String>,
+    /// Keep the run directory (serial log, QEMU log, overlay) even on success.
+    #[arg(long)]
+    pub keep_logs: bool,
+    /// Command to run (through root's shell). Without it: an interactive shell.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+/// `xdriver doctor`
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Skip the KVM boot probe.
+    #[arg(long)]
+    pub no_probe: bool,
+    /// Where to look for the cache (default: the usual store).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+}

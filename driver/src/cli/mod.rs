@@ -1,0 +1,24 @@
+//! The `xdriver` command line.
+
+mod args;
+mod doctor;
+mod error;
+mod image;
+mod run;
+
+pub use args::{Cli, Command};
+pub use error::CliError;
+
+/// Whether the running command handles SIGINT/SIGTERM itself.
+pub fn handles_signals() -> bool {
+    run::HANDLES_SIGNALS.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Runs a parsed command line and returns the process exit code.
+pub async fn main(cli: Cli) -> Result<i32, CliError> {
+    match cli.command {
+        Command::Image(cmd) => image::main(cmd).await,
+        Command::Run(args) => run::main(args).await,
+        Command::Doctor(args) => doctor::main(args).await,
+    }
+}

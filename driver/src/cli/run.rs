@@ -1,0 +1,126 @@
+//! `xdriver run`: boot a fresh VM, run one command (or a shell), shut down.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use xdriver_images::ImageName;
+
+use super::args::RunArgs;
+use super::error::CliError;
+use crate::accel;
+use crate::exit;
+use crate::output::HostStdio;
+use crate::qemu::Share;
+use crate::ssh::quote;
+use crate::vm::{Channel, Vm, VmConfig};
+
+/// Set while a command handles SIGINT/SIGTERM itself (`--keep`), so the
+/// binary's global handler leaves the VM to it.
+pub static HANDLES_SIGNALS: AtomicBool = AtomicBool::new(false);
+
+fn shell_join(words: &[String]) -> String {
+    // One word is taken as a shell command line; several are quoted argv.
+    if words.len() == 1 {
+        words[0].clone()
+    } else {
+        words.iter().map(|w| quote(w)).collect::<Vec<_>>().join(" ")
+    }
+}
+
+pub(super) async fn main(args: RunArgs) -> Result<i32, CliError> {
+    let name: ImageName = args.image.parse().map_err(|e: xdriver_images::RecipeError| CliError::usage(e.to_string()))?;
+    let shares = args.shares.iter().map(|s| Share::parse(s).map_err(|e| CliError::usage(format!("--share {e}")))).collect::<Result<Vec<_>, _>>()?;
+    if args.command.is_empty() && args.channel == Channel::Backdoor && !args.keep {
+        return Err(CliError::usage("an interactive shell needs --channel ssh (the backdoor has no terminal)"));
+    }
+    let image = super::image::ensure(&name).await?;
+    let store = xdriver_images::Store::open_default().map_err(|e| CliError::infra(&e))?;
+    let decision = accel::decide(args.accel, "qemu-system-x86_64", store.root())
+        .await
+        .map_err(|e| CliError { code: exit::INFRA, message: e.to_string() })?;
+    eprintln!("xdriver: accel {}: {}", decision.accel.name(), decision.reason);
+
+    let mut cfg = VmConfig::new(&format!("run-{}", name.init), image);
+    cfg.accel = decision.accel;
+    cfg.cpus = args.cpus;
+    cfg.mem_mib = args.mem_mib;
+    cfg.shares = shares;
+    cfg.ssh = args.channel == Channel::Ssh || args.command.is_empty();
+    cfg.boot_timeout = Duration::from_secs(args.boot_timeout);
+    cfg.extra_cmdline = args.append.clone();
+    let mut vm = match Vm::start(cfg).await {
+        Ok(vm) => vm,
+        Err(e) => return Err(CliError::infra(&e)),
+    };
+    eprintln!(
+        "xdriver: {} up in {:.1} s (backdoor {:.1} s), run dir {}",
+        name,
+        vm.ssh_ready_after.unwrap_or(vm.backdoor_ready_after).as_secs_f64(),
+        vm.backdoor_ready_after.as_secs_f64(),
+        vm.run_dir().display()
+    );
+
+    if args.keep {
+        return keep(vm, &args).await;
+    }
+    let status = if args.command.is_empty() {
+        match vm.ssh() {
+            Ok(s) => s.interactive().await.map_err(|e| CliError::infra(&e)),
+            Err(e) => Err(CliError::infra(&e)),
+        }
+    } else {
+        let cmd = shell_join(&args.command);
+        let mut sink = HostStdio;
+        vm.exec(args.channel, &cmd, &[], Duration::from_secs(args.timeout), Some(&mut sink))
+            .await
+            .map(|o| o.status)
+            .map_err(|e| CliError::infra(&e))
+    };
+    if status.is_err() || args.keep_logs {
+        vm.keep_run_dir();
+    }
+    let run_dir = vm.run_dir().to_path_buf();
+    let stopped = vm.shutdown().await;
+    tracing::info!(?stopped, "VM stopped");
+    match status {
+        Ok(code) => Ok(code),
+        Err(mut e) => {
+            e.message.push_str(&format!("\n(logs kept in {})", run_dir.display()));
+            Err(e)
+        }
+    }
+}
+
+async fn keep(mut vm: Vm, args: &RunArgs) -> Result<i32, CliError> {
+    HANDLES_SIGNALS.store(true, Ordering::SeqCst);
+    vm.keep_run_dir();
+    let keyfile = vm.run_dir().join("id_ed25519");
+    std::fs::write(&keyfile, vm.client_key().private_openssh()).map_err(|e| CliError::infra(&e))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&keyfile, std::fs::Permissions::from_mode(0o600));
+    }
+    if !args.command.is_empty() {
+        let mut sink = HostStdio;
+        let out = vm.exec(args.channel, &shell_join(&args.command), &[], Duration::from_secs(args.timeout), Some(&mut sink)).await;
+        if let Err(e) = out {
+            return Err(CliError::infra(&e));
+        }
+    }
+    let rd = vm.run_dir().display().to_string();
+    println!("VM {} is up (QEMU pid {}). Reach it with:", vm.name, vm.pid());
+    println!("  ssh -i {rd}/id_ed25519 -p {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@127.0.0.1", vm.ssh_port);
+    println!("  serial log: {rd}/serial.log");
+    println!("Press Ctrl-C (or send SIGTERM to {}) to shut it down.", std::process::id());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| CliError::infra(&e))?;
+    let mut ex = vm.qmp.subscribe();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+        _ = async { while let Ok(ev) = ex.recv().await { if ev["event"] == "SHUTDOWN" { break; } } } => {},
+    }
+    eprintln!("xdriver: shutting down {}", vm.name);
+    let stopped = vm.shutdown().await;
+    eprintln!("xdriver: stopped ({stopped:?})");
+    Ok(exit::SUCCESS)
+}

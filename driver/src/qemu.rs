@@ -1,0 +1,239 @@
+//! The QEMU command line, built as pure data so it can be snapshot-tested
+//! and reproduced (a saved RAM state can only be restored into the same
+//! machine shape).
+//!
+//! xdriver listens on the run directory's sockets and QEMU connects to them
+//! as a client, so no output is lost before xdriver is attached and QEMU's
+//! start (`-S`, paused) needs no polling for socket files.
+
+use std::path::PathBuf;
+
+/// The accelerator QEMU runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// Hardware virtualisation (only after a boot probe proved it works).
+    Kvm,
+    /// Software emulation (multi-threaded TCG).
+    Tcg,
+}
+
+impl Accel {
+    /// Lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// How the guest boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Boot {
+    /// Direct kernel boot.
+    Kernel {
+        /// Kernel (PVH ELF or bzImage).
+        kernel: PathBuf,
+        /// Initramfs.
+        initrd: PathBuf,
+        /// Kernel command line.
+        cmdline: String,
+    },
+    /// The disk's own boot loader (imported cloud images).
+    Disk,
+}
+
+/// A host directory shared into the guest over 9p.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    /// Host directory.
+    pub host: PathBuf,
+    /// Mount point in the guest.
+    pub guest: String,
+    /// Read-write instead of read-only.
+    pub writable: bool,
+}
+
+impl Share {
+    /// Parses `HOST:GUEST[:rw|:ro]`.
+    pub fn parse(s: &str) -> Result<Share, String> {
+        let mut parts = s.splitn(3, ':');
+        let host = parts.next().filter(|h| !h.is_empty());
+        let guest = parts.next().filter(|g| !g.is_empty());
+        let (Some(host), Some(guest)) = (host, guest) else {
+            return Err(format!("`{s}`: expected HOST:GUEST[:ro|:rw]"));
+        };
+        let writable = match parts.next() {
+            None | Some("ro") => false,
+            Some("rw") => true,
+            Some(other) => return Err(format!("`{s}`: mode must be ro or rw, not `{other}`")),
+        };
+        if !guest.starts_with('/') {
+            return Err(format!("`{s}`: the guest path `{guest}` must be absolute"));
+        }
+        let host = std::fs::canonicalize(host).map_err(|e| format!("`{s}`: host path `{host}`: {e}"))?;
+        if !host.is_dir() {
+            return Err(format!("`{s}`: host path `{}` is not a directory", host.display()));
+        }
+        Ok(Share { host, guest: guest.to_string(), writable })
+    }
+
+    /// The 9p mount tag of the share at `index`.
+    pub fn tag(index: usize) -> String {
+        format!("xdshare{index}")
+    }
+}
+
+/// The 9p `msize` used for shares: large, because the default (8 KiB in
+/// QEMU 7.2's guests) makes big reads crawl.
+pub const NINEP_MSIZE: u32 = 512 * 1024;
+
+/// Everything that shapes a VM's QEMU invocation.
+#[derive(Debug, Clone)]
+pub struct QemuSpec {
+    /// The QEMU binary.
+    pub binary: String,
+    /// VM name (shown in `ps` and QMP).
+    pub name: String,
+    /// Accelerator.
+    pub accel: Accel,
+    /// vCPUs.
+    pub cpus: u32,
+    /// RAM.
+    pub mem_mib: u32,
+    /// Boot path.
+    pub boot: Boot,
+    /// The VM's copy-on-write overlay.
+    pub disk: PathBuf,
+    /// The run directory holding the sockets and logs.
+    pub run_dir: PathBuf,
+    /// 9p shares.
+    pub shares: Vec<Share>,
+    /// Guest TCP ports forwarded from an ephemeral 127.0.0.1 port.
+    pub forwards: Vec<u16>,
+}
+
+impl QemuSpec {
+    /// The argument vector (without the binary).
+    pub fn args(&self) -> Vec<String> {
+        let rd = |f: &str| self.run_dir.join(f).display().to_string();
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
+        push(&["-name", &format!("xdriver-{},process=xdriver-{}", self.name, self.name)]);
+        push(&["-nodefaults", "-no-user-config", "-display", "none", "-S", "-no-reboot"]);
+        match self.accel {
+            Accel::Tcg => push(&["-machine", "pc", "-accel", "tcg,thread=multi", "-cpu", "max"]),
+            Accel::Kvm => push(&["-machine", "pc", "-accel", "kvm", "-cpu", "host"]),
+        }
+        push(&["-smp", &self.cpus.to_string(), "-m", &self.mem_mib.to_string()]);
+        if let Boot::Kernel { kernel, initrd, cmdline } = &self.boot {
+            push(&["-kernel", &kernel.display().to_string(), "-initrd", &initrd.display().to_string()]);
+            push(&["-append", cmdline]);
+        }
+        push(&[
+            "-drive",
+            &format!("file={},if=none,id=disk0,format=qcow2,cache=unsafe,discard=unmap", self.disk.display()),
+            "-device",
+            "virtio-blk-pci,drive=disk0",
+        ]);
+        let mut netdev = String::from("user,id=net0,restrict=on");
+        for port in &self.forwards {
+            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:0-:{port}"));
+        }
+        push(&["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0,id=nic0"]);
+        push(&["-device", "virtio-rng-pci"]);
+        // A display device so `screendump` has something to capture.
+        push(&["-vga", "std"]);
+        push(&[
+            "-chardev",
+            &format!("socket,id=serial0,path={},logfile={},logappend=on", rd("serial.sock"), rd("serial.log")),
+            "-serial",
+            "chardev:serial0",
+        ]);
+        push(&[
+            "-chardev",
+            &format!("socket,id=backdoor,path={}", rd("backdoor.sock")),
+            "-device",
+            "virtio-serial-pci",
+            "-device",
+            "virtconsole,chardev=backdoor",
+        ]);
+        push(&["-chardev", &format!("socket,id=qmp,path={}", rd("qmp.sock")), "-mon", "chardev=qmp,mode=control"]);
+        for (i, s) in self.shares.iter().enumerate() {
+            let mut v = format!(
+                "local,path={},mount_tag={},security_model=none,id={}",
+                s.host.display(),
+                Share::tag(i),
+                Share::tag(i)
+            );
+            if !s.writable {
+                v.push_str(",readonly=on");
+            }
+            push(&["-virtfs", &v]);
+        }
+        a
+    }
+}
+
+/// The kernel command line for a Debian guest.
+pub fn kernel_cmdline(init_path: &str, ssh_key_b64: &str, extra: &[String]) -> String {
+    let mut c = format!(
+        "root=/dev/vda rw console=ttyS0,115200 net.ifnames=0 panic=-1 init={init_path} xdriver.ssh_key={ssh_key_b64}"
+    );
+    for e in extra {
+        c.push(' ');
+        c.push_str(e);
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> QemuSpec {
+        QemuSpec {
+            binary: "qemu-system-x86_64".into(),
+            name: "vm1".into(),
+            accel: Accel::Tcg,
+            cpus: 2,
+            mem_mib: 1024,
+            boot: Boot::Kernel {
+                kernel: "/img/kernel".into(),
+                initrd: "/img/initrd.img".into(),
+                cmdline: kernel_cmdline("/sbin/init", "S0VZ", &["quiet".into()]),
+            },
+            disk: "/run/x/overlay.qcow2".into(),
+            run_dir: "/run/x".into(),
+            shares: vec![Share { host: "/srv".into(), guest: "/mnt".into(), writable: false }],
+            forwards: vec![22],
+        }
+    }
+
+    #[test]
+    fn command_line_snapshot() {
+        insta::assert_snapshot!(spec().args().join("\n"));
+    }
+
+    #[test]
+    fn forwards_bind_loopback_only_and_network_is_restricted() {
+        let mut s = spec();
+        s.forwards = vec![22, 80];
+        let args = s.args().join(" ");
+        assert!(args.contains("restrict=on"));
+        assert_eq!(args.matches("hostfwd=tcp:127.0.0.1:0-:").count(), 2);
+        assert!(!args.contains("hostfwd=tcp::"));
+    }
+
+    #[test]
+    fn share_parsing() {
+        let dir = std::env::temp_dir();
+        let d = dir.display();
+        let s = Share::parse(&format!("{d}:/mnt/x")).expect("valid");
+        assert!(!s.writable);
+        assert!(Share::parse(&format!("{d}:/mnt/x:rw")).expect("valid").writable);
+        for bad in [format!("{d}"), format!("{d}:rel"), format!("{d}:/m:wx"), "/nonexistent-xd:/m".to_string()] {
+            assert!(Share::parse(&bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! A VM's private run directory (mode 0700): sockets, overlay, logs.
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// A run directory. It is removed on drop unless [`RunDir::keep`] was
+/// called (failed runs keep theirs so the logs survive).
+#[derive(Debug)]
+pub struct RunDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl RunDir {
+    /// The parent of all run directories: `$XDRIVER_RUN_DIR`, else
+    /// `$XDG_RUNTIME_DIR/xdriver`, else `/tmp/xdriver-<uid>`. Short on
+    /// purpose: Unix socket paths are limited to 107 bytes.
+    pub fn base() -> PathBuf {
+        if let Some(p) = std::env::var_os("XDRIVER_RUN_DIR").filter(|v| !v.is_empty()) {
+            return PathBuf::from(p);
+        }
+        if let Some(p) = std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+            return PathBuf::from(p).join("xdriver");
+        }
+        // SAFETY: getuid has no preconditions.
+        PathBuf::from(format!("/tmp/xdriver-{}", unsafe { libc::getuid() }))
+    }
+
+    /// Creates a fresh directory named after `label`.
+    pub fn create(label: &str) -> std::io::Result<RunDir> {
+        let base = Self::base();
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&base)?;
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700))?;
+        let label: String = label.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).take(24).collect();
+        for _ in 0..100 {
+            let path = base.join(format!("{label}-{:08x}", rand::random::<u32>()));
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(RunDir { path, keep: false }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(std::io::Error::other("could not create a unique run directory"))
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A file inside it.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Keep the directory when this value is dropped.
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
+
+    /// Whether it will be kept.
+    pub fn kept(&self) -> bool {
+        self.keep
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_and_removed_unless_kept() {
+        let base = tempfile::tempdir().expect("tempdir");
+        std::env::set_var("XDRIVER_RUN_DIR", base.path());
+        let a = RunDir::create("t").expect("create");
+        let mode = std::fs::metadata(a.path()).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let p = a.path().to_path_buf();
+        drop(a);
+        assert!(!p.exists());
+        let mut b = RunDir::create("t").expect("create");
+        b.keep();
+        let p = b.path().to_path_buf();
+        drop(b);
+        assert!(p.exists());
+    }
+}

@@ -1,0 +1,525 @@
+//! A running VM: the QEMU process, its run directory and its channels.
+//! Every wait ends early when QEMU dies, with the serial tail in the error;
+//! QEMU gets SIGKILL if xdriver dies (PR_SET_PDEATHSIG) and when a `Vm` is
+//! dropped without a shutdown.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use regex::bytes::Regex;
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use xdriver_guests::Init;
+use xdriver_images::Entry;
+
+use crate::backdoor::{Backdoor, BackdoorError};
+use crate::console::{tail_lines, Console, ConsoleTimeout};
+use crate::output::{Output, Sink};
+use crate::qemu::{kernel_cmdline, Accel, Boot, QemuSpec, Share, NINEP_MSIZE};
+use crate::qmp::{Qmp, QmpError};
+use crate::rundir::RunDir;
+use crate::ssh::{quote, ClientKey, Ssh, SshError};
+
+/// Which channel runs a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Channel {
+    /// The persistent SSH connection.
+    Ssh,
+    /// The root shell on hvc0.
+    Backdoor,
+}
+
+/// VM failures. Those after QEMU started carry the serial log's tail.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// The run directory or the overlay could not be made.
+    #[error("preparing the VM: {0}")]
+    Prepare(String),
+    /// QEMU could not be started or did not connect its sockets.
+    #[error("QEMU failed to start: {detail}\n--- QEMU stderr ---\n{stderr}")]
+    Start {
+        /// What went wrong.
+        detail: String,
+        /// QEMU's stderr.
+        stderr: String,
+    },
+    /// QEMU exited while xdriver was using it.
+    #[error("QEMU exited unexpectedly ({status}) while {during}\n--- QEMU stderr ---\n{stderr}\n--- last serial output ---\n{serial}")]
+    QemuExited {
+        /// Exit status.
+        status: String,
+        /// What xdriver was doing.
+        during: String,
+        /// QEMU's stderr.
+        stderr: String,
+        /// Tail of the serial log.
+        serial: String,
+    },
+    /// The guest did not come up in time.
+    #[error("the guest did not come up within {timeout:?}: {waited_for}\n--- last serial output ---\n{serial}")]
+    BootTimeout {
+        /// What was awaited.
+        waited_for: String,
+        /// The deadline.
+        timeout: Duration,
+        /// Tail of the serial log.
+        serial: String,
+    },
+    /// QMP failed.
+    #[error(transparent)]
+    Qmp(#[from] QmpError),
+    /// The backdoor failed.
+    #[error(transparent)]
+    Backdoor(#[from] BackdoorError),
+    /// SSH failed.
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+    /// Waiting for console text timed out.
+    #[error("{source}\n--- last serial output ---\n{serial}")]
+    Console {
+        /// The timeout.
+        #[source]
+        source: ConsoleTimeout,
+        /// Tail of the serial log.
+        serial: String,
+    },
+    /// Mounting a share in the guest failed.
+    #[error("mounting share {host} at {guest} failed: {detail}")]
+    Share {
+        /// Host directory.
+        host: PathBuf,
+        /// Guest mount point.
+        guest: String,
+        /// The guest's message.
+        detail: String,
+    },
+    /// The VM was started without SSH.
+    #[error("this VM has no SSH connection (it was started with the backdoor channel only)")]
+    NoSsh,
+}
+
+/// How a VM is started.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Name (for the run directory, QEMU's -name and logs).
+    pub name: String,
+    /// The image.
+    pub image: Entry,
+    /// Accelerator.
+    pub accel: Accel,
+    /// vCPUs.
+    pub cpus: u32,
+    /// RAM.
+    pub mem_mib: u32,
+    /// 9p shares, mounted once the backdoor is up.
+    pub shares: Vec<Share>,
+    /// Whether to connect SSH during start.
+    pub ssh: bool,
+    /// Deadline for the guest to come up (backdoor, then SSH).
+    pub boot_timeout: Duration,
+    /// Extra kernel command-line words.
+    pub extra_cmdline: Vec<String>,
+    /// QEMU binary.
+    pub qemu: String,
+}
+
+impl VmConfig {
+    /// Defaults for `image`: TCG, 2 vCPUs, 1 GiB, SSH on, 120 s to boot.
+    pub fn new(name: &str, image: Entry) -> VmConfig {
+        VmConfig {
+            name: name.into(),
+            image,
+            accel: Accel::Tcg,
+            cpus: 2,
+            mem_mib: 1024,
+            shares: Vec::new(),
+            ssh: true,
+            boot_timeout: Duration::from_secs(120),
+            extra_cmdline: Vec::new(),
+            qemu: "qemu-system-x86_64".into(),
+        }
+    }
+}
+
+/// How a shutdown ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// The guest powered off when asked from inside.
+    GuestPoweroff,
+    /// The guest powered off on the ACPI power button.
+    Acpi,
+    /// QEMU quit on QMP `quit`.
+    Quit,
+    /// QEMU was killed.
+    Killed,
+    /// QEMU had already exited.
+    AlreadyExited,
+}
+
+static LIVE: Mutex<Option<HashSet<i32>>> = Mutex::new(None);
+
+/// SIGKILLs every QEMU this process started and has not reaped (used by
+/// the binary's signal handler).
+pub fn kill_all() {
+    if let Some(set) = LIVE.lock().expect("live lock").as_ref() {
+        for pid in set {
+            // SAFETY: kill on a pid we spawned and have not reaped.
+            unsafe {
+                libc::kill(*pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+fn register(pid: i32, live: bool) {
+    let mut g = LIVE.lock().expect("live lock");
+    let set = g.get_or_insert_with(HashSet::new);
+    if live {
+        set.insert(pid);
+    } else {
+        set.remove(&pid);
+    }
+}
+
+/// A running VM.
+#[derive(Debug)]
+pub struct Vm {
+    /// Name.
+    pub name: String,
+    run: RunDir,
+    pid: i32,
+    exited: watch::Receiver<Option<String>>,
+    /// QMP session.
+    pub qmp: Qmp,
+    /// Serial console.
+    pub console: Console,
+    /// Backdoor shell.
+    pub backdoor: Backdoor,
+    ssh: Option<Ssh>,
+    key: ClientKey,
+    /// Host port forwarded to the guest's sshd.
+    pub ssh_port: u16,
+    /// The image's init system.
+    pub init: Init,
+    host_key: String,
+    /// Time from `cont` until the backdoor answered.
+    pub backdoor_ready_after: Duration,
+    /// Time from `cont` until SSH was connected (if it was).
+    pub ssh_ready_after: Option<Duration>,
+}
+
+impl Vm {
+    /// Boots a fresh VM of `cfg.image` on a new overlay and waits until its
+    /// backdoor (and, if asked, SSH) is ready and its shares are mounted.
+    pub async fn start(cfg: VmConfig) -> Result<Vm, VmError> {
+        let run = RunDir::create(&cfg.name).map_err(|e| VmError::Prepare(format!("run directory: {e}")))?;
+        let overlay = run.join("overlay.qcow2");
+        let out = tokio::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(cfg.image.disk())
+            .arg(&overlay)
+            .output()
+            .await
+            .map_err(|e| VmError::Prepare(format!("qemu-img: {e}")))?;
+        if !out.status.success() {
+            return Err(VmError::Prepare(format!("qemu-img create: {}", String::from_utf8_lossy(&out.stderr).trim())));
+        }
+        let key = ClientKey::generate();
+        let key_b64 = base64::engine::general_purpose::STANDARD.encode(key.public_openssh());
+        let m = &cfg.image.manifest;
+        let spec = QemuSpec {
+            binary: cfg.qemu.clone(),
+            name: cfg.name.clone(),
+            accel: cfg.accel,
+            cpus: cfg.cpus,
+            mem_mib: cfg.mem_mib,
+            boot: Boot::Kernel {
+                kernel: cfg.image.kernel(),
+                initrd: cfg.image.initrd(),
+                cmdline: kernel_cmdline(&m.init_path, &key_b64, &cfg.extra_cmdline),
+            },
+            disk: overlay,
+            run_dir: run.path().to_path_buf(),
+            shares: cfg.shares.clone(),
+            forwards: vec![22],
+        };
+        let listen = |f: &str| UnixListener::bind(run.join(f)).map_err(|e| VmError::Prepare(format!("socket {f}: {e}")));
+        let (l_serial, l_backdoor, l_qmp) = (listen("serial.sock")?, listen("backdoor.sock")?, listen("qmp.sock")?);
+        std::fs::write(run.join("qemu.cmdline"), format!("{} {}\n", spec.binary, spec.args().join(" ")))
+            .map_err(|e| VmError::Prepare(e.to_string()))?;
+        let stderr_path = run.join("qemu.log");
+        let stderr_file = std::fs::File::create(&stderr_path).map_err(|e| VmError::Prepare(e.to_string()))?;
+        let mut cmd = tokio::process::Command::new(&spec.binary);
+        cmd.args(spec.args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr_file)
+            .kill_on_drop(true)
+            .process_group(0);
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            let parent = libc::getpid();
+            cmd.pre_exec(move || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|e| VmError::Start { detail: format!("{}: {e}", spec.binary), stderr: String::new() })?;
+        let pid = child.id().map(|p| p as i32).unwrap_or(-1);
+        register(pid, true);
+        let (tx, exited) = watch::channel(None);
+        tokio::spawn(async move {
+            let status = child.wait().await.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+            register(pid, false);
+            let _ = tx.send(Some(status));
+        });
+        let stderr_of = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
+
+        let accept = async {
+            let (a, b, c) = tokio::try_join!(l_serial.accept(), l_backdoor.accept(), l_qmp.accept())?;
+            Ok::<_, std::io::Error>((a.0, b.0, c.0))
+        };
+        let mut ex = exited.clone();
+        let (serial, bd, qmp_sock) = tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(30), accept) => match r {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(VmError::Start { detail: e.to_string(), stderr: stderr_of() }),
+                Err(_) => return Err(VmError::Start { detail: "QEMU did not connect its sockets within 30 s".into(), stderr: stderr_of() }),
+            },
+            _ = ex.wait_for(Option::is_some) => {
+                let status = exited.borrow().clone().unwrap_or_default();
+                return Err(VmError::Start { detail: format!("QEMU exited ({status})"), stderr: stderr_of() });
+            }
+        };
+        let console = Console::start(serial);
+        let backdoor = Backdoor::start(bd);
+        let qmp = Qmp::handshake(qmp_sock).await?;
+        let ssh_port = qmp.forwarded_port(22).await?;
+        let mut vm = Vm {
+            name: cfg.name.clone(),
+            run,
+            pid,
+            exited,
+            qmp,
+            console,
+            backdoor,
+            ssh: None,
+            key,
+            ssh_port,
+            init: m.init,
+            host_key: m.ssh_host_key.clone(),
+            backdoor_ready_after: Duration::ZERO,
+            ssh_ready_after: None,
+        };
+        vm.qmp.execute(qapi::qmp::cont {}).await?;
+        let t0 = Instant::now();
+        tracing::info!(vm = %vm.name, accel = cfg.accel.name(), "VM started");
+
+        let ready = vm.backdoor.wait_ready(cfg.boot_timeout);
+        match vm.until_exit("waiting for the backdoor shell", ready).await? {
+            Ok(()) => {}
+            Err(BackdoorError::NotReady(t)) => {
+                return Err(VmError::BootTimeout {
+                    waited_for: "the backdoor shell on hvc0 did not announce itself".into(),
+                    timeout: t,
+                    serial: vm.serial_tail(30),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        }
+        vm.backdoor_ready_after = t0.elapsed();
+        for (i, s) in cfg.shares.iter().enumerate() {
+            vm.mount_share(i, s).await?;
+        }
+        if cfg.ssh {
+            let left = cfg.boot_timeout.saturating_sub(t0.elapsed()).max(Duration::from_secs(5));
+            let conn = Ssh::connect(vm.ssh_port, &vm.host_key, &vm.key, left);
+            match vm.until_exit("connecting over SSH", conn).await? {
+                Ok(s) => vm.ssh = Some(s),
+                Err(SshError::Connect { timeout, last, .. }) => {
+                    return Err(VmError::BootTimeout {
+                        waited_for: format!("SSH on 127.0.0.1:{} did not accept the run's key ({last})", vm.ssh_port),
+                        timeout,
+                        serial: vm.serial_tail(30),
+                    })
+                }
+                Err(e) => return Err(e.into()),
+            }
+            vm.ssh_ready_after = Some(t0.elapsed());
+        }
+        Ok(vm)
+    }
+
+    async fn mount_share(&self, index: usize, s: &Share) -> Result<(), VmError> {
+        let mode = if s.writable { "rw" } else { "ro" };
+        let cmd = format!(
+            "mkdir -p {g} && mount -t 9p -o trans=virtio,version=9p2000.L,msize={NINEP_MSIZE},cache=loose,{mode} {tag} {g}",
+            g = quote(&s.guest),
+            tag = Share::tag(index)
+        );
+        let out = self.exec(Channel::Backdoor, &cmd, &[], Duration::from_secs(30), None).await?;
+        if !out.success() {
+            return Err(VmError::Share { host: s.host.clone(), guest: s.guest.clone(), detail: out.stderr_str().trim().into() });
+        }
+        Ok(())
+    }
+
+    /// Runs `fut` unless QEMU exits first.
+    async fn until_exit<T>(&self, during: &str, fut: impl std::future::Future<Output = T>) -> Result<T, VmError> {
+        let mut ex = self.exited.clone();
+        tokio::select! {
+            v = fut => Ok(v),
+            _ = ex.wait_for(Option::is_some) => Err(self.exited_error(during)),
+        }
+    }
+
+    fn exited_error(&self, during: &str) -> VmError {
+        VmError::QemuExited {
+            status: self.exited.borrow().clone().unwrap_or_else(|| "still running".into()),
+            during: during.into(),
+            stderr: std::fs::read_to_string(self.run.join("qemu.log")).unwrap_or_default().trim().to_string(),
+            serial: self.serial_tail(20),
+        }
+    }
+
+    /// The last lines of the serial log.
+    pub fn serial_tail(&self, lines: usize) -> String {
+        std::fs::read(self.run.join("serial.log")).map(|d| tail_lines(&d, lines)).unwrap_or_else(|_| self.console.tail(lines))
+    }
+
+    /// The run directory.
+    pub fn run_dir(&self) -> &std::path::Path {
+        self.run.path()
+    }
+
+    /// Keep the run directory (logs, overlay) after the VM is gone.
+    pub fn keep_run_dir(&mut self) {
+        self.run.keep();
+    }
+
+    /// QEMU's process id.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Whether QEMU is still running.
+    pub fn is_running(&self) -> bool {
+        self.exited.borrow().is_none()
+    }
+
+    /// The SSH connection.
+    pub fn ssh(&self) -> Result<&Ssh, VmError> {
+        self.ssh.as_ref().ok_or(VmError::NoSsh)
+    }
+
+    /// The run's SSH client key.
+    pub fn client_key(&self) -> &ClientKey {
+        &self.key
+    }
+
+    /// Runs `cmd` as root on `channel` with `stdin`. `timeout` bounds the
+    /// command (zero: none). With a sink, output streams there.
+    pub async fn exec(
+        &self,
+        channel: Channel,
+        cmd: &str,
+        stdin: &[u8],
+        timeout: Duration,
+        sink: Option<&mut dyn Sink>,
+    ) -> Result<Output, VmError> {
+        let during = format!("running `{}`", cmd.chars().take(80).collect::<String>());
+        match channel {
+            Channel::Backdoor => Ok(self.until_exit(&during, self.backdoor.exec(cmd, stdin, timeout, sink)).await??),
+            Channel::Ssh => {
+                let ssh = self.ssh()?;
+                let run = ssh.exec(cmd, stdin, sink);
+                let res = if timeout.is_zero() {
+                    self.until_exit(&during, run).await?
+                } else {
+                    match self.until_exit(&during, tokio::time::timeout(timeout, run)).await? {
+                        Ok(r) => r,
+                        Err(_) => Ok(Output { stdout: Vec::new(), stderr: b"xdriver: command timed out\n".to_vec(), status: 124 }),
+                    }
+                };
+                match res {
+                    Err(_) if !self.is_running() => Err(self.exited_error(&during)),
+                    other => Ok(other?),
+                }
+            }
+        }
+    }
+
+    /// Waits for console output matching `pattern` (see
+    /// [`Console::wait_for_text`]).
+    pub async fn wait_for_console_text(&self, pattern: &Regex, timeout: Duration) -> Result<String, VmError> {
+        match self.until_exit("waiting for console text", self.console.wait_for_text(pattern, timeout)).await? {
+            Ok(s) => Ok(s),
+            Err(source) => Err(VmError::Console { source, serial: self.serial_tail(20) }),
+        }
+    }
+
+    async fn wait_exit(&self, timeout: Duration) -> bool {
+        let mut ex = self.exited.clone();
+        let exited = tokio::time::timeout(timeout, ex.wait_for(Option::is_some)).await.is_ok();
+        exited
+    }
+
+    /// Shuts the VM down: power off from inside, then the ACPI button, then
+    /// QMP `quit`, then SIGKILL, each with its own deadline.
+    pub async fn shutdown(self) -> Stopped {
+        if !self.is_running() {
+            return Stopped::AlreadyExited;
+        }
+        let poweroff = format!("({}) >/dev/null 2>&1 </dev/null &", self.init.poweroff_command());
+        let asked = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.backdoor.exec(&poweroff, &[], Duration::from_secs(5), None),
+        )
+        .await;
+        if matches!(asked, Ok(Ok(_))) && self.wait_exit(Duration::from_secs(45)).await {
+            return Stopped::GuestPoweroff;
+        }
+        if self.qmp.execute(qapi::qmp::system_powerdown {}).await.is_ok() && self.wait_exit(Duration::from_secs(10)).await {
+            return Stopped::Acpi;
+        }
+        if !self.is_running() {
+            return Stopped::GuestPoweroff;
+        }
+        let _ = self.qmp.execute_within(qapi::qmp::quit {}, Duration::from_secs(5)).await;
+        if self.wait_exit(Duration::from_secs(5)).await {
+            return Stopped::Quit;
+        }
+        self.kill().await;
+        Stopped::Killed
+    }
+
+    /// Kills QEMU at once and waits for it to be reaped.
+    pub async fn kill(&self) {
+        if self.is_running() {
+            // SAFETY: kill on the pid we spawned; it is not reaped yet
+            // (the exit watch would say so).
+            unsafe {
+                libc::kill(self.pid, libc::SIGKILL);
+            }
+            self.wait_exit(Duration::from_secs(10)).await;
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if self.is_running() {
+            // SAFETY: as in `kill`.
+            unsafe {
+                libc::kill(self.pid, libc::SIGKILL);
+            }
+        }
+    }
+}

@@ -1,0 +1,52 @@
+#!/bin/bash
+# xdriver backdoor: runs framed commands from the host on the virtio console
+# (/dev/hvc0) as root. Protocol (see docs/architecture.md):
+#   host -> guest: "X <id> <cmd-bytes> <stdin-bytes> <timeout-s> <stream>\n"
+#                  followed by exactly that many raw command and stdin bytes
+#   guest -> host: "XDO <id> <base64>\n" (stdout), "XDE <id> <base64>\n"
+#                  (stderr), "XDX <id> <exit-code>\n" (done)
+# Output goes to files, not pipes, so a background child that keeps stdout
+# open cannot stall the reply (the NixOS driver's known hang).
+exec </dev/hvc0 >/dev/hvc0 2>/dev/null
+stty raw -echo 2>/dev/null
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root LANG=C.UTF-8 TERM=dumb
+w=/run/xdriver-backdoor
+rm -rf "$w"; mkdir -p -m 0700 "$w"
+mkfifo "$w/tick"; exec 9<>"$w/tick"
+# Emit what a stream file gained since offset $3; sets $off to the new end.
+flush() {
+  local sz
+  sz=$(stat -c %s "$w/$2" 2>/dev/null) || sz=$3
+  off=$3
+  if [ "$sz" -gt "$3" ]; then
+    printf 'XD%s %s ' "$1" "$id"
+    tail -c +$(($3 + 1)) "$w/$2" | head -c $((sz - $3)) | base64 -w0
+    printf '\n'
+    off=$sz
+  fi
+}
+printf '\nXDRIVER-BACKDOOR-READY 1\n'
+while IFS=' ' read -r tag id clen ilen tmo stream; do
+  [ "$tag" = X ] || continue
+  head -c "$clen" >"$w/cmd"
+  if [ "$ilen" -gt 0 ]; then head -c "$ilen" >"$w/in"; in=$w/in; else in=/dev/null; fi
+  if [ "$tmo" -gt 0 ]; then run=(timeout -k 5 "$tmo" bash "$w/cmd"); else run=(bash "$w/cmd"); fi
+  if [ "$stream" = 1 ]; then
+    (cd /root && exec "${run[@]}") <"$in" >"$w/out" 2>"$w/err" 9<&- &
+    pid=$!; oo=0; eo=0; t=0.01
+    while kill -0 "$pid" 2>/dev/null; do
+      read -r -t "$t" -u 9 _; t=0.05
+      flush O out $oo; oo=$off; flush E err $eo; eo=$off
+    done
+    wait "$pid"; rc=$?
+    flush O out $oo; flush E err $eo
+  else
+    (cd /root && exec "${run[@]}") <"$in" >"$w/out" 2>"$w/err" 9<&-
+    rc=$?
+    if [ -s "$w/out" ]; then printf 'XDO %s ' "$id"; base64 -w0 <"$w/out"; printf '\n'; fi
+    if [ -s "$w/err" ]; then printf 'XDE %s ' "$id"; base64 -w0 <"$w/err"; printf '\n'; fi
+  fi
+  printf 'XDX %s %s\n' "$id" "$rc"
+  : >"$w/out"; : >"$w/err"; rm -f "$w/in"
+done

@@ -1,0 +1,174 @@
+//! Files an image build writes into a Debian rootfs so xdriver can drive it:
+//! the backdoor shell on hvc0 started by the image's own init system, a
+//! serial getty on ttyS0, SSH settings that take the per-run client key from
+//! the kernel command line, and a static network configuration.
+
+use crate::Init;
+
+/// Where the backdoor script lives in the guest.
+pub const BACKDOOR_PATH: &str = "/usr/lib/xdriver/backdoor";
+/// The line the backdoor prints on hvc0 when it is ready for commands.
+pub const BACKDOOR_READY: &str = "XDRIVER-BACKDOOR-READY 1";
+
+const BACKDOOR_SH: &str = include_str!("../files/backdoor.sh");
+const AUTHORIZED_KEYS_SH: &str = include_str!("../files/authorized-keys.sh");
+
+/// One filesystem entry to create in the rootfs (paths are absolute in the
+/// guest; the builder joins them under the rootfs directory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FsEntry {
+    /// A regular file, replacing any file already there.
+    File {
+        /// Absolute guest path.
+        path: String,
+        /// Permission bits.
+        mode: u32,
+        /// Contents.
+        contents: String,
+    },
+    /// A symbolic link, replacing anything already there.
+    Symlink {
+        /// Absolute guest path of the link.
+        path: String,
+        /// Link target, as written.
+        target: String,
+    },
+    /// Lines appended to an existing text file (created if missing).
+    Append {
+        /// Absolute guest path.
+        path: String,
+        /// Text appended verbatim.
+        text: String,
+    },
+}
+
+fn file(path: &str, mode: u32, contents: impl Into<String>) -> FsEntry {
+    FsEntry::File { path: path.into(), mode, contents: contents.into() }
+}
+
+fn symlink(path: &str, target: &str) -> FsEntry {
+    FsEntry::Symlink { path: path.into(), target: target.into() }
+}
+
+/// Everything xdriver adds to a Debian rootfs built for `init`.
+/// `hostname` goes to /etc/hostname.
+pub fn provision(init: Init, hostname: &str) -> Vec<FsEntry> {
+    let mut v = vec![
+        file(BACKDOOR_PATH, 0o755, BACKDOOR_SH),
+        file("/usr/lib/xdriver/authorized-keys", 0o755, AUTHORIZED_KEYS_SH),
+        file("/etc/hostname", 0o644, format!("{hostname}\n")),
+        file("/etc/hosts", 0o644, format!("127.0.0.1 localhost\n127.0.1.1 {hostname}\n::1 localhost ip6-localhost ip6-loopback\n")),
+        file("/etc/fstab", 0o644, "/dev/vda / ext4 rw,noatime 0 0\n"),
+        // QEMU user networking: the guest is 10.0.2.15, the host 10.0.2.2;
+        // `restrict=on` keeps it from reaching anything else.
+        file(
+            "/etc/network/interfaces",
+            0o644,
+            "auto lo\niface lo inet loopback\n\nauto eth0\niface eth0 inet static\n  address 10.0.2.15/24\n  gateway 10.0.2.2\n",
+        ),
+        file("/etc/resolv.conf", 0o644, "nameserver 10.0.2.3\n"),
+        file(
+            "/etc/ssh/sshd_config.d/xdriver.conf",
+            0o644,
+            "# Written by xdriver: key-only root login with the per-run key\n\
+             # taken from the kernel command line; one pinned host key.\n\
+             PermitRootLogin prohibit-password\n\
+             PasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\n\
+             UseDNS no\n\
+             HostKey /etc/ssh/ssh_host_ed25519_key\n\
+             AuthorizedKeysCommand /usr/lib/xdriver/authorized-keys %u\n\
+             AuthorizedKeysCommandUser nobody\n\
+             MaxSessions 64\n\
+             MaxStartups 64:30:128\n",
+        ),
+    ];
+    match init {
+        Init::Systemd => {
+            v.push(file(
+                "/etc/systemd/system/xdriver-backdoor.service",
+                0o644,
+                "[Unit]\n\
+                 Description=xdriver backdoor root shell on hvc0\n\
+                 Wants=dev-hvc0.device\n\
+                 After=dev-hvc0.device network.target\n\n\
+                 [Service]\n\
+                 ExecStart=/usr/lib/xdriver/backdoor\n\
+                 Restart=always\n\
+                 RestartSec=0\n\
+                 KillMode=process\n\n\
+                 [Install]\n\
+                 WantedBy=multi-user.target\n",
+            ));
+            v.push(symlink(
+                "/etc/systemd/system/multi-user.target.wants/xdriver-backdoor.service",
+                "/etc/systemd/system/xdriver-backdoor.service",
+            ));
+            // systemd-getty-generator would put a login prompt on hvc0, where
+            // the backdoor lives (NixOS and nix-vm-test mask it too).
+            v.push(symlink("/etc/systemd/system/serial-getty@hvc0.service", "/dev/null"));
+        }
+        Init::Sysvinit | Init::Openrc => {
+            v.push(FsEntry::Append {
+                path: "/etc/inittab".into(),
+                text: "\n# xdriver: serial login\nT0:2345:respawn:/sbin/getty -L ttyS0 115200 vt100\n".into(),
+            });
+            if init == Init::Sysvinit {
+                // inittab entries start after the runlevel's `wait` rc line,
+                // so the backdoor comes up once the boot scripts have run.
+                v.push(FsEntry::Append {
+                    path: "/etc/inittab".into(),
+                    text: "XD:2345:respawn:/usr/lib/xdriver/backdoor\n".into(),
+                });
+            } else {
+                v.push(file(
+                    "/etc/init.d/xdriver-backdoor",
+                    0o755,
+                    "#!/sbin/openrc-run\n\
+                     description=\"xdriver backdoor root shell on hvc0\"\n\
+                     command=/usr/lib/xdriver/backdoor\n\
+                     supervisor=supervise-daemon\n\
+                     respawn_delay=0\n\
+                     respawn_max=0\n\
+                     depend() {\n\tneed localmount\n\tafter net ssh\n}\n",
+                ));
+                v.push(symlink("/etc/runlevels/default/xdriver-backdoor", "/etc/init.d/xdriver-backdoor"));
+            }
+        }
+        Init::Runit => {
+            v.push(file("/etc/sv/xdriver-backdoor/run", 0o755, "#!/bin/sh\nexec /usr/lib/xdriver/backdoor\n"));
+            v.push(symlink("/etc/service/xdriver-backdoor", "/etc/sv/xdriver-backdoor"));
+            v.push(file(
+                "/etc/sv/getty-ttyS0/run",
+                0o755,
+                "#!/bin/sh\nexec /sbin/getty -L ttyS0 115200 vt100\n",
+            ));
+            v.push(symlink("/etc/service/getty-ttyS0", "/etc/sv/getty-ttyS0"));
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_init_starts_the_backdoor() {
+        for init in Init::ALL {
+            let entries = provision(init, "vm");
+            let starts = entries.iter().any(|e| match e {
+                FsEntry::File { contents, .. } | FsEntry::Append { text: contents, .. } => {
+                    contents.contains(BACKDOOR_PATH) && !contents.starts_with("#!/bin/bash")
+                }
+                FsEntry::Symlink { .. } => false,
+            });
+            assert!(starts, "{init}: nothing starts the backdoor");
+        }
+    }
+
+    #[test]
+    fn backdoor_script_announces_the_ready_line() {
+        assert!(BACKDOOR_SH.contains(&format!("printf '\\n{BACKDOOR_READY}\\n'")));
+    }
+}

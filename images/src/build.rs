@@ -1,0 +1,360 @@
+//! Builds one image variant: rootfs with mmdebstrap, xdriver's files and a
+//! fresh SSH host key, kernel + initramfs, then an ext4 filesystem made with
+//! `mke2fs -d` (no loop devices) converted to qcow2.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use russh::keys::{Algorithm, PrivateKey};
+use xdriver_guests::FsEntry;
+
+use crate::kernel::{self, KernelError};
+use crate::lock::{FileLock, LockError};
+use crate::manifest::{DiskInfo, KernelInfo, Manifest, MANIFEST_SCHEMA};
+use crate::recipe::{ImageName, Recipe};
+
+/// Build failures, one per stage.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Building needs root (mmdebstrap --mode=root, file ownership in mke2fs -d).
+    #[error("building images needs root (mmdebstrap --mode=root and mke2fs -d keep file ownership); run as root or use an image built elsewhere")]
+    NotRoot,
+    /// A host tool is missing.
+    #[error("`{tool}` is not installed (apt-get install {package})")]
+    MissingTool {
+        /// The program.
+        tool: &'static str,
+        /// The Debian package providing it.
+        package: &'static str,
+    },
+    /// A stage's command failed.
+    #[error("stage `{stage}`: `{command}` exited with {status}")]
+    Command {
+        /// The stage.
+        stage: &'static str,
+        /// The command.
+        command: String,
+        /// Its status.
+        status: std::process::ExitStatus,
+    },
+    /// Kernel and initramfs preparation failed.
+    #[error("stage `kernel`")]
+    Kernel(#[from] KernelError),
+    /// The kernel cache lock failed.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// Host key generation failed.
+    #[error("generating the SSH host key: {0}")]
+    HostKey(String),
+    /// File I/O.
+    #[error("{path}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
+    move |source| BuildError::Io { path: path.into(), source }
+}
+
+/// Host programs the builder runs, with the package that provides each.
+pub const BUILD_TOOLS: &[(&str, &str)] = &[
+    ("mmdebstrap", "mmdebstrap"),
+    ("mke2fs", "e2fsprogs"),
+    ("qemu-img", "qemu-utils"),
+    ("apt-get", "apt"),
+    ("dpkg-deb", "dpkg"),
+    ("xz", "xz-utils"),
+];
+
+fn have(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false)
+}
+
+struct Stages {
+    log: PathBuf,
+    progress: bool,
+    name: String,
+}
+
+impl Stages {
+    fn bar(&self, stage: &str) -> ProgressBar {
+        let target = if self.progress { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+        let pb = ProgressBar::with_draw_target(None, target);
+        pb.set_style(
+            ProgressStyle::with_template("{spinner} {prefix:.bold} {msg} [{elapsed}]")
+                .expect("static template is valid"),
+        );
+        pb.set_prefix(format!("{} {stage}", self.name));
+        pb.enable_steady_tick(Duration::from_millis(120));
+        tracing::info!(image = %self.name, stage, "build stage started");
+        pb
+    }
+
+    fn done(&self, pb: ProgressBar, stage: &str, started: Instant) {
+        let secs = started.elapsed().as_secs_f64();
+        pb.finish_with_message(format!("done in {secs:.1} s"));
+        tracing::info!(image = %self.name, stage, secs, "build stage done");
+        self.note(&format!("== stage {stage}: {secs:.1} s"));
+    }
+
+    fn note(&self, line: &str) {
+        if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(&self.log) {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+
+    /// Runs a command with its output appended to the build log.
+    fn run(&self, stage: &'static str, cmd: &mut Command) -> Result<(), BuildError> {
+        let command = format!("{cmd:?}").replace('"', "");
+        self.note(&format!("$ {command}"));
+        let log = OpenOptions::new().create(true).append(true).open(&self.log).map_err(io(&self.log))?;
+        let log2 = log.try_clone().map_err(io(&self.log))?;
+        let status = cmd
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .status()
+            .map_err(io(Path::new(&command)))?;
+        if !status.success() {
+            return Err(BuildError::Command { stage, command, status });
+        }
+        Ok(())
+    }
+}
+
+fn apply(root: &Path, entries: &[FsEntry]) -> Result<(), BuildError> {
+    for e in entries {
+        let (path, rel) = match e {
+            FsEntry::File { path, .. } | FsEntry::Symlink { path, .. } | FsEntry::Append { path, .. } => {
+                (path, root.join(path.trim_start_matches('/')))
+            }
+        };
+        if let Some(parent) = rel.parent() {
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        let _ = path;
+        match e {
+            FsEntry::File { mode, contents, .. } => {
+                let _ = std::fs::remove_file(&rel);
+                std::fs::write(&rel, contents).map_err(io(&rel))?;
+                std::fs::set_permissions(&rel, std::fs::Permissions::from_mode(*mode)).map_err(io(&rel))?;
+            }
+            FsEntry::Symlink { target, .. } => {
+                let _ = std::fs::remove_file(&rel);
+                symlink(target, &rel).map_err(io(&rel))?;
+            }
+            FsEntry::Append { text, .. } => {
+                let mut f = OpenOptions::new().create(true).append(true).open(&rel).map_err(io(&rel))?;
+                f.write_all(text.as_bytes()).map_err(io(&rel))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes a fresh ed25519 host key into the rootfs (removing any other host
+/// keys) and returns the public key line clients pin.
+fn install_host_key(root: &Path) -> Result<String, BuildError> {
+    let ssh = root.join("etc/ssh");
+    std::fs::create_dir_all(&ssh).map_err(io(&ssh))?;
+    for e in std::fs::read_dir(&ssh).map_err(io(&ssh))?.flatten() {
+        if e.file_name().to_string_lossy().starts_with("ssh_host_") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(|e| BuildError::HostKey(e.to_string()))?;
+    let private = key.to_openssh(russh::keys::ssh_key::LineEnding::LF).map_err(|e| BuildError::HostKey(e.to_string()))?;
+    let public = key.public_key().to_openssh().map_err(|e| BuildError::HostKey(e.to_string()))?;
+    let kp = ssh.join("ssh_host_ed25519_key");
+    std::fs::write(&kp, private.as_bytes()).map_err(io(&kp))?;
+    std::fs::set_permissions(&kp, std::fs::Permissions::from_mode(0o600)).map_err(io(&kp))?;
+    let pp = ssh.join("ssh_host_ed25519_key.pub");
+    std::fs::write(&pp, format!("{public} root@xdriver\n")).map_err(io(&pp))?;
+    Ok(public)
+}
+
+/// Lets root log in on the serial console without a password (the console
+/// is only reachable through the run directory, mode 0700).
+fn clear_root_password(root: &Path) -> Result<(), BuildError> {
+    let shadow = root.join("etc/shadow");
+    let text = std::fs::read_to_string(&shadow).map_err(io(&shadow))?;
+    let out: String = text
+        .lines()
+        .map(|l| match l.strip_prefix("root:") {
+            Some(rest) => format!("root::{}\n", rest.split_once(':').map(|(_, r)| r).unwrap_or("")),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(&shadow, out).map_err(io(&shadow))
+}
+
+fn installed_packages(root: &Path) -> Vec<String> {
+    let out = Command::new("dpkg-query")
+        .arg(format!("--admindir={}", root.join("var/lib/dpkg").display()))
+        .args(["-W", "-f", "${Package}=${Version}\\n"])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn link_or_copy(from: &Path, to: &Path) -> Result<(), BuildError> {
+    if std::fs::hard_link(from, to).is_err() {
+        std::fs::copy(from, to).map_err(io(to))?;
+    }
+    Ok(())
+}
+
+/// Builds `name` from `recipe` into `out` (a fresh directory). The kernel
+/// and initramfs are shared through `kernels`. Returns the manifest, which
+/// is also written to `out/manifest.json`.
+pub fn build_image(
+    recipe: &Recipe,
+    name: &ImageName,
+    hash: &str,
+    out: &Path,
+    kernels: &Path,
+    progress: bool,
+) -> Result<Manifest, BuildError> {
+    let started = Instant::now();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(BuildError::NotRoot);
+    }
+    for (tool, package) in BUILD_TOOLS {
+        if !have(tool) {
+            return Err(BuildError::MissingTool { tool, package });
+        }
+    }
+    let stages = Stages { log: out.join("build.log"), progress, name: name.to_string() };
+    let init = recipe.inits.get(&name.init).expect("ImageName::from_str checked the variant exists");
+    let rootfs = out.join("rootfs");
+
+    // 1. rootfs
+    let t = Instant::now();
+    let pb = stages.bar("rootfs");
+    pb.set_message("mmdebstrap");
+    let include: Vec<&str> = recipe.packages.iter().chain(&init.packages).map(String::as_str).collect();
+    let mut cmd = Command::new("mmdebstrap");
+    cmd.args(["--variant=apt", "--mode=root", "--format=directory", "--quiet"])
+        .arg(format!("--include={}", include.join(",")))
+        .arg("--aptopt=Acquire::Retries \"3\"");
+    let merged = Path::new("/usr/share/mmdebstrap/hooks/merged-usr");
+    if merged.is_dir() {
+        // Keeps usrmerge (and perl with it) out of the image.
+        cmd.arg(format!("--hook-dir={}", merged.display()));
+    }
+    for ex in &recipe.path_excludes {
+        cmd.arg(format!("--dpkgopt=path-exclude={ex}"));
+    }
+    cmd.arg(&recipe.suite).arg(&rootfs);
+    for m in &recipe.mirrors {
+        cmd.arg(m);
+    }
+    stages.run("rootfs", &mut cmd)?;
+    stages.done(pb, "rootfs", t);
+
+    // 2. provision
+    let t = Instant::now();
+    let pb = stages.bar("provision");
+    apply(&rootfs, &xdriver_guests::provision(name.init, "xdriver"))?;
+    let ssh_host_key = install_host_key(&rootfs)?;
+    clear_root_password(&rootfs)?;
+    for d in ["nix/store", "var/cache/apt/archives/partial"] {
+        let p = rootfs.join(d);
+        std::fs::create_dir_all(&p).map_err(io(&p))?;
+    }
+    let packages = installed_packages(&rootfs);
+    stages.done(pb, "provision", t);
+
+    // 3. kernel (shared between variants)
+    let t = Instant::now();
+    let pb = stages.bar("kernel");
+    let kernel = shared_kernel(recipe, kernels)?;
+    for f in [&kernel.1.file, &kernel.1.initrd] {
+        link_or_copy(&kernel.0.join(f), &out.join(f))?;
+    }
+    let kernel_info = kernel.1;
+    stages.done(pb, "kernel", t);
+
+    // 4. disk
+    let t = Instant::now();
+    let pb = stages.bar("disk");
+    let raw = out.join("disk.raw");
+    stages.run(
+        "disk",
+        Command::new("mke2fs")
+            .args(["-q", "-t", "ext4", "-L", "root", "-E", "root_owner=0:0", "-d"])
+            .arg(&rootfs)
+            .arg(&raw)
+            .arg(format!("{}M", recipe.disk_mib)),
+    )?;
+    std::fs::remove_dir_all(&rootfs).map_err(io(&rootfs))?;
+    let disk = out.join("disk.qcow2");
+    stages.run("disk", Command::new("qemu-img").args(["convert", "-q", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&disk))?;
+    std::fs::remove_file(&raw).map_err(io(&raw))?;
+    let file_bytes = std::fs::metadata(&disk).map_err(io(&disk))?.len();
+    stages.done(pb, "disk", t);
+
+    let manifest = Manifest {
+        schema: MANIFEST_SCHEMA,
+        name: name.to_string(),
+        recipe: recipe.name.clone(),
+        recipe_hash: hash.to_string(),
+        os: recipe.os.clone(),
+        release: recipe.release.clone(),
+        init: name.init,
+        init_path: name.init.init_path().to_string(),
+        packages,
+        kernel: kernel_info,
+        disk: DiskInfo { file: "disk.qcow2".into(), virtual_mib: recipe.disk_mib, file_bytes },
+        ssh_host_key,
+        created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        build_seconds: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+    };
+    let mp = out.join("manifest.json");
+    let json = serde_json::to_string_pretty(&manifest).expect("manifest serializes");
+    std::fs::write(&mp, json).map_err(io(&mp))?;
+    Ok(manifest)
+}
+
+/// The kernel + initramfs directory for the recipe's kernel settings,
+/// prepared once under a lock and reused by every variant.
+fn shared_kernel(recipe: &Recipe, kernels: &Path) -> Result<(PathBuf, KernelInfo), BuildError> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(format!("{:?}", recipe.kernel).as_bytes());
+    h.update(crate::initramfs::INIT_SCRIPT.as_bytes());
+    let key = format!("{}-{}", recipe.kernel.package, &hex::encode(h.finalize())[..12]);
+    let dir = kernels.join(&key);
+    let info_path = dir.join("kernel.json");
+    let _lock = FileLock::acquire(&kernels.join(format!("{key}.lock")))?;
+    if let Ok(text) = std::fs::read_to_string(&info_path) {
+        if let Ok(info) = serde_json::from_str::<KernelInfo>(&text) {
+            return Ok((dir, info));
+        }
+    }
+    let tmp = kernels.join(format!(".tmp-{key}"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let _ = std::fs::remove_dir_all(&dir);
+    let work = tmp.join("work");
+    let info = kernel::prepare(&recipe.kernel.package, &recipe.kernel.busybox_package, &recipe.kernel.modules, &work, &tmp)?;
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::write(tmp.join("kernel.json"), serde_json::to_string_pretty(&info).expect("serializes"))
+        .map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
+    Ok((dir, info))
+}

@@ -1,0 +1,288 @@
+//! The guest kernel: fetched as a Debian package through the host's apt,
+//! unpacked, turned into an uncompressed PVH-bootable `vmlinux` (about 2 s
+//! faster per boot under TCG than the bzImage), and paired with our
+//! initramfs. Shared by every image built from the same kernel package.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::manifest::{KernelFormat, KernelInfo};
+
+/// Failures while preparing the kernel and initramfs.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// A host tool failed.
+    #[error("`{command}` failed: {detail}")]
+    Tool {
+        /// What ran.
+        command: String,
+        /// Its stderr, or why it could not start.
+        detail: String,
+    },
+    /// The unpacked package does not look like a kernel package.
+    #[error("kernel package {package}: {what}")]
+    Package {
+        /// The package.
+        package: String,
+        /// What is missing.
+        what: String,
+    },
+    /// A module the recipe asks for is not in the kernel package.
+    #[error("kernel module `{0}` is not in the kernel package (neither built in nor a .ko)")]
+    MissingModule(String),
+    /// File I/O.
+    #[error("{path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KernelError + '_ {
+    move |source| KernelError::Io { path: path.into(), source }
+}
+
+/// Runs a host command and returns its stdout.
+pub(crate) fn run(cmd: &mut Command) -> Result<Vec<u8>, KernelError> {
+    let command = format!("{cmd:?}").replace('"', "");
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| KernelError::Tool { command: command.clone(), detail: e.to_string() })?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(15).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(KernelError::Tool { command, detail: format!("{}\n{}", out.status, tail.join("\n")) });
+    }
+    Ok(out.stdout)
+}
+
+/// The versioned package a meta package (e.g. linux-image-amd64) depends
+/// on, according to the host's apt.
+fn resolve_package(meta: &str) -> Result<String, KernelError> {
+    let out = run(Command::new("apt-cache").args(["depends", meta]))?;
+    let text = String::from_utf8_lossy(&out);
+    for line in text.lines() {
+        if let Some(dep) = line.trim().strip_prefix("Depends: ") {
+            if dep.starts_with("linux-image-") || dep.starts_with("busybox") {
+                return Ok(dep.trim().to_string());
+            }
+        }
+    }
+    // Not a meta package: use it as is.
+    Ok(meta.to_string())
+}
+
+/// Downloads `package` with the host's apt into `dir`, unpacks it into
+/// `dir/root` and returns (versioned package, package version).
+pub(crate) fn fetch_and_unpack(package: &str, dir: &Path) -> Result<(String, String), KernelError> {
+    let pkg = resolve_package(package)?;
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    run(Command::new("apt-get").args(["download", "-q", &pkg]).current_dir(dir)).map_err(|e| match e {
+        KernelError::Tool { command, detail } => KernelError::Tool {
+            command,
+            detail: format!("{detail}\n(hint: run `apt-get update` so the host's apt knows {pkg})"),
+        },
+        other => other,
+    })?;
+    let deb = std::fs::read_dir(dir)
+        .map_err(io(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .ok_or_else(|| KernelError::Package { package: pkg.clone(), what: "apt-get download left no .deb".into() })?;
+    let version = String::from_utf8_lossy(&run(Command::new("dpkg-deb").args(["-f"]).arg(&deb).arg("Version"))?)
+        .trim()
+        .to_string();
+    let root = dir.join("root");
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+    std::fs::remove_file(&deb).map_err(io(&deb))?;
+    Ok((pkg, version))
+}
+
+/// Reads the `depends=` field of a module's .modinfo section.
+fn module_depends(ko: &[u8]) -> Vec<String> {
+    let key = b"\0depends=";
+    let Some(at) = ko.windows(key.len()).position(|w| w == key) else {
+        return Vec::new();
+    };
+    let rest = &ko[at + key.len()..];
+    let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+    String::from_utf8_lossy(&rest[..end])
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.replace('-', "_"))
+        .collect()
+}
+
+/// Given `name -> (path, depends)` for every module of a kernel and the
+/// modules wanted, returns the paths to load, each after its dependencies.
+/// Names in `builtin` need no file.
+pub fn resolve_module_order(
+    modules: &BTreeMap<String, (PathBuf, Vec<String>)>,
+    builtin: &HashSet<String>,
+    wanted: &[String],
+) -> Result<Vec<PathBuf>, KernelError> {
+    fn visit(
+        name: &str,
+        modules: &BTreeMap<String, (PathBuf, Vec<String>)>,
+        builtin: &HashSet<String>,
+        seen: &mut HashSet<String>,
+        out: &mut Vec<PathBuf>,
+    ) -> Result<(), KernelError> {
+        let name = name.replace('-', "_");
+        if !seen.insert(name.clone()) {
+            return Ok(());
+        }
+        match modules.get(&name) {
+            Some((path, deps)) => {
+                for d in deps {
+                    visit(d, modules, builtin, seen, out)?;
+                }
+                out.push(path.clone());
+                Ok(())
+            }
+            None if builtin.contains(&name) => Ok(()),
+            None => Err(KernelError::MissingModule(name)),
+        }
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for w in wanted {
+        visit(w, modules, builtin, &mut seen, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// Extracts the uncompressed ELF kernel from an XZ-compressed bzImage, or
+/// returns None when the payload is not XZ or the ELF has no PVH note.
+fn extract_vmlinux(bzimage: &[u8]) -> Result<Option<Vec<u8>>, KernelError> {
+    let magic = b"\xfd7zXZ\x00";
+    let Some(at) = bzimage.windows(magic.len()).position(|w| w == magic) else {
+        return Ok(None);
+    };
+    let tmp = std::env::temp_dir().join(format!("xdriver-bz-{}", std::process::id()));
+    std::fs::write(&tmp, &bzimage[at..]).map_err(io(&tmp))?;
+    let out = run(Command::new("xz").args(["--single-stream", "-dc"]).arg(&tmp));
+    let _ = std::fs::remove_file(&tmp);
+    let elf = out?;
+    // XEN_ELFNOTE_PHYS32_ENTRY lives in a "Xen" note; its presence means
+    // QEMU can enter the kernel directly (PVH) without the decompressor.
+    let has_pvh = elf.starts_with(b"\x7fELF") && elf.windows(4).any(|w| w == b"Xen\0");
+    Ok(has_pvh.then_some(elf))
+}
+
+/// Prepares `kernel` and `initrd.img` in `out` from the recipe's kernel
+/// settings. `work` is scratch space.
+pub(crate) fn prepare(
+    kernel_package: &str,
+    busybox_package: &str,
+    wanted: &[String],
+    work: &Path,
+    out: &Path,
+) -> Result<KernelInfo, KernelError> {
+    let kdir = work.join("kernel");
+    let (pkg, pkg_version) = fetch_and_unpack(kernel_package, &kdir)?;
+    let root = kdir.join("root");
+    let moddir = root.join("lib/modules");
+    let release = std::fs::read_dir(&moddir)
+        .map_err(io(&moddir))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .next()
+        .ok_or_else(|| KernelError::Package { package: pkg.clone(), what: "no lib/modules/<release>".into() })?;
+    let vmlinuz = root.join(format!("boot/vmlinuz-{release}"));
+    let bz = std::fs::read(&vmlinuz).map_err(io(&vmlinuz))?;
+
+    let mut modules = BTreeMap::new();
+    let kroot = moddir.join(&release);
+    let mut stack = vec![kroot.join("kernel")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).map_err(io(&d))? {
+            let e = e.map_err(io(&d))?;
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Some(stem) = p.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".ko")) {
+                let data = std::fs::read(&p).map_err(io(&p))?;
+                modules.insert(stem.replace('-', "_"), (p.clone(), module_depends(&data)));
+            }
+        }
+    }
+    let builtin_file = kroot.join("modules.builtin");
+    let builtin: HashSet<String> = std::fs::read_to_string(&builtin_file)
+        .map_err(io(&builtin_file))?
+        .lines()
+        .filter_map(|l| l.rsplit('/').next())
+        .map(|n| n.trim_end_matches(".ko").replace('-', "_"))
+        .collect();
+    let order = resolve_module_order(&modules, &builtin, wanted)?;
+    let mut files = Vec::new();
+    for p in &order {
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        files.push((name, std::fs::read(p).map_err(io(p))?));
+    }
+
+    let bbdir = work.join("busybox");
+    let (bb_pkg, _) = fetch_and_unpack(busybox_package, &bbdir)?;
+    let bb_path = bbdir.join("root/bin/busybox");
+    let busybox = std::fs::read(&bb_path).map_err(|_| KernelError::Package {
+        package: bb_pkg.clone(),
+        what: "no /bin/busybox".into(),
+    })?;
+
+    std::fs::create_dir_all(out).map_err(io(out))?;
+    let initrd = crate::initramfs::build(&busybox, &files);
+    std::fs::write(out.join("initrd.img"), &initrd).map_err(io(out))?;
+    let (format, bytes) = match extract_vmlinux(&bz)? {
+        Some(elf) => (KernelFormat::PvhElf, elf),
+        None => (KernelFormat::BzImage, bz),
+    };
+    std::fs::write(out.join("kernel"), &bytes).map_err(io(out))?;
+    let _ = std::fs::remove_dir_all(&kdir);
+    let _ = std::fs::remove_dir_all(&bbdir);
+    Ok(KernelInfo {
+        package: pkg,
+        package_version: pkg_version,
+        release,
+        format,
+        file: "kernel".into(),
+        initrd: "initrd.img".into(),
+        modules: order
+            .iter()
+            .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depends_field_is_read_from_modinfo() {
+        let ko = b"junk\0license=GPL\0depends=9pnet,fscache,netfs\0intree=Y\0";
+        assert_eq!(module_depends(ko), vec!["9pnet", "fscache", "netfs"]);
+        assert!(module_depends(b"\0depends=\0").is_empty());
+    }
+
+    #[test]
+    fn modules_come_after_their_dependencies_once() {
+        let mut m = BTreeMap::new();
+        let e = |p: &str, d: &[&str]| (PathBuf::from(p), d.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        m.insert("9p".to_string(), e("9p.ko", &["9pnet", "netfs"]));
+        m.insert("9pnet".to_string(), e("9pnet.ko", &[]));
+        m.insert("9pnet_virtio".to_string(), e("9pnet_virtio.ko", &["9pnet", "virtio"]));
+        m.insert("netfs".to_string(), e("netfs.ko", &[]));
+        let builtin: HashSet<String> = ["virtio".to_string()].into();
+        let order = resolve_module_order(&m, &builtin, &["9pnet_virtio".into(), "9p".into()]).expect("resolves");
+        let names: Vec<_> = order.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["9pnet.ko", "9pnet_virtio.ko", "netfs.ko", "9p.ko"]);
+        let err = resolve_module_order(&m, &builtin, &["nope".into()]).expect_err("missing");
+        assert!(err.to_string().contains("`nope`"));
+    }
+}

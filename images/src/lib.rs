@@ -1,0 +1,21 @@
+//! Guest images: recipes (data in `images/recipes/`), the builder that turns
+//! a recipe into a bootable qcow2 disk plus a kernel and initramfs for
+//! direct boot, and the content-addressed image store under the user's
+//! cache directory.
+
+mod build;
+mod cpio;
+mod initramfs;
+mod kernel;
+mod lock;
+mod manifest;
+mod recipe;
+mod store;
+
+pub use build::{build_image, BuildError, BUILD_TOOLS};
+pub use initramfs::INIT_SCRIPT;
+pub use kernel::{resolve_module_order, KernelError};
+pub use lock::{FileLock, LockError};
+pub use manifest::{DiskInfo, KernelFormat, KernelInfo, Manifest, MANIFEST_SCHEMA};
+pub use recipe::{ImageName, Recipe, RecipeError, BUILDER_VERSION};
+pub use store::{Entry, GcReport, Store, StoreError};

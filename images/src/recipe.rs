@@ -1,0 +1,182 @@
+//! Image recipes: data files in `images/recipes/`, compiled into the binary
+//! so an installed xdriver needs no source tree.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use xdriver_guests::Init;
+
+/// Bumped whenever the builder's output changes for the same recipe, so the
+/// cache key changes with it.
+pub const BUILDER_VERSION: u32 = 1;
+
+const RECIPES: &[(&str, &str)] = &[("debian-12", include_str!("../recipes/debian-12.toml"))];
+
+/// A recipe or image name that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RecipeError {
+    /// No recipe has this name.
+    #[error("unknown image `{name}`: expected <recipe>-<init>, e.g. debian-12-systemd (recipes: {known})")]
+    Unknown {
+        /// What was asked for.
+        name: String,
+        /// The recipes there are.
+        known: String,
+    },
+    /// The recipe has no such init variant.
+    #[error("recipe `{recipe}` has no init variant `{init}`")]
+    NoInit {
+        /// The recipe.
+        recipe: String,
+        /// The init asked for.
+        init: Init,
+    },
+    /// The TOML is invalid (a bug in a shipped recipe).
+    #[error("recipe {name}: {source}")]
+    Parse {
+        /// The recipe.
+        name: String,
+        /// The parser's message, with line and column.
+        #[source]
+        source: toml::de::Error,
+    },
+}
+
+/// The kernel part of a recipe.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelRecipe {
+    /// Debian package of the kernel (a meta package is resolved).
+    pub package: String,
+    /// Debian package providing a static /bin/busybox for the initramfs.
+    pub busybox_package: String,
+    /// Modules the initramfs loads.
+    pub modules: Vec<String>,
+}
+
+/// One init variant of a recipe.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitRecipe {
+    /// Packages this variant adds.
+    pub packages: Vec<String>,
+}
+
+/// A parsed recipe.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// Name, e.g. `debian-12`.
+    pub name: String,
+    /// OS family.
+    pub os: String,
+    /// OS release.
+    pub release: String,
+    /// Debian suite for mmdebstrap.
+    pub suite: String,
+    /// sources.list lines.
+    pub mirrors: Vec<String>,
+    /// Packages every variant gets.
+    pub packages: Vec<String>,
+    /// dpkg path-exclude globs.
+    pub path_excludes: Vec<String>,
+    /// Virtual disk size.
+    pub disk_mib: u64,
+    /// Kernel and initramfs.
+    pub kernel: KernelRecipe,
+    /// Init variants.
+    pub inits: BTreeMap<Init, InitRecipe>,
+    #[serde(skip)]
+    source: String,
+}
+
+impl Recipe {
+    /// Every shipped recipe's name.
+    pub fn names() -> Vec<&'static str> {
+        RECIPES.iter().map(|(n, _)| *n).collect()
+    }
+
+    /// Loads a shipped recipe by name.
+    pub fn load(name: &str) -> Result<Recipe, RecipeError> {
+        let (_, text) = RECIPES.iter().find(|(n, _)| *n == name).ok_or_else(|| RecipeError::Unknown {
+            name: name.into(),
+            known: Recipe::names().join(", "),
+        })?;
+        let mut r: Recipe =
+            toml::from_str(text).map_err(|source| RecipeError::Parse { name: name.into(), source })?;
+        r.source = text.to_string();
+        Ok(r)
+    }
+
+    /// The cache key of one variant: the recipe text, the variant, the
+    /// builder version and the files xdriver writes into the guest.
+    pub fn hash(&self, init: Init) -> String {
+        let mut h = Sha256::new();
+        h.update(self.source.as_bytes());
+        h.update(init.name().as_bytes());
+        h.update(BUILDER_VERSION.to_le_bytes());
+        h.update(crate::initramfs::INIT_SCRIPT.as_bytes());
+        for e in xdriver_guests::provision(init, "xdriver") {
+            h.update(format!("{e:?}").as_bytes());
+        }
+        hex::encode(h.finalize())
+    }
+}
+
+/// A buildable image: a recipe and an init variant, written
+/// `<recipe>-<init>` (e.g. `debian-12-systemd`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ImageName {
+    /// Recipe name.
+    pub recipe: String,
+    /// Init variant.
+    pub init: Init,
+}
+
+impl fmt::Display for ImageName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.recipe, self.init)
+    }
+}
+
+impl FromStr for ImageName {
+    type Err = RecipeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let unknown = || RecipeError::Unknown { name: s.into(), known: Recipe::names().join(", ") };
+        let (recipe, init) = s.rsplit_once('-').ok_or_else(unknown)?;
+        let init: Init = init.parse().map_err(|_| unknown())?;
+        let r = Recipe::load(recipe).map_err(|_| unknown())?;
+        if !r.inits.contains_key(&init) {
+            return Err(RecipeError::NoInit { recipe: recipe.into(), init });
+        }
+        Ok(ImageName { recipe: recipe.into(), init })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_recipes_parse_and_hashes_differ_per_init() {
+        let r = Recipe::load("debian-12").expect("ships");
+        assert_eq!(r.suite, "bookworm");
+        let hashes: std::collections::HashSet<_> = Init::ALL.iter().map(|i| r.hash(*i)).collect();
+        assert_eq!(hashes.len(), 4);
+        assert_eq!(r.hash(Init::Runit), r.hash(Init::Runit));
+    }
+
+    #[test]
+    fn image_names_parse() {
+        let n: ImageName = "debian-12-openrc".parse().expect("valid");
+        assert_eq!((n.recipe.as_str(), n.init), ("debian-12", Init::Openrc));
+        assert_eq!(n.to_string(), "debian-12-openrc");
+        for bad in ["debian-12", "debian-13-systemd", "debian-12-upstart", ""] {
+            let e = bad.parse::<ImageName>().expect_err(bad);
+            assert!(e.to_string().contains("debian-12-systemd"), "{e}");
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! The image store: built images under the user's cache directory, one
+//! directory per (image, recipe hash), built under a lock and moved into
+//! place only once complete, so an interrupted build never leaves an entry
+//! a later run would use.
+
+use std::path::{Path, PathBuf};
+
+use crate::build::{build_image, BuildError};
+use crate::lock::{FileLock, LockError};
+use crate::manifest::Manifest;
+use crate::recipe::{ImageName, Recipe, RecipeError};
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No usable cache directory.
+    #[error("no cache directory: set XDRIVER_CACHE_DIR, XDG_CACHE_HOME or HOME")]
+    NoCacheDir,
+    /// A lock failed.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// Bad image name.
+    #[error(transparent)]
+    Recipe(#[from] RecipeError),
+    /// The build failed.
+    #[error("building image {name} failed (log kept in {log})")]
+    Build {
+        /// The image.
+        name: String,
+        /// Where its build log is.
+        log: PathBuf,
+        /// Why.
+        #[source]
+        source: BuildError,
+    },
+    /// An image asked for by name is not in the store.
+    #[error("no image named `{0}` in the store (see `xdriver image list`)")]
+    NotFound(String),
+    /// File I/O.
+    #[error("{path}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { path: path.into(), source }
+}
+
+/// A built image in the store.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Whether its recipe hash is that of the recipe this xdriver ships.
+    pub current: bool,
+}
+
+impl Entry {
+    /// The base disk (never written; VMs get overlays).
+    pub fn disk(&self) -> PathBuf {
+        self.dir.join(&self.manifest.disk.file)
+    }
+    /// The kernel for direct boot.
+    pub fn kernel(&self) -> PathBuf {
+        self.dir.join(&self.manifest.kernel.file)
+    }
+    /// The initramfs.
+    pub fn initrd(&self) -> PathBuf {
+        self.dir.join(&self.manifest.kernel.initrd)
+    }
+    /// Bytes on disk.
+    pub fn size_bytes(&self) -> u64 {
+        std::fs::read_dir(&self.dir)
+            .map(|rd| rd.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum())
+            .unwrap_or(0)
+    }
+}
+
+/// What `gc` removed.
+#[derive(Debug, Default)]
+pub struct GcReport {
+    /// Directories removed.
+    pub removed: Vec<PathBuf>,
+    /// Bytes freed.
+    pub freed_bytes: u64,
+}
+
+/// The store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(p) else { return 0 };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(p).map(|rd| rd.filter_map(|e| e.ok()).map(|e| dir_size(&e.path())).sum()).unwrap_or(0)
+}
+
+impl Store {
+    /// The default store: `$XDRIVER_CACHE_DIR`, else `$XDG_CACHE_HOME/xdriver`,
+    /// else `~/.cache/xdriver`.
+    pub fn open_default() -> Result<Store, StoreError> {
+        let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let root = env("XDRIVER_CACHE_DIR")
+            .or_else(|| env("XDG_CACHE_HOME").map(|p| p.join("xdriver")))
+            .or_else(|| env("HOME").map(|p| p.join(".cache/xdriver")))
+            .ok_or(StoreError::NoCacheDir)?;
+        Ok(Store::at(root))
+    }
+
+    /// A store rooted at `root`.
+    pub fn at(root: impl Into<PathBuf>) -> Store {
+        Store { root: root.into() }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn images_dir(&self) -> PathBuf {
+        self.root.join("images")
+    }
+
+    fn key(name: &ImageName, hash: &str) -> String {
+        format!("{name}-{}", &hash[..12])
+    }
+
+    /// The entry for `name` built from the current recipe, if present.
+    pub fn lookup(&self, name: &ImageName) -> Result<Option<Entry>, StoreError> {
+        let recipe = Recipe::load(&name.recipe)?;
+        let dir = self.images_dir().join(Self::key(name, &recipe.hash(name.init)));
+        Ok(Manifest::read(&dir.join("manifest.json")).ok().map(|manifest| Entry { dir, manifest, current: true }))
+    }
+
+    /// Returns the image, building it first if needed. Concurrent callers
+    /// (threads or processes) build it once: the others wait on the lock.
+    /// `progress` is true to draw per-stage progress bars on a terminal.
+    pub fn ensure(&self, name: &ImageName, progress: bool) -> Result<Entry, StoreError> {
+        if let Some(e) = self.lookup(name)? {
+            return Ok(e);
+        }
+        let recipe = Recipe::load(&name.recipe)?;
+        let hash = recipe.hash(name.init);
+        let key = Self::key(name, &hash);
+        let _lock = FileLock::acquire(&self.root.join("locks").join(format!("{key}.lock")))?;
+        if let Some(e) = self.lookup(name)? {
+            return Ok(e);
+        }
+        let images = self.images_dir();
+        std::fs::create_dir_all(&images).map_err(io(&images))?;
+        // Leftovers of an interrupted build of this key: we hold its lock,
+        // so nobody is still writing them.
+        for e in std::fs::read_dir(&images).map_err(io(&images))?.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&format!(".tmp-{key}-")) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let tmp = images.join(format!(".tmp-{key}-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        let kernels = self.root.join("kernels");
+        let manifest = match build_image(&recipe, name, &hash, &tmp, &kernels, progress) {
+            Ok(m) => m,
+            Err(source) => {
+                let logs = self.root.join("logs");
+                let _ = std::fs::create_dir_all(&logs);
+                let log = logs.join(format!("build-{key}.log"));
+                let _ = std::fs::rename(tmp.join("build.log"), &log);
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(StoreError::Build { name: name.to_string(), log, source });
+            }
+        };
+        let dir = images.join(&key);
+        std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
+        Ok(Entry { dir, manifest, current: true })
+    }
+
+    /// Every complete entry, current or stale, sorted by name.
+    pub fn list(&self) -> Result<Vec<Entry>, StoreError> {
+        let images = self.images_dir();
+        let mut out = Vec::new();
+        let Ok(rd) = std::fs::read_dir(&images) else { return Ok(out) };
+        for e in rd.flatten() {
+            let dir = e.path();
+            if e.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let Ok(manifest) = Manifest::read(&dir.join("manifest.json")) else { continue };
+            let current = Recipe::load(&manifest.recipe)
+                .map(|r| r.hash(manifest.init) == manifest.recipe_hash)
+                .unwrap_or(false);
+            out.push(Entry { dir, manifest, current });
+        }
+        out.sort_by(|a, b| (&a.manifest.name, &a.manifest.created_at).cmp(&(&b.manifest.name, &b.manifest.created_at)));
+        Ok(out)
+    }
+
+    /// Removes every entry of the image called `name`.
+    pub fn remove(&self, name: &str) -> Result<Vec<PathBuf>, StoreError> {
+        let mut removed = Vec::new();
+        for e in self.list()?.into_iter().filter(|e| e.manifest.name == name) {
+            let key = e.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let _lock = FileLock::acquire(&self.root.join("locks").join(format!("{key}.lock")))?;
+            std::fs::remove_dir_all(&e.dir).map_err(io(&e.dir))?;
+            removed.push(e.dir);
+        }
+        if removed.is_empty() {
+            return Err(StoreError::NotFound(name.into()));
+        }
+        Ok(removed)
+    }
+
+    /// Removes stale entries (built from an older recipe or builder),
+    /// leftovers of interrupted builds, and kernels no entry uses.
+    pub fn gc(&self) -> Result<GcReport, StoreError> {
+        let mut report = GcReport::default();
+        let drop_dir = |p: PathBuf, report: &mut GcReport| {
+            report.freed_bytes += dir_size(&p);
+            if std::fs::remove_dir_all(&p).is_ok() {
+                report.removed.push(p);
+            }
+        };
+        let entries = self.list()?;
+        for e in entries.iter().filter(|e| !e.current) {
+            drop_dir(e.dir.clone(), &mut report);
+        }
+        let images = self.images_dir();
+        if let Ok(rd) = std::fs::read_dir(&images) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Some(rest) = name.strip_prefix(".tmp-") else { continue };
+                // `.tmp-<key>-<pid>`: only if nobody holds the key's lock.
+                let key = rest.rsplit_once('-').map(|(k, _)| k).unwrap_or(rest);
+                if let Some(_l) = FileLock::try_acquire(&self.root.join("locks").join(format!("{key}.lock")))? {
+                    drop_dir(e.path(), &mut report);
+                }
+            }
+        }
+        let used: Vec<String> = entries.iter().filter(|e| e.current).map(|e| e.manifest.kernel.package.clone()).collect();
+        if let Ok(rd) = std::fs::read_dir(self.root.join("kernels")) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".lock") || used.iter().any(|u| name.starts_with(u.as_str())) {
+                    continue;
+                }
+                if let Some(_l) = FileLock::try_acquire(&self.root.join("kernels").join(format!("{name}.lock")))? {
+                    drop_dir(e.path(), &mut report);
+                }
+            }
+        }
+        Ok(report)
+    }
+}
