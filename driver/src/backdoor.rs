@@ -2,9 +2,9 @@
 //! installed into every image and started by the image's own init system.
 //! It works before the network is up and while the link is blocked.
 //!
-//! Framing (guest side in `guests/files/backdoor.sh`): the host writes
-//! `X <id> <cmd-len> <stdin-len> <timeout-s> <stream>\n` followed by the raw
-//! command and stdin bytes; the guest answers with base64 lines
+//! Framing (guest side in `guests/files/backdoor.sh`): the host writes one
+//! line `X <id> <timeout-s> <stream> <base64 cmd> <base64 stdin or ->`; the
+//! guest answers with base64 lines
 //! `XDO <id> …` (stdout), `XDE <id> …` (stderr) and `XDX <id> <status>`.
 //! The guest sends command output through files, not pipes, so a
 //! background child that holds stdout open cannot hang a command.
@@ -81,6 +81,7 @@ impl Backdoor {
             let mut lines = BufReader::with_capacity(1 << 20, r).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let line = line.trim_end_matches('\r');
+                tracing::trace!(line = %line.chars().take(200).collect::<String>(), "backdoor");
                 if line.starts_with("XDRIVER-BACKDOOR-READY") {
                     ready_tx.send_modify(|n| *n += 1);
                     if let Some((_, tx)) = rt.lock().expect("route lock").as_ref() {
@@ -148,17 +149,13 @@ impl Backdoor {
         let (tx, mut rx) = mpsc::unbounded_channel();
         *self.route.lock().expect("route lock") = Some((id, tx));
         let secs = if timeout.is_zero() { 0 } else { timeout.as_secs().max(1) };
-        let header = format!("X {id} {} {} {secs} {}\n", cmd.len(), stdin.len(), u8::from(sink.is_some()));
-        let mut frame = Vec::with_capacity(header.len() + cmd.len() + stdin.len());
-        frame.extend_from_slice(header.as_bytes());
-        frame.extend_from_slice(cmd.as_bytes());
-        frame.extend_from_slice(stdin);
+        let b64 = &base64::engine::general_purpose::STANDARD;
+        let input = if stdin.is_empty() { "-".to_string() } else { b64.encode(stdin) };
+        let frame = format!("X {id} {secs} {} {} {input}\n", u8::from(sink.is_some()), b64.encode(cmd));
         let write = async {
-            w.write_all(&frame).await.map_err(BackdoorError::Io)?;
+            w.write_all(frame.as_bytes()).await.map_err(BackdoorError::Io)?;
             w.flush().await.map_err(BackdoorError::Io)
         };
-        // The guest reads stdin only after the command line, so a large
-        // stdin must be written while replies are awaited.
         let mut out = Output::default();
         let collect = async {
             loop {

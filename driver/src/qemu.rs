@@ -119,7 +119,7 @@ impl QemuSpec {
         let rd = |f: &str| self.run_dir.join(f).display().to_string();
         let mut a: Vec<String> = Vec::new();
         let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
-        push(&["-name", &format!("xdriver-{},process=xdriver-{}", self.name, self.name)]);
+        push(&["-name", &format!("xdriver-{}", self.name)]);
         push(&["-nodefaults", "-no-user-config", "-display", "none", "-S", "-no-reboot"]);
         match self.accel {
             Accel::Tcg => push(&["-machine", "pc", "-accel", "tcg,thread=multi", "-cpu", "max"]),

@@ -249,7 +249,7 @@ impl Vm {
         };
         let listen = |f: &str| UnixListener::bind(run.join(f)).map_err(|e| VmError::Prepare(format!("socket {f}: {e}")));
         let (l_serial, l_backdoor, l_qmp) = (listen("serial.sock")?, listen("backdoor.sock")?, listen("qmp.sock")?);
-        std::fs::write(run.join("qemu.cmdline"), format!("{} {}\n", spec.binary, spec.args().join(" ")))
+        std::fs::write(run.join("qemu.cmdline"), format!("{} {}\n", spec.binary, spec.args().iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")))
             .map_err(|e| VmError::Prepare(e.to_string()))?;
         let stderr_path = run.join("qemu.log");
         let stderr_file = std::fs::File::create(&stderr_path).map_err(|e| VmError::Prepare(e.to_string()))?;

@@ -1,10 +1,11 @@
 #!/bin/bash
 # xdriver backdoor: runs framed commands from the host on the virtio console
 # (/dev/hvc0) as root. Protocol (see docs/architecture.md):
-#   host -> guest: "X <id> <cmd-bytes> <stdin-bytes> <timeout-s> <stream>\n"
-#                  followed by exactly that many raw command and stdin bytes
+#   host -> guest: "X <id> <timeout-s> <stream> <base64 cmd> <base64 stdin|->\n"
 #   guest -> host: "XDO <id> <base64>\n" (stdout), "XDE <id> <base64>\n"
 #                  (stderr), "XDX <id> <exit-code>\n" (done)
+# Everything inbound is one line read by bash's `read`, which buffers
+# what it reads from a tty, so no other program may read the console.
 # Output goes to files, not pipes, so a background child that keeps stdout
 # open cannot stall the reply (the NixOS driver's known hang).
 exec </dev/hvc0 >/dev/hvc0 2>/dev/null
@@ -27,10 +28,10 @@ flush() {
   fi
 }
 printf '\nXDRIVER-BACKDOOR-READY 1\n'
-while IFS=' ' read -r tag id clen ilen tmo stream; do
+while IFS=' ' read -r tag id tmo stream cmd input; do
   [ "$tag" = X ] || continue
-  head -c "$clen" >"$w/cmd"
-  if [ "$ilen" -gt 0 ]; then head -c "$ilen" >"$w/in"; in=$w/in; else in=/dev/null; fi
+  base64 -d <<<"$cmd" >"$w/cmd"
+  if [ "$input" != - ]; then base64 -d <<<"$input" >"$w/in"; in=$w/in; else in=/dev/null; fi
   if [ "$tmo" -gt 0 ]; then run=(timeout -k 5 "$tmo" bash "$w/cmd"); else run=(bash "$w/cmd"); fi
   if [ "$stream" = 1 ]; then
     (cd /root && exec "${run[@]}") <"$in" >"$w/out" 2>"$w/err" 9<&- &
