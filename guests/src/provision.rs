@@ -130,7 +130,7 @@ pub fn provision(init: Init, hostname: &str) -> Vec<FsEntry> {
                      supervisor=supervise-daemon\n\
                      respawn_delay=0\n\
                      respawn_max=0\n\
-                     depend() {\n\tneed localmount\n\tafter net ssh\n}\n",
+                     depend() {\n\tafter networking ssh nginx\n}\n",
                 ));
                 v.push(symlink("/etc/runlevels/default/xdriver-backdoor", "/etc/init.d/xdriver-backdoor"));
             }

@@ -134,17 +134,48 @@ impl Stages {
     }
 }
 
+/// `path` (absolute in the guest) as a host path under `root`, following
+/// symlinks the way the guest would: absolute targets are taken relative
+/// to `root`, not to the host's `/` (Debian's runit has /etc/service ->
+/// /etc/runit/runsvdir/current). The last component is not followed.
+fn in_root(root: &Path, path: &str) -> PathBuf {
+    let mut cur = root.to_path_buf();
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    let mut queue: std::collections::VecDeque<String> = parts.iter().map(|s| s.to_string()).collect();
+    let mut hops = 0;
+    while let Some(part) = queue.pop_front() {
+        let next = cur.join(&part);
+        match std::fs::read_link(&next) {
+            Ok(target) if !queue.is_empty() && hops < 40 => {
+                hops += 1;
+                let t = target.to_string_lossy().into_owned();
+                if t.starts_with('/') {
+                    cur = root.to_path_buf();
+                }
+                for p in t.split('/').filter(|p| !p.is_empty()).rev() {
+                    queue.push_front(p.to_string());
+                }
+            }
+            _ if part == ".." => {
+                if cur != root {
+                    cur.pop();
+                }
+            }
+            _ if part == "." => {}
+            _ => cur = next,
+        }
+    }
+    cur
+}
+
 fn apply(root: &Path, entries: &[FsEntry]) -> Result<(), BuildError> {
     for e in entries {
-        let (path, rel) = match e {
-            FsEntry::File { path, .. } | FsEntry::Symlink { path, .. } | FsEntry::Append { path, .. } => {
-                (path, root.join(path.trim_start_matches('/')))
-            }
+        let rel = match e {
+            FsEntry::File { path, .. } | FsEntry::Symlink { path, .. } | FsEntry::Append { path, .. } => in_root(root, path),
         };
         if let Some(parent) = rel.parent() {
             std::fs::create_dir_all(parent).map_err(io(parent))?;
         }
-        let _ = path;
         match e {
             FsEntry::File { mode, contents, .. } => {
                 let _ = std::fs::remove_file(&rel);
@@ -357,4 +388,21 @@ fn shared_kernel(recipe: &Recipe, kernels: &Path) -> Result<(PathBuf, KernelInfo
         .map_err(io(&tmp))?;
     std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
     Ok((dir, info))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_symlinks_resolve_inside_the_root() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let r = root.path();
+        std::fs::create_dir_all(r.join("etc/runit/runsvdir/default")).expect("mkdir");
+        symlink("default", r.join("etc/runit/runsvdir/current")).expect("link");
+        symlink("/etc/runit/runsvdir/current", r.join("etc/service")).expect("link");
+        assert_eq!(in_root(r, "/etc/service/x"), r.join("etc/runit/runsvdir/default/x"));
+        assert_eq!(in_root(r, "/etc/service"), r.join("etc/service"), "the last component is not followed");
+        assert_eq!(in_root(r, "/etc/../../x"), r.join("x"), "cannot escape the root");
+    }
 }

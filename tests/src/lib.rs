@@ -1,1 +1,76 @@
-//! placeholder
+//! Helpers shared by xdriver's integration tests and benchmarks: images
+//! from the store (built on first use, once, under the store's lock) and
+//! VMs booted from them under TCG.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use xdriver::qemu::{Accel, Share};
+use xdriver::vm::{Vm, VmConfig};
+use xdriver_guests::Init;
+use xdriver_images::{Entry, ImageName, Store};
+
+/// The store tests use: `$XDRIVER_CACHE_DIR` or the user's default.
+pub fn store() -> Store {
+    Store::open_default().expect("a cache directory")
+}
+
+/// The debian-12 image for `init`, built if missing.
+pub fn image(init: Init) -> Entry {
+    let name: ImageName = format!("debian-12-{init}").parse().expect("valid image name");
+    store().ensure(&name, false).unwrap_or_else(|e| panic!("building {name}: {}", xdriver::cli::chain_error(&e)))
+}
+
+/// A VM configuration for tests: TCG, 2 vCPUs, 1 GiB.
+pub fn config(init: Init, label: &str) -> VmConfig {
+    let mut cfg = VmConfig::new(&format!("t-{label}-{init}"), image(init));
+    cfg.accel = Accel::Tcg;
+    cfg.boot_timeout = Duration::from_secs(240);
+    cfg
+}
+
+/// Boots a VM of `init` with `shares`, panicking with the error's text
+/// (serial tail included) if it does not come up.
+pub async fn boot(init: Init, label: &str, shares: Vec<Share>) -> Vm {
+    let mut cfg = config(init, label);
+    cfg.shares = shares;
+    Vm::start(cfg).await.unwrap_or_else(|e| panic!("{init} VM did not start: {}", xdriver::cli::chain_error(&e)))
+}
+
+/// The built `xdriver` binary.
+pub fn xdriver_bin() -> PathBuf {
+    let mut p = std::env::current_exe().expect("test binary path");
+    p.pop();
+    if p.ends_with("deps") {
+        p.pop();
+    }
+    p.join("xdriver")
+}
+
+/// Lower-case hex SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// Whether a process with this pid exists (and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// Pids of processes whose command line mentions `needle`.
+pub fn pids_mentioning(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            if String::from_utf8_lossy(&cmd).contains(needle) && alive(pid) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}

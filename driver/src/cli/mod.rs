@@ -7,7 +7,7 @@ mod image;
 mod run;
 
 pub use args::{Cli, Command};
-pub use error::CliError;
+pub use error::{chain as chain_error, CliError};
 
 /// Whether the running command handles SIGINT/SIGTERM itself.
 pub fn handles_signals() -> bool {

@@ -1,0 +1,109 @@
+//! Every init variant of the Debian image, booted for real under TCG:
+//! commands over SSH and the backdoor, file copies both ways, a forwarded
+//! port to the guest's nginx, a 9p share, and a clean power-off.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use xdriver::qemu::Share;
+use xdriver::vm::{Channel, Stopped};
+use xdriver_guests::Init;
+use xdriver_tests::{boot, sha256};
+
+const T: Duration = Duration::from_secs(120);
+
+async fn exercise(init: Init) {
+    let share_dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(share_dir.path().join("hello.txt"), format!("hello from the host to {init}\n")).expect("write");
+    let share = Share { host: share_dir.path().to_path_buf(), guest: "/mnt/host".into(), writable: false };
+    let vm = boot(init, "init", vec![share]).await;
+    eprintln!("{init}: backdoor after {:?}, ssh after {:?}", vm.backdoor_ready_after, vm.ssh_ready_after);
+
+    // Commands on both channels: stdout, stderr and status kept apart.
+    for ch in [Channel::Ssh, Channel::Backdoor] {
+        let ok = vm.exec(ch, "echo out-$((6*7)); echo err >&2; cat /proc/1/comm", &[], T, None).await.expect("exec");
+        assert_eq!(ok.status, 0, "{init} {ch:?}: {ok:?}");
+        assert_eq!(ok.stderr_str(), "err\n", "{init} {ch:?}");
+        let expected_pid1 = match init {
+            Init::Systemd => "systemd",
+            Init::Sysvinit | Init::Openrc => "init",
+            Init::Runit => "runit",
+        };
+        assert_eq!(ok.stdout_str(), format!("out-42\n{expected_pid1}\n"), "{init} {ch:?}");
+        let bad = vm.exec(ch, "echo partial; exit 7", &[], T, None).await.expect("exec");
+        assert_eq!((bad.status, bad.stdout_str().as_str(), bad.stderr.len()), (7, "partial\n", 0), "{init} {ch:?}");
+        let input = vm.exec(ch, "tr a-z A-Z", b"stdin reaches the command", T, None).await.expect("exec");
+        assert_eq!(input.stdout_str(), "STDIN REACHES THE COMMAND", "{init} {ch:?}");
+    }
+
+    // A background child that keeps stdout open must not hang the backdoor
+    // (the NixOS driver's known hang) nor SSH.
+    let t = Instant::now();
+    let out = vm.exec(Channel::Backdoor, "sleep 600 & echo started", &[], T, None).await.expect("exec");
+    assert_eq!(out.stdout_str(), "started\n");
+    assert!(t.elapsed() < Duration::from_secs(30), "backdoor waited for the background child: {:?}", t.elapsed());
+
+    // Copy a file and a directory in and out; checksums must match.
+    let local = tempfile::tempdir().expect("tempdir");
+    let payload: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let file = local.path().join("payload.bin");
+    std::fs::write(&file, &payload).expect("write");
+    std::fs::create_dir_all(local.path().join("tree/sub")).expect("mkdir");
+    std::fs::write(local.path().join("tree/sub/a.txt"), b"a\n").expect("write");
+    let ssh = vm.ssh().expect("ssh");
+    ssh.copy_to(&file, "/root/in").await.expect("copy_to file");
+    ssh.copy_to(&local.path().join("tree"), "/root/in").await.expect("copy_to dir");
+    let sum = vm.exec(Channel::Ssh, "sha256sum /root/in/payload.bin | cut -d' ' -f1; cat /root/in/tree/sub/a.txt", &[], T, None).await.expect("exec");
+    assert_eq!(sum.stdout_str(), format!("{}\na\n", sha256(&payload)), "{init}: copy_to checksum");
+    vm.exec(Channel::Ssh, "cp /root/in/payload.bin /root/in/back.bin", &[], T, None).await.expect("exec");
+    let back = tempfile::tempdir().expect("tempdir");
+    let got = ssh.copy_from("/root/in/back.bin", back.path()).await.expect("copy_from file");
+    assert_eq!(sha256(&std::fs::read(&got).expect("read")), sha256(&payload), "{init}: copy_from checksum");
+    let tree = ssh.copy_from("/root/in/tree", back.path()).await.expect("copy_from dir");
+    assert_eq!(std::fs::read(tree.join("sub/a.txt")).expect("read"), b"a\n");
+
+    // Forward a host port to the guest's nginx and fetch its page.
+    vm.exec(Channel::Ssh, "for i in $(seq 100); do nc -z 127.0.0.1 80 && exit 0; sleep 0.2; done; exit 1", &[], T, None)
+        .await
+        .expect("nginx wait");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let fwd = ssh.forward(listener, 80);
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    sock.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n").await.expect("send");
+    let mut page = String::new();
+    tokio::time::timeout(T, sock.read_to_string(&mut page)).await.expect("page in time").expect("read");
+    assert!(page.starts_with("HTTP/1.1 200"), "{init}: {page}");
+    assert!(page.contains("Welcome to nginx"), "{init}: {page}");
+    fwd.abort();
+
+    // The 9p share: readable, and read-only by default.
+    let cat = vm.exec(Channel::Backdoor, "cat /mnt/host/hello.txt", &[], T, None).await.expect("exec");
+    assert_eq!(cat.stdout_str(), format!("hello from the host to {init}\n"));
+    let w = vm.exec(Channel::Backdoor, "touch /mnt/host/nope", &[], T, None).await.expect("exec");
+    assert_ne!(w.status, 0, "{init}: the read-only share accepted a write");
+    assert!(!share_dir.path().join("nope").exists());
+
+    let stopped = vm.shutdown().await;
+    assert_eq!(stopped, Stopped::GuestPoweroff, "{init}: did not power off from inside");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debian_systemd() {
+    exercise(Init::Systemd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debian_sysvinit() {
+    exercise(Init::Sysvinit).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debian_openrc() {
+    exercise(Init::Openrc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debian_runit() {
+    exercise(Init::Runit).await;
+}
