@@ -128,7 +128,6 @@ pub fn provision(init: Init, hostname: &str) -> Vec<FsEntry> {
                      description=\"xdriver backdoor root shell on hvc0\"\n\
                      command=/usr/lib/xdriver/backdoor\n\
                      supervisor=supervise-daemon\n\
-                     respawn_delay=0\n\
                      respawn_max=0\n\
                      depend() {\n\tafter networking ssh nginx\n}\n",
                 ));

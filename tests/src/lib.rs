@@ -25,7 +25,7 @@ pub fn image(init: Init) -> Entry {
 pub fn config(init: Init, label: &str) -> VmConfig {
     let mut cfg = VmConfig::new(&format!("t-{label}-{init}"), image(init));
     cfg.accel = Accel::Tcg;
-    cfg.boot_timeout = Duration::from_secs(240);
+    cfg.boot_timeout = Duration::from_secs(150);
     cfg
 }
 
