@@ -156,7 +156,7 @@ impl QemuSpec {
             "-device",
             "virtio-serial-pci",
             "-device",
-            "virtconsole,chardev=backdoor",
+            "virtserialport,chardev=backdoor,name=org.xdriver.backdoor",
         ]);
         push(&["-chardev", &format!("socket,id=qmp,path={}", rd("qmp.sock")), "-mon", "chardev=qmp,mode=control"]);
         for (i, s) in self.shares.iter().enumerate() {

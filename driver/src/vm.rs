@@ -29,7 +29,7 @@ use crate::ssh::{quote, ClientKey, Ssh, SshError};
 pub enum Channel {
     /// The persistent SSH connection.
     Ssh,
-    /// The root shell on hvc0.
+    /// The root shell on the virtio-serial backdoor port.
     Backdoor,
 }
 
@@ -327,7 +327,7 @@ impl Vm {
             Ok(()) => {}
             Err(BackdoorError::NotReady(t)) => {
                 return Err(VmError::BootTimeout {
-                    waited_for: "the backdoor shell on hvc0 did not announce itself".into(),
+                    waited_for: "the backdoor shell (virtio-serial port org.xdriver.backdoor) did not announce itself".into(),
                     timeout: t,
                     serial: vm.serial_tail(30),
                 })
@@ -435,24 +435,29 @@ impl Vm {
         sink: Option<&mut dyn Sink>,
     ) -> Result<Output, VmError> {
         let during = format!("running `{}`", cmd.chars().take(80).collect::<String>());
-        match channel {
-            Channel::Backdoor => Ok(self.until_exit(&during, self.backdoor.exec(cmd, stdin, timeout, sink)).await??),
+        let res = match channel {
+            Channel::Backdoor => self.until_exit(&during, self.backdoor.exec(cmd, stdin, timeout, sink)).await?.map_err(VmError::from),
             Channel::Ssh => {
                 let ssh = self.ssh()?;
                 let run = ssh.exec(cmd, stdin, sink);
-                let res = if timeout.is_zero() {
-                    self.until_exit(&during, run).await?
+                if timeout.is_zero() {
+                    self.until_exit(&during, run).await?.map_err(VmError::from)
                 } else {
                     match self.until_exit(&during, tokio::time::timeout(timeout, run)).await? {
-                        Ok(r) => r,
+                        Ok(r) => r.map_err(VmError::from),
                         Err(_) => Ok(Output { stdout: Vec::new(), stderr: b"xdriver: command timed out\n".to_vec(), status: 124 }),
                     }
-                };
-                match res {
-                    Err(_) if !self.is_running() => Err(self.exited_error(&during)),
-                    other => Ok(other?),
                 }
             }
+        };
+        match res {
+            // A channel breaking is usually the first sign of QEMU dying:
+            // give the exit a moment to be reaped and report that instead.
+            Err(e) if self.wait_exit(Duration::from_secs(3)).await => {
+                tracing::debug!(error = %e, "channel failed as QEMU exited");
+                Err(self.exited_error(&during))
+            }
+            other => other,
         }
     }
 

@@ -1,15 +1,22 @@
 #!/bin/bash
-# xdriver backdoor: runs framed commands from the host on the virtio console
-# (/dev/hvc0) as root. Protocol (see docs/architecture.md):
+# xdriver backdoor: runs framed commands from the host as root, on the
+# virtio-serial port named org.xdriver.backdoor. (Not on hvc0: QEMU drops
+# console-port output when the host reads slower than the guest writes --
+# see flush_buf() in hw/char/virtio-console.c -- while a plain port
+# throttles the guest instead, so no byte is lost.) Protocol (see docs/architecture.md):
 #   host -> guest: "X <id> <timeout-s> <stream> <base64 cmd> <base64 stdin|->\n"
 #   guest -> host: "XDO <id> <base64>\n" (stdout), "XDE <id> <base64>\n"
 #                  (stderr), "XDX <id> <exit-code>\n" (done)
-# Everything inbound is one line read by bash's `read`, which buffers
-# what it reads from a tty, so no other program may read the console.
+# Everything inbound is one line read by bash's `read`, which may buffer
+# what it reads, so no other program may read the port.
 # Output goes to files, not pipes, so a background child that keeps stdout
 # open cannot stall the reply (the NixOS driver's known hang).
-exec </dev/hvc0 >/dev/hvc0 2>/dev/null
-stty raw -echo 2>/dev/null
+port=
+for d in /sys/class/virtio-ports/*; do
+  [ "$(cat "$d/name" 2>/dev/null)" = org.xdriver.backdoor ] && port=/dev/${d##*/}
+done
+[ -n "$port" ] || { echo "xdriver backdoor: no org.xdriver.backdoor port" >/dev/console; sleep 5; exit 1; }
+exec <"$port" >"$port" 2>/dev/null
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root LANG=C.UTF-8 TERM=dumb
 w=/run/xdriver-backdoor

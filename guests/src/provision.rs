@@ -1,5 +1,6 @@
 //! Files an image build writes into a Debian rootfs so xdriver can drive it:
-//! the backdoor shell on hvc0 started by the image's own init system, a
+//! the backdoor shell on a virtio-serial port, started by the image's own
+//! init system, a
 //! serial getty on ttyS0, SSH settings that take the per-run client key from
 //! the kernel command line, and a static network configuration.
 
@@ -7,7 +8,7 @@ use crate::Init;
 
 /// Where the backdoor script lives in the guest.
 pub const BACKDOOR_PATH: &str = "/usr/lib/xdriver/backdoor";
-/// The line the backdoor prints on hvc0 when it is ready for commands.
+/// The line the backdoor prints on its port when it is ready for commands.
 pub const BACKDOOR_READY: &str = "XDRIVER-BACKDOOR-READY 1";
 
 const BACKDOOR_SH: &str = include_str!("../files/backdoor.sh");
@@ -89,9 +90,8 @@ pub fn provision(init: Init, hostname: &str) -> Vec<FsEntry> {
                 "/etc/systemd/system/xdriver-backdoor.service",
                 0o644,
                 "[Unit]\n\
-                 Description=xdriver backdoor root shell on hvc0\n\
-                 Wants=dev-hvc0.device\n\
-                 After=dev-hvc0.device network.target\n\n\
+                 Description=xdriver backdoor root shell (virtio-serial port org.xdriver.backdoor)\n\
+                 After=network.target\n\n\
                  [Service]\n\
                  ExecStart=/usr/lib/xdriver/backdoor\n\
                  Restart=always\n\
@@ -104,9 +104,6 @@ pub fn provision(init: Init, hostname: &str) -> Vec<FsEntry> {
                 "/etc/systemd/system/multi-user.target.wants/xdriver-backdoor.service",
                 "/etc/systemd/system/xdriver-backdoor.service",
             ));
-            // systemd-getty-generator would put a login prompt on hvc0, where
-            // the backdoor lives (NixOS and nix-vm-test mask it too).
-            v.push(symlink("/etc/systemd/system/serial-getty@hvc0.service", "/dev/null"));
         }
         Init::Sysvinit | Init::Openrc => {
             v.push(FsEntry::Append {
@@ -125,7 +122,7 @@ pub fn provision(init: Init, hostname: &str) -> Vec<FsEntry> {
                     "/etc/init.d/xdriver-backdoor",
                     0o755,
                     "#!/sbin/openrc-run\n\
-                     description=\"xdriver backdoor root shell on hvc0\"\n\
+                     description=\"xdriver backdoor root shell\"\n\
                      command=/usr/lib/xdriver/backdoor\n\
                      supervisor=supervise-daemon\n\
                      respawn_max=0\n\

@@ -1,1 +1,184 @@
-fn main() {}
+//! Benchmarks (figures, not pass/fail): cold boot to first command per
+//! init, the driver's overhead against plain QEMU reaching the sshd banner,
+//! and median command latency on the persistent SSH channel and the
+//! backdoor against a new OpenSSH connection per command.
+//!
+//! `cargo run --release -p xdriver-tests --bin xdriver-bench -- [--runs N] [--inits systemd,sysvinit]`
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use xdriver::qemu::{kernel_cmdline, Accel, Boot, QemuSpec};
+use xdriver::vm::{Channel, Vm};
+use xdriver_guests::Init;
+use xdriver_tests::{config, image};
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn fmt(v: &[f64]) -> String {
+    let s: Vec<String> = v.iter().map(|x| format!("{x:.2}")).collect();
+    s.join(" ")
+}
+
+/// Plain QEMU with the same machine, kernel, disk and devices, no driver:
+/// seconds from spawn until the forwarded port sends an SSH banner.
+fn plain_qemu_to_banner(init: Init) -> f64 {
+    let entry = image(init);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let overlay = dir.path().join("ov.qcow2");
+    let ok = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(entry.disk())
+        .arg(&overlay)
+        .status()
+        .expect("qemu-img");
+    assert!(ok.success());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let spec = QemuSpec {
+        binary: "qemu-system-x86_64".into(),
+        name: "plain".into(),
+        accel: Accel::Tcg,
+        cpus: 2,
+        mem_mib: 1024,
+        boot: Boot::Kernel {
+            kernel: entry.kernel(),
+            initrd: entry.initrd(),
+            cmdline: kernel_cmdline(&entry.manifest.init_path, "-", &[]),
+        },
+        disk: overlay,
+        run_dir: dir.path().to_path_buf(),
+        shares: vec![],
+        forwards: vec![],
+    };
+    // The same arguments minus -S and the driver's sockets.
+    let mut args = Vec::new();
+    let mut it = spec.args().into_iter().peekable();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-S" => {}
+            "-chardev" | "-mon" | "-serial" => {
+                it.next();
+            }
+            "-netdev" => {
+                it.next();
+                args.push(a);
+                args.push(format!("user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22"));
+            }
+            _ => args.push(a),
+        }
+    }
+    args.extend(["-serial".into(), format!("file:{}", dir.path().join("serial.log").display())]);
+    args.extend(["-chardev".into(), "null,id=backdoor".into()]);
+    let t = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64").args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("qemu");
+    let secs = loop {
+        if t.elapsed() > Duration::from_secs(180) {
+            panic!("plain QEMU: no banner in 180 s");
+        }
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_millis(1000)));
+            let mut buf = [0u8; 8];
+            if s.read_exact(&mut buf).is_ok() && &buf == b"SSH-2.0-" {
+                break t.elapsed().as_secs_f64();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    secs
+}
+
+async fn latency(vm: &Vm, ch: Channel, n: usize) -> f64 {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let out = vm.exec(ch, "true", &[], Duration::from_secs(60), None).await.expect("exec");
+        assert!(out.success());
+        v.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    median(v)
+}
+
+fn openssh_latency(vm: &Vm, n: usize) -> Option<f64> {
+    let dir = tempfile::tempdir().ok()?;
+    let key = dir.path().join("key");
+    std::fs::write(&key, vm.client_key().private_openssh()).ok()?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).ok()?;
+    let mut v = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let st = Command::new("ssh")
+            .arg("-i")
+            .arg(&key)
+            .args(["-p", &vm.ssh_port.to_string()])
+            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=error"])
+            .args(["root@127.0.0.1", "true"])
+            .status()
+            .ok()?;
+        if !st.success() {
+            return None;
+        }
+        v.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Some(median(v))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let mut runs = 3usize;
+    let mut inits: Vec<Init> = Init::ALL.to_vec();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--runs" => runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
+            "--inits" => {
+                inits = args.next().expect("--inits LIST").split(',').map(|s| s.parse().expect("init name")).collect()
+            }
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    println!("xdriver benchmark: TCG, 2 vCPUs, 1 GiB, {runs} runs per figure (medians; all runs listed)");
+    println!();
+    println!("| init | backdoor ready (s) | first command over SSH (s) | runs (SSH, s) |");
+    println!("|---|---|---|---|");
+    let mut systemd_ssh = None;
+    for &init in &inits {
+        image(init);
+        let (mut bd, mut ssh) = (Vec::new(), Vec::new());
+        for i in 0..runs {
+            let t = Instant::now();
+            let vm = Vm::start(config(init, &format!("bench{i}"))).await.expect("boot");
+            let out = vm.exec(Channel::Ssh, "true", &[], Duration::from_secs(60), None).await.expect("first command");
+            assert!(out.success());
+            ssh.push(t.elapsed().as_secs_f64());
+            bd.push(vm.backdoor_ready_after.as_secs_f64());
+            vm.kill().await;
+        }
+        if init == Init::Systemd {
+            systemd_ssh = Some(median(ssh.clone()));
+        }
+        println!("| {init} | {:.2} | {:.2} | {} |", median(bd), median(ssh.clone()), fmt(&ssh));
+    }
+    println!();
+    if let Some(driver) = systemd_ssh {
+        let plain: Vec<f64> = (0..runs).map(|_| plain_qemu_to_banner(Init::Systemd)).collect();
+        let p = median(plain.clone());
+        println!("driver overhead (systemd): plain QEMU to sshd banner {p:.2} s (runs {}); xdriver to first command done {driver:.2} s; ratio {:.3} ({:+.1} %)", fmt(&plain), driver / p, (driver / p - 1.0) * 100.0);
+        println!();
+    }
+    let init = inits.first().copied().unwrap_or(Init::Systemd);
+    let vm = Vm::start(config(init, "lat")).await.expect("boot");
+    let n = 50;
+    let s = latency(&vm, Channel::Ssh, n).await;
+    let b = latency(&vm, Channel::Backdoor, n).await;
+    let o = openssh_latency(&vm, 10);
+    println!("command latency on {init} (`true`, median): persistent SSH {s:.1} ms ({n} runs), backdoor {b:.1} ms ({n} runs), new OpenSSH connection {} (10 runs)",
+        o.map(|x| format!("{x:.0} ms")).unwrap_or_else(|| "n/a (no ssh client)".into()));
+    vm.shutdown().await;
+}

@@ -1,0 +1,125 @@
+//! How the engine behaves when things go wrong, and the heavy-output and
+//! concurrency paths, on real VMs under TCG.
+
+use std::time::{Duration, Instant};
+
+use regex::bytes::Regex;
+use xdriver::vm::{Channel, Vm, VmError};
+use xdriver_guests::Init;
+use xdriver_tests::{alive, boot, config, sha256};
+
+const T: Duration = Duration::from_secs(120);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_mib_of_binary_output_is_byte_identical_on_both_channels() {
+    let vm = boot(Init::Systemd, "blob", vec![]).await;
+    let made = vm
+        .exec(Channel::Ssh, "head -c 5242880 /dev/urandom > /root/blob && sha256sum /root/blob | cut -d' ' -f1", &[], T, None)
+        .await
+        .expect("exec");
+    let want = made.stdout_str().trim().to_string();
+    assert_eq!(want.len(), 64, "{made:?}");
+    for ch in [Channel::Ssh, Channel::Backdoor] {
+        let t = Instant::now();
+        let out = vm.exec(ch, "cat /root/blob", &[], T, None).await.expect("exec");
+        assert_eq!(out.status, 0);
+        assert_eq!(out.stdout.len(), 5 * 1024 * 1024, "{ch:?}");
+        assert_eq!(sha256(&out.stdout), want, "{ch:?}: bytes differ");
+        eprintln!("{ch:?}: 5 MiB in {:?}", t.elapsed());
+    }
+    // And 1 MiB of binary stdin goes in intact on both channels.
+    let input: Vec<u8> = (0..1024 * 1024u32).map(|i| (i * 7 + i / 255) as u8).collect();
+    for ch in [Channel::Ssh, Channel::Backdoor] {
+        let out = vm.exec(ch, "sha256sum | cut -d' ' -f1", &input, T, None).await.expect("exec");
+        assert_eq!(out.stdout_str().trim(), sha256(&input), "{ch:?}: stdin corrupted");
+    }
+    vm.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_runs_commands_concurrently() {
+    let vm = boot(Init::Systemd, "conc", vec![]).await;
+    let ssh = vm.ssh().expect("ssh");
+    let t = Instant::now();
+    let runs = (0..4).map(|i| {
+        let ssh = ssh.clone();
+        async move { ssh.exec(&format!("sleep 3; echo {i}"), &[], None).await }
+    });
+    let outs = futures_join(runs.collect()).await;
+    let took = t.elapsed();
+    for (i, o) in outs.into_iter().enumerate() {
+        assert_eq!(o.expect("exec").stdout_str(), format!("{i}\n"));
+    }
+    // Four 3-second commands one after another would take at least 12 s.
+    assert!(took < Duration::from_secs(10), "commands did not overlap: {took:?}");
+    vm.shutdown().await;
+}
+
+async fn futures_join<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = fs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.expect("task"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_killed_mid_command_fails_fast_and_leaves_nothing() {
+    for ch in [Channel::Ssh, Channel::Backdoor] {
+        let vm = boot(Init::Systemd, "kill", vec![]).await;
+        let pid = vm.pid();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            // SAFETY: sends SIGKILL to the QEMU this test started.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        });
+        let t = Instant::now();
+        let err = vm.exec(ch, "sleep 600", &[], Duration::ZERO, None).await.expect_err("QEMU was killed");
+        let waited = t.elapsed();
+        assert!(waited < Duration::from_secs(15), "{ch:?}: took {waited:?} to notice");
+        assert!(matches!(err, VmError::QemuExited { .. }), "{ch:?}: {err}");
+        let msg = err.to_string();
+        assert!(msg.contains("QEMU exited unexpectedly") && msg.contains("sleep 600"), "{msg}");
+        assert!(!alive(pid), "QEMU {pid} still running");
+        drop(vm);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_that_never_boots_fails_within_its_deadline_with_the_serial_tail() {
+    let mut cfg = config(Init::Systemd, "noboot");
+    cfg.extra_cmdline = vec!["init=/nonexistent".into()];
+    cfg.boot_timeout = Duration::from_secs(25);
+    let t = Instant::now();
+    let err = Vm::start(cfg).await.expect_err("cannot boot");
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(40), "deadline not kept: {took:?}");
+    let msg = err.to_string();
+    assert!(matches!(err, VmError::BootTimeout { .. }), "{msg}");
+    assert!(msg.contains("init /nonexistent not found"), "serial tail missing from: {msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_text_waits_see_boot_messages_and_time_out_cleanly() {
+    let vm = boot(Init::Sysvinit, "console", vec![]).await;
+    let hit = vm
+        .wait_for_console_text(&Regex::new(r"xdriver-initramfs: switching to \S+").expect("re"), T)
+        .await
+        .expect("boot message");
+    assert_eq!(hit, "xdriver-initramfs: switching to /sbin/init");
+    vm.exec(Channel::Backdoor, "echo marker-$((40+2)) > /dev/ttyS0", &[], T, None).await.expect("exec");
+    vm.wait_for_console_text(&Regex::new("marker-42").expect("re"), T).await.expect("marker");
+    let err = vm
+        .wait_for_console_text(&Regex::new("never-printed").expect("re"), Duration::from_secs(2))
+        .await
+        .expect_err("no such text");
+    assert!(err.to_string().contains("/never-printed/"), "{err}");
+    vm.shutdown().await;
+}
