@@ -1,10 +1,22 @@
-//! What differs per guest OS and per init system: the files xdriver puts
-//! into a guest image (backdoor shell, serial getty, SSH settings) and the
-//! commands it runs in a guest (power off). Adding an init system is one
-//! variant of [`Init`] plus its arm in each `match`.
+//! What differs per guest OS, per init system and per process manager: the
+//! files xdriver puts into a guest image (backdoor shell, serial getty, SSH
+//! settings), the OS commands a deployment needs (users, ports), and the
+//! manager backends that render a processes model and control it in the
+//! guest. Adding a manager is one file in `managers/` plus its arms in
+//! [`Backend`]; adding an OS is one variant of [`Os`].
 
 mod init;
+mod managers;
+mod model;
+mod os;
 mod provision;
+pub mod shell;
 
 pub use init::{Init, UnknownInit};
+pub use managers::{Backend, GuestFile, RenderError};
+pub use model::{
+    ConfigFile, Credentials, Group, Manager, Mode, Process, Profile, ProfileKind, ProfileUser, System, UnknownManager,
+    UnknownProfile, User,
+};
+pub use os::{Os, UnknownOs};
 pub use provision::{provision, FsEntry, BACKDOOR_PATH, BACKDOOR_READY};

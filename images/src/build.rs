@@ -195,6 +195,23 @@ fn apply(root: &Path, entries: &[FsEntry]) -> Result<(), BuildError> {
     Ok(())
 }
 
+/// Removes the boot links of sysv-rc services (`/etc/rc?.d/[SK]NN<name>`).
+fn disable_services(root: &Path, names: &[String]) -> Result<(), BuildError> {
+    for level in ["0", "1", "2", "3", "4", "5", "6", "S"] {
+        let dir = root.join(format!("etc/rc{level}.d"));
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let b = file.as_bytes();
+            let is_link = b.len() > 3 && matches!(b[0], b'S' | b'K') && b[1].is_ascii_digit() && b[2].is_ascii_digit();
+            if is_link && names.iter().any(|n| file[3..] == **n) {
+                std::fs::remove_file(e.path()).map_err(io(&e.path()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Writes a fresh ed25519 host key into the rootfs (removing any other host
 /// keys) and returns the public key line clients pin.
 fn install_host_key(root: &Path) -> Result<String, BuildError> {
@@ -302,6 +319,7 @@ pub fn build_image(
     let t = Instant::now();
     let pb = stages.bar("provision");
     apply(&rootfs, &xdriver_guests::provision(name.init, "xdriver"))?;
+    disable_services(&rootfs, &init.disable_services)?;
     let ssh_host_key = install_host_key(&rootfs)?;
     clear_root_password(&rootfs)?;
     for d in ["nix/store", "var/cache/apt/archives/partial"] {

@@ -63,6 +63,12 @@ pub struct KernelRecipe {
 pub struct InitRecipe {
     /// Packages this variant adds.
     pub packages: Vec<String>,
+    /// sysv-rc services installed by those packages that must not start
+    /// at boot (xdriver brings them up itself, e.g. supervisord for the
+    /// supervisord backend). Their `/etc/rc?.d/[SK]NN<name>` links are
+    /// removed.
+    #[serde(default)]
+    pub disable_services: Vec<String>,
 }
 
 /// A parsed recipe.

@@ -1,0 +1,242 @@
+//! The backend interface shared by every manager, and the dispatcher.
+
+use crate::model::{Manager, Mode, Process, Profile, System};
+use crate::os::Os;
+use crate::shell::{join, quote};
+
+use super::{bsdrc, openrc, runit, s6, supervisord, systemd, sysvinit};
+
+/// A file (or symlink) a backend writes into the guest.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GuestFile {
+    /// Absolute guest path.
+    pub path: String,
+    /// Permission bits (ignored for symlinks).
+    pub mode: u32,
+    /// Text contents, or `None` for a symlink.
+    pub contents: Option<String>,
+    /// Symlink target.
+    pub link: Option<String>,
+}
+
+impl GuestFile {
+    /// A regular file.
+    pub fn text(path: impl Into<String>, mode: u32, contents: impl Into<String>) -> GuestFile {
+        GuestFile { path: path.into(), mode, contents: Some(contents.into()), link: None }
+    }
+
+    /// A symbolic link.
+    pub fn symlink(path: impl Into<String>, target: impl Into<String>) -> GuestFile {
+        GuestFile { path: path.into(), mode: 0o777, contents: None, link: Some(target.into()) }
+    }
+}
+
+/// A model a backend cannot express.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// The process offers neither a foreground nor a daemon command.
+    #[error("instance `{0}` has neither a foreground nor a daemon command")]
+    NoCommand(String),
+    /// An extra (override) key this backend does not know.
+    #[error("instance `{instance}`: {manager} override key `{key}` is not valid here ({hint})")]
+    BadExtra {
+        /// Instance.
+        instance: String,
+        /// Manager.
+        manager: Manager,
+        /// The key.
+        key: String,
+        /// What is accepted.
+        hint: &'static str,
+    },
+}
+
+/// One manager for one OS and profile: renders and controls deployments.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// The manager.
+    pub manager: Manager,
+    /// The guest OS.
+    pub os: Os,
+    /// The profile.
+    pub profile: Profile,
+}
+
+impl Backend {
+    /// The backend for `manager` on `os` under `profile`.
+    pub fn new(manager: Manager, os: Os, profile: Profile) -> Backend {
+        Backend { manager, os, profile }
+    }
+
+    /// The files that deploy `sys` under this manager (pure).
+    pub fn render(&self, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
+        for p in &sys.processes {
+            if p.foreground.is_none() && p.daemon.is_none() {
+                return Err(RenderError::NoCommand(p.name.clone()));
+            }
+        }
+        match self.manager {
+            Manager::Systemd => systemd::render(self, sys),
+            Manager::Sysvinit => sysvinit::render(self, sys),
+            Manager::Openrc => openrc::render(self, sys),
+            Manager::Runit => runit::render(self, sys),
+            Manager::S6 => s6::render(self, sys),
+            Manager::Supervisord => supervisord::render(self, sys),
+            Manager::Bsdrc => bsdrc::render(self, sys),
+        }
+    }
+
+    /// Commands that bring the manager itself up, when the driver must
+    /// (supervisord, s6-svscan, a user's runsvdir or `systemd --user`);
+    /// each must exit 0.
+    pub fn bootstrap(&self) -> Vec<String> {
+        match self.manager {
+            Manager::Systemd => systemd::bootstrap(self),
+            Manager::Sysvinit => Vec::new(),
+            Manager::Openrc => Vec::new(),
+            Manager::Runit => runit::bootstrap(self),
+            Manager::S6 => s6::bootstrap(self),
+            Manager::Supervisord => supervisord::bootstrap(self),
+            Manager::Bsdrc => Vec::new(),
+        }
+    }
+
+    /// Commands that start every instance of `sys`, dependencies first.
+    pub fn activate(&self, sys: &System) -> Vec<String> {
+        match self.manager {
+            Manager::Systemd => systemd::activate(self, sys),
+            Manager::Sysvinit => sysvinit::activate(self, sys),
+            Manager::Openrc => openrc::activate(self, sys),
+            Manager::Runit => runit::activate(self, sys),
+            Manager::S6 => s6::activate(self, sys),
+            Manager::Supervisord => supervisord::activate(self, sys),
+            Manager::Bsdrc => bsdrc::activate(self, sys),
+        }
+    }
+
+    /// Starts one instance.
+    pub fn start(&self, name: &str) -> String {
+        match self.manager {
+            Manager::Systemd => systemd::start(self, name),
+            Manager::Sysvinit => sysvinit::start(self, name),
+            Manager::Openrc => openrc::start(self, name),
+            Manager::Runit => runit::start(self, name),
+            Manager::S6 => s6::start(self, name),
+            Manager::Supervisord => supervisord::start(self, name),
+            Manager::Bsdrc => bsdrc::start(self, name),
+        }
+    }
+
+    /// Stops one instance.
+    pub fn stop(&self, name: &str) -> String {
+        match self.manager {
+            Manager::Systemd => systemd::stop(self, name),
+            Manager::Sysvinit => sysvinit::stop(self, name),
+            Manager::Openrc => openrc::stop(self, name),
+            Manager::Runit => runit::stop(self, name),
+            Manager::S6 => s6::stop(self, name),
+            Manager::Supervisord => supervisord::stop(self, name),
+            Manager::Bsdrc => bsdrc::stop(self, name),
+        }
+    }
+
+    /// Exits 0 when the instance is running (and ready, where the manager
+    /// tracks readiness); prints the manager's own status text.
+    pub fn status(&self, name: &str) -> String {
+        match self.manager {
+            Manager::Systemd => systemd::status(self, name),
+            Manager::Sysvinit => sysvinit::status(self, name),
+            Manager::Openrc => openrc::status(self, name),
+            Manager::Runit => runit::status(self, name),
+            Manager::S6 => s6::status(self, name),
+            Manager::Supervisord => supervisord::status(self, name),
+            Manager::Bsdrc => bsdrc::status(self, name),
+        }
+    }
+
+    /// `cmd` run as the profile's user (unchanged when privileged).
+    pub fn as_user(&self, cmd: &str) -> String {
+        self.os.as_user(&self.profile, cmd)
+    }
+
+    /// Whether user changes are disabled (unprivileged profile).
+    pub fn no_user_change(&self) -> bool {
+        self.profile.force_disable_user_change
+    }
+
+    /// The user `p` runs as, if the profile allows changing user.
+    pub fn user_of<'a>(&self, p: &'a Process) -> Option<&'a str> {
+        if self.no_user_change() {
+            None
+        } else {
+            p.user.as_deref()
+        }
+    }
+
+    /// The form `p` runs in under this manager.
+    pub fn mode(&self, p: &Process) -> Mode {
+        self.manager.mode_for(p)
+    }
+}
+
+/// The argv of `p` in `mode` (the caller checked it exists).
+pub(super) fn argv(p: &Process, mode: Mode) -> &[String] {
+    let v = match mode {
+        Mode::Foreground => p.foreground.as_ref(),
+        Mode::Daemon => p.daemon.as_ref(),
+    };
+    v.or(p.foreground.as_ref()).or(p.daemon.as_ref()).map(Vec::as_slice).unwrap_or(&[])
+}
+
+/// A shell fragment for supervisors that need a foreground process (runit,
+/// s6, supervisord) when an instance only offers a daemon: start it, then
+/// stay alive while the pid in its pidfile does; SIGTERM is passed on.
+pub(super) fn daemon_waiter(p: &Process, start: &str) -> String {
+    let pf = quote(&p.pid_file);
+    format!(
+        "{start} || exit 1\n\
+         trap 'kill $(cat {pf}) 2>/dev/null; exit 0' TERM INT\n\
+         while kill -0 \"$(cat {pf} 2>/dev/null)\" 2>/dev/null; do sleep 1 & wait $!; done\n\
+         exit 1\n"
+    )
+}
+
+/// `export K='V'` lines for a shell script.
+pub(super) fn exports(p: &Process) -> String {
+    p.environment.iter().map(|(k, v)| format!("export {k}={}\n", quote(v))).collect()
+}
+
+/// `cd`/`umask` lines for a shell script.
+pub(super) fn cd_umask(p: &Process) -> String {
+    let mut s = String::new();
+    if let Some(d) = &p.directory {
+        s.push_str(&format!("cd {} || exit 1\n", quote(d)));
+    }
+    if let Some(u) = &p.umask {
+        s.push_str(&format!("umask {u}\n"));
+    }
+    s
+}
+
+/// The argv with `nice` (and a user switch command, if given) in front.
+pub(super) fn wrapped(p: &Process, argv: &[String], setuid: Option<String>) -> String {
+    let mut s = String::new();
+    if let Some(u) = setuid {
+        s.push_str(&u);
+        s.push(' ');
+    }
+    if let Some(n) = p.nice {
+        s.push_str(&format!("nice -n {n} "));
+    }
+    s.push_str(&join(argv));
+    s
+}
+
+/// A shell loop that waits up to `secs` for `cond` to hold.
+pub(super) fn wait_until(cond: &str, secs: u32, what: &str) -> String {
+    let tries = secs * 10;
+    format!(
+        "i=0; until {cond}; do i=$((i+1)); if [ $i -ge {tries} ]; then echo {} >&2; exit 1; fi; sleep 0.1; done",
+        quote(&format!("timed out after {secs} s waiting for {what}"))
+    )
+}

@@ -1,0 +1,324 @@
+//! The resolved processes model the manager backends render: every
+//! template already expanded for one OS, manager and profile, instances in
+//! dependency order. (The spec layer in the driver produces it.)
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+
+/// A process manager xdriver can deploy a system with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Manager {
+    /// systemd (PID 1; `systemd --user` for the unprivileged profile).
+    Systemd,
+    /// LSB init scripts run with start-stop-daemon.
+    Sysvinit,
+    /// OpenRC services (openrc-run scripts).
+    Openrc,
+    /// runit service directories supervised by runsvdir.
+    Runit,
+    /// s6 service directories supervised by s6-svscan.
+    S6,
+    /// supervisord programs.
+    Supervisord,
+    /// FreeBSD rc.d scripts (rc.subr).
+    Bsdrc,
+}
+
+/// A manager name that is not one of [`Manager::ALL`].
+#[derive(Debug, thiserror::Error)]
+#[error("unknown process manager `{0}` (expected one of: systemd, sysvinit, openrc, runit, s6, supervisord, bsdrc)")]
+pub struct UnknownManager(pub String);
+
+/// Which form of a process a manager runs when both are offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The process stays in the foreground and the manager supervises it.
+    Foreground,
+    /// The process daemonizes itself and leaves a pidfile.
+    Daemon,
+}
+
+impl Manager {
+    /// Every manager, in the order docs and matrices list them.
+    pub const ALL: [Manager; 7] = [
+        Manager::Systemd,
+        Manager::Sysvinit,
+        Manager::Openrc,
+        Manager::Runit,
+        Manager::S6,
+        Manager::Supervisord,
+        Manager::Bsdrc,
+    ];
+
+    /// Lowercase name, as in flags, specs and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Manager::Systemd => "systemd",
+            Manager::Sysvinit => "sysvinit",
+            Manager::Openrc => "openrc",
+            Manager::Runit => "runit",
+            Manager::S6 => "s6",
+            Manager::Supervisord => "supervisord",
+            Manager::Bsdrc => "bsdrc",
+        }
+    }
+
+    /// The form this manager picks when a process offers both (as
+    /// nix-processmgmt's generators do).
+    pub fn prefers(self) -> Mode {
+        match self {
+            Manager::Sysvinit | Manager::Bsdrc | Manager::Openrc => Mode::Daemon,
+            Manager::Systemd | Manager::Runit | Manager::S6 | Manager::Supervisord => Mode::Foreground,
+        }
+    }
+
+    /// The form used for `p` under this manager.
+    pub fn mode_for(self, p: &Process) -> Mode {
+        match (self.prefers(), p.foreground.is_some(), p.daemon.is_some()) {
+            (Mode::Daemon, _, true) | (Mode::Foreground, false, true) => Mode::Daemon,
+            _ => Mode::Foreground,
+        }
+    }
+
+    /// Whether this manager can deploy an unprivileged profile (a normal
+    /// user's own instance of the manager), and if not, why.
+    pub fn unprivileged_support(self) -> Result<(), &'static str> {
+        match self {
+            Manager::Openrc => Err("OpenRC 0.45 (Debian 12) has no user services"),
+            Manager::Systemd
+            | Manager::Sysvinit
+            | Manager::Runit
+            | Manager::S6
+            | Manager::Supervisord
+            | Manager::Bsdrc => Ok(()),
+        }
+    }
+}
+
+impl fmt::Display for Manager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Manager {
+    type Err = UnknownManager;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Manager::ALL.into_iter().find(|m| m.name() == s).ok_or_else(|| UnknownManager(s.into()))
+    }
+}
+
+/// The deployment profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProfileKind {
+    /// As root: stateDir /var, processes run as their own users.
+    Privileged,
+    /// As a normal user: stateDir under its home, user changes disabled.
+    Unprivileged,
+}
+
+/// A profile name that is not privileged or unprivileged.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown profile `{0}` (expected privileged or unprivileged)")]
+pub struct UnknownProfile(pub String);
+
+impl ProfileKind {
+    /// Both profiles.
+    pub const ALL: [ProfileKind; 2] = [ProfileKind::Privileged, ProfileKind::Unprivileged];
+
+    /// Lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProfileKind::Privileged => "privileged",
+            ProfileKind::Unprivileged => "unprivileged",
+        }
+    }
+}
+
+impl fmt::Display for ProfileKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for ProfileKind {
+    type Err = UnknownProfile;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ProfileKind::ALL.into_iter().find(|m| m.name() == s).ok_or_else(|| UnknownProfile(s.into()))
+    }
+}
+
+/// The unprivileged profile's user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProfileUser {
+    /// Login name.
+    pub name: String,
+    /// Numeric uid (also its group's gid).
+    pub uid: u32,
+    /// Home directory.
+    pub home: String,
+}
+
+/// A profile with its directories, as the processes model sees them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Profile {
+    /// Which profile.
+    pub kind: ProfileKind,
+    /// The user that deploys and runs everything (unprivileged only).
+    pub user: Option<ProfileUser>,
+    /// Base of all state.
+    pub state_dir: String,
+    /// Pidfiles, sockets.
+    pub runtime_dir: String,
+    /// Logs.
+    pub log_dir: String,
+    /// Caches.
+    pub cache_dir: String,
+    /// Persistent data.
+    pub lib_dir: String,
+    /// Temporary files.
+    pub tmp_dir: String,
+    /// Whether `user` and `credentials` are ignored.
+    pub force_disable_user_change: bool,
+}
+
+impl Profile {
+    /// The privileged profile: stateDir /var, tmpDir /tmp.
+    pub fn privileged() -> Profile {
+        Profile::with_state_dir(ProfileKind::Privileged, None, "/var", "/tmp")
+    }
+
+    /// The unprivileged profile for user `name` (uid `uid`): stateDir
+    /// `/home/<name>/var`, user changes disabled.
+    pub fn unprivileged(name: &str, uid: u32) -> Profile {
+        let home = format!("/home/{name}");
+        let state = format!("{home}/var");
+        let tmp = format!("{state}/tmp");
+        let user = ProfileUser { name: name.into(), uid, home };
+        Profile::with_state_dir(ProfileKind::Unprivileged, Some(user), &state, &tmp)
+    }
+
+    fn with_state_dir(kind: ProfileKind, user: Option<ProfileUser>, state: &str, tmp: &str) -> Profile {
+        Profile {
+            kind,
+            force_disable_user_change: user.is_some(),
+            user,
+            state_dir: state.into(),
+            runtime_dir: format!("{state}/run"),
+            log_dir: format!("{state}/log"),
+            cache_dir: format!("{state}/cache"),
+            lib_dir: format!("{state}/lib"),
+            tmp_dir: tmp.into(),
+        }
+    }
+
+    /// Every directory of the profile (created at deploy).
+    pub fn dirs(&self) -> Vec<&str> {
+        vec![&self.state_dir, &self.runtime_dir, &self.log_dir, &self.cache_dir, &self.lib_dir, &self.tmp_dir]
+    }
+
+    /// The home of the user that owns the deployment (`/root` when privileged).
+    pub fn home(&self) -> &str {
+        self.user.as_ref().map(|u| u.home.as_str()).unwrap_or("/root")
+    }
+}
+
+/// A group to create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Group {
+    /// Name.
+    pub name: String,
+}
+
+/// A user to create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    /// Login name.
+    pub name: String,
+    /// Primary group (created if listed in the groups, else must exist).
+    pub group: Option<String>,
+    /// GECOS description.
+    pub description: String,
+    /// Home directory (default: none, `/nonexistent`).
+    pub home: Option<String>,
+    /// Whether to create the home directory.
+    pub create_home: bool,
+}
+
+/// Users and groups a process needs (ignored when user changes are
+/// disabled).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Credentials {
+    /// Groups.
+    pub groups: Vec<Group>,
+    /// Users.
+    pub users: Vec<User>,
+}
+
+/// A configuration file rendered from a template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConfigFile {
+    /// Absolute guest path.
+    pub path: String,
+    /// Permission bits.
+    pub mode: u32,
+    /// Rendered contents.
+    pub contents: String,
+}
+
+/// One process instance, fully resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Process {
+    /// Instance name: names the service, its pidfile and its logs.
+    pub name: String,
+    /// One-line description.
+    pub description: String,
+    /// The command (argv) that stays in the foreground, if offered.
+    pub foreground: Option<Vec<String>>,
+    /// The command (argv) that daemonizes, if offered.
+    pub daemon: Option<Vec<String>>,
+    /// The pidfile (written by the daemon form, or by the manager).
+    pub pid_file: String,
+    /// Environment variables.
+    pub environment: BTreeMap<String, String>,
+    /// Working directory.
+    pub directory: Option<String>,
+    /// umask, octal text (e.g. `022`).
+    pub umask: Option<String>,
+    /// Nice level.
+    pub nice: Option<i32>,
+    /// User to run as (None when user changes are disabled).
+    pub user: Option<String>,
+    /// Instances that must be running first.
+    pub dependencies: Vec<String>,
+    /// Shell run (as the deploying user) before the first start.
+    pub initialize: Option<String>,
+    /// Users and groups to create.
+    pub credentials: Credentials,
+    /// Files rendered from templates.
+    pub config_files: Vec<ConfigFile>,
+    /// The process reports readiness itself: sd_notify (`NOTIFY_SOCKET`)
+    /// or a newline on the descriptor named by `READY_FD`.
+    pub notify: bool,
+    /// Manager-specific settings from the instance's overrides, e.g.
+    /// `Service.LimitNOFILE` for systemd or `startsecs` for supervisord.
+    pub extra: BTreeMap<String, String>,
+    /// Where the manager sends the process's output.
+    pub log_file: String,
+}
+
+/// A whole system for one cell: instances in dependency order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct System {
+    /// The spec's name.
+    pub name: String,
+    /// Instances, every one after its dependencies.
+    pub processes: Vec<Process>,
+}
