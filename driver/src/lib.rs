@@ -11,6 +11,8 @@ pub mod output;
 pub mod qemu;
 pub mod qmp;
 pub mod rundir;
+pub mod runner;
+pub mod spec;
 pub mod ssh;
 pub mod terminal;
 pub mod vm;

@@ -16,7 +16,8 @@ for d in /sys/class/virtio-ports/*; do
   [ "$(cat "$d/name" 2>/dev/null)" = org.xdriver.backdoor ] && port=/dev/${d##*/}
 done
 [ -n "$port" ] || { echo "xdriver backdoor: no org.xdriver.backdoor port" >/dev/console; sleep 5; exit 1; }
-exec <"$port" >"$port" 2>/dev/null
+# One open, read-write: a virtio-serial port refuses a second open (EBUSY).
+exec 0<>"$port" 1>&0 2>/dev/null || { echo "xdriver backdoor: cannot open $port" >/dev/console; sleep 5; exit 1; }
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root LANG=C.UTF-8 TERM=dumb
 w=/run/xdriver-backdoor

@@ -31,6 +31,63 @@ pub enum Command {
     Run(RunArgs),
     /// Check the host: tools, KVM (by a boot probe), cache.
     Doctor(DoctorArgs),
+    /// Run a spec's cells: boot, deploy, readiness, tests; a line per cell.
+    Test(TestArgs),
+    /// Show what a cell would do (rendered configs, deploy commands,
+    /// steps) without booting anything.
+    Plan(PlanArgs),
+}
+
+/// Which cells of a spec (each flag takes several values, repeated or
+/// comma-separated; default: the spec's `[matrix]`).
+#[derive(Debug, Args, Clone)]
+pub struct CellArgs {
+    /// The spec: a TOML file, or a directory holding xdriver.toml.
+    pub spec: PathBuf,
+    /// Guest OSes: debian-12, freebsd, nixos.
+    #[arg(long = "os", value_delimiter = ',')]
+    pub os: Vec<xdriver_guests::Os>,
+    /// Process managers: systemd, sysvinit, openrc, runit, s6, supervisord, bsdrc.
+    #[arg(long = "manager", value_delimiter = ',')]
+    pub managers: Vec<xdriver_guests::Manager>,
+    /// Profiles: privileged, unprivileged.
+    #[arg(long = "profile", value_delimiter = ',')]
+    pub profiles: Vec<xdriver_guests::ProfileKind>,
+    /// Override a spec parameter: KEY=VALUE (VALUE is read as JSON when it
+    /// parses, else as a string). Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+/// `xdriver test`
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// The spec and cells.
+    #[command(flatten)]
+    pub cells: CellArgs,
+    /// Where each cell's artifacts go (<dir>/<spec name>/<os>-<manager>-<profile>/).
+    #[arg(long, default_value = "xdriver-results")]
+    pub results_dir: PathBuf,
+    /// Accelerator: auto proves KVM with a boot probe, else uses TCG.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub accel: AccelChoice,
+    /// vCPUs per VM.
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u32,
+    /// Guest RAM in MiB per VM.
+    #[arg(long, default_value_t = 1024)]
+    pub mem_mib: u32,
+}
+
+/// `xdriver plan`
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The spec and cells.
+    #[command(flatten)]
+    pub cells: CellArgs,
+    /// As JSON (one object per cell).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `xdriver image …`

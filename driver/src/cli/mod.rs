@@ -4,7 +4,9 @@ mod args;
 mod doctor;
 mod error;
 mod image;
+mod plan;
 mod run;
+mod test;
 
 pub use args::{Cli, Command};
 pub use error::{chain as chain_error, CliError};
@@ -20,5 +22,7 @@ pub async fn main(cli: Cli) -> Result<i32, CliError> {
         Command::Image(cmd) => image::main(cmd).await,
         Command::Run(args) => run::main(args).await,
         Command::Doctor(args) => doctor::main(args).await,
+        Command::Test(args) => test::main(args).await,
+        Command::Plan(args) => plan::main(args),
     }
 }

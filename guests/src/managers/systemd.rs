@@ -2,7 +2,7 @@
 //! (`Type=notify` when they speak sd_notify), daemons `Type=forking` with
 //! `PIDFile=`. Privileged units go to /etc/systemd/system; unprivileged ones
 //! to ~/.config/systemd/user for the user's `systemd --user`, which the
-//! driver starts as `user@UID.service` (no login session needed).
+//! driver starts by making the user linger (no login session needed).
 
 use crate::model::{Mode, Process, System};
 use crate::shell::quote;
@@ -105,11 +105,11 @@ fn ctl(b: &Backend, args: &str) -> String {
 
 pub(super) fn bootstrap(b: &Backend) -> Vec<String> {
     let Some(u) = &b.profile.user else { return Vec::new() };
-    // user@UID.service runs `systemd --user` for the user without a login
-    // session (and so without logind or D-Bus); systemctl --user reaches it
-    // on $XDG_RUNTIME_DIR/systemd/private.
+    // Lingering makes logind start user@UID.service (`systemd --user`)
+    // without a login session; systemctl --user reaches it on
+    // $XDG_RUNTIME_DIR/systemd/private.
     vec![
-        format!("systemctl start user@{}.service", u.uid),
+        format!("loginctl enable-linger {}", quote(&u.name)),
         wait_until(&format!("test -S /run/user/{}/systemd/private", u.uid), 60, "systemd --user"),
     ]
 }

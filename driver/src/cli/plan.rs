@@ -1,0 +1,114 @@
+//! `xdriver plan`: what each selected cell would do, without a guest.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::args::{CellArgs, PlanArgs};
+use super::error::CliError;
+use crate::exit;
+use crate::runner::{self, Prepared};
+use crate::spec::{Cell, Selection, Spec};
+
+/// Parses `--set KEY=VALUE` words.
+pub(super) fn overrides(set: &[String]) -> Result<BTreeMap<String, Value>, CliError> {
+    let mut m = BTreeMap::new();
+    for s in set {
+        let Some((k, v)) = s.split_once('=') else {
+            return Err(CliError::usage(format!("--set `{s}`: expected KEY=VALUE")));
+        };
+        let v = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()));
+        m.insert(k.trim().to_string(), v);
+    }
+    Ok(m)
+}
+
+/// The spec, its selected cells and each runnable cell prepared; spec
+/// errors become usage errors (exit 2).
+pub(super) fn load(args: &CellArgs) -> Result<(Spec, Vec<(Cell, Option<Prepared>)>, BTreeMap<String, Value>), CliError> {
+    let spec = Spec::load(&args.spec).map_err(|e| CliError { code: exit::USAGE, message: e.to_string() })?;
+    let sel = Selection { os: args.os.clone(), managers: args.managers.clone(), profiles: args.profiles.clone() };
+    let cells = spec.cells(&sel).map_err(|e| CliError { code: exit::USAGE, message: e.to_string() })?;
+    let ov = overrides(&args.set)?;
+    let mut out = Vec::new();
+    for c in cells {
+        let prepared = match &c.image {
+            Ok(_) => Some(runner::prepare(&spec, &c, &ov).map_err(|e| CliError { code: exit::USAGE, message: e.to_string() })?),
+            Err(_) => None,
+        };
+        out.push((c, prepared));
+    }
+    Ok((spec, out, ov))
+}
+
+pub(super) fn main(args: PlanArgs) -> Result<i32, CliError> {
+    let (_spec, cells, _) = load(&args.cells)?;
+    if args.json {
+        let v: Vec<Value> = cells
+            .iter()
+            .map(|(c, p)| match p {
+                Some(p) => serde_json::json!({
+                    "cell": c,
+                    "processes": p.resolved.system.processes,
+                    "deploy": p.deploy,
+                    "steps": p.steps,
+                }),
+                None => serde_json::json!({ "cell": c }),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).map_err(|e| CliError::usage(e.to_string()))?);
+        return Ok(exit::SUCCESS);
+    }
+    for (c, p) in &cells {
+        print!("{}", render_text(c, p.as_ref()));
+    }
+    Ok(exit::SUCCESS)
+}
+
+/// The text form of a cell's plan.
+pub fn render_text(c: &Cell, p: Option<&Prepared>) -> String {
+    let mut s = String::new();
+    let Some(p) = p else {
+        s.push_str(&format!("=== cell {}: skipped: {}\n\n", c.id(), c.image.as_ref().err().map(String::as_str).unwrap_or("")));
+        return s;
+    };
+    s.push_str(&format!("=== cell {} (image {})\n", c.id(), c.image.as_ref().map(String::as_str).unwrap_or("")));
+    let order: Vec<&str> = p.resolved.system.processes.iter().map(|x| x.name.as_str()).collect();
+    s.push_str(&format!("instances (dependency order): {}\n", order.join(" ")));
+    for pr in &p.resolved.system.processes {
+        s.push_str(&format!(
+            "  {}: {:?} mode, pidfile {}, user {}, depends on [{}]\n",
+            pr.name,
+            p.backend.mode(pr),
+            pr.pid_file,
+            p.backend.user_of(pr).unwrap_or("-"),
+            pr.dependencies.join(", ")
+        ));
+    }
+    s.push_str("\n--- deploy: prepare\n");
+    for c in &p.deploy.prepare {
+        s.push_str(&format!("$ {}\n", c.command));
+    }
+    for f in &p.deploy.files {
+        match (&f.contents, &f.link) {
+            (_, Some(t)) => s.push_str(&format!("\n--- file {} -> {t}\n", f.path)),
+            (Some(text), None) => {
+                s.push_str(&format!("\n--- file {} ({:04o})\n{text}", f.path, f.mode));
+                if !text.ends_with('\n') {
+                    s.push('\n');
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    s.push_str("\n--- deploy: run\n");
+    for c in &p.deploy.run {
+        s.push_str(&format!("[{}] $ {}\n", c.phase, c.command));
+    }
+    s.push_str("\n--- steps\n");
+    for st in &p.steps {
+        s.push_str(&format!("[{}] {} (timeout {} s)\n", st.group, st.name, st.timeout.as_secs()));
+    }
+    s.push('\n');
+    s
+}

@@ -1,0 +1,193 @@
+//! The Machine API over a running VM: the NixOS test driver's calls
+//! (`succeed`, `wait_for_open_port`, …), manager-agnostic service control
+//! through the cell's backend, every command recorded. Waits poll with
+//! backoff, have deadlines, and say what they last saw when they fail.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use xdriver_guests::{Backend, Os};
+
+use super::transcript::Transcript;
+use crate::output::Output;
+use crate::spec::Action;
+use crate::vm::{Channel, Vm, VmError};
+
+/// Why a step did not pass.
+#[derive(Debug)]
+pub enum StepError {
+    /// The system under test did not do what the step asked.
+    Failed(String),
+    /// The VM or a channel broke.
+    Infra(VmError),
+}
+
+impl From<VmError> for StepError {
+    fn from(e: VmError) -> Self {
+        StepError::Infra(e)
+    }
+}
+
+/// A VM driven for one cell.
+pub struct Machine<'a> {
+    /// The VM.
+    pub vm: &'a Vm,
+    /// The cell's manager backend.
+    pub backend: &'a Backend,
+    /// Every command run.
+    pub transcript: Transcript,
+    /// Where `copy_from_vm` puts things.
+    pub artifacts: &'a Path,
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A one-paragraph account of a command's result.
+pub fn describe(cmd: &str, out: &Output) -> String {
+    let mut s = format!("`{cmd}` exited {}", out.status);
+    let (o, e) = (out.stdout_str(), out.stderr_str());
+    if !o.trim().is_empty() {
+        s.push_str(&format!("\n  stdout: {}", tail(o.trim_end(), 10).replace('\n', "\n          ")));
+    }
+    if !e.trim().is_empty() {
+        s.push_str(&format!("\n  stderr: {}", tail(e.trim_end(), 10).replace('\n', "\n          ")));
+    }
+    s
+}
+
+impl<'a> Machine<'a> {
+    /// The guest OS.
+    pub fn os(&self) -> Os {
+        self.backend.os
+    }
+
+    /// Runs `cmd` as root on the backdoor, recorded under `context`.
+    pub async fn run(&mut self, context: &str, cmd: &str, stdin: &[u8], timeout: Duration) -> Result<Output, VmError> {
+        let t = Instant::now();
+        match self.vm.exec(Channel::Backdoor, cmd, stdin, timeout, None).await {
+            Ok(out) => {
+                self.transcript.push(context, cmd, Some(out.status), out.stdout_str(), out.stderr_str(), t.elapsed());
+                Ok(out)
+            }
+            Err(e) => {
+                self.transcript.push(context, cmd, None, String::new(), e.to_string(), t.elapsed());
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs `cmd`; it must exit 0.
+    pub async fn succeed(&mut self, context: &str, cmd: &str, timeout: Duration) -> Result<Output, StepError> {
+        let out = self.run(context, cmd, &[], timeout).await?;
+        if out.success() {
+            Ok(out)
+        } else {
+            Err(StepError::Failed(describe(cmd, &out)))
+        }
+    }
+
+    /// Repeats `cmd` until its status satisfies `want`, or the deadline.
+    async fn poll(&mut self, context: &str, cmd: &str, want_success: bool, timeout: Duration, what: &str) -> Result<(), StepError> {
+        let start = Instant::now();
+        let mut delay = Duration::from_millis(200);
+        let mut last: Output;
+        let mut tries = 0u32;
+        loop {
+            let left = timeout.saturating_sub(start.elapsed());
+            let per_try = left.clamp(Duration::from_secs(1), Duration::from_secs(60));
+            let out = self.vm.exec(Channel::Backdoor, cmd, &[], per_try, None).await?;
+            tries += 1;
+            if out.success() == want_success {
+                self.transcript.push(context, cmd, Some(out.status), out.stdout_str(), out.stderr_str(), start.elapsed());
+                return Ok(());
+            }
+            last = out;
+            if start.elapsed() + delay >= timeout {
+                break;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 3 / 2).min(Duration::from_secs(1));
+        }
+        self.transcript.push(context, cmd, Some(last.status), last.stdout_str(), last.stderr_str(), start.elapsed());
+        Err(StepError::Failed(format!(
+            "timed out after {:.0} s ({tries} tries) waiting for {what}; last try: {}",
+            timeout.as_secs_f64(),
+            describe(cmd, &last)
+        )))
+    }
+
+    /// Performs one step.
+    pub async fn step(&mut self, context: &str, action: &Action, timeout: Duration) -> Result<(), StepError> {
+        match action {
+            Action::Succeed(c) => self.succeed(context, c, timeout).await.map(drop),
+            Action::Fail(c) => {
+                let out = self.run(context, c, &[], timeout).await?;
+                if out.success() {
+                    Err(StepError::Failed(format!("expected failure, but {}", describe(c, &out))))
+                } else {
+                    Ok(())
+                }
+            }
+            Action::Execute(c) => self.run(context, c, &[], timeout).await.map(drop).map_err(StepError::from),
+            Action::WaitUntilSucceeds(c) => self.poll(context, c, true, timeout, &format!("`{c}` to succeed")).await,
+            Action::WaitUntilFails(c) => self.poll(context, c, false, timeout, &format!("`{c}` to fail")).await,
+            Action::WaitForOpenPort(p) => {
+                let c = self.os().port_open(*p);
+                self.poll(context, &c, true, timeout, &format!("TCP port {p} to be open")).await
+            }
+            Action::WaitForClosedPort(p) => {
+                let c = self.os().port_open(*p);
+                self.poll(context, &c, false, timeout, &format!("TCP port {p} to be closed")).await
+            }
+            Action::WaitForFile(f) => {
+                let c = format!("test -e {}", xdriver_guests::shell::quote(f));
+                self.poll(context, &c, true, timeout, &format!("file {f}")).await
+            }
+            Action::WaitForService(s) => {
+                let c = self.backend.status(s);
+                self.poll(context, &c, true, timeout, &format!("{} to report `{s}` running", self.backend.manager)).await
+            }
+            Action::StartService(s) => self.succeed(context, &self.backend.start(s), timeout).await.map(drop),
+            Action::StopService(s) => self.succeed(context, &self.backend.stop(s), timeout).await.map(drop),
+            Action::WaitForConsoleText(re) => {
+                let rx = regex::bytes::Regex::new(re).map_err(|e| StepError::Failed(format!("invalid regex: {e}")))?;
+                let t = Instant::now();
+                match self.vm.wait_for_console_text(&rx, timeout).await {
+                    Ok(m) => {
+                        self.transcript.push(context, &format!("wait_for_console_text({re:?})"), Some(0), m, String::new(), t.elapsed());
+                        Ok(())
+                    }
+                    Err(VmError::Console { source, serial }) => {
+                        Err(StepError::Failed(format!("{source}; last console lines:\n{}", tail(&serial, 5))))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Action::CopyToVm { source, target } => {
+                let t = Instant::now();
+                let ssh = self.vm.ssh()?;
+                let r = ssh.copy_to(source, target).await;
+                let label = format!("copy_to_vm({}, {target})", source.display());
+                self.transcript.push(context, &label, Some(i32::from(r.is_err())), String::new(), r.as_ref().err().map(|e| e.to_string()).unwrap_or_default(), t.elapsed());
+                r.map_err(|e| StepError::Failed(format!("{label}: {e}")))
+            }
+            Action::CopyFromVm { source, target } => {
+                let t = Instant::now();
+                let dest = self.artifacts.join(target);
+                std::fs::create_dir_all(&dest).map_err(|e| StepError::Failed(format!("{}: {e}", dest.display())))?;
+                let ssh = self.vm.ssh()?;
+                let r = ssh.copy_from(source, &dest).await;
+                let label = format!("copy_from_vm({source}, {target})");
+                self.transcript.push(context, &label, Some(i32::from(r.is_err())), String::new(), r.as_ref().err().map(|e| e.to_string()).unwrap_or_default(), t.elapsed());
+                r.map(drop).map_err(|e| StepError::Failed(format!("{label}: {e}")))
+            }
+            Action::Sleep(s) => {
+                tokio::time::sleep(Duration::from_secs_f64(*s)).await;
+                Ok(())
+            }
+        }
+    }
+}

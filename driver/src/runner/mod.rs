@@ -1,0 +1,12 @@
+//! Running cells: deploy a spec's system into a fresh VM per cell and run
+//! its steps through the Machine API, keeping every artifact.
+
+mod cell;
+mod deploy;
+mod machine;
+mod transcript;
+
+pub use cell::{prepare, profile, run, shares, write_configs, CellResult, Outcome, Prepared, RunOptions};
+pub use deploy::{plan, tar, DeployCommand, DeployPlan};
+pub use machine::{describe, Machine, StepError};
+pub use transcript::{Record, Transcript};

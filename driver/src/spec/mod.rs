@@ -1,0 +1,18 @@
+//! Test specs: the TOML file (docs/spec.md), its processes model resolved
+//! per cell, the matrix of cells and the rendered test steps. Pure code:
+//! no runtime, no guest.
+
+mod error;
+mod load;
+mod matrix;
+mod resolve;
+mod schema;
+mod steps;
+mod template;
+
+pub use error::{line_col, Locator, SpecError};
+pub use load::{expand_env, Spec, SPEC_FILE_NAME};
+pub use matrix::{image_for, Cell, Selection};
+pub use resolve::{base_params, conflicts, CellCtx, Resolved};
+pub use schema::SpecFile;
+pub use steps::{Action, Step};

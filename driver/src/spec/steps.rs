@@ -1,0 +1,242 @@
+//! The test steps of one cell: initialTests, then readiness and tests per
+//! instance (in dependency order), then postTests, each rendered with the
+//! instance's attributes and the profile's parameters, `if` and `for`
+//! applied.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+use toml::Spanned;
+
+use super::error::SpecError;
+use super::load::Spec;
+use super::resolve::Resolved;
+use super::schema::StepDef;
+use super::template::Templates;
+
+/// One Machine API call.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Run; must exit 0.
+    Succeed(String),
+    /// Run; must exit non-zero.
+    Fail(String),
+    /// Run; any status.
+    Execute(String),
+    /// Retry until exit 0.
+    WaitUntilSucceeds(String),
+    /// Retry until exit non-zero.
+    WaitUntilFails(String),
+    /// Until something listens on the port.
+    WaitForOpenPort(u16),
+    /// Until nothing listens on the port.
+    WaitForClosedPort(u16),
+    /// Until the path exists.
+    WaitForFile(String),
+    /// Until the serial console shows a match.
+    WaitForConsoleText(String),
+    /// Until the manager says the instance runs.
+    WaitForService(String),
+    /// Start an instance through its manager.
+    StartService(String),
+    /// Stop an instance through its manager.
+    StopService(String),
+    /// Copy a host path into a guest directory.
+    CopyToVm {
+        /// Host path.
+        source: PathBuf,
+        /// Guest directory.
+        target: String,
+    },
+    /// Copy a guest path into the cell's results.
+    CopyFromVm {
+        /// Guest path.
+        source: String,
+        /// Directory under the cell's results.
+        target: String,
+    },
+    /// Wait.
+    Sleep(f64),
+}
+
+impl Action {
+    /// The Machine API name and argument, e.g. `succeed("curl …")`.
+    pub fn display(&self) -> String {
+        match self {
+            Action::Succeed(c) => format!("succeed({c:?})"),
+            Action::Fail(c) => format!("fail({c:?})"),
+            Action::Execute(c) => format!("execute({c:?})"),
+            Action::WaitUntilSucceeds(c) => format!("wait_until_succeeds({c:?})"),
+            Action::WaitUntilFails(c) => format!("wait_until_fails({c:?})"),
+            Action::WaitForOpenPort(p) => format!("wait_for_open_port({p})"),
+            Action::WaitForClosedPort(p) => format!("wait_for_closed_port({p})"),
+            Action::WaitForFile(f) => format!("wait_for_file({f:?})"),
+            Action::WaitForConsoleText(r) => format!("wait_for_console_text({r:?})"),
+            Action::WaitForService(s) => format!("wait_for_service({s:?})"),
+            Action::StartService(s) => format!("start_service({s:?})"),
+            Action::StopService(s) => format!("stop_service({s:?})"),
+            Action::CopyToVm { source, target } => format!("copy_to_vm({:?}, {target:?})", source.display().to_string()),
+            Action::CopyFromVm { source, target } => format!("copy_from_vm({source:?}, {target:?})"),
+            Action::Sleep(s) => format!("sleep({s})"),
+        }
+    }
+}
+
+/// A rendered step.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Step {
+    /// `initialTests`, `readiness/<instance>`, `tests/<instance>`, `postTests`.
+    pub group: String,
+    /// The step's `name`, or the action's display.
+    pub name: String,
+    /// What to do.
+    pub action: Action,
+    /// Its deadline.
+    #[serde(with = "secs")]
+    pub timeout: Duration,
+}
+
+mod secs {
+    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+impl Spec {
+    /// Every step of a cell, in execution order.
+    pub fn steps(&self, r: &Resolved) -> Result<Vec<Step>, SpecError> {
+        let t = Templates::new(&self.loc);
+        let processes = Value::Object(r.instances.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+        let mut sys_ctx = r.params.clone();
+        sys_ctx.insert("processes".into(), processes.clone());
+        let sys_ctx = Value::Object(sys_ctx);
+        let mut out = Vec::new();
+        let tests = &self.file.tests;
+        self.expand(&t, &tests.initial_tests, &sys_ctx, "initialTests", &mut out)?;
+        for group in ["readiness", "tests"] {
+            let defs = if group == "readiness" { &tests.readiness } else { &tests.tests };
+            for p in &r.system.processes {
+                let mut ctx = r.params.clone();
+                ctx.insert("processes".into(), processes.clone());
+                ctx.insert("instanceName".into(), json!(p.name));
+                ctx.insert("instance".into(), r.instances.get(&p.name).cloned().unwrap_or(Value::Null));
+                self.expand(&t, defs, &Value::Object(ctx), &format!("{group}/{}", p.name), &mut out)?;
+            }
+        }
+        self.expand(&t, &tests.post_tests, &sys_ctx, "postTests", &mut out)?;
+        Ok(out)
+    }
+
+    fn expand(&self, t: &Templates, defs: &[Spanned<StepDef>], ctx: &Value, group: &str, out: &mut Vec<Step>) -> Result<(), SpecError> {
+        for d in defs {
+            let span = d.span();
+            let def = d.get_ref();
+            let items: Vec<Value> = match &def.each {
+                None => vec![ctx.clone()],
+                Some(each) => {
+                    let Some((var, expr)) = each.split_once(" in ") else {
+                        return Err(self.loc.at(span, format!("`for` must read `NAME in EXPRESSION`, not `{each}`")));
+                    };
+                    let var = var.trim();
+                    if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                        return Err(self.loc.at(span, format!("`for`: `{var}` is not a variable name")));
+                    }
+                    let seq = t.eval(expr.trim(), ctx, span.clone())?;
+                    let iter = seq.try_iter().map_err(|e| self.loc.at(span.clone(), format!("`for`: `{}` is not a list: {e}", expr.trim())))?;
+                    iter.map(|item| {
+                        let mut m = ctx.as_object().cloned().unwrap_or_default();
+                        m.insert(var.to_string(), serde_json::to_value(&item).unwrap_or(Value::Null));
+                        Value::Object(m)
+                    })
+                    .collect()
+                }
+            };
+            for item in items {
+                if let Some(cond) = &def.condition {
+                    if !t.eval(cond, &item, span.clone())?.is_true() {
+                        continue;
+                    }
+                }
+                let action = self.action(t, def, &item, span.clone())?;
+                let timeout = Duration::from_secs(def.timeout.unwrap_or(match action {
+                    Action::Succeed(_) | Action::Fail(_) | Action::Execute(_) => self.file.timeouts.command,
+                    _ => self.file.timeouts.step,
+                }));
+                let name = match &def.name {
+                    Some(n) => t.render(n, &item, span.clone())?,
+                    None => action.display(),
+                };
+                out.push(Step { group: group.to_string(), name, action, timeout });
+            }
+        }
+        Ok(())
+    }
+
+    fn action(&self, t: &Templates, d: &StepDef, ctx: &Value, span: std::ops::Range<usize>) -> Result<Action, SpecError> {
+        let r = |s: &str| t.render(s, ctx, span.clone());
+        let port = |v: &toml::Value| -> Result<u16, SpecError> {
+            let text = match v {
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::String(s) => r(s)?,
+                other => other.to_string(),
+            };
+            text.trim().parse::<u16>().map_err(|_| self.loc.at(span.clone(), format!("`{}` is not a port number", text.trim())))
+        };
+        let mut found: Vec<Action> = Vec::new();
+        if let Some(c) = &d.succeed {
+            found.push(Action::Succeed(r(c)?));
+        }
+        if let Some(c) = &d.fail {
+            found.push(Action::Fail(r(c)?));
+        }
+        if let Some(c) = &d.execute {
+            found.push(Action::Execute(r(c)?));
+        }
+        if let Some(c) = &d.wait_until_succeeds {
+            found.push(Action::WaitUntilSucceeds(r(c)?));
+        }
+        if let Some(c) = &d.wait_until_fails {
+            found.push(Action::WaitUntilFails(r(c)?));
+        }
+        if let Some(p) = &d.wait_for_open_port {
+            found.push(Action::WaitForOpenPort(port(p)?));
+        }
+        if let Some(p) = &d.wait_for_closed_port {
+            found.push(Action::WaitForClosedPort(port(p)?));
+        }
+        if let Some(f) = &d.wait_for_file {
+            found.push(Action::WaitForFile(r(f)?));
+        }
+        if let Some(re) = &d.wait_for_console_text {
+            let re = r(re)?;
+            regex::Regex::new(&re).map_err(|e| self.loc.at(span.clone(), format!("wait_for_console_text: invalid regex: {e}")))?;
+            found.push(Action::WaitForConsoleText(re));
+        }
+        for (v, f) in [
+            (&d.wait_for_service, Action::WaitForService as fn(String) -> Action),
+            (&d.start_service, Action::StartService),
+            (&d.stop_service, Action::StopService),
+        ] {
+            if let Some(s) = v {
+                found.push(f(r(s)?));
+            }
+        }
+        if let Some(c) = &d.copy_to_vm {
+            found.push(Action::CopyToVm { source: self.dir.join(r(&c.source)?), target: r(&c.target)? });
+        }
+        if let Some(c) = &d.copy_from_vm {
+            found.push(Action::CopyFromVm { source: r(&c.source)?, target: r(&c.target)? });
+        }
+        if let Some(s) = d.sleep {
+            found.push(Action::Sleep(s));
+        }
+        match found.len() {
+            1 => Ok(found.remove(0)),
+            0 => Err(self.loc.at(span, "a step needs one action (succeed, fail, execute, wait_until_succeeds, wait_for_open_port, …)")),
+            _ => Err(self.loc.at(span, "a step has more than one action; split it into several steps")),
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! Template rendering (minijinja, Jinja2 syntax) with errors that point
+//! at the spec string the template came from. Undefined names are errors.
+
+use minijinja::{Environment, UndefinedBehavior};
+use serde_json::Value;
+
+use super::error::{Locator, SpecError};
+
+/// A template environment bound to one spec file.
+pub struct Templates<'a> {
+    env: Environment<'static>,
+    loc: &'a Locator,
+}
+
+impl<'a> Templates<'a> {
+    /// Strict (undefined names fail), blocks trimmed, trailing newline kept.
+    pub fn new(loc: &'a Locator) -> Templates<'a> {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_keep_trailing_newline(true);
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        Templates { env, loc }
+    }
+
+    fn err(&self, span: std::ops::Range<usize>, what: &str, e: minijinja::Error) -> SpecError {
+        let mut msg = format!("{what}: {}", e.kind());
+        if let Some(d) = e.detail() {
+            msg.push_str(&format!(": {d}"));
+        }
+        if let Some(l) = e.line() {
+            if l > 1 {
+                msg.push_str(&format!(" (template line {l})"));
+            }
+        }
+        self.loc.at(span, msg)
+    }
+
+    /// Renders one template string.
+    pub fn render(&self, src: &str, ctx: &Value, span: std::ops::Range<usize>) -> Result<String, SpecError> {
+        if !src.contains("{{") && !src.contains("{%") {
+            return Ok(src.to_string());
+        }
+        self.env.render_str(src, ctx).map_err(|e| self.err(span, &format!("template `{}`", shorten(src)), e))
+    }
+
+    /// Renders a config file template.
+    pub fn render_file(&self, src: &str, ctx: &Value, span: std::ops::Range<usize>, path: &str) -> Result<String, SpecError> {
+        self.env.render_str(src, ctx).map_err(|e| self.err(span, &format!("config file {path}"), e))
+    }
+
+    /// Evaluates an expression (for `if` and `for`).
+    pub fn eval(&self, expr: &str, ctx: &Value, span: std::ops::Range<usize>) -> Result<minijinja::Value, SpecError> {
+        let compiled = self.env.compile_expression(expr).map_err(|e| self.err(span.clone(), &format!("expression `{expr}`"), e))?;
+        compiled.eval(ctx).map_err(|e| self.err(span, &format!("expression `{expr}`"), e))
+    }
+
+    /// Renders every string inside a TOML value; other scalars pass through.
+    pub fn render_value(&self, v: &toml::Value, ctx: &Value, span: std::ops::Range<usize>) -> Result<Value, SpecError> {
+        Ok(match v {
+            toml::Value::String(s) => Value::String(self.render(s, ctx, span)?),
+            toml::Value::Array(a) => Value::Array(a.iter().map(|x| self.render_value(x, ctx, span.clone())).collect::<Result<_, _>>()?),
+            toml::Value::Table(t) => {
+                let mut m = serde_json::Map::new();
+                for (k, x) in t {
+                    m.insert(k.clone(), self.render_value(x, ctx, span.clone())?);
+                }
+                Value::Object(m)
+            }
+            other => serde_json::to_value(other).unwrap_or(Value::Null),
+        })
+    }
+}
+
+fn shorten(s: &str) -> String {
+    let one = s.replace('\n', " ");
+    if one.chars().count() > 60 {
+        format!("{}…", one.chars().take(60).collect::<String>())
+    } else {
+        one
+    }
+}
