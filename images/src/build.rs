@@ -195,8 +195,22 @@ fn apply(root: &Path, entries: &[FsEntry]) -> Result<(), BuildError> {
     Ok(())
 }
 
-/// Removes the boot links of sysv-rc services (`/etc/rc?.d/[SK]NN<name>`).
+/// Keeps services from starting at boot: removes their sysv-rc links
+/// (`/etc/rc?.d/[SK]NN<name>`), systemd `*.wants/<name>.service` links and
+/// OpenRC runlevel links.
 fn disable_services(root: &Path, names: &[String]) -> Result<(), BuildError> {
+    for n in names {
+        for pattern_dir in ["etc/systemd/system", "etc/runlevels"] {
+            let Ok(dirs) = std::fs::read_dir(root.join(pattern_dir)) else { continue };
+            for d in dirs.flatten() {
+                for candidate in [d.path().join(format!("{n}.service")), d.path().join(n)] {
+                    if candidate.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+                        std::fs::remove_file(&candidate).map_err(io(&candidate))?;
+                    }
+                }
+            }
+        }
+    }
     for level in ["0", "1", "2", "3", "4", "5", "6", "S"] {
         let dir = root.join(format!("etc/rc{level}.d"));
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
@@ -319,7 +333,8 @@ pub fn build_image(
     let t = Instant::now();
     let pb = stages.bar("provision");
     apply(&rootfs, &xdriver_guests::provision(name.init, "xdriver"))?;
-    disable_services(&rootfs, &init.disable_services)?;
+    let disabled: Vec<String> = recipe.disable_services.iter().chain(&init.disable_services).cloned().collect();
+    disable_services(&rootfs, &disabled)?;
     let ssh_host_key = install_host_key(&rootfs)?;
     clear_root_password(&rootfs)?;
     for d in ["nix/store", "var/cache/apt/archives/partial"] {

@@ -89,6 +89,10 @@ pub struct Recipe {
     pub packages: Vec<String>,
     /// dpkg path-exclude globs.
     pub path_excludes: Vec<String>,
+    /// Services the packages enable that must not start at boot in any
+    /// variant (see [`InitRecipe::disable_services`]).
+    #[serde(default)]
+    pub disable_services: Vec<String>,
     /// Virtual disk size.
     pub disk_mib: u64,
     /// Kernel and initramfs.

@@ -62,8 +62,9 @@ async fn exercise(init: Init) {
     let tree = ssh.copy_from("/root/in/tree", back.path()).await.expect("copy_from dir");
     assert_eq!(std::fs::read(tree.join("sub/a.txt")).expect("read"), b"a\n");
 
-    // Forward a host port to the guest's nginx and fetch its page.
-    vm.exec(Channel::Ssh, "for i in $(seq 100); do nc -z 127.0.0.1 80 && exit 0; sleep 0.2; done; exit 1", &[], T, None)
+    // Forward a host port to the guest's nginx (not started at boot, so
+    // systems under test can have port 80) and fetch its page.
+    vm.exec(Channel::Ssh, "nginx; for i in $(seq 100); do nc -z 127.0.0.1 80 && exit 0; sleep 0.2; done; exit 1", &[], T, None)
         .await
         .expect("nginx wait");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -95,7 +95,7 @@ impl Spec {
             let span = name.span();
             let mut def: Option<ProcessDef> = None;
             let mut ctor_params = BTreeMap::new();
-            if let Some((k, v)) = table.get_ref().iter().find(|(k, _)| k.get_ref() == "constructor") {
+            if let Some((k, v)) = table.get_ref().iter().find(|(k, _)| k.as_str() == "constructor") {
                 let Some(cname) = v.get_ref().as_str() else {
                     return Err(self.loc.at(v.span(), "`constructor` must be the name of a constructor"));
                 };
@@ -107,7 +107,7 @@ impl Spec {
                 def = Some(c.get_ref().process.clone());
                 ctor_params = c.get_ref().params.iter().map(|(k, p)| (k.clone(), p)).collect();
             }
-            if let Some((_, v)) = table.get_ref().iter().find(|(k, _)| k.get_ref() == "process") {
+            if let Some((_, v)) = table.get_ref().iter().find(|(k, _)| k.as_str() == "process") {
                 if def.is_some() {
                     return Err(self.loc.at(v.span(), format!("instance `{}` has both `constructor` and `process`; use one", name.get_ref())));
                 }
@@ -125,7 +125,7 @@ impl Spec {
             let mut attrs = Map::new();
             let mut refs = Vec::new();
             for (k, v) in table.get_ref() {
-                let key = k.get_ref().as_str();
+                let key = k.as_str();
                 if key == "constructor" || key == "process" {
                     continue;
                 }

@@ -29,7 +29,7 @@ pub struct SpecFile {
     #[serde(default)]
     pub constructors: BTreeMap<Spanned<String>, Spanned<ConstructorDef>>,
     /// The processes model: named instances.
-    pub instances: BTreeMap<Spanned<String>, Spanned<BTreeMap<Spanned<String>, Spanned<toml::Value>>>>,
+    pub instances: BTreeMap<Spanned<String>, Spanned<BTreeMap<String, Spanned<toml::Value>>>>,
     /// The tests.
     #[serde(default)]
     pub tests: TestsDef,
