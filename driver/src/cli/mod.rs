@@ -10,6 +10,8 @@ mod test;
 
 pub use args::{Cli, Command};
 pub use error::{chain as chain_error, CliError};
+pub use plan::render_text as plan_text;
+pub use test::{cell_line, exit_code};
 
 /// Whether the running command handles SIGINT/SIGTERM itself.
 pub fn handles_signals() -> bool {

@@ -56,7 +56,7 @@ fn script(b: &Backend, p: &Process) -> String {
         Mode::Foreground => {
             let user = b.user_of(p).map(|u| format!(" -u {}", quote(u))).unwrap_or_default();
             s.push_str(&format!(
-                "pidfile={pf}\nprocname=daemon\ncommand=/usr/sbin/daemon\ncommand_args={}\n",
+                "pidfile={pf}\ncommand=/usr/sbin/daemon\ncommand_args={}\n",
                 quote(&format!("-f -P {} -r -R 1{user} -o {} {}", quote(&p.pid_file), quote(&p.log_file), join(av))),
                 pf = quote(&p.pid_file),
             ));
@@ -71,9 +71,10 @@ fn script(b: &Backend, p: &Process) -> String {
     if let Some(m) = &p.umask {
         s.push_str(&format!("{v}_umask={m}\n"));
     }
-    if !p.environment.is_empty() {
-        let env: Vec<String> = p.environment.iter().map(|(k, val)| format!("{k}={}", quote(val))).collect();
-        s.push_str(&format!("{v}_env={}\n", quote(&env.join(" "))));
+    // Exported here rather than through `<name>_env`, which rc.subr
+    // word-splits (values with spaces would break).
+    for (k, val) in &p.environment {
+        s.push_str(&format!("export {k}={}\n", quote(val)));
     }
     for (k, val) in &p.extra {
         s.push_str(&format!("{k}={}\n", quote(val)));
