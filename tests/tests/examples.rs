@@ -1,0 +1,117 @@
+//! The example systems under every Debian manager and both profiles, on
+//! real VMs under TCG, through the real `xdriver test` binary: the seed's
+//! webapps system and the chain system must pass on every supported cell
+//! (openrc's unprivileged cell is skipped with its reason), and the chain's
+//! deliberately broken test must be reported as a failure (exit 100).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use xdriver_tests::xdriver_bin;
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name)
+}
+
+fn webapp_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_xdriver-webapp")).parent().expect("bin dir").to_path_buf()
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    results: tempfile::TempDir,
+}
+
+fn xdriver_test(example_name: &str, args: &[&str]) -> Run {
+    let results = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(xdriver_bin())
+        .arg("test")
+        .arg(example(example_name))
+        .args(["--accel", "tcg", "--results-dir"])
+        .arg(results.path())
+        .args(args)
+        .env("XDRIVER_WEBAPP_DIR", webapp_dir())
+        .output()
+        .expect("xdriver runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    Run { code: out.status.code().unwrap_or(-1), stdout, results }
+}
+
+fn both_profiles_pass(example_name: &str, manager: &str) {
+    let run = xdriver_test(example_name, &["--manager", manager]);
+    if run.code != 0 {
+        // Show the failing cells' transcripts in the test output.
+        for e in walk(run.results.path()).into_iter().filter(|p| p.ends_with("commands.log")) {
+            eprintln!("=== {}\n{}", e.display(), std::fs::read_to_string(&e).unwrap_or_default());
+        }
+    }
+    assert_eq!(run.code, 0, "{example_name} under {manager}:\n{}", run.stdout);
+    assert!(run.stdout.contains(&format!("PASS  debian-12/{manager}/privileged")), "{}", run.stdout);
+    if manager == "openrc" {
+        assert!(run.stdout.contains("SKIP  debian-12/openrc/unprivileged"), "{}", run.stdout);
+        assert!(run.stdout.contains("no user services"), "{}", run.stdout);
+    } else {
+        assert!(run.stdout.contains(&format!("PASS  debian-12/{manager}/unprivileged")), "{}", run.stdout);
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+macro_rules! cells {
+    ($($name:ident: $example:literal, $manager:literal;)*) => {
+        $(
+            #[test]
+            fn $name() {
+                both_profiles_pass($example, $manager);
+            }
+        )*
+    };
+}
+
+cells! {
+    webapps_systemd: "webapps", "systemd";
+    webapps_sysvinit: "webapps", "sysvinit";
+    webapps_openrc: "webapps", "openrc";
+    webapps_runit: "webapps", "runit";
+    webapps_s6: "webapps", "s6";
+    webapps_supervisord: "webapps", "supervisord";
+    chain_systemd: "chain", "systemd";
+    chain_sysvinit: "chain", "sysvinit";
+    chain_openrc: "chain", "openrc";
+    chain_runit: "chain", "runit";
+    chain_s6: "chain", "s6";
+    chain_supervisord: "chain", "supervisord";
+}
+
+#[test]
+fn a_failing_test_is_reported_as_failing() {
+    let run = xdriver_test("chain", &["--manager", "supervisord", "--profile", "privileged", "--set", "brokenTest=true"]);
+    assert_eq!(run.code, 100, "{}", run.stdout);
+    assert!(run.stdout.contains("FAIL  debian-12/supervisord/privileged"), "{}", run.stdout);
+    assert!(run.stdout.contains("postTests › deliberately broken test"), "{}", run.stdout);
+    let cell = run.results.path().join("chain/debian-12-supervisord-privileged");
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cell.join("result.json")).expect("result.json")).expect("json");
+    assert_eq!(result["outcome"]["status"], "fail");
+    assert_eq!(result["outcome"]["group"], "postTests");
+    // Everything before the broken step passed, and the artifacts are kept.
+    assert_eq!(result["steps_passed"].as_u64(), result["steps_total"].as_u64().map(|t| t - 1));
+    let log = std::fs::read_to_string(cell.join("commands.log")).expect("commands.log");
+    assert!(log.contains("text that is not on the page"), "{log}");
+    assert!(cell.join("serial.log").metadata().expect("serial.log").len() > 0);
+    assert!(cell.join("configs/var/lib/supervisord/conf.d/backend.conf").is_file());
+    assert!(cell.join("guest-logs/backend.log").is_file());
+}

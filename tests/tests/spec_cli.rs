@@ -1,0 +1,105 @@
+//! `xdriver plan` and `xdriver test` without booting anything: spec errors
+//! point at file, line and column and exit 2; conflicts name both
+//! instances; unsupported cells are skipped with their reason.
+
+use std::path::Path;
+use std::process::Command;
+
+use xdriver_tests::xdriver_bin;
+
+fn xdriver(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(xdriver_bin())
+        .args(args)
+        .env_remove("XDRIVER_LOG")
+        .env("XDRIVER_WEBAPP_DIR", "/")
+        .output()
+        .expect("spawn");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn spec_file(dir: &Path, text: &str) -> String {
+    let p = dir.join("xdriver.toml");
+    std::fs::write(&p, text).expect("write");
+    p.display().to_string()
+}
+
+const GOOD: &str = r#"name = "t"
+[constructors.app]
+params.port = { type = "int" }
+process.foreground = ["/bin/app", "{{ port }}"]
+[instances.a]
+constructor = "app"
+port = 1000
+"#;
+
+#[test]
+fn spec_errors_say_where_and_what() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases: &[(&str, &str, &str)] = &[
+        ("name = \"t\"\n[instances.a]\nport = \n", ":3:", "string values must be quoted"),
+        (&GOOD.replace("process.foreground", "process.forground"), ":4:9:", "unknown field `forground`"),
+        (&GOOD.replace("constructor = \"app\"", "constructor = \"ap\""), ":6:15:", "unknown constructor `ap` (defined: app)"),
+        (&GOOD.replace("port = 1000", "port = \"many\""), ":7:8:", "expected an integer"),
+        (&GOOD.replace("port = 1000\n", ""), ":5:", "does not set parameter `port`"),
+        (&GOOD.replace("\"{{ port }}\"", "\"{{ prot }}\""), ":5:", "undefined"),
+        (&format!("{GOOD}[tests]\nreadiness = [{{ sleep = 1, succeed = \"true\" }}]\n"), ":9:14:", "more than one action"),
+        (&format!("{GOOD}[tests]\nreadiness = [{{ wait_for_open_port = \"{{{{ instance.nope }}}}\" }}]\n"), ":9:14:", "undefined"),
+        (&format!("{GOOD}[instances.b]\nconstructor = \"app\"\nport = 1000\n"), "", "`a` and `b` both use port 1000"),
+        (&format!("{GOOD}[instances.b]\nprocess.foreground = [\"x\"]\nprocess.dependencies = [\"c\"]\n"), ":8:", "depends on `c`, which is not an instance"),
+    ];
+    for (text, at, needle) in cases {
+        let path = spec_file(dir.path(), text);
+        let (code, _, err) = xdriver(&["plan", &path, "--manager", "sysvinit", "--profile", "privileged"]);
+        assert_eq!(code, 2, "{text}\n{err}");
+        assert!(err.contains(&format!("{path}{at}")), "expected `{path}{at}` in: {err}");
+        assert!(err.contains(needle), "expected `{needle}` in: {err}");
+    }
+}
+
+#[test]
+fn plan_shows_configs_commands_and_steps_without_booting() {
+    let webapps = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/webapps");
+    let (code, out, err) = xdriver(&["plan", webapps.to_str().expect("utf-8"), "--manager", "systemd", "--profile", "unprivileged"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("--- file /home/unprivileged/.config/systemd/user/webapp1.service"), "{out}");
+    assert!(out.contains("listen 8080;"), "unprivileged nginx must move to 8080:\n{out}");
+    assert!(out.contains("[bootstrap] $ loginctl enable-linger unprivileged"), "{out}");
+    assert!(out.contains("curl --fail -sS -H 'Host: webapp6.local' http://localhost:8081 | grep ': 5005'"), "{out}");
+    let (code, out, _) = xdriver(&["plan", webapps.to_str().expect("utf-8"), "--manager", "openrc", "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v.as_array().map(Vec::len), Some(2));
+    assert!(v[1]["cell"]["image"]["Err"].as_str().is_some_and(|r| r.contains("no user services")), "{v}");
+}
+
+#[test]
+fn unsupported_cells_are_skipped_with_their_reason() {
+    let webapps = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/webapps");
+    let results = tempfile::tempdir().expect("tempdir");
+    let (code, out, err) = xdriver(&[
+        "test",
+        webapps.to_str().expect("utf-8"),
+        "--os",
+        "freebsd",
+        "--manager",
+        "bsdrc",
+        "--results-dir",
+        results.path().to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("SKIP  freebsd/bsdrc/privileged"), "{out}");
+    assert!(out.contains("unverified: no FreeBSD image"), "{out}");
+    assert!(out.contains("0 cells passed, 0 failed, 0 infrastructure errors, 2 skipped"), "{out}");
+}
+
+#[test]
+fn bad_flags_exit_2() {
+    let (code, _, err) = xdriver(&["test", "tests/examples/webapps", "--manager", "upstart"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown process manager `upstart`"), "{err}");
+    let (code, _, err) = xdriver(&["plan", "/nonexistent/spec"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot read the spec"), "{err}");
+    let (code, _, err) = xdriver(&["plan", "tests/examples/webapps", "--set", "novalue"]);
+    assert_eq!(code, 2, "{err}");
+}
