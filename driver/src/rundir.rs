@@ -58,6 +58,11 @@ impl RunDir {
         self.keep = true;
     }
 
+    /// Undoes [`RunDir::keep`]: removed on drop again.
+    pub fn release(&mut self) {
+        self.keep = false;
+    }
+
     /// Whether it will be kept.
     pub fn kept(&self) -> bool {
         self.keep

@@ -216,7 +216,10 @@ impl Vm {
     /// Boots a fresh VM of `cfg.image` on a new overlay and waits until its
     /// backdoor (and, if asked, SSH) is ready and its shares are mounted.
     pub async fn start(cfg: VmConfig) -> Result<Vm, VmError> {
-        let run = RunDir::create(&cfg.name).map_err(|e| VmError::Prepare(format!("run directory: {e}")))?;
+        let mut run = RunDir::create(&cfg.name).map_err(|e| VmError::Prepare(format!("run directory: {e}")))?;
+        // Kept if starting fails (logs of a failed boot survive); released
+        // once the VM is up.
+        run.keep();
         let overlay = run.join("overlay.qcow2");
         let out = tokio::process::Command::new("qemu-img")
             .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
@@ -354,6 +357,7 @@ impl Vm {
             }
             vm.ssh_ready_after = Some(t0.elapsed());
         }
+        vm.run.release();
         Ok(vm)
     }
 

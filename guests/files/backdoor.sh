@@ -35,8 +35,13 @@ flush() {
     off=$sz
   fi
 }
-printf '\nXDRIVER-BACKDOOR-READY 1\n'
-while IFS=' ' read -r tag id tmo stream cmd input; do
+# Until QEMU has told the guest that the host side is connected, the port
+# reads as EOF (and a write may fail): that is not the end of the session,
+# so retry rather than exit (an exit would make the init restart us and
+# announce again, which the host takes for a crash).
+until printf '\nXDRIVER-BACKDOOR-READY 1\n'; do sleep 0.05; done
+while true; do
+  if ! IFS=' ' read -r tag id tmo stream cmd input; then sleep 0.05; continue; fi
   [ "$tag" = X ] || continue
   base64 -d <<<"$cmd" >"$w/cmd"
   if [ "$input" != - ]; then base64 -d <<<"$input" >"$w/in"; in=$w/in; else in=/dev/null; fi

@@ -214,9 +214,21 @@ async fn boot_and_test(
     cfg.mem_mib = opts.mem_mib;
     cfg.shares = shares.to_vec();
     cfg.boot_timeout = Duration::from_secs(180);
+    let label = format!("cell-{}", cell.dir_name());
+    let before = run_dirs(&label);
     let mut vm = match Vm::start(cfg).await {
         Ok(vm) => vm,
-        Err(e) => return Outcome::Error { reason: format!("boot: {}", chain_error(&e)) },
+        Err(e) => {
+            // The failed VM's run directory is kept; bring its logs along.
+            let mut reason = format!("boot: {}", chain_error(&e));
+            if let Some(kept) = run_dirs(&label).into_iter().find(|d| !before.contains(d)) {
+                for f in ["serial.log", "qemu.log", "qemu.cmdline"] {
+                    let _ = std::fs::copy(kept.join(f), dir.join(f));
+                }
+                reason.push_str(&format!("\n(run directory kept: {})", kept.display()));
+            }
+            return Outcome::Error { reason };
+        }
     };
     let mut m = Machine { vm: &vm, backend: &p.backend, transcript: Transcript::default(), artifacts: dir };
     let mut progress = Progress { passed: 0 };
@@ -232,6 +244,18 @@ async fn boot_and_test(
     let _ = std::fs::copy(vm.run_dir().join("serial.log"), dir.join("serial.log"));
     let _ = vm.shutdown().await;
     outcome
+}
+
+fn run_dirs(label: &str) -> Vec<PathBuf> {
+    // RunDir names start with the first 24 characters of the label.
+    let prefix: String = label.chars().take(24).collect();
+    std::fs::read_dir(crate::rundir::RunDir::base())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
 }
 
 async fn deploy_and_steps(m: &mut Machine<'_>, p: &Prepared, progress: &mut Progress) -> Outcome {
