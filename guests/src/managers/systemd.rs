@@ -23,7 +23,8 @@ fn sd_word(w: &str) -> String {
     if !esc.is_empty() && !esc.contains([' ', '\t', '"', '\'', '\\', ';']) {
         return esc;
     }
-    format!("\"{}\"", esc.replace('\\', "\\\\").replace('"', "\\\"").replace(';', "\\;"))
+    // Inside quotes `;` is literal (only a bare `;` word separates commands).
+    format!("\"{}\"", esc.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 fn unit(b: &Backend, p: &Process) -> Result<String, RenderError> {
@@ -129,4 +130,19 @@ pub(super) fn stop(b: &Backend, name: &str) -> String {
 
 pub(super) fn status(b: &Backend, name: &str) -> String {
     ctl(b, &format!("is-active {}", quote(&format!("{name}.service"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sd_word;
+
+    #[test]
+    fn exec_start_quoting() {
+        assert_eq!(sd_word("/usr/sbin/nginx"), "/usr/sbin/nginx");
+        assert_eq!(sd_word("daemon off;"), "\"daemon off;\"");
+        assert_eq!(sd_word(";"), "\";\"");
+        assert_eq!(sd_word("50%"), "50%%");
+        assert_eq!(sd_word("$HOME"), "$$HOME");
+        assert_eq!(sd_word("a\"b c"), "\"a\\\"b c\"");
+    }
 }
