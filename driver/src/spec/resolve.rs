@@ -44,6 +44,7 @@ struct Raw<'a> {
     def: ProcessDef,
     attrs: Map<String, Value>,
     refs: Vec<String>,
+    ctor: Option<String>,
 }
 
 /// The parameters every template of a cell sees (nix-processmgmt's
@@ -95,6 +96,7 @@ impl Spec {
             let span = name.span();
             let mut def: Option<ProcessDef> = None;
             let mut ctor_params = BTreeMap::new();
+            let mut ctor = None;
             if let Some((k, v)) = table.get_ref().iter().find(|(k, _)| k.as_str() == "constructor") {
                 let Some(cname) = v.get_ref().as_str() else {
                     return Err(self.loc.at(v.span(), "`constructor` must be the name of a constructor"));
@@ -104,6 +106,7 @@ impl Spec {
                     return Err(self.loc.at(v.span(), format!("unknown constructor `{cname}` (defined: {})", list(&known))));
                 };
                 let _ = k;
+                ctor = Some(cname.to_string());
                 def = Some(c.get_ref().process.clone());
                 ctor_params = c.get_ref().params.iter().map(|(k, p)| (k.clone(), p)).collect();
             }
@@ -151,7 +154,7 @@ impl Spec {
                 }
             }
             attrs.insert("instanceName".into(), json!(name.get_ref()));
-            raws.push(Raw { name, span, def, attrs, refs });
+            raws.push(Raw { name, span, def, attrs, refs, ctor });
         }
 
         // Pass 2: references to other instances become their attributes.
@@ -171,7 +174,12 @@ impl Spec {
                     }
                 }
             }
-            let p = self.process(&t, &params, cell, raw, &mut attrs, &names)?;
+            let p = self.process(&t, &params, cell, raw, &mut attrs, &names).map_err(|mut e| {
+                if let Some(c) = &raw.ctor {
+                    e.message.push_str(&format!(" (in the process of instance `{}`, from constructor `{c}`)", raw.name.get_ref()));
+                }
+                e
+            })?;
             instances.insert(p.name.clone(), Value::Object(attrs));
             processes.push(p);
         }
