@@ -85,10 +85,21 @@ impl Backdoor {
         let rt = route.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::with_capacity(1 << 20, r).lines();
+            let mut instance: Option<String> = None;
             while let Ok(Some(line)) = lines.next_line().await {
                 let line = line.trim_end_matches('\r');
                 tracing::trace!(line = %line.chars().take(200).collect::<String>(), "backdoor");
-                if line.starts_with("XDRIVER-BACKDOOR-READY") {
+                if let Some(rest) = line.strip_prefix("XDRIVER-BACKDOOR-READY") {
+                    // "1 <pid>": the same pid again is a repeated
+                    // announcement, not a new shell.
+                    let id = rest.trim().to_string();
+                    if instance.as_deref() == Some(id.as_str()) {
+                        tracing::debug!(%id, "backdoor announced itself again");
+                        continue;
+                    }
+                    if let Some(old) = instance.replace(id.clone()) {
+                        tracing::warn!(old = %old, new = %id, "backdoor shell restarted");
+                    }
                     ready_tx.send_modify(|n| *n += 1);
                     if let Some((_, tx)) = rt.lock().expect("route lock").as_ref() {
                         let _ = tx.send(Msg::Restarted);

@@ -39,7 +39,9 @@ flush() {
 # reads as EOF (and a write may fail): that is not the end of the session,
 # so retry rather than exit (an exit would make the init restart us and
 # announce again, which the host takes for a crash).
-until printf '\nXDRIVER-BACKDOOR-READY 1\n'; do sleep 0.05; done
+# The shell's pid names this instance: the host takes a repeated line with
+# the same pid for what it is, not for a restart.
+until printf '\nXDRIVER-BACKDOOR-READY 1 %s\n' "$$"; do sleep 0.05; done
 while true; do
   if ! IFS=' ' read -r tag id tmo stream cmd input; then sleep 0.05; continue; fi
   [ "$tag" = X ] || continue

@@ -165,6 +165,6 @@ mod tests {
 
     #[test]
     fn backdoor_script_announces_the_ready_line() {
-        assert!(BACKDOOR_SH.contains(&format!("printf '\\n{BACKDOOR_READY}\\n'")));
+        assert!(BACKDOOR_SH.contains(&format!("printf '\\n{BACKDOOR_READY} %s\\n' \"$$\"")));
     }
 }

@@ -47,12 +47,11 @@ fn script(b: &Backend, p: &Process) -> String {
     for (k, v) in &p.environment {
         s.push_str(&format!("export {k}={}\n", quote(v)));
     }
-    s.push_str("\ndepend() {\n\tneed localmount");
-    for d in &p.dependencies {
-        s.push(' ');
-        s.push_str(d);
+    s.push_str("\ndepend() {\n");
+    if !p.dependencies.is_empty() {
+        s.push_str(&format!("\tneed {}\n", p.dependencies.join(" ")));
     }
-    s.push_str("\n\tuse net\n}\n");
+    s.push_str("\tuse net\n}\n");
     s
 }
 
