@@ -68,15 +68,9 @@ pub struct TestArgs {
     /// Where each cell's artifacts go (<dir>/<spec name>/<os>-<manager>-<profile>/).
     #[arg(long, default_value = "xdriver-results")]
     pub results_dir: PathBuf,
-    /// Accelerator: auto proves KVM with a boot probe, else uses TCG.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub accel: AccelChoice,
-    /// vCPUs per VM.
-    #[arg(long, default_value_t = 2)]
-    pub cpus: u32,
-    /// Guest RAM in MiB per VM.
-    #[arg(long, default_value_t = 1024)]
-    pub mem_mib: u32,
+    /// Accelerator and VM size.
+    #[command(flatten)]
+    pub vm: VmArgs,
 }
 
 /// `xdriver plan`
@@ -135,15 +129,9 @@ pub struct RunArgs {
     /// Leave the VM running and print how to reach it.
     #[arg(long)]
     pub keep: bool,
-    /// Accelerator: auto proves KVM with a boot probe, else uses TCG.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub accel: AccelChoice,
-    /// vCPUs.
-    #[arg(long, default_value_t = 2)]
-    pub cpus: u32,
-    /// Guest RAM in MiB.
-    #[arg(long, default_value_t = 1024)]
-    pub mem_mib: u32,
+    /// Accelerator and VM size.
+    #[command(flatten)]
+    pub vm: VmArgs,
     /// Seconds the guest may take to come up.
     #[arg(long, default_value_t = 180)]
     pub boot_timeout: u64,
@@ -159,6 +147,20 @@ pub struct RunArgs {
     /// Command to run (through root's shell). Without it: an interactive shell.
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+/// Accelerator and size of each VM.
+#[derive(Debug, Args, Clone)]
+pub struct VmArgs {
+    /// Accelerator: auto proves KVM with a boot probe, else uses TCG.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub accel: AccelChoice,
+    /// vCPUs per VM.
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u32,
+    /// Guest RAM in MiB per VM.
+    #[arg(long, default_value_t = 1024)]
+    pub mem_mib: u32,
 }
 
 /// `xdriver doctor`

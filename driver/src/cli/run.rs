@@ -35,15 +35,15 @@ pub(super) async fn main(args: RunArgs) -> Result<i32, CliError> {
     }
     let image = super::image::ensure(&name).await?;
     let store = xdriver_images::Store::open_default().map_err(|e| CliError::infra(&e))?;
-    let decision = accel::decide(args.accel, "qemu-system-x86_64", store.root())
+    let decision = accel::decide(args.vm.accel, "qemu-system-x86_64", store.root())
         .await
         .map_err(|e| CliError { code: exit::INFRA, message: e.to_string() })?;
     eprintln!("xdriver: accel {}: {}", decision.accel.name(), decision.reason);
 
     let mut cfg = VmConfig::new(&format!("run-{}", name.init), image);
     cfg.accel = decision.accel;
-    cfg.cpus = args.cpus;
-    cfg.mem_mib = args.mem_mib;
+    cfg.cpus = args.vm.cpus;
+    cfg.mem_mib = args.vm.mem_mib;
     cfg.shares = shares;
     cfg.ssh = args.channel == Channel::Ssh || args.command.is_empty();
     cfg.boot_timeout = Duration::from_secs(args.boot_timeout);

@@ -43,7 +43,7 @@ pub(super) async fn main(args: TestArgs) -> Result<i32, CliError> {
     let mut accel_choice = crate::qemu::Accel::Tcg;
     if runnable > 0 {
         let store = xdriver_images::Store::open_default().map_err(|e| CliError::infra(&e))?;
-        let d = accel::decide(args.accel, "qemu-system-x86_64", store.root())
+        let d = accel::decide(args.vm.accel, "qemu-system-x86_64", store.root())
             .await
             .map_err(|e| CliError { code: exit::INFRA, message: e.to_string() })?;
         eprintln!("xdriver: accel {}: {}", d.accel.name(), d.reason);
@@ -53,8 +53,8 @@ pub(super) async fn main(args: TestArgs) -> Result<i32, CliError> {
         accel: accel_choice,
         results_dir: args.results_dir.clone(),
         overrides,
-        mem_mib: args.mem_mib,
-        cpus: args.cpus,
+        mem_mib: args.vm.mem_mib,
+        cpus: args.vm.cpus,
     };
     eprintln!("xdriver: {} — {} cells ({runnable} to run); results in {}", spec.file.name, cells.len(), args.results_dir.join(&spec.file.name).display());
     let started = Instant::now();

@@ -240,3 +240,12 @@ pub(super) fn wait_until(cond: &str, secs: u32, what: &str) -> String {
         quote(&format!("timed out after {secs} s waiting for {what}"))
     )
 }
+
+/// Commands that link each instance's service directory from `sv` into
+/// the supervisor's scan directory `scan` (runit, s6), as the profile's user.
+pub(super) fn link_services(b: &Backend, sys: &System, sv: &str, scan: &str) -> Vec<String> {
+    sys.processes
+        .iter()
+        .map(|p| b.as_user(&format!("ln -sfn {} {}", quote(&format!("{sv}/{}", p.name)), quote(&format!("{scan}/{}", p.name)))))
+        .collect()
+}

@@ -9,7 +9,7 @@
 use crate::model::{Mode, Process, System};
 use crate::shell::quote;
 
-use super::deploy::{argv, cd_umask, daemon_waiter, exports, wait_until, wrapped, Backend, GuestFile, RenderError};
+use super::deploy::{argv, link_services, cd_umask, daemon_waiter, exports, wait_until, wrapped, Backend, GuestFile, RenderError};
 
 fn sv_dir(b: &Backend) -> String {
     match &b.profile.user {
@@ -56,11 +56,7 @@ pub(super) fn bootstrap(b: &Backend) -> Vec<String> {
 
 pub(super) fn activate(b: &Backend, sys: &System) -> Vec<String> {
     let (sv, scan) = (sv_dir(b), scan_dir(b));
-    let mut cmds: Vec<String> = sys
-        .processes
-        .iter()
-        .map(|p| b.as_user(&format!("ln -sfn {} {}", quote(&format!("{sv}/{}", p.name)), quote(&format!("{scan}/{}", p.name)))))
-        .collect();
+    let mut cmds = link_services(b, sys, &sv, &scan);
     for p in &sys.processes {
         // runsvdir looks for new services at least every 5 s.
         cmds.push(wait_until(&format!("test -e {}", quote(&format!("{scan}/{}/supervise/ok", p.name))), 30, &format!("runsv of {}", p.name)));

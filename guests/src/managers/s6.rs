@@ -8,7 +8,7 @@
 use crate::model::{Mode, Process, System};
 use crate::shell::quote;
 
-use super::deploy::{argv, cd_umask, daemon_waiter, exports, wait_until, wrapped, Backend, GuestFile, RenderError};
+use super::deploy::{argv, link_services, cd_umask, daemon_waiter, exports, wait_until, wrapped, Backend, GuestFile, RenderError};
 
 const NOTIFY_FD: u32 = 3;
 
@@ -73,11 +73,7 @@ pub(super) fn bootstrap(b: &Backend) -> Vec<String> {
 
 pub(super) fn activate(b: &Backend, sys: &System) -> Vec<String> {
     let (sv, scan) = (sv_dir(b), scan_dir(b));
-    let mut cmds: Vec<String> = sys
-        .processes
-        .iter()
-        .map(|p| b.as_user(&format!("ln -sfn {} {}", quote(&format!("{sv}/{}", p.name)), quote(&format!("{scan}/{}", p.name)))))
-        .collect();
+    let mut cmds = link_services(b, sys, &sv, &scan);
     cmds.push(b.as_user(&format!("s6-svscanctl -a {}", quote(&scan))));
     for p in &sys.processes {
         cmds.push(wait_until(&format!("s6-svok {}", quote(&format!("{scan}/{}", p.name))), 30, &format!("s6-supervise of {}", p.name)));
