@@ -46,14 +46,18 @@ impl Os {
     pub fn as_user(self, profile: &Profile, cmd: &str) -> String {
         let Some(u) = &profile.user else { return cmd.to_string() };
         match self {
+            // From the user's home: the caller's working directory (root's)
+            // is not the user's to open, and runsvdir, for one, needs it.
             Os::Debian12 | Os::Nixos => format!(
-                "runuser -u {} -- env HOME={} XDG_RUNTIME_DIR=/run/user/{} sh -c {}",
+                "runuser -u {} -- env HOME={h} XDG_RUNTIME_DIR=/run/user/{} sh -c {}",
                 quote(&u.name),
-                quote(&u.home),
                 u.uid,
-                quote(cmd)
+                quote(&format!("cd {h} && {cmd}")),
+                h = quote(&u.home),
             ),
-            Os::Freebsd => format!("su -m {} -c {}", quote(&u.name), quote(&format!("HOME={}; export HOME; {cmd}", quote(&u.home)))),
+            Os::Freebsd => {
+                format!("su -m {} -c {}", quote(&u.name), quote(&format!("HOME={h}; export HOME; cd {h} && {cmd}", h = quote(&u.home))))
+            }
         }
     }
 
