@@ -52,7 +52,7 @@ impl Os {
                 "runuser -u {} -- env HOME={h} XDG_RUNTIME_DIR=/run/user/{} sh -c {}",
                 quote(&u.name),
                 u.uid,
-                quote(&format!("cd {h} && {cmd}")),
+                quote(&format!("cd {} && {cmd}", quote(&u.home))),
                 h = quote(&u.home),
             ),
             Os::Freebsd => {
