@@ -33,7 +33,9 @@ fn unit(b: &Backend, p: &Process) -> Result<String, RenderError> {
     u.push_str(&format!("Description={}\n", p.description));
     if !p.dependencies.is_empty() {
         let deps: Vec<String> = p.dependencies.iter().map(|d| format!("{d}.service")).collect();
-        u.push_str(&format!("Requires={}\nAfter={}\n", deps.join(" "), deps.join(" ")));
+        // Wants=, not Requires=: stopping a dependency must not stop its
+        // dependents (as under every other manager).
+        u.push_str(&format!("Wants={}\nAfter={}\n", deps.join(" "), deps.join(" ")));
     }
     u.push_str("\n[Service]\n");
     let ty = match mode {
