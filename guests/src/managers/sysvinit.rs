@@ -44,6 +44,9 @@ fn script(b: &Backend, p: &Process) -> String {
         s.push_str(&format!("export {k}={}\n", quote(v)));
     }
     let mut opts = String::new();
+    // A pidfile written by another user is not trusted on its own
+    // ("matching only on non-root pidfile is insecure"): match the user too.
+    let matching = b.user_of(p).map(|u| format!(" --user {}", quote(u))).unwrap_or_default();
     if let Some(u) = b.user_of(p) {
         opts.push_str(&format!(" --chuid {}", quote(u)));
     }
@@ -63,13 +66,13 @@ fn script(b: &Backend, p: &Process) -> String {
     s.push_str(&format!(
         "\ncase \"$1\" in\n\
          start)\n\
-         \tstart-stop-daemon --start --quiet --oknodo --pidfile \"$PIDFILE\"{opts} --startas {prog} -- {args}\n\
+         \tstart-stop-daemon --start --quiet --oknodo --pidfile \"$PIDFILE\"{matching}{opts} --startas {prog} -- {args}\n\
          \t;;\n\
          stop)\n\
-         \tstart-stop-daemon --stop --quiet --oknodo --pidfile \"$PIDFILE\" --retry TERM/10/KILL/5 --remove-pidfile\n\
+         \tstart-stop-daemon --stop --quiet --oknodo --pidfile \"$PIDFILE\"{matching} --retry TERM/10/KILL/5 --remove-pidfile\n\
          \t;;\n\
          status)\n\
-         \tstart-stop-daemon --status --pidfile \"$PIDFILE\"\n\
+         \tstart-stop-daemon --status --pidfile \"$PIDFILE\"{matching}\n\
          \trc=$?; [ $rc = 0 ] && echo \"{n} is running\" || echo \"{n} is not running\"; exit $rc\n\
          \t;;\n\
          restart|force-reload)\n\
