@@ -1,8 +1,7 @@
 //! OpenRC: an openrc-run script per instance in /etc/init.d, added to the
 //! default runlevel. Dependencies are `need` lines, so `rc-service X start`
 //! starts what X needs first. Daemons are started as they are; foreground
-//! processes get `command_background` and a pidfile made by OpenRC's
-//! start-stop-daemon. Privileged profile only: OpenRC 0.45 has no user
+//! processes run under OpenRC's supervise-daemon. Privileged profile only: OpenRC 0.45 has no user
 //! services.
 
 use crate::model::{Mode, Process, System};
@@ -26,11 +25,22 @@ fn script(b: &Backend, p: &Process) -> String {
         quote(&join(&args)),
         quote(&p.pid_file),
     );
-    if mode == Mode::Foreground {
-        s.push_str(&format!("command_background=yes\noutput_log={lf}\nerror_log={lf}\n", lf = quote(&p.log_file)));
-    }
-    if let Some(u) = b.user_of(p) {
-        s.push_str(&format!("command_user={}\n", quote(u)));
+    // Debian's OpenRC starts daemons with dpkg's start-stop-daemon, whose
+    // --user only matches (--chuid switches) and which has no --stdout; so
+    // foreground processes go under OpenRC's own supervise-daemon (which
+    // also restarts them), daemons get dpkg's flags directly.
+    match mode {
+        Mode::Foreground => {
+            s.push_str(&format!("supervisor=supervise-daemon\noutput_log={lf}\nerror_log={lf}\n", lf = quote(&p.log_file)));
+            if let Some(u) = b.user_of(p) {
+                s.push_str(&format!("command_user={}\n", quote(u)));
+            }
+        }
+        Mode::Daemon => {
+            if let Some(u) = b.user_of(p) {
+                s.push_str(&format!("start_stop_daemon_args={}\n", quote(&format!("--chuid {u} --user {u}"))));
+            }
+        }
     }
     if let Some(d) = &p.directory {
         s.push_str(&format!("directory={}\n", quote(d)));
