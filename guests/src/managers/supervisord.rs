@@ -2,13 +2,14 @@
 //! supervisord of the driver's own includes (started by the driver, as
 //! nix-processmgmt's test module deploys it through sysvinit). Start order
 //! follows dependencies through `priority`; supervisord has no readiness
-//! protocol beyond `startsecs`. A daemon-only process runs under Debian's
-//! `pidproxy`.
+//! protocol beyond `startsecs`. A daemon-only process runs under a shell
+//! that starts it, stays while its pidfile's process lives, and passes
+//! SIGTERM on.
 
 use crate::model::{Mode, Process, System};
 use crate::shell::{join, quote};
 
-use super::deploy::{argv, wait_until, Backend, GuestFile, RenderError};
+use super::deploy::{argv, daemon_waiter, wait_until, Backend, GuestFile, RenderError};
 
 fn base(b: &Backend) -> String {
     format!("{}/supervisord", b.profile.lib_dir)
@@ -57,7 +58,9 @@ fn program(b: &Backend, p: &Process, priority: usize) -> Result<String, RenderEr
     let mode = b.mode(p);
     let mut cmd = match mode {
         Mode::Foreground => join(argv(p, mode)),
-        Mode::Daemon => format!("/usr/bin/pidproxy {} {}", quote(&p.pid_file), join(argv(p, mode))),
+        // Not Debian's pidproxy: it exits as soon as the daemon's first
+        // process does, leaving the daemon unsupervised and unstoppable.
+        Mode::Daemon => format!("/bin/sh -c {}", quote(&daemon_waiter(p, &join(argv(p, mode))).trim_end().replace('\n', "; "))),
     };
     if let Some(n) = p.nice {
         cmd = format!("nice -n {n} {cmd}");
