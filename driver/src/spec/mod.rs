@@ -16,3 +16,6 @@ pub use matrix::{image_for, Cell, Selection};
 pub use resolve::{base_params, conflicts, CellCtx, Resolved};
 pub use schema::SpecFile;
 pub use steps::{Action, Step};
+
+#[cfg(test)]
+mod tests;
