@@ -33,7 +33,8 @@ fn main() {
                 }
                 if !xdriver::cli::handles_signals() {
                     xdriver::vm::kill_all();
-                    eprintln!("xdriver: interrupted; VMs stopped");
+                    // Not eprintln!: a closed stderr must not turn 130 into a panic.
+                    let _ = std::io::Write::write_all(&mut std::io::stderr(), b"xdriver: interrupted; VMs stopped\n");
                     std::process::exit(exit::INTERRUPTED);
                 }
             }

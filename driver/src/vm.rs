@@ -492,7 +492,9 @@ impl Vm {
             self.backdoor.exec(&poweroff, &[], Duration::from_secs(5), None),
         )
         .await;
-        if matches!(asked, Ok(Ok(_))) && self.wait_exit(Duration::from_secs(45)).await {
+        // OpenRC takes 16-18 s to power off under TCG on an idle host, and
+        // twice that when two VMs share two cores.
+        if matches!(asked, Ok(Ok(_))) && self.wait_exit(Duration::from_secs(90)).await {
             return Stopped::GuestPoweroff;
         }
         if self.qmp.execute(qapi::qmp::system_powerdown {}).await.is_ok() && self.wait_exit(Duration::from_secs(10)).await {

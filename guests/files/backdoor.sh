@@ -11,6 +11,10 @@
 # what it reads, so no other program may read the port.
 # Output goes to files, not pipes, so a background child that keeps stdout
 # open cannot stall the reply (the NixOS driver's known hang).
+# Started by init with the console as controlling terminal, the shell
+# would die of the SIGHUP a getty's vhangup() sends when it takes the
+# serial line; commands get the default disposition back below.
+trap '' HUP
 port=
 for d in /sys/class/virtio-ports/*; do
   [ "$(cat "$d/name" 2>/dev/null)" = org.xdriver.backdoor ] && port=/dev/${d##*/}
@@ -49,7 +53,7 @@ while true; do
   if [ "$input" != - ]; then base64 -d <<<"$input" >"$w/in"; in=$w/in; else in=/dev/null; fi
   if [ "$tmo" -gt 0 ]; then run=(timeout -k 5 "$tmo" bash "$w/cmd"); else run=(bash "$w/cmd"); fi
   if [ "$stream" = 1 ]; then
-    (cd /root && exec "${run[@]}") <"$in" >"$w/out" 2>"$w/err" 9<&- &
+    (trap - HUP; cd /root && exec "${run[@]}") <"$in" >"$w/out" 2>"$w/err" 9<&- &
     pid=$!; oo=0; eo=0; t=0.01
     while kill -0 "$pid" 2>/dev/null; do
       read -r -t "$t" -u 9 _; t=0.05
@@ -58,7 +62,7 @@ while true; do
     wait "$pid"; rc=$?
     flush O out $oo; flush E err $eo
   else
-    (cd /root && exec "${run[@]}") <"$in" >"$w/out" 2>"$w/err" 9<&-
+    (trap - HUP; cd /root && exec "${run[@]}") <"$in" >"$w/out" 2>"$w/err" 9<&-
     rc=$?
     if [ -s "$w/out" ]; then printf 'XDO %s ' "$id"; base64 -w0 <"$w/out"; printf '\n'; fi
     if [ -s "$w/err" ]; then printf 'XDE %s ' "$id"; base64 -w0 <"$w/err"; printf '\n'; fi

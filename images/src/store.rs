@@ -225,6 +225,11 @@ impl Store {
     pub fn gc(&self) -> Result<GcReport, StoreError> {
         let mut report = GcReport::default();
         let drop_dir = |p: PathBuf, report: &mut GcReport| {
+            // Never delete through a mount: an interrupted build's rootfs can
+            // still have /proc, /sys or /dev mounted by a surviving mmdebstrap.
+            if has_mounts_under(&p) {
+                return;
+            }
             report.freed_bytes += dir_size(&p);
             if std::fs::remove_dir_all(&p).is_ok() {
                 report.removed.push(p);
@@ -260,4 +265,14 @@ impl Store {
         }
         Ok(report)
     }
+}
+
+/// Whether anything is mounted at or below `dir` (from /proc/self/mountinfo).
+fn has_mounts_under(dir: &Path) -> bool {
+    let Ok(dir) = std::fs::canonicalize(dir) else { return false };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return true };
+    info.lines().filter_map(|l| l.split(' ').nth(4)).any(|mp| {
+        // Mount points are octal-escaped (\040 for a space); ours have none.
+        Path::new(mp).starts_with(&dir)
+    })
 }

@@ -74,14 +74,17 @@ fn start_long_run() -> (std::process::Child, String) {
         .spawn()
         .expect("spawn");
     let stderr = child.stderr.take().expect("piped");
+    let mut lines = BufReader::new(stderr).lines();
     let mut run_dir = None;
-    for line in BufReader::new(stderr).lines() {
+    for line in lines.by_ref() {
         let line = line.expect("read");
         if let Some(rest) = line.split("run dir ").nth(1) {
             run_dir = Some(rest.trim().to_string());
             break;
         }
     }
+    // Keep reading: a closed pipe would make xdriver's last words fail.
+    std::thread::spawn(move || lines.for_each(drop));
     (child, run_dir.expect("xdriver printed its run dir"))
 }
 
@@ -144,9 +147,19 @@ fn one_build_for_concurrent_requests_and_interrupted_builds_leave_no_entry() {
     let images = cache.path().join("images");
     let leftovers = std::fs::read_dir(&images).map(|rd| rd.count()).unwrap_or(0);
     assert!(leftovers > 0, "expected the interrupted build's .tmp directory");
-    let gc = xdriver().args(["image", "gc"]).env("XDRIVER_CACHE_DIR", cache.path()).output().expect("gc");
-    assert!(gc.status.success());
-    assert_eq!(std::fs::read_dir(&images).map(|rd| rd.count()).unwrap_or(0), 0, "gc left the .tmp directory");
+    // The killed build's mmdebstrap may still be running (and have its
+    // mounts inside the rootfs) for a while; gc leaves the directory alone
+    // until then, and removes it afterwards.
+    let t = Instant::now();
+    loop {
+        let gc = xdriver().args(["image", "gc"]).env("XDRIVER_CACHE_DIR", cache.path()).output().expect("gc");
+        assert!(gc.status.success());
+        if std::fs::read_dir(&images).map(|rd| rd.count()).unwrap_or(0) == 0 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(180), "gc left the .tmp directory for 3 minutes");
+        std::thread::sleep(Duration::from_secs(3));
+    }
 
     // Two builds at once: both succeed with the same image, built once.
     let (a, b) = (build(), build());

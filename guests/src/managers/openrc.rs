@@ -11,7 +11,11 @@ use super::deploy::{argv, Backend, GuestFile, RenderError};
 
 fn script(b: &Backend, p: &Process) -> String {
     let mode = b.mode(p);
-    let av = argv(p, mode);
+    let mut av = argv(p, mode).to_vec();
+    // supervise-daemon ignores SSD_NICELEVEL: renice through nice(1).
+    if let (Mode::Foreground, Some(n)) = (mode, p.nice) {
+        av.splice(0..0, ["/usr/bin/nice".to_string(), "-n".to_string(), n.to_string()]);
+    }
     let (prog, args) = av.split_first().map(|(a, r)| (a.clone(), r.to_vec())).unwrap_or(("/bin/false".into(), Vec::new()));
     let mut s = format!(
         "#!/sbin/openrc-run\n\
@@ -48,7 +52,7 @@ fn script(b: &Backend, p: &Process) -> String {
     if let Some(m) = &p.umask {
         s.push_str(&format!("umask={m}\n"));
     }
-    if let Some(n) = p.nice {
+    if let (Mode::Daemon, Some(n)) = (mode, p.nice) {
         s.push_str(&format!("SSD_NICELEVEL={n}\n"));
     }
     for (k, v) in &p.extra {
@@ -83,7 +87,9 @@ pub(super) fn start(_b: &Backend, name: &str) -> String {
 }
 
 pub(super) fn stop(_b: &Backend, name: &str) -> String {
-    format!("rc-service {} stop", quote(name))
+    // --nodeps: stop this service only; by default OpenRC also stops every
+    // service that `need`s it (no other manager does).
+    format!("/etc/init.d/{} --nodeps stop", quote(name))
 }
 
 pub(super) fn status(_b: &Backend, name: &str) -> String {
