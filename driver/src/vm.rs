@@ -363,12 +363,26 @@ impl Vm {
 
     async fn mount_share(&self, index: usize, s: &Share) -> Result<(), VmError> {
         let mode = if s.writable { "rw" } else { "ro" };
+        // Idempotent, so it can be repeated if the backdoor restarts under it.
         let cmd = format!(
-            "mkdir -p {g} && mount -t 9p -o trans=virtio,version=9p2000.L,msize={NINEP_MSIZE},cache=loose,{mode} {tag} {g}",
+            "mkdir -p {g} && {{ mountpoint -q {g} || mount -t 9p -o trans=virtio,version=9p2000.L,msize={NINEP_MSIZE},cache=loose,{mode} {tag} {g}; }}",
             g = quote(&s.guest),
             tag = Share::tag(index)
         );
-        let out = self.exec(Channel::Backdoor, &cmd, &[], Duration::from_secs(30), None).await?;
+        // Rarely (seen on sysvinit guests under load, at the moment the
+        // serial getty starts) the backdoor shell is replaced by a new one
+        // while this first command runs; the new shell has announced itself
+        // by the time that is reported, so try again on it.
+        let mut attempt = 0;
+        let out = loop {
+            attempt += 1;
+            match self.exec(Channel::Backdoor, &cmd, &[], Duration::from_secs(30), None).await {
+                Err(VmError::Backdoor(BackdoorError::Restarted)) if attempt < 3 => {
+                    tracing::warn!(vm = %self.name, attempt, "backdoor restarted while mounting a share; retrying");
+                }
+                other => break other?,
+            }
+        };
         if !out.success() {
             return Err(VmError::Share { host: s.host.clone(), guest: s.guest.clone(), detail: out.stderr_str().trim().into() });
         }
