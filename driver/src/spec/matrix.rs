@@ -71,36 +71,28 @@ pub struct Selection {
 }
 
 impl Spec {
+    /// The command line's values, else the spec's `[matrix]` entry (parsed,
+    /// errors at its position), else `default`.
+    fn pick<T>(&self, flags: &[T], spec: &[toml::Spanned<String>], default: impl FnOnce() -> Vec<T>) -> Result<Vec<T>, SpecError>
+    where
+        T: Clone + std::str::FromStr,
+        T::Err: std::fmt::Display,
+    {
+        if !flags.is_empty() {
+            return Ok(flags.to_vec());
+        }
+        if spec.is_empty() {
+            return Ok(default());
+        }
+        spec.iter().map(|s| s.get_ref().parse().map_err(|e: T::Err| self.loc.at(s.span(), e.to_string()))).collect()
+    }
+
     /// The cells for `sel`, in matrix order.
     pub fn cells(&self, sel: &Selection) -> Result<Vec<Cell>, SpecError> {
         let m = &self.file.matrix;
-        let os = if !sel.os.is_empty() {
-            sel.os.clone()
-        } else if !m.os.is_empty() {
-            m.os.iter().map(|s| s.get_ref().parse().map_err(|e: xdriver_guests::UnknownOs| self.loc.at(s.span(), e.to_string()))).collect::<Result<_, _>>()?
-        } else {
-            vec![Os::Debian12]
-        };
-        let managers = if !sel.managers.is_empty() {
-            sel.managers.clone()
-        } else if !m.managers.is_empty() {
-            m.managers
-                .iter()
-                .map(|s| s.get_ref().parse().map_err(|e: xdriver_guests::UnknownManager| self.loc.at(s.span(), e.to_string())))
-                .collect::<Result<_, _>>()?
-        } else {
-            Manager::ALL.to_vec()
-        };
-        let profiles = if !sel.profiles.is_empty() {
-            sel.profiles.clone()
-        } else if !m.profiles.is_empty() {
-            m.profiles
-                .iter()
-                .map(|s| s.get_ref().parse().map_err(|e: xdriver_guests::UnknownProfile| self.loc.at(s.span(), e.to_string())))
-                .collect::<Result<_, _>>()?
-        } else {
-            ProfileKind::ALL.to_vec()
-        };
+        let os = self.pick(&sel.os, &m.os, || vec![Os::Debian12])?;
+        let managers = self.pick(&sel.managers, &m.managers, || Manager::ALL.to_vec())?;
+        let profiles = self.pick(&sel.profiles, &m.profiles, || ProfileKind::ALL.to_vec())?;
         let mut cells = Vec::new();
         for &o in &os {
             for &mg in &managers {
