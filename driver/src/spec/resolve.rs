@@ -43,7 +43,10 @@ struct Raw<'a> {
     span: std::ops::Range<usize>,
     def: ProcessDef,
     attrs: Map<String, Value>,
+    /// Instances referenced through `instances` parameters (dependencies).
     refs: Vec<String>,
+    /// The attributes that are `instances` parameters.
+    ref_keys: Vec<String>,
     ctor: Option<String>,
 }
 
@@ -97,7 +100,7 @@ impl Spec {
             let mut def: Option<ProcessDef> = None;
             let mut ctor_params = BTreeMap::new();
             let mut ctor = None;
-            if let Some((k, v)) = table.get_ref().iter().find(|(k, _)| k.as_str() == "constructor") {
+            if let Some((_, v)) = table.get_ref().iter().find(|(k, _)| k.as_str() == "constructor") {
                 let Some(cname) = v.get_ref().as_str() else {
                     return Err(self.loc.at(v.span(), "`constructor` must be the name of a constructor"));
                 };
@@ -105,7 +108,6 @@ impl Spec {
                     let known: Vec<&str> = self.file.constructors.keys().map(|n| n.get_ref().as_str()).collect();
                     return Err(self.loc.at(v.span(), format!("unknown constructor `{cname}` (defined: {})", list(&known))));
                 };
-                let _ = k;
                 ctor = Some(cname.to_string());
                 def = Some(c.get_ref().process.clone());
                 ctor_params = c.get_ref().params.iter().map(|(k, p)| (k.clone(), p)).collect();
@@ -127,12 +129,16 @@ impl Spec {
             let ctx = with(&params, &[("instanceName", json!(name.get_ref()))]);
             let mut attrs = Map::new();
             let mut refs = Vec::new();
+            let mut ref_keys = Vec::new();
             for (k, v) in table.get_ref() {
                 let key = k.as_str();
                 if key == "constructor" || key == "process" {
                     continue;
                 }
                 let ty = ctor_params.get(key).map(|p| p.ty).unwrap_or(ParamType::Any);
+                if ty == ParamType::Instances {
+                    ref_keys.push(key.to_string());
+                }
                 let val = self.attr_value(&t, &ctx, v, ty, &names, &mut refs)?;
                 attrs.insert(key.to_string(), val);
             }
@@ -154,7 +160,7 @@ impl Spec {
                 }
             }
             attrs.insert("instanceName".into(), json!(name.get_ref()));
-            raws.push(Raw { name, span, def, attrs, refs, ctor });
+            raws.push(Raw { name, span, def, attrs, refs, ref_keys, ctor });
         }
 
         // Pass 2: references to other instances become their attributes.
@@ -163,15 +169,11 @@ impl Spec {
         let mut instances = BTreeMap::new();
         for raw in &raws {
             let mut attrs = raw.attrs.clone();
-            for (k, v) in raw.attrs.iter() {
-                if let Some(list) = v.as_array() {
-                    if list.iter().all(|x| x.as_str().is_some_and(|s| raw.refs.iter().any(|r| r == s)))
-                        && !list.is_empty()
-                    {
-                        let resolved: Vec<Value> =
-                            list.iter().filter_map(|x| x.as_str()).map(|s| Value::Object(plain[s].clone())).collect();
-                        attrs.insert(k.clone(), Value::Array(resolved));
-                    }
+            for k in &raw.ref_keys {
+                // attr_value checked these are lists of instance names.
+                if let Some(list) = raw.attrs.get(k).and_then(Value::as_array) {
+                    let resolved = list.iter().filter_map(Value::as_str).map(|s| Value::Object(plain[s].clone())).collect();
+                    attrs.insert(k.clone(), Value::Array(resolved));
                 }
             }
             let p = self.process(&t, &params, cell, raw, &mut attrs, &names).map_err(|mut e| {

@@ -78,6 +78,16 @@ fn steps_expand_if_and_for_with_resolved_references() {
 }
 
 #[test]
+fn only_instances_parameters_resolve_to_instances() {
+    // A free attribute that happens to list instance names stays names.
+    let s = spec(&SPEC.replace("peers = [\"back\"]", "peers = [\"back\"]\ntags = [\"back\"]"));
+    let r = s.resolve(&cell(Manager::S6, false)).expect("resolves");
+    let front = &r.instances["front"];
+    assert_eq!(front["tags"], serde_json::json!(["back"]));
+    assert_eq!(front["peers"][0]["dnsName"], "back.local");
+}
+
+#[test]
 fn cycles_and_conflicts_are_errors() {
     let cyc = SPEC.replace("dnsName = \"back.local\"", "dnsName = \"back.local\"\npeers = [\"front\"]");
     let e = spec(&cyc).resolve(&cell(Manager::Runit, false)).expect_err("cycle");
