@@ -25,7 +25,7 @@ pub(super) fn overrides(set: &[String]) -> Result<BTreeMap<String, Value>, CliEr
 
 /// The spec, its selected cells and each runnable cell prepared; spec
 /// errors become usage errors (exit 2).
-pub(super) fn load(args: &CellArgs) -> Result<(Spec, Vec<(Cell, Option<Prepared>)>, BTreeMap<String, Value>), CliError> {
+pub(super) fn load(args: &CellArgs) -> Result<(Spec, Vec<(Cell, Option<Prepared>)>), CliError> {
     let spec = Spec::load(&args.spec).map_err(|e| CliError { code: exit::USAGE, message: e.to_string() })?;
     let sel = Selection { os: args.os.clone(), managers: args.managers.clone(), profiles: args.profiles.clone() };
     let cells = spec.cells(&sel).map_err(|e| CliError { code: exit::USAGE, message: e.to_string() })?;
@@ -38,11 +38,11 @@ pub(super) fn load(args: &CellArgs) -> Result<(Spec, Vec<(Cell, Option<Prepared>
         };
         out.push((c, prepared));
     }
-    Ok((spec, out, ov))
+    Ok((spec, out))
 }
 
 pub(super) fn main(args: PlanArgs) -> Result<i32, CliError> {
-    let (_spec, cells, _) = load(&args.cells)?;
+    let (_spec, cells) = load(&args.cells)?;
     if args.json {
         let v: Vec<Value> = cells
             .iter()

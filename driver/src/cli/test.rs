@@ -37,7 +37,7 @@ pub fn exit_code(results: &[CellResult]) -> i32 {
 }
 
 pub(super) async fn main(args: TestArgs) -> Result<i32, CliError> {
-    let (spec, cells, overrides) = super::plan::load(&args.cells)?;
+    let (spec, cells) = super::plan::load(&args.cells)?;
     let shares = runner::shares(&spec).map_err(|e| CliError { code: exit::USAGE, message: e.to_string() })?;
     let runnable = cells.iter().filter(|(c, _)| c.image.is_ok()).count();
     let mut accel_choice = crate::qemu::Accel::Tcg;
@@ -52,7 +52,6 @@ pub(super) async fn main(args: TestArgs) -> Result<i32, CliError> {
     let opts = RunOptions {
         accel: accel_choice,
         results_dir: args.results_dir.clone(),
-        overrides,
         mem_mib: args.vm.mem_mib,
         cpus: args.vm.cpus,
     };

@@ -69,8 +69,6 @@ pub struct RunOptions {
     pub accel: Accel,
     /// Results root (`<root>/<spec name>/<cell>/`).
     pub results_dir: PathBuf,
-    /// `--set` overrides.
-    pub overrides: std::collections::BTreeMap<String, serde_json::Value>,
     /// Guest RAM.
     pub mem_mib: u32,
     /// vCPUs.
@@ -141,10 +139,6 @@ pub fn write_configs(dir: &Path, p: &Prepared) -> std::io::Result<()> {
     }
     let plan = serde_json::json!({ "deploy": p.deploy, "steps": p.steps, "processes": p.resolved.system.processes });
     std::fs::write(dir.join("plan.json"), serde_json::to_string_pretty(&plan).map_err(std::io::Error::other)?)
-}
-
-struct Progress {
-    passed: usize,
 }
 
 /// Runs one cell.
@@ -231,9 +225,7 @@ async fn boot_and_test(
         }
     };
     let mut m = Machine { vm: &vm, backend: &p.backend, transcript: Transcript::default(), artifacts: dir };
-    let mut progress = Progress { passed: 0 };
-    let outcome = deploy_and_steps(&mut m, p, &mut progress).await;
-    result.steps_passed = progress.passed;
+    let outcome = deploy_and_steps(&mut m, p, &mut result.steps_passed).await.err().unwrap_or(Outcome::Pass);
     collect_guest_logs(&mut m, dir).await;
     let _ = m.transcript.save(dir);
     drop(m);
@@ -258,42 +250,34 @@ fn run_dirs(label: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-async fn deploy_and_steps(m: &mut Machine<'_>, p: &Prepared, progress: &mut Progress) -> Outcome {
-    let fail = |group: &str, step: &str, reason: String| Outcome::Fail { group: group.into(), step: step.into(), reason };
-    let infra = |e: crate::vm::VmError| Outcome::Error { reason: chain_error(&e) };
-    let t = Duration::from_secs(120);
+/// Runs one deploy command as root; a non-zero exit fails the cell's
+/// `deploy` group at `step`.
+async fn deploy_command(m: &mut Machine<'_>, step: &str, cmd: &str, stdin: &[u8]) -> Result<(), Outcome> {
+    match m.run(&format!("deploy/{step}"), cmd, stdin, Duration::from_secs(120)).await {
+        Ok(out) if out.success() => Ok(()),
+        Ok(out) => Err(Outcome::Fail { group: "deploy".into(), step: step.into(), reason: describe(cmd, &out) }),
+        Err(e) => Err(Outcome::Error { reason: chain_error(&e) }),
+    }
+}
+
+/// Deploys, then runs the steps; counts the steps that passed in `passed`.
+async fn deploy_and_steps(m: &mut Machine<'_>, p: &Prepared, passed: &mut usize) -> Result<(), Outcome> {
     for c in &p.deploy.prepare {
-        match m.run(&format!("deploy/{}", c.phase), &c.command, &[], t).await {
-            Ok(out) if out.success() => {}
-            Ok(out) => return fail("deploy", c.phase, describe(&c.command, &out)),
-            Err(e) => return infra(e),
-        }
+        deploy_command(m, c.phase, &c.command, &[]).await?;
     }
-    let tar = match deploy::tar(&p.deploy.files) {
-        Ok(t) => t,
-        Err(e) => return Outcome::Error { reason: format!("packing the deployment: {e}") },
-    };
-    let untar = "tar -x --no-overwrite-dir -C /";
-    match m.run("deploy/files", untar, &tar, t).await {
-        Ok(out) if out.success() => {}
-        Ok(out) => return fail("deploy", "files", describe(untar, &out)),
-        Err(e) => return infra(e),
-    }
+    let tar = deploy::tar(&p.deploy.files).map_err(|e| Outcome::Error { reason: format!("packing the deployment: {e}") })?;
+    deploy_command(m, "files", "tar -x --no-overwrite-dir -C /", &tar).await?;
     for c in &p.deploy.run {
-        match m.run(&format!("deploy/{}", c.phase), &c.command, &[], t).await {
-            Ok(out) if out.success() => {}
-            Ok(out) => return fail("deploy", c.phase, describe(&c.command, &out)),
-            Err(e) => return infra(e),
-        }
+        deploy_command(m, c.phase, &c.command, &[]).await?;
     }
     for s in &p.steps {
         match m.step(&s.group, &s.action, s.timeout).await {
-            Ok(()) => progress.passed += 1,
-            Err(StepError::Failed(reason)) => return fail(&s.group, &s.name, reason),
-            Err(StepError::Infra(e)) => return infra(e),
+            Ok(()) => *passed += 1,
+            Err(StepError::Failed(reason)) => return Err(Outcome::Fail { group: s.group.clone(), step: s.name.clone(), reason }),
+            Err(StepError::Infra(e)) => return Err(Outcome::Error { reason: chain_error(&e) }),
         }
     }
-    Outcome::Pass
+    Ok(())
 }
 
 /// Copies the profile's log directory out of the guest into `guest-logs/`.
