@@ -178,7 +178,7 @@ impl QemuSpec {
 /// The kernel command line for a Debian guest.
 pub fn kernel_cmdline(init_path: &str, ssh_key_b64: &str, extra: &[String]) -> String {
     let mut c = format!(
-        "root=/dev/vda rw console=ttyS0,115200 net.ifnames=0 panic=-1 init={init_path} xdriver.ssh_key={ssh_key_b64}"
+        "root=/dev/vda rw console=ttyS0,115200 net.ifnames=0 panic=-1 init={init_path} xdriver.net=10.0.2.15/24,10.0.2.2 xdriver.ssh_key={ssh_key_b64}"
     );
     for e in extra {
         c.push(' ');

@@ -157,12 +157,17 @@ impl Ssh {
             ..Default::default()
         });
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut delay = Duration::from_millis(100);
+        // Before the guest's network is up, slirp accepts the TCP connection
+        // and the banner never comes: such an attempt is cut short (1 s,
+        // doubling after each timeout); once the guest answers, a refused
+        // attempt fails at once and is retried after a short pause.
+        let mut delay = Duration::from_millis(50);
+        let mut attempt_timeout = Duration::from_secs(1);
         let mut last;
         loop {
             let mismatch = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let handler = Pinned { expected: expected.clone(), mismatch: mismatch.clone() };
-            let attempt = tokio::time::timeout(Duration::from_secs(10), client::connect(config.clone(), ("127.0.0.1", port), handler)).await;
+            let attempt = tokio::time::timeout(attempt_timeout, client::connect(config.clone(), ("127.0.0.1", port), handler)).await;
             match attempt {
                 Ok(Ok(mut h)) => {
                     let auth = h
@@ -179,13 +184,16 @@ impl Ssh {
                     }
                     last = e.to_string();
                 }
-                Err(_) => last = "handshake timed out".into(),
+                Err(_) => {
+                    last = format!("no SSH handshake within {attempt_timeout:?}");
+                    attempt_timeout = (attempt_timeout * 2).min(Duration::from_secs(10));
+                }
             }
             if tokio::time::Instant::now() + delay > deadline {
                 return Err(SshError::Connect { port, timeout, last });
             }
             tokio::time::sleep(delay).await;
-            delay = (delay * 3 / 2).min(Duration::from_millis(500));
+            delay = (delay * 3 / 2).min(Duration::from_millis(250));
         }
     }
 

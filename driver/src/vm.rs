@@ -325,37 +325,48 @@ impl Vm {
         let t0 = Instant::now();
         tracing::info!(vm = %vm.name, accel = cfg.accel.name(), "VM started");
 
-        let ready = vm.backdoor.wait_ready(cfg.boot_timeout);
-        match vm.until_exit("waiting for the backdoor shell", ready).await? {
-            Ok(()) => {}
-            Err(BackdoorError::NotReady(t)) => {
-                return Err(VmError::BootTimeout {
-                    waited_for: "the backdoor shell (virtio-serial port org.xdriver.backdoor) did not announce itself".into(),
-                    timeout: t,
-                    serial: vm.serial_tail(30),
-                })
-            }
-            Err(e) => return Err(e.into()),
-        }
-        vm.backdoor_ready_after = t0.elapsed();
-        for (i, s) in cfg.shares.iter().enumerate() {
-            vm.mount_share(i, s).await?;
-        }
-        if cfg.ssh {
-            let left = cfg.boot_timeout.saturating_sub(t0.elapsed()).max(Duration::from_secs(5));
-            let conn = Ssh::connect(vm.ssh_port, &vm.host_key, &vm.key, left);
-            match vm.until_exit("connecting over SSH", conn).await? {
-                Ok(s) => vm.ssh = Some(s),
-                Err(SshError::Connect { timeout, last, .. }) => {
+        // The two channels come up independently: the backdoor (then the
+        // share mounts over it) and the SSH handshake run at the same time,
+        // so the VM is ready when the slower of the two is.
+        let backdoor_side = async {
+            let ready = vm.backdoor.wait_ready(cfg.boot_timeout);
+            match vm.until_exit("waiting for the backdoor shell", ready).await? {
+                Ok(()) => {}
+                Err(BackdoorError::NotReady(t)) => {
                     return Err(VmError::BootTimeout {
-                        waited_for: format!("SSH on 127.0.0.1:{} did not accept the run's key ({last})", vm.ssh_port),
-                        timeout,
+                        waited_for: "the backdoor shell (virtio-serial port org.xdriver.backdoor) did not announce itself".into(),
+                        timeout: t,
                         serial: vm.serial_tail(30),
                     })
                 }
                 Err(e) => return Err(e.into()),
             }
-            vm.ssh_ready_after = Some(t0.elapsed());
+            let after = t0.elapsed();
+            for (i, s) in cfg.shares.iter().enumerate() {
+                vm.mount_share(i, s).await?;
+            }
+            Ok(after)
+        };
+        let ssh_side = async {
+            if !cfg.ssh {
+                return Ok(None);
+            }
+            let conn = Ssh::connect(vm.ssh_port, &vm.host_key, &vm.key, cfg.boot_timeout);
+            match vm.until_exit("connecting over SSH", conn).await? {
+                Ok(s) => Ok(Some((s, t0.elapsed()))),
+                Err(SshError::Connect { timeout, last, .. }) => Err(VmError::BootTimeout {
+                    waited_for: format!("SSH on 127.0.0.1:{} did not accept the run's key ({last})", vm.ssh_port),
+                    timeout,
+                    serial: vm.serial_tail(30),
+                }),
+                Err(e) => Err(e.into()),
+            }
+        };
+        let (backdoor_after, ssh) = tokio::try_join!(backdoor_side, ssh_side)?;
+        vm.backdoor_ready_after = backdoor_after;
+        if let Some((s, after)) = ssh {
+            vm.ssh = Some(s);
+            vm.ssh_ready_after = Some(after);
         }
         vm.run.release();
         Ok(vm)

@@ -12,7 +12,6 @@ pub const BACKDOOR_PATH: &str = "/usr/lib/xdriver/backdoor";
 pub const BACKDOOR_READY: &str = "XDRIVER-BACKDOOR-READY 1";
 
 const BACKDOOR_SH: &str = include_str!("../files/backdoor.sh");
-const AUTHORIZED_KEYS_SH: &str = include_str!("../files/authorized-keys.sh");
 
 /// One filesystem entry to create in the rootfs (paths are absolute in the
 /// guest; the builder joins them under the rootfs directory).
@@ -56,42 +55,47 @@ fn symlink(path: &str, target: &str) -> FsEntry {
 pub fn provision(init: Init, hostname: &str) -> Vec<FsEntry> {
     let mut v = vec![
         file(BACKDOOR_PATH, 0o755, BACKDOOR_SH),
-        file("/usr/lib/xdriver/authorized-keys", 0o755, AUTHORIZED_KEYS_SH),
         file("/etc/hostname", 0o644, format!("{hostname}\n")),
         file("/etc/hosts", 0o644, format!("127.0.0.1 localhost\n127.0.1.1 {hostname}\n::1 localhost ip6-localhost ip6-loopback\n")),
         file("/etc/fstab", 0o644, "/dev/vda / ext4 rw,noatime 0 0\n"),
         // QEMU user networking: the guest is 10.0.2.15, the host 10.0.2.2;
-        // `restrict=on` keeps it from reaching anything else.
+        // `restrict=on` keeps it from reaching anything else. The initramfs
+        // configures eth0 (xdriver.net= on the kernel command line), so
+        // ifupdown only has lo and nothing waits for udev to settle.
         file(
             "/etc/network/interfaces",
             0o644,
-            "auto lo\niface lo inet loopback\n\nauto eth0\niface eth0 inet static\n  address 10.0.2.15/24\n  gateway 10.0.2.2\n",
+            "# eth0 is configured by xdriver's initramfs (xdriver.net= on the kernel command line).\nauto lo\niface lo inet loopback\n",
         ),
         file("/etc/resolv.conf", 0o644, "nameserver 10.0.2.3\n"),
         file(
             "/etc/ssh/sshd_config.d/xdriver.conf",
             0o644,
             "# Written by xdriver: key-only root login with the per-run key\n\
-             # taken from the kernel command line; one pinned host key.\n\
+             # (the initramfs writes it to /root/.ssh/authorized_keys from the\n\
+             # kernel command line); one pinned host key. No PAM: a PAM session\n\
+             # would start a logind session and root's systemd --user on the\n\
+             # first login, seconds of CPU under TCG that no test needs.\n\
              PermitRootLogin prohibit-password\n\
              PasswordAuthentication no\n\
              KbdInteractiveAuthentication no\n\
              UseDNS no\n\
+             UsePAM no\n\
              HostKey /etc/ssh/ssh_host_ed25519_key\n\
-             AuthorizedKeysCommand /usr/lib/xdriver/authorized-keys %u\n\
-             AuthorizedKeysCommandUser nobody\n\
              MaxSessions 64\n\
              MaxStartups 64:30:128\n",
         ),
     ];
     match init {
         Init::Systemd => {
+            // `sshd -t` before every start is one more sshd exec on the
+            // boot's critical path; the config is fixed at image build.
+            v.push(file("/etc/systemd/system/ssh.service.d/xdriver.conf", 0o644, "[Service]\nExecStartPre=\n"));
             v.push(file(
                 "/etc/systemd/system/xdriver-backdoor.service",
                 0o644,
                 "[Unit]\n\
-                 Description=xdriver backdoor root shell (virtio-serial port org.xdriver.backdoor)\n\
-                 After=network.target\n\n\
+                 Description=xdriver backdoor root shell (virtio-serial port org.xdriver.backdoor)\n\n\
                  [Service]\n\
                  ExecStart=/usr/lib/xdriver/backdoor\n\
                  Restart=always\n\

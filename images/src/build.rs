@@ -226,6 +226,20 @@ fn disable_services(root: &Path, names: &[String]) -> Result<(), BuildError> {
     Ok(())
 }
 
+/// Masks systemd units or generators: `<dir>/<name>` -> /dev/null.
+fn mask_units(root: &Path, dir: &str, units: &[String]) -> Result<(), BuildError> {
+    let dir = root.join(dir);
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    for u in units {
+        let link = dir.join(u);
+        if link.symlink_metadata().is_ok() {
+            std::fs::remove_file(&link).map_err(io(&link))?;
+        }
+        std::os::unix::fs::symlink("/dev/null", &link).map_err(io(&link))?;
+    }
+    Ok(())
+}
+
 /// Writes a fresh ed25519 host key into the rootfs (removing any other host
 /// keys) and returns the public key line clients pin.
 fn install_host_key(root: &Path) -> Result<String, BuildError> {
@@ -335,6 +349,16 @@ pub fn build_image(
     apply(&rootfs, &xdriver_guests::provision(name.init, "xdriver"))?;
     let disabled: Vec<String> = recipe.disable_services.iter().chain(&init.disable_services).cloned().collect();
     disable_services(&rootfs, &disabled)?;
+    mask_units(&rootfs, "etc/systemd/system", &init.mask_units)?;
+    mask_units(&rootfs, "etc/systemd/system-generators", &init.mask_generators)?;
+    for u in &init.on_demand {
+        for dir in ["lib/systemd/system", "usr/lib/systemd/system", "etc/systemd/system"] {
+            let link = rootfs.join(dir).join("multi-user.target.wants").join(u);
+            if link.symlink_metadata().is_ok() {
+                std::fs::remove_file(&link).map_err(io(&link))?;
+            }
+        }
+    }
     let ssh_host_key = install_host_key(&rootfs)?;
     clear_root_password(&rootfs)?;
     for d in ["nix/store", "var/cache/apt/archives/partial"] {

@@ -7,7 +7,11 @@ use crate::cpio::Cpio;
 
 /// The initramfs's `/init`. It honours `root=`, `init=`, `rootfstype=` and
 /// `ro` from the kernel command line and drops to a shell on the serial
-/// console if the root disk cannot be mounted.
+/// console if the root disk cannot be mounted. `xdriver.net=ADDR/LEN,GW`
+/// configures eth0 here, before the init starts: the image's own network
+/// scripts then only bring up lo, so nothing in the boot waits for udev to
+/// settle before sshd can start (that wait was ~4 s of a systemd boot).
+/// `xdriver.ssh_key=BASE64` becomes root's authorized_keys.
 pub const INIT_SCRIPT: &str = r#"#!/bin/busybox sh
 /bin/busybox mkdir -p /usr/bin /usr/sbin /sbin
 /bin/busybox --install -s
@@ -15,15 +19,24 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for m in $(cat /modules.order); do insmod /lib/modules/$m || echo "xdriver-initramfs: insmod $m failed"; done
-root=/dev/vda; init=/sbin/init; fstype=ext4; rootflags=rw
+root=/dev/vda; init=/sbin/init; fstype=ext4; rootflags=rw; net=; sshkey=
 for x in $(cat /proc/cmdline); do
   case $x in
     root=*) root=${x#root=};;
     init=*) init=${x#init=};;
     rootfstype=*) fstype=${x#rootfstype=};;
     ro) rootflags=ro;;
+    xdriver.net=*) net=${x#xdriver.net=};;
+    xdriver.ssh_key=*) sshkey=${x#xdriver.ssh_key=};;
   esac
 done
+ip link set lo up
+if [ -n "$net" ]; then
+  n=0
+  while [ ! -e /sys/class/net/eth0 ] && [ $n -lt 200 ]; do usleep 10000; n=$((n+1)); done
+  ip addr add "${net%,*}" dev eth0 && ip link set eth0 up && ip route add default via "${net#*,}" ||
+    echo "xdriver-initramfs: cannot configure eth0 with $net"
+fi
 n=0
 while [ ! -b "$root" ] && [ $n -lt 1000 ]; do usleep 10000; n=$((n+1)); done
 if ! mount -t $fstype -o $rootflags "$root" /newroot; then
@@ -33,6 +46,14 @@ fi
 if [ ! -x "/newroot$init" ] && [ ! -L "/newroot$init" ]; then
   echo "xdriver-initramfs: init $init not found in root $root"
   exec sh
+fi
+# The run's SSH client key (base64 of the OpenSSH public key): written to
+# root's authorized_keys on the VM's own copy-on-write overlay, so sshd
+# needs no helper process per login and the image holds no key.
+if [ -n "$sshkey" ] && [ "$rootflags" = rw ]; then
+  mkdir -p /newroot/root/.ssh && chmod 700 /newroot/root/.ssh
+  { echo "$sshkey" | base64 -d; echo; } >/newroot/root/.ssh/authorized_keys && chmod 600 /newroot/root/.ssh/authorized_keys ||
+    echo "xdriver-initramfs: cannot write root's authorized_keys"
 fi
 echo "xdriver-initramfs: switching to $init"
 mount --move /dev /newroot/dev
