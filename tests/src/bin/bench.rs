@@ -147,11 +147,17 @@ async fn main() {
     println!();
     println!("| init | backdoor ready (s) | first command over SSH (s) | runs (SSH, s) |");
     println!("|---|---|---|---|");
-    let mut systemd_ssh = None;
+    let mut overhead = None;
     for &init in &inits {
         image(init);
-        let (mut bd, mut ssh) = (Vec::new(), Vec::new());
+        let (mut bd, mut ssh, mut plain) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..runs {
+            // systemd's runs alternate with plain-QEMU boots of the same
+            // image (order swapped every run), so drift on the host hits
+            // both sides of the overhead ratio alike.
+            if init == Init::Systemd && i % 2 == 0 {
+                plain.push(plain_qemu_to_banner(init));
+            }
             let t = Instant::now();
             let vm = Vm::start(config(init, &format!("bench{i}"))).await.expect("boot");
             let out = vm.exec(Channel::Ssh, "true", &[], Duration::from_secs(60), None).await.expect("first command");
@@ -159,15 +165,17 @@ async fn main() {
             ssh.push(t.elapsed().as_secs_f64());
             bd.push(vm.backdoor_ready_after.as_secs_f64());
             vm.kill().await;
+            if init == Init::Systemd && i % 2 == 1 {
+                plain.push(plain_qemu_to_banner(init));
+            }
         }
         if init == Init::Systemd {
-            systemd_ssh = Some(median(ssh.clone()));
+            overhead = Some((median(ssh.clone()), plain));
         }
         println!("| {init} | {:.2} | {:.2} | {} |", median(bd), median(ssh.clone()), fmt(&ssh));
     }
     println!();
-    if let Some(driver) = systemd_ssh {
-        let plain: Vec<f64> = (0..runs).map(|_| plain_qemu_to_banner(Init::Systemd)).collect();
+    if let Some((driver, plain)) = overhead {
         let p = median(plain.clone());
         println!("driver overhead (systemd): plain QEMU to sshd banner {p:.2} s (runs {}); xdriver to first command done {driver:.2} s; ratio {:.3} ({:+.1} %)", fmt(&plain), driver / p, (driver / p - 1.0) * 100.0);
         println!();
@@ -180,5 +188,15 @@ async fn main() {
     let o = openssh_latency(&vm, 10);
     println!("command latency on {init} (`true`, median): persistent SSH {s:.1} ms ({n} runs), backdoor {b:.1} ms ({n} runs), new OpenSSH connection {} (10 runs)",
         o.map(|x| format!("{x:.0} ms")).unwrap_or_else(|| "n/a (no ssh client)".into()));
+    // What one process start costs inside the guest: the floor under any
+    // channel that runs each command in a new process.
+    let floor = "for c in '/bin/true' 'sh -c true' 'bash -c true'; do t0=$(date +%s%N); i=0; while [ $i -lt 20 ]; do $c; i=$((i+1)); done; t1=$(date +%s%N); echo \"$c $(( (t1-t0)/20000 ))\"; done";
+    let out = vm.exec(Channel::Ssh, floor, &[], Duration::from_secs(120), None).await.expect("floor");
+    let figures: Vec<String> = out
+        .stdout_str()
+        .lines()
+        .filter_map(|l| l.rsplit_once(' ').map(|(c, us)| format!("`{c}` {:.1} ms", us.parse::<f64>().unwrap_or(0.0) / 1000.0)))
+        .collect();
+    println!("process start inside the guest (mean of 20, run by bash over SSH): {}", figures.join(", "));
     vm.shutdown().await;
 }
