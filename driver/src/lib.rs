@@ -10,6 +10,7 @@ pub mod exit;
 pub mod output;
 pub mod qemu;
 pub mod qmp;
+pub mod report;
 pub mod rundir;
 pub mod runner;
 pub mod spec;

@@ -536,6 +536,19 @@ impl Vm {
         Stopped::Killed
     }
 
+    /// Writes the guest's screen to `path` as PNG (QMP `screendump`).
+    pub async fn screendump(&self, path: &std::path::Path) -> Result<(), VmError> {
+        self.qmp
+            .execute(qapi::qmp::screendump {
+                filename: path.display().to_string(),
+                device: None,
+                head: None,
+                format: Some(qapi::qmp::ImageFormat::png),
+            })
+            .await?;
+        Ok(())
+    }
+
     /// Kills QEMU at once and waits for it to be reaped.
     pub async fn kill(&self) {
         if self.is_running() {

@@ -36,6 +36,12 @@ pub enum Command {
     /// Show what a cell would do (rendered configs, deploy commands,
     /// steps) without booting anything.
     Plan(PlanArgs),
+    /// List the cells a spec would run (with skip reasons), for people,
+    /// tools (--json) or a GitHub Actions matrix (--github-matrix).
+    List(ListArgs),
+    /// Work with run reports.
+    #[command(subcommand)]
+    Report(ReportCommand),
 }
 
 /// Which cells of a spec (each flag takes several values, repeated or
@@ -68,9 +74,98 @@ pub struct TestArgs {
     /// Where each cell's artifacts go (<dir>/<spec name>/<os>-<manager>-<profile>/).
     #[arg(long, default_value = "xdriver-results")]
     pub results_dir: PathBuf,
+    /// Cells run at once (default: what the host's CPUs and free memory
+    /// allow, see `xdriver list`).
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
+    /// Start no new cell after the first failure (running cells finish).
+    #[arg(long)]
+    pub fail_fast: bool,
+    /// Boot a cell's VM again this many times if it fails to come up
+    /// (infrastructure only; a failing test is never retried).
+    #[arg(long, default_value_t = 0)]
+    pub retries: u32,
+    /// Deadline for the whole run, e.g. 40m or 900 (seconds); cells still
+    /// running fail with what they were waiting for.
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    /// Write report.json, junit.xml and report.html here.
+    #[arg(long)]
+    pub report_dir: Option<PathBuf>,
+    /// Run only shard I of N (a deterministic partition of the cells).
+    #[arg(long, value_parser = parse_shard, value_name = "I/N")]
+    pub shard: Option<Shard>,
+    /// Plain log lines instead of progress bars even on a terminal.
+    #[arg(long)]
+    pub no_progress: bool,
     /// Accelerator and VM size.
     #[command(flatten)]
     pub vm: VmArgs,
+}
+
+/// `--shard I/N`: shard I (1-based) of N.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// 1..=n.
+    pub index: usize,
+    /// Number of shards.
+    pub count: usize,
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// Parses `I/N` with 1 <= I <= N.
+pub fn parse_shard(s: &str) -> Result<Shard, String> {
+    let (i, n) = s.split_once('/').ok_or_else(|| format!("`{s}`: expected I/N, e.g. 1/4"))?;
+    let index: usize = i.trim().parse().map_err(|_| format!("`{s}`: shard index `{i}` is not a number"))?;
+    let count: usize = n.trim().parse().map_err(|_| format!("`{s}`: shard count `{n}` is not a number"))?;
+    if count == 0 || index == 0 || index > count {
+        return Err(format!("`{s}`: need 1 <= I <= N"));
+    }
+    Ok(Shard { index, count })
+}
+
+/// Parses `90`, `90s`, `15m`, `1h 30m`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    if let Ok(secs) = s.trim().parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (e.g. 900, 15m, 1h30m)"))
+}
+
+/// `xdriver list`
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// The spec and cells.
+    #[command(flatten)]
+    pub cells: CellArgs,
+    /// Only the cells of shard I of N.
+    #[arg(long, value_parser = parse_shard, value_name = "I/N")]
+    pub shard: Option<Shard>,
+    /// JSON for tools.
+    #[arg(long, conflicts_with = "github_matrix")]
+    pub json: bool,
+    /// A GitHub Actions matrix (`{"include": [...]}`) of the runnable cells.
+    #[arg(long)]
+    pub github_matrix: bool,
+}
+
+/// `xdriver report …`
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Merge shards' report.json files into one report (json, junit, html).
+    Merge {
+        /// The report.json files (or directories holding one).
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Where the merged report goes.
+        #[arg(long)]
+        report_dir: PathBuf,
+    },
 }
 
 /// `xdriver plan`

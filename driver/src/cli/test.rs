@@ -1,25 +1,35 @@
-//! `xdriver test`: run a spec's cells, a line per cell, a summary, and an
-//! exit code that tells test failures from infrastructure failures.
+//! `xdriver test`: run a spec's cells — several at once within the host's
+//! limits — with live progress, a line per finished cell, the matrix as a
+//! table at the end, optional reports, and an exit code that tells test
+//! failures from infrastructure failures.
 
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
+
+use futures::FutureExt;
+use tokio::sync::Semaphore;
 
 use super::args::TestArgs;
 use super::error::CliError;
 use crate::accel;
 use crate::exit;
+use crate::report::Report;
+use crate::runner::progress::{self, Progress};
 use crate::runner::{self, CellResult, Outcome, RunOptions};
 
 /// The line printed for a finished cell.
 pub fn cell_line(r: &CellResult) -> String {
     let id = r.cell.id();
+    let tries = if r.attempts.is_empty() { String::new() } else { format!(" [{} tries]", r.attempts.len() + 1) };
     match &r.outcome {
-        Outcome::Pass => format!("PASS  {id:<36} {:>6.1} s  ({} steps)", r.duration_s, r.steps_passed),
+        Outcome::Pass => format!("PASS  {id:<36} {:>6.1} s  ({} steps){tries}", r.duration_s, r.steps_passed),
         Outcome::Fail { group, step, reason } => {
-            format!("FAIL  {id:<36} {:>6.1} s  {group} › {step}\n      {}", r.duration_s, reason.replace('\n', "\n      "))
+            format!("FAIL  {id:<36} {:>6.1} s  {group} › {step}{tries}\n      {}", r.duration_s, reason.replace('\n', "\n      "))
         }
         Outcome::Skip { reason } => format!("SKIP  {id:<36}           {reason}"),
         Outcome::Error { reason } => {
-            format!("ERROR {id:<36} {:>6.1} s  infrastructure: {}", r.duration_s, reason.replace('\n', "\n      "))
+            format!("ERROR {id:<36} {:>6.1} s  infrastructure{tries}: {}", r.duration_s, reason.replace('\n', "\n      "))
         }
     }
 }
@@ -37,7 +47,10 @@ pub fn exit_code(results: &[CellResult]) -> i32 {
 }
 
 pub(super) async fn main(args: TestArgs) -> Result<i32, CliError> {
+    let started = Instant::now();
+    let deadline = args.timeout.map(|t| tokio::time::Instant::now() + t);
     let (spec, cells) = super::plan::load(&args.cells)?;
+    let cells = super::list::shard_of(cells, args.shard);
     let shares = runner::shares(&spec).map_err(|e| CliError { code: exit::USAGE, message: e.to_string() })?;
     let runnable = cells.iter().filter(|(c, _)| c.image.is_ok()).count();
     let mut accel_choice = crate::qemu::Accel::Tcg;
@@ -49,30 +62,84 @@ pub(super) async fn main(args: TestArgs) -> Result<i32, CliError> {
         eprintln!("xdriver: accel {}: {}", d.accel.name(), d.reason);
         accel_choice = d.accel;
     }
+    let (jobs, why) = match args.jobs {
+        Some(0) => return Err(CliError::usage("--jobs must be at least 1")),
+        Some(j) => (j, "--jobs".to_string()),
+        None => super::list::default_jobs(args.vm.mem_mib),
+    };
     let opts = RunOptions {
         accel: accel_choice,
         results_dir: args.results_dir.clone(),
         mem_mib: args.vm.mem_mib,
         cpus: args.vm.cpus,
+        retries: args.retries,
+        deadline,
     };
-    eprintln!("xdriver: {} — {} cells ({runnable} to run); results in {}", spec.file.name, cells.len(), args.results_dir.join(&spec.file.name).display());
-    let started = Instant::now();
-    let mut results = Vec::new();
-    for (cell, prepared) in cells {
-        let r = runner::run(&spec, &cell, prepared, &shares, &opts).await;
-        println!("{}", cell_line(&r));
-        results.push(r);
+    eprintln!(
+        "xdriver: {} — {} cells ({runnable} to run{}), {jobs} at a time ({why}); results in {}",
+        spec.file.name,
+        cells.len(),
+        args.shard.map(|s| format!(", shard {s}")).unwrap_or_default(),
+        args.results_dir.join(&spec.file.name).display()
+    );
+    let progress: Box<dyn Progress> = if args.no_progress { Box::new(progress::Lines::new()) } else { progress::for_terminal(runnable) };
+    let progress = progress.as_ref();
+    let permits = Semaphore::new(jobs);
+    let stop = AtomicBool::new(false);
+    let run_cell = |cell: crate::spec::Cell, prepared| {
+        let (spec, shares, opts, permits, stop) = (&spec, &shares, &opts, &permits, &stop);
+        async move {
+            let skip = |reason: String| CellResult {
+                cell: cell.clone(),
+                outcome: Outcome::Skip { reason },
+                duration_s: 0.0,
+                steps_passed: 0,
+                steps_total: 0,
+                dir: opts.results_dir.join(&spec.file.name).join(cell.dir_name()),
+                groups: Vec::new(),
+                attempts: Vec::new(),
+                screenshot: None,
+                serial_tail: None,
+            };
+            let r = if cell.image.is_err() {
+                runner::run(spec, &cell, prepared, shares, opts, progress).await
+            } else {
+                let _permit = permits.acquire().await.expect("semaphore open");
+                if stop.load(Ordering::SeqCst) {
+                    skip("not run: --fail-fast stopped the run after a failure".into())
+                } else {
+                    // A panic in one cell must not take the others down.
+                    match AssertUnwindSafe(runner::run(spec, &cell, prepared, shares, opts, progress)).catch_unwind().await {
+                        Ok(r) => r,
+                        Err(p) => {
+                            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+                            let mut r = skip(String::new());
+                            r.outcome = Outcome::Error { reason: format!("xdriver bug: the cell's task panicked: {}", msg.unwrap_or_default()) };
+                            r
+                        }
+                    }
+                }
+            };
+            if args.fail_fast && matches!(r.outcome, Outcome::Fail { .. } | Outcome::Error { .. }) {
+                stop.store(true, Ordering::SeqCst);
+            }
+            progress.finished(&r, &cell_line(&r));
+            r
+        }
+    };
+    let results: Vec<CellResult> = futures::future::join_all(cells.into_iter().map(|(c, p)| run_cell(c, p))).await;
+    let report = Report::new(&spec.file.name, &results, started.elapsed().as_secs_f64(), args.shard.map(|s| s.to_string()));
+    println!();
+    print!("{}", crate::report::summary(&report));
+    if let Some(dir) = &args.report_dir {
+        match report.write(dir) {
+            Ok(()) => eprintln!("xdriver: report in {} (report.html, junit.xml, report.json)", dir.display()),
+            Err(e) => {
+                eprintln!("xdriver: writing the report: {e}");
+                let code = exit_code(&results);
+                return Ok(if code == exit::SUCCESS { exit::INFRA } else { code });
+            }
+        }
     }
-    let count = |f: fn(&Outcome) -> bool| results.iter().filter(|r| f(&r.outcome)).count();
-    let (pass, fail, skip, err) = (
-        count(|o| matches!(o, Outcome::Pass)),
-        count(|o| matches!(o, Outcome::Fail { .. })),
-        count(|o| matches!(o, Outcome::Skip { .. })),
-        count(|o| matches!(o, Outcome::Error { .. })),
-    );
-    println!(
-        "xdriver: {pass} cells passed, {fail} failed, {err} infrastructure errors, {skip} skipped in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
     Ok(exit_code(&results))
 }

@@ -11,6 +11,7 @@ use xdriver_guests::{Backend, Profile, ProfileKind};
 use xdriver_images::ImageName;
 
 use super::deploy::{self, DeployPlan};
+use super::progress::{Phase, Progress};
 use super::machine::{describe, Machine, StepError};
 use super::transcript::Transcript;
 use crate::cli::chain_error;
@@ -45,6 +46,60 @@ pub enum Outcome {
     },
 }
 
+/// How one step (or step group) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// Passed.
+    Pass,
+    /// The system under test failed it.
+    Fail,
+    /// The VM or a channel broke during it.
+    Error,
+    /// Not reached (an earlier step ended the cell).
+    NotRun,
+}
+
+/// One step of a cell.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepResult {
+    /// The step's name (for deploy: the deploy phase).
+    pub name: String,
+    /// How it ended.
+    pub status: StepStatus,
+    /// Wall time.
+    pub duration_s: f64,
+    /// Why it failed, with the failing command's output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A group of steps: `deploy`, `initial_tests`, `readiness/<instance>`,
+/// `tests/<instance>`, `post_tests`.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupResult {
+    /// Group name.
+    pub name: String,
+    /// The worst status of its steps.
+    pub status: StepStatus,
+    /// Wall time of its steps.
+    pub duration_s: f64,
+    /// Its steps, in order.
+    pub steps: Vec<StepResult>,
+}
+
+/// An earlier attempt at a cell that failed for infrastructure reasons
+/// (a boot that timed out) and was retried (`--retries`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    /// What went wrong.
+    pub reason: String,
+    /// Wall time.
+    pub duration_s: f64,
+    /// Its artifacts, relative to the cell's directory.
+    pub artifacts: String,
+}
+
 /// A finished cell.
 #[derive(Debug, Clone, Serialize)]
 pub struct CellResult {
@@ -60,6 +115,34 @@ pub struct CellResult {
     pub steps_total: usize,
     /// Its results directory.
     pub dir: PathBuf,
+    /// Deploy and step groups, in order (not-run steps included).
+    pub groups: Vec<GroupResult>,
+    /// Earlier attempts retried after an infrastructure failure.
+    pub attempts: Vec<Attempt>,
+    /// The guest's screen when the cell failed (PNG, relative to `dir`).
+    pub screenshot: Option<String>,
+    /// The serial log's tail when the cell failed.
+    pub serial_tail: Option<String>,
+}
+
+impl CellResult {
+    fn record(&mut self, group: &str, step: &str, status: StepStatus, duration: Duration, message: Option<String>) {
+        let d = duration.as_secs_f64();
+        if self.groups.last().is_none_or(|g| g.name != group) {
+            self.groups.push(GroupResult { name: group.into(), status: StepStatus::Pass, duration_s: 0.0, steps: Vec::new() });
+        }
+        let g = self.groups.last_mut().expect("just pushed");
+        g.duration_s += d;
+        g.status = match (g.status, status) {
+            (StepStatus::Error, _) | (_, StepStatus::Error) => StepStatus::Error,
+            (StepStatus::Fail, _) | (_, StepStatus::Fail) => StepStatus::Fail,
+            (StepStatus::Pass, StepStatus::Pass) => StepStatus::Pass,
+            (StepStatus::NotRun, StepStatus::NotRun) if g.steps.is_empty() => StepStatus::NotRun,
+            (StepStatus::Pass, StepStatus::NotRun) if g.steps.is_empty() => StepStatus::NotRun,
+            (s, _) => s,
+        };
+        g.steps.push(StepResult { name: step.into(), status, duration_s: d, message });
+    }
 }
 
 /// Options shared by every cell of a run.
@@ -73,7 +156,37 @@ pub struct RunOptions {
     pub mem_mib: u32,
     /// vCPUs.
     pub cpus: u32,
+    /// Times a cell whose VM failed to boot is tried again.
+    pub retries: u32,
+    /// The whole run's deadline (`--timeout`).
+    pub deadline: Option<tokio::time::Instant>,
 }
+
+impl RunOptions {
+    /// `want`, cut to what is left before the run's deadline; the flag
+    /// says whether it was cut.
+    pub fn clamp(&self, want: Duration) -> (Duration, bool) {
+        match self.deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(tokio::time::Instant::now());
+                if left < want {
+                    (left, true)
+                } else {
+                    (want, false)
+                }
+            }
+            None => (want, false),
+        }
+    }
+
+    /// Whether the run's deadline has passed.
+    pub fn expired(&self) -> bool {
+        self.deadline.is_some_and(|d| tokio::time::Instant::now() >= d)
+    }
+}
+
+/// What a failure during the run's deadline says first.
+pub const DEADLINE: &str = "the run's deadline (--timeout) expired";
 
 /// The profile a cell deploys with.
 pub fn profile(kind: ProfileKind) -> Profile {
@@ -141,8 +254,8 @@ pub fn write_configs(dir: &Path, p: &Prepared) -> std::io::Result<()> {
     std::fs::write(dir.join("plan.json"), serde_json::to_string_pretty(&plan).map_err(std::io::Error::other)?)
 }
 
-/// Runs one cell.
-pub async fn run(spec: &Spec, cell: &Cell, prepared: Option<Prepared>, shares: &[Share], opts: &RunOptions) -> CellResult {
+/// Runs one cell, reporting its phases to `progress`.
+pub async fn run(spec: &Spec, cell: &Cell, prepared: Option<Prepared>, shares: &[Share], opts: &RunOptions, progress: &dyn Progress) -> CellResult {
     let started = Instant::now();
     let dir = opts.results_dir.join(&spec.file.name).join(cell.dir_name());
     let _ = std::fs::remove_dir_all(&dir);
@@ -153,6 +266,10 @@ pub async fn run(spec: &Spec, cell: &Cell, prepared: Option<Prepared>, shares: &
         steps_passed: 0,
         steps_total: prepared.as_ref().map(|p| p.steps.len()).unwrap_or(0),
         dir: dir.clone(),
+        groups: Vec::new(),
+        attempts: Vec::new(),
+        screenshot: None,
+        serial_tail: None,
     };
     let (image, prepared) = match (&cell.image, prepared) {
         (Err(reason), _) => {
@@ -165,13 +282,55 @@ pub async fn run(spec: &Spec, cell: &Cell, prepared: Option<Prepared>, shares: &
         }
         (Ok(i), Some(p)) => (i.clone(), p),
     };
-    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|_| write_configs(&dir, &prepared)) {
-        result.outcome = Outcome::Error { reason: format!("results directory {}: {e}", dir.display()) };
+    if opts.expired() {
+        result.outcome = Outcome::Error { reason: format!("{DEADLINE} before the cell started") };
         return finish(result, started);
     }
-    let outcome = boot_and_test(cell, &image, &prepared, shares, opts, &dir, &mut result).await;
-    result.outcome = outcome;
+    loop {
+        let attempt_started = Instant::now();
+        if let Err(e) = std::fs::create_dir_all(&dir).and_then(|_| write_configs(&dir, &prepared)) {
+            result.outcome = Outcome::Error { reason: format!("results directory {}: {e}", dir.display()) };
+            return finish(result, started);
+        }
+        let (outcome, boot_failed) = boot_and_test(cell, &image, &prepared, shares, opts, &dir, &mut result, progress).await;
+        result.outcome = outcome;
+        let retry = boot_failed && (result.attempts.len() as u32) < opts.retries && !opts.expired();
+        if !retry {
+            break;
+        }
+        // Keep this attempt's artifacts apart and try again; the report
+        // lists the attempt, so a retried cell is never a silent pass.
+        let n = result.attempts.len() + 1;
+        let sub = format!("attempt-{n}");
+        let reason = match &result.outcome {
+            Outcome::Error { reason } => reason.clone(),
+            _ => String::new(),
+        };
+        move_into(&dir, &sub);
+        progress.note(&format!("{}: boot failed, retrying (attempt {} of {})", cell.id(), n + 1, opts.retries + 1));
+        result.attempts.push(Attempt { reason, duration_s: attempt_started.elapsed().as_secs_f64(), artifacts: sub });
+        result.groups.clear();
+        result.steps_passed = 0;
+        result.screenshot = None;
+        result.serial_tail = None;
+    }
     finish(result, started)
+}
+
+/// Moves everything in `dir` except earlier attempt directories into
+/// `dir/sub`.
+fn move_into(dir: &Path, sub: &str) {
+    let dest = dir.join(sub);
+    if std::fs::create_dir_all(&dest).is_err() {
+        return;
+    }
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name();
+        if name.to_string_lossy().starts_with("attempt-") {
+            continue;
+        }
+        let _ = std::fs::rename(e.path(), dest.join(&name));
+    }
 }
 
 fn finish(mut r: CellResult, started: Instant) -> CellResult {
@@ -184,6 +343,9 @@ fn finish(mut r: CellResult, started: Instant) -> CellResult {
     r
 }
 
+/// Boots, deploys and runs the steps. The flag says whether the VM failed
+/// to come up (the only failure `--retries` retries).
+#[allow(clippy::too_many_arguments)]
 async fn boot_and_test(
     cell: &Cell,
     image: &str,
@@ -192,50 +354,77 @@ async fn boot_and_test(
     opts: &RunOptions,
     dir: &Path,
     result: &mut CellResult,
-) -> Outcome {
+    progress: &dyn Progress,
+) -> (Outcome, bool) {
+    progress.phase(cell, Phase::Image);
     let name: ImageName = match image.parse() {
         Ok(n) => n,
-        Err(e) => return Outcome::Error { reason: format!("image {image}: {e}") },
+        Err(e) => return (Outcome::Error { reason: format!("image {image}: {e}") }, false),
     };
     let entry = match tokio::task::spawn_blocking(move || xdriver_images::Store::open_default().and_then(|s| s.ensure(&name, false))).await {
         Ok(Ok(e)) => e,
-        Ok(Err(e)) => return Outcome::Error { reason: format!("image {image}: {}", chain_error(&e)) },
-        Err(e) => return Outcome::Error { reason: format!("image {image}: {e}") },
+        Ok(Err(e)) => return (Outcome::Error { reason: format!("image {image}: {}", chain_error(&e)) }, false),
+        Err(e) => return (Outcome::Error { reason: format!("image {image}: {e}") }, false),
     };
+    progress.phase(cell, Phase::Boot);
     let mut cfg = VmConfig::new(&format!("cell-{}", cell.dir_name()), entry);
     cfg.accel = opts.accel;
     cfg.cpus = opts.cpus;
     cfg.mem_mib = opts.mem_mib;
     cfg.shares = shares.to_vec();
-    cfg.boot_timeout = Duration::from_secs(180);
+    let (boot_timeout, cut) = opts.clamp(Duration::from_secs(180));
+    cfg.boot_timeout = boot_timeout.max(Duration::from_secs(1));
     let label = format!("cell-{}", cell.dir_name());
     let before = run_dirs(&label);
+    let boot_started = Instant::now();
     let mut vm = match Vm::start(cfg).await {
         Ok(vm) => vm,
         Err(e) => {
             // The failed VM's run directory is kept; bring its logs along.
             let mut reason = format!("boot: {}", chain_error(&e));
+            if cut {
+                reason = format!("{DEADLINE} while booting; {reason}");
+            }
             if let Some(kept) = run_dirs(&label).into_iter().find(|d| !before.contains(d)) {
                 for f in ["serial.log", "qemu.log", "qemu.cmdline"] {
                     let _ = std::fs::copy(kept.join(f), dir.join(f));
                 }
                 reason.push_str(&format!("\n(run directory kept: {})", kept.display()));
             }
-            return Outcome::Error { reason };
+            if let Ok(log) = std::fs::read(dir.join("serial.log")) {
+                result.serial_tail = Some(crate::console::tail_lines(&log, 60));
+            }
+            result.record("boot", "boot", StepStatus::Error, boot_started.elapsed(), Some(reason.clone()));
+            return (Outcome::Error { reason }, true);
         }
     };
     let mut m = Machine { vm: &vm, backend: &p.backend, transcript: Transcript::default(), artifacts: dir };
-    let outcome = deploy_and_steps(&mut m, p, &mut result.steps_passed).await.err().unwrap_or(Outcome::Pass);
+    let outcome = deploy_and_steps(&mut m, cell, p, opts, result, progress).await.err().unwrap_or(Outcome::Pass);
+    progress.phase(cell, Phase::Shutdown);
+    let failed = !matches!(outcome, Outcome::Pass);
+    if failed && m.vm.is_running() {
+        // What the guest's screen and serial console showed at the failure.
+        let shot = dir.join("screenshot.png");
+        match m.vm.screendump(&shot).await {
+            Ok(()) if shot.is_file() => result.screenshot = Some("screenshot.png".into()),
+            Ok(()) => {}
+            Err(e) => tracing::warn!(error = %e, "screendump failed"),
+        }
+    }
+    if failed {
+        let tail = m.vm.serial_tail(60);
+        let _ = std::fs::write(dir.join("serial-tail.txt"), &tail);
+        result.serial_tail = Some(tail);
+    }
     collect_guest_logs(&mut m, dir).await;
     let _ = m.transcript.save(dir);
     drop(m);
-    let failed = !matches!(outcome, Outcome::Pass);
     if failed {
         vm.keep_run_dir();
     }
     let _ = std::fs::copy(vm.run_dir().join("serial.log"), dir.join("serial.log"));
     let _ = vm.shutdown().await;
-    outcome
+    (outcome, false)
 }
 
 fn run_dirs(label: &str) -> Vec<PathBuf> {
@@ -250,34 +439,85 @@ fn run_dirs(label: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Runs one deploy command as root; a non-zero exit fails the cell's
-/// `deploy` group at `step`.
-async fn deploy_command(m: &mut Machine<'_>, step: &str, cmd: &str, stdin: &[u8]) -> Result<(), Outcome> {
-    match m.run(&format!("deploy/{step}"), cmd, stdin, Duration::from_secs(120)).await {
-        Ok(out) if out.success() => Ok(()),
-        Ok(out) => Err(Outcome::Fail { group: "deploy".into(), step: step.into(), reason: describe(cmd, &out) }),
-        Err(e) => Err(Outcome::Error { reason: chain_error(&e) }),
+/// Deploys, then runs the steps, recording every step (and the ones not
+/// reached) in `result`.
+async fn deploy_and_steps(
+    m: &mut Machine<'_>,
+    cell: &Cell,
+    p: &Prepared,
+    opts: &RunOptions,
+    result: &mut CellResult,
+    progress: &dyn Progress,
+) -> Result<(), Outcome> {
+    progress.phase(cell, Phase::Deploy);
+    let tar = deploy::tar(&p.deploy.files).map_err(|e| Outcome::Error { reason: format!("packing the deployment: {e}") })?;
+    let mut commands: Vec<(&str, &str, &[u8])> = p.deploy.prepare.iter().map(|c| (c.phase, c.command.as_str(), &[][..])).collect();
+    commands.push(("files", "tar -x --no-overwrite-dir -C /", &tar));
+    commands.extend(p.deploy.run.iter().map(|c| (c.phase, c.command.as_str(), &[][..])));
+    let mut failure = None;
+    for (phase, cmd, stdin) in commands {
+        if failure.is_some() {
+            result.record("deploy", phase, StepStatus::NotRun, Duration::ZERO, None);
+            continue;
+        }
+        let t = Instant::now();
+        let (timeout, cut) = opts.clamp(Duration::from_secs(120));
+        let (status, outcome) = match m.run(&format!("deploy/{phase}"), cmd, stdin, timeout).await {
+            Ok(out) if out.success() => (StepStatus::Pass, None),
+            Ok(out) => {
+                let mut reason = describe(cmd, &out);
+                if cut {
+                    reason = format!("{DEADLINE}; {reason}");
+                }
+                (StepStatus::Fail, Some(Outcome::Fail { group: "deploy".into(), step: phase.into(), reason }))
+            }
+            Err(e) => (StepStatus::Error, Some(Outcome::Error { reason: chain_error(&e) })),
+        };
+        let message = outcome.as_ref().map(outcome_reason);
+        result.record("deploy", phase, status, t.elapsed(), message);
+        failure = outcome;
+    }
+    let mut phase = Phase::Deploy;
+    for s in &p.steps {
+        if failure.is_some() {
+            result.record(&s.group, &s.name, StepStatus::NotRun, Duration::ZERO, None);
+            continue;
+        }
+        let ph = Phase::of_group(&s.group);
+        if ph != phase {
+            progress.phase(cell, ph);
+            phase = ph;
+        }
+        let t = Instant::now();
+        let (timeout, cut) = opts.clamp(s.timeout);
+        match m.step(&s.group, &s.action, timeout).await {
+            Ok(()) => {
+                result.steps_passed += 1;
+                result.record(&s.group, &s.name, StepStatus::Pass, t.elapsed(), None);
+            }
+            Err(StepError::Failed(reason)) => {
+                let reason = if cut { format!("{DEADLINE} during this step; {reason}") } else { reason };
+                result.record(&s.group, &s.name, StepStatus::Fail, t.elapsed(), Some(reason.clone()));
+                failure = Some(Outcome::Fail { group: s.group.clone(), step: s.name.clone(), reason });
+            }
+            Err(StepError::Infra(e)) => {
+                let reason = chain_error(&e);
+                result.record(&s.group, &s.name, StepStatus::Error, t.elapsed(), Some(reason.clone()));
+                failure = Some(Outcome::Error { reason });
+            }
+        }
+    }
+    match failure {
+        Some(o) => Err(o),
+        None => Ok(()),
     }
 }
 
-/// Deploys, then runs the steps; counts the steps that passed in `passed`.
-async fn deploy_and_steps(m: &mut Machine<'_>, p: &Prepared, passed: &mut usize) -> Result<(), Outcome> {
-    for c in &p.deploy.prepare {
-        deploy_command(m, c.phase, &c.command, &[]).await?;
+fn outcome_reason(o: &Outcome) -> String {
+    match o {
+        Outcome::Fail { reason, .. } | Outcome::Error { reason } | Outcome::Skip { reason } => reason.clone(),
+        Outcome::Pass => String::new(),
     }
-    let tar = deploy::tar(&p.deploy.files).map_err(|e| Outcome::Error { reason: format!("packing the deployment: {e}") })?;
-    deploy_command(m, "files", "tar -x --no-overwrite-dir -C /", &tar).await?;
-    for c in &p.deploy.run {
-        deploy_command(m, c.phase, &c.command, &[]).await?;
-    }
-    for s in &p.steps {
-        match m.step(&s.group, &s.action, s.timeout).await {
-            Ok(()) => *passed += 1,
-            Err(StepError::Failed(reason)) => return Err(Outcome::Fail { group: s.group.clone(), step: s.name.clone(), reason }),
-            Err(StepError::Infra(e)) => return Err(Outcome::Error { reason: chain_error(&e) }),
-        }
-    }
-    Ok(())
 }
 
 /// Copies the profile's log directory out of the guest into `guest-logs/`.

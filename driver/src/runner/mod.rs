@@ -4,9 +4,12 @@
 mod cell;
 mod deploy;
 mod machine;
+pub mod progress;
 mod transcript;
 
-pub use cell::{prepare, profile, run, shares, write_configs, CellResult, Outcome, Prepared, RunOptions};
+pub use cell::{
+    prepare, profile, run, shares, write_configs, Attempt, CellResult, GroupResult, Outcome, Prepared, RunOptions, StepResult, StepStatus, DEADLINE,
+};
 pub use deploy::{plan, tar, DeployCommand, DeployPlan};
 pub use machine::{describe, Machine, StepError};
 pub use transcript::{Record, Transcript};

@@ -1,0 +1,205 @@
+//! report.html: the matrix as a coloured grid; each cell opens its steps,
+//! durations, the output of failing commands, the serial log, rendered
+//! configs and the screenshot. One file: inline CSS, a few lines of
+//! script, images as data: URLs; nothing is fetched from anywhere.
+
+use std::fmt::Write;
+
+use super::junit::escape;
+use super::{CellReport, Report};
+use crate::runner::StepStatus;
+
+const STYLE: &str = r#"
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
+h1{font-size:1.3em} h2{font-size:1.1em;margin-top:1.5em}
+table.grid{border-collapse:collapse;margin:1em 0}
+table.grid th,table.grid td{border:1px solid #bbb;padding:.4em .8em;text-align:left}
+td.pass{background:#c8efc8} td.fail{background:#f5b5b5} td.error{background:#f7d59a} td.skip{background:#e4e4e4;color:#555}
+td.none{background:#fafafa;color:#999}
+td a{color:inherit;text-decoration:none;display:block}
+details.cell{border:1px solid #ccc;border-radius:4px;margin:.6em 0;padding:.3em .6em}
+details.cell>summary{cursor:pointer;font-weight:600}
+details.cell.pass>summary{color:#176317} details.cell.fail>summary{color:#a31515} details.cell.error>summary{color:#8a5300} details.cell.skip>summary{color:#666}
+table.steps{border-collapse:collapse;margin:.4em 0}
+table.steps td,table.steps th{border-bottom:1px solid #eee;padding:.15em .6em;vertical-align:top;text-align:left}
+span.pass{color:#176317} span.fail{color:#a31515;font-weight:600} span.error{color:#8a5300;font-weight:600} span.not_run{color:#999}
+pre{background:#f6f6f6;padding:.5em;overflow:auto;max-height:30em;white-space:pre-wrap}
+img.shot{max-width:100%;border:1px solid #999}
+.summary{font-size:1.05em}
+"#;
+
+const SCRIPT: &str = r#"
+function xdOpen(){var h=decodeURIComponent(location.hash.slice(1));if(!h)return;var d=document.getElementById(h);if(d&&d.tagName==='DETAILS'){d.open=true;d.scrollIntoView();}}
+window.addEventListener('hashchange',xdOpen);
+document.addEventListener('DOMContentLoaded',function(){xdOpen();document.body.setAttribute('data-js','ok');});
+"#;
+
+fn status_text(s: &str) -> &'static str {
+    match s {
+        "pass" => "PASS",
+        "fail" => "FAIL",
+        "error" => "ERROR",
+        _ => "SKIP",
+    }
+}
+
+fn step_class(s: StepStatus) -> &'static str {
+    match s {
+        StepStatus::Pass => "pass",
+        StepStatus::Fail => "fail",
+        StepStatus::Error => "error",
+        StepStatus::NotRun => "not_run",
+    }
+}
+
+fn anchor(i: usize) -> String {
+    format!("cell-{i}")
+}
+
+fn cell_panel(o: &mut String, i: usize, c: &CellReport) {
+    let _ = writeln!(
+        o,
+        "<details class=\"cell {st}\" id=\"{a}\"><summary>{id} — {s} {d:.1} s ({p}/{t} steps)</summary>",
+        st = escape(&c.status),
+        a = anchor(i),
+        id = escape(&c.id),
+        s = status_text(&c.status),
+        d = c.duration_s,
+        p = c.steps_passed,
+        t = c.steps_total
+    );
+    let _ = writeln!(o, "<p>image: <code>{}</code>; artifacts: <code>{}</code></p>", escape(c.image.as_deref().unwrap_or("none")), escape(&c.artifacts_dir));
+    if let Some(r) = &c.reason {
+        let at = match (&c.failed_group, &c.failed_step) {
+            (Some(g), Some(s)) => format!(" at {} › {}", escape(g), escape(s)),
+            _ => String::new(),
+        };
+        let _ = writeln!(o, "<h3>Reason{at}</h3><pre class=\"reason\">{}</pre>", escape(r));
+    }
+    if !c.attempts.is_empty() {
+        o.push_str("<h3>Retried attempts (infrastructure)</h3><ul>");
+        for a in &c.attempts {
+            let _ = write!(o, "<li>{:.1} s, artifacts <code>{}</code>: <pre>{}</pre></li>", a.duration_s, escape(&a.artifacts), escape(&a.reason));
+        }
+        o.push_str("</ul>\n");
+    }
+    if let Some(png) = &c.screenshot_png {
+        let _ = writeln!(o, "<h3>Screen at the failure</h3><img class=\"shot\" alt=\"screenshot of {}\" src=\"data:image/png;base64,{png}\">", escape(&c.id));
+    }
+    if !c.groups.is_empty() {
+        o.push_str("<h3>Steps</h3><table class=\"steps\"><tr><th>group</th><th>step</th><th>status</th><th>time</th></tr>\n");
+        for g in &c.groups {
+            for (k, s) in g.steps.iter().enumerate() {
+                let group = if k == 0 { format!("<b>{}</b> ({:.1} s)", escape(&g.name), g.duration_s) } else { String::new() };
+                let _ = write!(
+                    o,
+                    "<tr><td>{group}</td><td>{}</td><td><span class=\"{cl}\">{cl}</span></td><td>{:.2} s</td></tr>",
+                    escape(&s.name),
+                    s.duration_s,
+                    cl = step_class(s.status)
+                );
+                if let Some(m) = &s.message {
+                    let _ = write!(o, "<tr><td></td><td colspan=\"3\"><pre>{}</pre></td></tr>", escape(m));
+                }
+                o.push('\n');
+            }
+        }
+        o.push_str("</table>\n");
+    }
+    if !c.failed_commands.is_empty() {
+        o.push_str("<h3>Failing commands</h3>\n");
+        for f in &c.failed_commands {
+            let st = f.status.map(|s| s.to_string()).unwrap_or_else(|| "channel failed".into());
+            let _ = writeln!(
+                o,
+                "<p><code>{}</code> in {} exited {st} after {:.2} s</p><pre>stdout:\n{}\nstderr:\n{}</pre>",
+                escape(&f.command),
+                escape(&f.context),
+                f.duration_s,
+                escape(&f.stdout),
+                escape(&f.stderr)
+            );
+        }
+    }
+    if let Some(t) = &c.serial_tail {
+        let _ = writeln!(o, "<details><summary>Serial log (tail)</summary><pre class=\"serial\">{}</pre></details>", escape(t));
+    }
+    if !c.configs.is_empty() {
+        let _ = writeln!(o, "<details><summary>Rendered configs ({})</summary>", c.configs.len());
+        for f in &c.configs {
+            let _ = writeln!(o, "<details><summary><code>{}</code></summary><pre>{}</pre></details>", escape(&f.path), escape(&f.contents));
+        }
+        o.push_str("</details>\n");
+    }
+    o.push_str("</details>\n");
+}
+
+/// The whole page.
+pub fn render(r: &Report) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>xdriver: {spec}</title><style>{STYLE}</style><script>{SCRIPT}</script></head><body>",
+        spec = escape(&r.spec)
+    );
+    let s = &r.summary;
+    let _ = writeln!(
+        o,
+        "<h1>xdriver: {}</h1><p class=\"summary\">{} cells: {} passed, {} failed, {} infrastructure errors, {} skipped{} — {:.1} s{}. Written {} by xdriver {}.</p>",
+        escape(&r.spec),
+        s.total,
+        s.passed,
+        s.failed,
+        s.errors,
+        s.skipped,
+        if s.retried > 0 { format!(" ({} retried)", s.retried) } else { String::new() },
+        r.duration_s,
+        if r.shards.is_empty() { String::new() } else { format!(", shards {}", escape(&r.shards.join(", "))) },
+        escape(&r.created_at),
+        escape(&r.xdriver_version)
+    );
+    let mut rows: Vec<(String, String)> = Vec::new();
+    let mut profiles: Vec<String> = Vec::new();
+    for c in &r.cells {
+        if !rows.contains(&(c.os.clone(), c.manager.clone())) {
+            rows.push((c.os.clone(), c.manager.clone()));
+        }
+        if !profiles.contains(&c.profile) {
+            profiles.push(c.profile.clone());
+        }
+    }
+    profiles.sort();
+    o.push_str("<table class=\"grid\"><tr><th>OS / manager</th>");
+    for p in &profiles {
+        let _ = write!(o, "<th>{}</th>", escape(p));
+    }
+    o.push_str("</tr>\n");
+    for (os, m) in &rows {
+        let _ = write!(o, "<tr><th>{} / {}</th>", escape(os), escape(m));
+        for p in &profiles {
+            match r.cells.iter().position(|c| &c.os == os && &c.manager == m && &c.profile == p) {
+                Some(i) => {
+                    let c = &r.cells[i];
+                    let text = if c.status == "skip" { "SKIP".to_string() } else { format!("{} {:.1} s", status_text(&c.status), c.duration_s) };
+                    let title = c.reason.as_deref().map(|r| r.lines().next().unwrap_or("")).unwrap_or("");
+                    let _ = write!(
+                        o,
+                        "<td class=\"{st}\" data-cell=\"{id}\" title=\"{t}\"><a href=\"#{a}\">{text}</a></td>",
+                        st = escape(&c.status),
+                        id = escape(&c.id),
+                        t = escape(title),
+                        a = anchor(i)
+                    );
+                }
+                None => o.push_str("<td class=\"none\">–</td>"),
+            }
+        }
+        o.push_str("</tr>\n");
+    }
+    o.push_str("</table>\n<h2>Cells</h2>\n");
+    for (i, c) in r.cells.iter().enumerate() {
+        cell_panel(&mut o, i, c);
+    }
+    o.push_str("</body></html>\n");
+    o
+}

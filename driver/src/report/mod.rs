@@ -1,0 +1,408 @@
+//! Run reports: the terminal summary (the matrix as a table), and the
+//! files `--report-dir` writes: `report.json` (the versioned schema in
+//! docs/reports.md, and the only input the other two need, so shards'
+//! reports merge), `junit.xml` and a self-contained `report.html`.
+
+mod html;
+mod junit;
+mod table;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::runner::{CellResult, Outcome, StepStatus};
+
+pub use table::summary;
+
+/// The `schema` value of report.json files this xdriver writes and reads.
+pub const SCHEMA: &str = "xdriver-report/1";
+
+/// Longest command output kept per stream in the report.
+const OUTPUT_CAP: usize = 8 * 1024;
+/// Serial log lines kept per cell.
+const SERIAL_LINES: usize = 150;
+/// Longest rendered config file kept.
+const CONFIG_CAP: usize = 32 * 1024;
+
+/// A whole run (or several shards merged).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// Always [`SCHEMA`].
+    pub schema: String,
+    /// The xdriver that wrote it.
+    pub xdriver_version: String,
+    /// The spec's name.
+    pub spec: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// Wall time of the run (merged: the longest shard's).
+    pub duration_s: f64,
+    /// `i/n` when the run was one shard; the shards when merged.
+    pub shards: Vec<String>,
+    /// Counts.
+    pub summary: Summary,
+    /// Every cell, sorted by id.
+    pub cells: Vec<CellReport>,
+}
+
+/// Cell counts per status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// All cells.
+    pub total: usize,
+    /// Passed.
+    pub passed: usize,
+    /// Tests failed.
+    pub failed: usize,
+    /// Infrastructure errors.
+    pub errors: usize,
+    /// Skipped.
+    pub skipped: usize,
+    /// Cells that needed more than one attempt.
+    pub retried: usize,
+}
+
+/// One cell.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CellReport {
+    /// `os/manager/profile`.
+    pub id: String,
+    /// Guest OS.
+    pub os: String,
+    /// Process manager.
+    pub manager: String,
+    /// Profile.
+    pub profile: String,
+    /// The image booted (None: skipped before choosing one).
+    pub image: Option<String>,
+    /// pass, fail, error or skip.
+    pub status: String,
+    /// Why it failed, errored or was skipped.
+    pub reason: Option<String>,
+    /// The group of the failing step.
+    pub failed_group: Option<String>,
+    /// The failing step.
+    pub failed_step: Option<String>,
+    /// Wall time, all attempts included.
+    pub duration_s: f64,
+    /// Steps that passed.
+    pub steps_passed: usize,
+    /// Steps planned.
+    pub steps_total: usize,
+    /// Deploy and step groups.
+    pub groups: Vec<GroupReport>,
+    /// Earlier attempts retried after an infrastructure failure.
+    pub attempts: Vec<AttemptReport>,
+    /// The cell's artifacts directory on the machine that ran it.
+    pub artifacts_dir: String,
+    /// Commands that exited non-zero or broke (capped output).
+    pub failed_commands: Vec<CommandReport>,
+    /// The serial log's last lines.
+    pub serial_tail: Option<String>,
+    /// The guest's screen when the cell failed, PNG as base64.
+    pub screenshot_png: Option<String>,
+    /// The rendered files deployed into the guest.
+    pub configs: Vec<ConfigFile>,
+}
+
+/// A step group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupReport {
+    /// Name.
+    pub name: String,
+    /// pass, fail, error or not_run.
+    pub status: StepStatus,
+    /// Wall time.
+    pub duration_s: f64,
+    /// Steps.
+    pub steps: Vec<StepReport>,
+}
+
+/// A step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepReport {
+    /// Name.
+    pub name: String,
+    /// pass, fail, error or not_run.
+    pub status: StepStatus,
+    /// Wall time.
+    pub duration_s: f64,
+    /// Failure message.
+    pub message: Option<String>,
+}
+
+/// An attempt that was retried.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttemptReport {
+    /// Why it failed.
+    pub reason: String,
+    /// Wall time.
+    pub duration_s: f64,
+    /// Its artifacts, relative to the cell's directory.
+    pub artifacts: String,
+}
+
+/// A command from the cell's transcript.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommandReport {
+    /// Deploy phase or step group.
+    pub context: String,
+    /// Command line.
+    pub command: String,
+    /// Exit status (None: the channel broke).
+    pub status: Option<i32>,
+    /// stdout (tail).
+    pub stdout: String,
+    /// stderr (tail).
+    pub stderr: String,
+    /// Wall time.
+    pub duration_s: f64,
+}
+
+/// A rendered file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConfigFile {
+    /// Guest path.
+    pub path: String,
+    /// Contents (capped).
+    pub contents: String,
+}
+
+/// Report read/write failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A report.json is not one this xdriver reads.
+    #[error("{path}: not an xdriver report: {detail}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Merged reports disagree.
+    #[error("cannot merge: {0}")]
+    Merge(String),
+}
+
+fn cap(s: &str, n: usize) -> String {
+    if s.len() <= n {
+        return s.to_string();
+    }
+    let mut start = s.len() - n;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("[… {} bytes cut …]\n{}", start, &s[start..])
+}
+
+fn status_name(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Pass => "pass",
+        Outcome::Fail { .. } => "fail",
+        Outcome::Error { .. } => "error",
+        Outcome::Skip { .. } => "skip",
+    }
+}
+
+fn read_configs(dir: &Path) -> Vec<ConfigFile> {
+    let root = dir.join("configs");
+    let mut out = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                let rel = p.strip_prefix(&root).map(|r| format!("/{}", r.display())).unwrap_or_default();
+                out.push(ConfigFile { path: rel, contents: cap(&String::from_utf8_lossy(&bytes), CONFIG_CAP) });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+fn failed_commands(dir: &Path) -> Vec<CommandReport> {
+    let Ok(text) = std::fs::read_to_string(dir.join("commands.json")) else { return Vec::new() };
+    let Ok(records) = serde_json::from_str::<Vec<serde_json::Value>>(&text) else { return Vec::new() };
+    records
+        .iter()
+        .filter(|r| r["status"].as_i64() != Some(0))
+        .map(|r| CommandReport {
+            context: r["context"].as_str().unwrap_or_default().into(),
+            command: r["command"].as_str().unwrap_or_default().into(),
+            status: r["status"].as_i64().map(|s| s as i32),
+            stdout: cap(r["stdout"].as_str().unwrap_or_default(), OUTPUT_CAP),
+            stderr: cap(r["stderr"].as_str().unwrap_or_default(), OUTPUT_CAP),
+            duration_s: r["duration_s"].as_f64().unwrap_or_default(),
+        })
+        // Waits that passed after failing tries are recorded once, as
+        // passes; what is left are commands that really failed. Keep the
+        // last few (the failure is at the end).
+        .rev()
+        .take(20)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect()
+}
+
+impl CellReport {
+    /// The report of a finished cell, reading its artifacts directory.
+    pub fn from_result(r: &CellResult) -> CellReport {
+        let (reason, group, step) = match &r.outcome {
+            Outcome::Pass => (None, None, None),
+            Outcome::Fail { group, step, reason } => (Some(reason.clone()), Some(group.clone()), Some(step.clone())),
+            Outcome::Error { reason } | Outcome::Skip { reason } => (Some(reason.clone()), None, None),
+        };
+        let serial_tail = r.serial_tail.clone().or_else(|| {
+            std::fs::read(r.dir.join("serial.log")).ok().map(|b| crate::console::tail_lines(&b, SERIAL_LINES))
+        });
+        let screenshot_png = r
+            .screenshot
+            .as_ref()
+            .and_then(|f| std::fs::read(r.dir.join(f)).ok())
+            .map(|b| base64::engine::general_purpose::STANDARD.encode(b));
+        CellReport {
+            id: r.cell.id(),
+            os: r.cell.os.to_string(),
+            manager: r.cell.manager.to_string(),
+            profile: r.cell.profile.to_string(),
+            image: r.cell.image.as_ref().ok().cloned(),
+            status: status_name(&r.outcome).into(),
+            reason,
+            failed_group: group,
+            failed_step: step,
+            duration_s: r.duration_s,
+            steps_passed: r.steps_passed,
+            steps_total: r.steps_total,
+            groups: r
+                .groups
+                .iter()
+                .map(|g| GroupReport {
+                    name: g.name.clone(),
+                    status: g.status,
+                    duration_s: g.duration_s,
+                    steps: g
+                        .steps
+                        .iter()
+                        .map(|s| StepReport { name: s.name.clone(), status: s.status, duration_s: s.duration_s, message: s.message.clone() })
+                        .collect(),
+                })
+                .collect(),
+            attempts: r
+                .attempts
+                .iter()
+                .map(|a| AttemptReport { reason: a.reason.clone(), duration_s: a.duration_s, artifacts: a.artifacts.clone() })
+                .collect(),
+            artifacts_dir: r.dir.display().to_string(),
+            failed_commands: if matches!(r.outcome, Outcome::Pass | Outcome::Skip { .. }) { Vec::new() } else { failed_commands(&r.dir) },
+            serial_tail,
+            screenshot_png,
+            configs: read_configs(&r.dir),
+        }
+    }
+}
+
+fn summarize(cells: &[CellReport]) -> Summary {
+    let mut s = Summary { total: cells.len(), ..Summary::default() };
+    for c in cells {
+        match c.status.as_str() {
+            "pass" => s.passed += 1,
+            "fail" => s.failed += 1,
+            "error" => s.errors += 1,
+            _ => s.skipped += 1,
+        }
+        if !c.attempts.is_empty() {
+            s.retried += 1;
+        }
+    }
+    s
+}
+
+impl Report {
+    /// The report of a run.
+    pub fn new(spec: &str, results: &[CellResult], duration_s: f64, shard: Option<String>) -> Report {
+        let mut cells: Vec<CellReport> = results.iter().map(CellReport::from_result).collect();
+        cells.sort_by(|a, b| a.id.cmp(&b.id));
+        Report {
+            schema: SCHEMA.into(),
+            xdriver_version: env!("CARGO_PKG_VERSION").into(),
+            spec: spec.into(),
+            created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            duration_s,
+            shards: shard.into_iter().collect(),
+            summary: summarize(&cells),
+            cells,
+        }
+    }
+
+    /// Reads a report.json.
+    pub fn load(path: &Path) -> Result<Report, ReportError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ReportError::Io { path: path.into(), source })?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ReportError::Invalid { path: path.into(), detail: e.to_string() })?;
+        match v.get("schema").and_then(|s| s.as_str()) {
+            Some(SCHEMA) => {}
+            Some(other) => {
+                return Err(ReportError::Invalid { path: path.into(), detail: format!("schema `{other}`, this xdriver reads `{SCHEMA}`") })
+            }
+            None => return Err(ReportError::Invalid { path: path.into(), detail: "no `schema` field".into() }),
+        }
+        serde_json::from_value(v).map_err(|e| ReportError::Invalid { path: path.into(), detail: e.to_string() })
+    }
+
+    /// Merges shards' reports of one spec; a cell may appear only once.
+    pub fn merge(reports: Vec<Report>) -> Result<Report, ReportError> {
+        let mut it = reports.into_iter();
+        let Some(mut out) = it.next() else { return Err(ReportError::Merge("no reports given".into())) };
+        let mut seen: BTreeSet<String> = out.cells.iter().map(|c| c.id.clone()).collect();
+        for r in it {
+            if r.spec != out.spec {
+                return Err(ReportError::Merge(format!("reports of different specs: `{}` and `{}`", out.spec, r.spec)));
+            }
+            for c in r.cells {
+                if !seen.insert(c.id.clone()) {
+                    return Err(ReportError::Merge(format!("cell {} is in more than one report (overlapping shards?)", c.id)));
+                }
+                out.cells.push(c);
+            }
+            out.shards.extend(r.shards);
+            out.duration_s = out.duration_s.max(r.duration_s);
+        }
+        out.cells.sort_by(|a, b| a.id.cmp(&b.id));
+        out.shards.sort();
+        out.summary = summarize(&out.cells);
+        out.created_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        Ok(out)
+    }
+
+    /// Writes report.json, junit.xml and report.html into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<(), ReportError> {
+        std::fs::create_dir_all(dir).map_err(|source| ReportError::Io { path: dir.into(), source })?;
+        let write = |name: &str, data: String| {
+            let p = dir.join(name);
+            std::fs::write(&p, data).map_err(|source| ReportError::Io { path: p, source })
+        };
+        write("report.json", serde_json::to_string_pretty(self).expect("report serializes"))?;
+        write("junit.xml", junit::render(self))?;
+        write("report.html", html::render(self))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

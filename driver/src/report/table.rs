@@ -1,0 +1,96 @@
+//! The terminal summary: the matrix as a table (OS × manager rows, profile
+//! columns) with each cell's status and duration, then every failure's
+//! reason.
+
+use std::fmt::Write;
+
+use super::Report;
+
+fn short(status: &str) -> &'static str {
+    match status {
+        "pass" => "PASS",
+        "fail" => "FAIL",
+        "error" => "ERROR",
+        _ => "SKIP",
+    }
+}
+
+/// The summary text (ends with a newline).
+pub fn summary(r: &Report) -> String {
+    let mut rows: Vec<(String, String)> = Vec::new();
+    let mut profiles: Vec<String> = Vec::new();
+    for c in &r.cells {
+        let row = (c.os.clone(), c.manager.clone());
+        if !rows.contains(&row) {
+            rows.push(row);
+        }
+        if !profiles.contains(&c.profile) {
+            profiles.push(c.profile.clone());
+        }
+    }
+    // privileged before unprivileged, whatever the sort gave.
+    profiles.sort();
+    let label = |(os, m): &(String, String)| format!("{os} / {m}");
+    let w0 = rows.iter().map(|r| label(r).len()).max().unwrap_or(0).max("os / manager".len());
+    let cell_text = |os: &str, m: &str, p: &str| -> String {
+        match r.cells.iter().find(|c| c.os == os && c.manager == m && c.profile == p) {
+            None => "-".into(),
+            Some(c) if c.status == "skip" => "SKIP".into(),
+            Some(c) => {
+                let retried = if c.attempts.is_empty() { String::new() } else { format!(" ({} tries)", c.attempts.len() + 1) };
+                format!("{} {:>6.1} s{retried}", short(&c.status), c.duration_s)
+            }
+        }
+    };
+    let widths: Vec<usize> = profiles
+        .iter()
+        .map(|p| rows.iter().map(|(os, m)| cell_text(os, m, p).len()).max().unwrap_or(0).max(p.len()))
+        .collect();
+    let mut o = String::new();
+    let _ = write!(o, "{:<w0$}", "os / manager");
+    for (p, w) in profiles.iter().zip(&widths) {
+        let _ = write!(o, "  {p:<w$}");
+    }
+    o.push('\n');
+    let _ = write!(o, "{}", "-".repeat(w0));
+    for w in &widths {
+        let _ = write!(o, "  {}", "-".repeat(*w));
+    }
+    o.push('\n');
+    for row in &rows {
+        let _ = write!(o, "{:<w0$}", label(row));
+        for (p, w) in profiles.iter().zip(&widths) {
+            let _ = write!(o, "  {:<w$}", cell_text(&row.0, &row.1, p));
+        }
+        o.push('\n');
+    }
+    let s = &r.summary;
+    let _ = writeln!(
+        o,
+        "\n{} cells: {} passed, {} failed, {} infrastructure errors, {} skipped{} in {:.1} s",
+        s.total,
+        s.passed,
+        s.failed,
+        s.errors,
+        s.skipped,
+        if s.retried > 0 { format!(" ({} retried)", s.retried) } else { String::new() },
+        r.duration_s
+    );
+    let bad: Vec<_> = r.cells.iter().filter(|c| c.status == "fail" || c.status == "error").collect();
+    if !bad.is_empty() {
+        o.push_str("\nFailures:\n");
+        for c in bad {
+            let at = match (&c.failed_group, &c.failed_step) {
+                (Some(g), Some(st)) => format!(" at {g} › {st}"),
+                _ => String::new(),
+            };
+            let _ = writeln!(o, "  {} {}{at}", short(&c.status), c.id);
+            let reason = c.reason.as_deref().unwrap_or("");
+            for l in reason.lines().take(20) {
+                let _ = writeln!(o, "      {l}");
+            }
+            let _ = writeln!(o, "      artifacts: {}", c.artifacts_dir);
+        }
+    }
+    o
+}

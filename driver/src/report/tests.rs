@@ -1,0 +1,132 @@
+use super::*;
+
+fn cell(id: &str, status: &str) -> CellReport {
+    let parts: Vec<&str> = id.split('/').collect();
+    CellReport {
+        id: id.into(),
+        os: parts[0].into(),
+        manager: parts[1].into(),
+        profile: parts[2].into(),
+        image: Some(format!("{}-{}", parts[0], parts[1])),
+        status: status.into(),
+        reason: (status != "pass").then(|| format!("why {id} <b>&</b>")),
+        failed_group: (status == "fail").then(|| "tests/web".into()),
+        failed_step: (status == "fail").then(|| "curl".into()),
+        duration_s: 12.5,
+        steps_passed: 3,
+        steps_total: 4,
+        groups: vec![
+            GroupReport {
+                name: "deploy".into(),
+                status: StepStatus::Pass,
+                duration_s: 1.0,
+                steps: vec![StepReport { name: "files".into(), status: StepStatus::Pass, duration_s: 1.0, message: None }],
+            },
+            GroupReport {
+                name: "tests/web".into(),
+                status: if status == "fail" { StepStatus::Fail } else { StepStatus::Pass },
+                duration_s: 2.0,
+                steps: vec![StepReport {
+                    name: "curl".into(),
+                    status: if status == "fail" { StepStatus::Fail } else { StepStatus::Pass },
+                    duration_s: 2.0,
+                    message: (status == "fail").then(|| "`curl x` exited 7 <script>alert(1)</script>".into()),
+                }],
+            },
+        ],
+        attempts: Vec::new(),
+        artifacts_dir: format!("/r/{id}"),
+        failed_commands: Vec::new(),
+        serial_tail: Some("login:".into()),
+        screenshot_png: None,
+        configs: vec![ConfigFile { path: "/etc/x.conf".into(), contents: "a < b".into() }],
+    }
+}
+
+fn report(cells: Vec<CellReport>, shard: &str) -> Report {
+    Report {
+        schema: SCHEMA.into(),
+        xdriver_version: "0".into(),
+        spec: "webapps".into(),
+        created_at: "2026-01-01T00:00:00Z".into(),
+        duration_s: 30.0,
+        shards: vec![shard.into()],
+        summary: summarize(&cells),
+        cells,
+    }
+}
+
+#[test]
+fn summary_counts_and_table() {
+    let r = report(
+        vec![cell("debian-12/systemd/privileged", "pass"), cell("debian-12/systemd/unprivileged", "fail"), cell("freebsd/bsdrc/privileged", "skip")],
+        "1/1",
+    );
+    assert_eq!(r.summary, Summary { total: 3, passed: 1, failed: 1, errors: 0, skipped: 1, retried: 0 });
+    let t = summary(&r);
+    let lines: Vec<&str> = t.lines().collect();
+    assert!(lines[0].starts_with("os / manager") && lines[0].contains("privileged") && lines[0].contains("unprivileged"), "{t}");
+    let row = lines.iter().find(|l| l.starts_with("debian-12 / systemd")).expect("systemd row");
+    assert!(row.contains("PASS") && row.contains("FAIL"), "{row}");
+    let bsd = lines.iter().find(|l| l.starts_with("freebsd / bsdrc")).expect("bsdrc row");
+    assert!(bsd.contains("SKIP") && bsd.contains('-'), "{bsd}");
+    assert!(t.contains("FAIL debian-12/systemd/unprivileged at tests/web › curl"), "{t}");
+}
+
+#[test]
+fn junit_has_a_suite_per_cell_and_a_case_per_group() {
+    let r = report(vec![cell("debian-12/systemd/privileged", "pass"), cell("debian-12/runit/privileged", "fail"), cell("freebsd/bsdrc/privileged", "skip")], "");
+    let x = junit::render(&r);
+    assert_eq!(x.matches("<testsuite ").count(), 3);
+    assert_eq!(x.matches("<testcase ").count(), 5, "{x}");
+    assert!(x.contains("<testsuites name=\"webapps\" tests=\"5\" failures=\"1\" errors=\"0\" skipped=\"1\""), "{x}");
+    assert!(x.contains("<failure message=\"step `curl` failed\" type=\"step\">`curl x` exited 7 &lt;script&gt;"), "{x}");
+    assert!(!x.contains("<script>"));
+}
+
+#[test]
+fn html_is_self_contained_and_escaped() {
+    let mut failing = cell("debian-12/runit/privileged", "fail");
+    failing.screenshot_png = Some("iVBORw0KGgo=".into());
+    let r = report(vec![cell("debian-12/systemd/privileged", "pass"), failing], "");
+    let h = html::render(&r);
+    assert!(!h.contains("http://") && !h.contains("https://"), "the page must not fetch anything");
+    assert!(!h.contains("<script>alert"), "step output must be escaped");
+    assert!(h.contains("class=\"fail\" data-cell=\"debian-12/runit/privileged\""));
+    assert!(h.contains("src=\"data:image/png;base64,iVBORw0KGgo=\""));
+    assert_eq!(h.matches("<details class=\"cell").count(), 2);
+}
+
+#[test]
+fn merge_joins_shards_and_refuses_overlap() {
+    let a = report(vec![cell("debian-12/systemd/privileged", "pass")], "1/2");
+    let b = report(vec![cell("debian-12/runit/privileged", "fail")], "2/2");
+    let m = Report::merge(vec![a.clone(), b]).expect("merge");
+    assert_eq!(m.summary.total, 2);
+    assert_eq!(m.shards, vec!["1/2".to_string(), "2/2".to_string()]);
+    assert_eq!(m.cells[0].id, "debian-12/runit/privileged", "sorted by id");
+    let e = Report::merge(vec![a.clone(), a]).unwrap_err().to_string();
+    assert!(e.contains("more than one report"), "{e}");
+}
+
+#[test]
+fn load_checks_the_schema() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("report.json");
+    let mut r = report(vec![cell("debian-12/systemd/privileged", "pass")], "");
+    r.write(dir.path()).expect("write");
+    assert_eq!(Report::load(&p).expect("load").cells.len(), 1);
+    r.schema = "xdriver-report/99".into();
+    std::fs::write(&p, serde_json::to_string(&r).expect("json")).expect("write");
+    let e = Report::load(&p).unwrap_err().to_string();
+    assert!(e.contains("xdriver-report/99") && e.contains(SCHEMA), "{e}");
+    std::fs::write(&p, "{}").expect("write");
+    assert!(Report::load(&p).unwrap_err().to_string().contains("no `schema`"));
+}
+
+#[test]
+fn output_is_capped_at_the_end() {
+    let s = "x".repeat(100) + "END";
+    let c = cap(&s, 10);
+    assert!(c.ends_with("END") && c.starts_with("[…"), "{c}");
+}
