@@ -362,7 +362,18 @@ impl Vm {
                 Err(e) => Err(e.into()),
             }
         };
-        let (backdoor_after, ssh) = tokio::try_join!(backdoor_side, ssh_side)?;
+        let (backdoor_after, ssh) = match tokio::try_join!(backdoor_side, ssh_side) {
+            Ok(v) => v,
+            // A channel closing during boot is usually QEMU exiting: say so,
+            // with its stderr and the serial tail.
+            Err(e @ (VmError::Backdoor(_) | VmError::Ssh(_))) => {
+                if vm.wait_exit(Duration::from_secs(3)).await {
+                    return Err(vm.exited_error("booting"));
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         vm.backdoor_ready_after = backdoor_after;
         if let Some((s, after)) = ssh {
             vm.ssh = Some(s);
