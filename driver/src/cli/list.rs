@@ -14,7 +14,7 @@ use crate::spec::Cell;
 pub(super) fn shard_of<T>(cells: Vec<(Cell, T)>, s: Option<Shard>) -> Vec<(Cell, T)> {
     let Some(s) = s else { return cells };
     let mut indexed: Vec<(usize, (Cell, T))> = cells.into_iter().enumerate().collect();
-    indexed.sort_by(|(_, (a, _)), (_, (b, _))| (a.image.is_err(), a.id()).cmp(&(b.image.is_err(), b.id())));
+    indexed.sort_by_key(|(_, (c, _))| (c.image.is_err(), c.id()));
     let mut keep: Vec<(usize, (Cell, T))> =
         indexed.into_iter().enumerate().filter(|(k, _)| k % s.count == s.index - 1).map(|(_, x)| x).collect();
     // Back in the spec's order.

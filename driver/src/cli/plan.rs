@@ -25,7 +25,10 @@ pub(super) fn overrides(set: &[String]) -> Result<BTreeMap<String, Value>, CliEr
 
 /// The spec, its selected cells and each runnable cell prepared; spec
 /// errors become usage errors (exit 2).
-pub(super) fn load(args: &CellArgs) -> Result<(Spec, Vec<(Cell, Option<Prepared>)>), CliError> {
+/// The selected cells, each with its preparation (None: skipped).
+pub(super) type Cells = Vec<(Cell, Option<Prepared>)>;
+
+pub(super) fn load(args: &CellArgs) -> Result<(Spec, Cells), CliError> {
     let spec = Spec::load(&args.spec).map_err(|e| CliError { code: exit::USAGE, message: e.to_string() })?;
     let sel = Selection { os: args.os.clone(), managers: args.managers.clone(), profiles: args.profiles.clone() };
     let cells = spec.cells(&sel).map_err(|e| CliError { code: exit::USAGE, message: e.to_string() })?;

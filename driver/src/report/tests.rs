@@ -110,7 +110,7 @@ fn merge_joins_shards_and_refuses_overlap() {
     assert_eq!(m.summary.total, 2);
     assert_eq!(m.shards, vec!["1/2".to_string(), "2/2".to_string()]);
     assert_eq!(m.cells[0].id, "debian-12/runit/privileged", "sorted by id");
-    let e = Report::merge(vec![a.clone(), a]).unwrap_err().to_string();
+    let e = Report::merge(vec![a.clone(), a]).expect_err("must fail").to_string();
     assert!(e.contains("more than one report"), "{e}");
 }
 
@@ -123,10 +123,10 @@ fn load_checks_the_schema() {
     assert_eq!(Report::load(&p).expect("load").cells.len(), 1);
     r.schema = "xdriver-report/99".into();
     std::fs::write(&p, serde_json::to_string(&r).expect("json")).expect("write");
-    let e = Report::load(&p).unwrap_err().to_string();
+    let e = Report::load(&p).expect_err("must fail").to_string();
     assert!(e.contains("xdriver-report/99") && e.contains(SCHEMA), "{e}");
     std::fs::write(&p, "{}").expect("write");
-    assert!(Report::load(&p).unwrap_err().to_string().contains("no `schema`"));
+    assert!(Report::load(&p).expect_err("must fail").to_string().contains("no `schema`"));
 }
 
 #[test]
