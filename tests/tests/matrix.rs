@@ -84,6 +84,11 @@ fn two_failing_cells_at_once_with_reports() {
             "brokenTest=true",
             "--jobs",
             "2",
+            // A guest that hangs at boot (seen once under heavy load: an RCU
+            // stall) is an infrastructure failure; retry it rather than
+            // fail the test. A failing test is never retried.
+            "--retries",
+            "1",
             "--report-dir",
             "report",
         ],
@@ -99,7 +104,9 @@ fn two_failing_cells_at_once_with_reports() {
             .filter_map(|l| l.strip_prefix(&format!("xdriver: debian-12/{m}/privileged: ")))
             .filter_map(|l| l.split(" (at ").next())
             .collect();
-        assert_eq!(phases, ["image", "boot", "deploy", "tests", "readiness", "tests", "shutdown"], "{m}");
+        // After a retried boot, the phases start again from "image".
+        let last_try = phases.iter().rposition(|p| *p == "image").unwrap_or(0);
+        assert_eq!(phases[last_try..], ["image", "boot", "deploy", "tests", "readiness", "tests", "shutdown"], "{m}");
     }
     for m in ["supervisord", "s6"] {
         assert!(run.stdout.contains(&format!("FAIL  debian-12/{m}/privileged")), "{}", run.stdout);

@@ -89,7 +89,7 @@ fn unsupported_cells_are_skipped_with_their_reason() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("SKIP  freebsd/bsdrc/privileged"), "{out}");
     assert!(out.contains("unverified: no FreeBSD image"), "{out}");
-    assert!(out.contains("0 cells passed, 0 failed, 0 infrastructure errors, 2 skipped"), "{out}");
+    assert!(out.contains("2 cells: 0 passed, 0 failed, 0 infrastructure errors, 2 skipped"), "{out}");
 }
 
 #[test]
