@@ -97,3 +97,54 @@ pub(super) fn main(args: ListArgs) -> Result<i32, CliError> {
     );
     Ok(exit::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xdriver_guests::{Manager, Os, ProfileKind};
+
+    fn cells() -> Vec<(Cell, usize)> {
+        let mut v = Vec::new();
+        for (i, m) in [Manager::Systemd, Manager::Sysvinit, Manager::Openrc, Manager::Runit, Manager::S6].into_iter().enumerate() {
+            for p in [ProfileKind::Privileged, ProfileKind::Unprivileged] {
+                let image = if m == Manager::Openrc && p == ProfileKind::Unprivileged { Err("no".to_string()) } else { Ok("img".to_string()) };
+                v.push((Cell { os: Os::Debian12, manager: m, profile: p, image }, i));
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn shards_partition_the_cells_and_share_the_runnable_ones() {
+        let all: Vec<String> = cells().into_iter().map(|(c, _)| c.id()).collect();
+        for n in 1..=4 {
+            let mut seen = Vec::new();
+            let mut runnable = Vec::new();
+            for i in 1..=n {
+                let part = shard_of(cells(), Some(Shard { index: i, count: n }));
+                // Same answer every time.
+                assert_eq!(
+                    part.iter().map(|(c, _)| c.id()).collect::<Vec<_>>(),
+                    shard_of(cells(), Some(Shard { index: i, count: n })).iter().map(|(c, _)| c.id()).collect::<Vec<_>>()
+                );
+                runnable.push(part.iter().filter(|(c, _)| c.image.is_ok()).count());
+                seen.extend(part.into_iter().map(|(c, _)| c.id()));
+            }
+            seen.sort();
+            let mut expected = all.clone();
+            expected.sort();
+            assert_eq!(seen, expected, "{n} shards cover every cell once");
+            let (lo, hi) = (runnable.iter().min().copied().unwrap_or(0), runnable.iter().max().copied().unwrap_or(0));
+            assert!(hi - lo <= 1, "{n} shards: runnable cells per shard {runnable:?}");
+        }
+        assert_eq!(shard_of(cells(), None).len(), all.len());
+    }
+
+    #[test]
+    fn default_jobs_is_at_least_one() {
+        let (j, why) = default_jobs(1024);
+        assert!(j >= 1 && why.contains("CPUs"), "{j} {why}");
+        // A VM larger than any host's memory still gets one job.
+        assert_eq!(default_jobs(u32::MAX / 2).0, 1);
+    }
+}

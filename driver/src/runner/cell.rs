@@ -456,8 +456,13 @@ async fn deploy_and_steps(
     commands.extend(p.deploy.run.iter().map(|c| (c.phase, c.command.as_str(), &[][..])));
     let mut failure = None;
     for (phase, cmd, stdin) in commands {
+        // Deploy steps are named by phase and what the command does.
+        let first = cmd.lines().next().unwrap_or_default();
+        let what: String = first.chars().take(72).collect();
+        let ellipsis = if what.len() < cmd.len() { "…" } else { "" };
+        let label = format!("{phase}: {what}{ellipsis}");
         if failure.is_some() {
-            result.record("deploy", phase, StepStatus::NotRun, Duration::ZERO, None);
+            result.record("deploy", &label, StepStatus::NotRun, Duration::ZERO, None);
             continue;
         }
         let t = Instant::now();
@@ -469,12 +474,12 @@ async fn deploy_and_steps(
                 if cut {
                     reason = format!("{DEADLINE}; {reason}");
                 }
-                (StepStatus::Fail, Some(Outcome::Fail { group: "deploy".into(), step: phase.into(), reason }))
+                (StepStatus::Fail, Some(Outcome::Fail { group: "deploy".into(), step: label.clone(), reason }))
             }
             Err(e) => (StepStatus::Error, Some(Outcome::Error { reason: chain_error(&e) })),
         };
         let message = outcome.as_ref().map(outcome_reason);
-        result.record("deploy", phase, status, t.elapsed(), message);
+        result.record("deploy", &label, status, t.elapsed(), message);
         failure = outcome;
     }
     let mut phase = Phase::Deploy;
