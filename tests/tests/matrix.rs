@@ -255,3 +255,83 @@ fn the_run_deadline_fails_what_is_still_running() {
     assert!(run.stdout.contains("deadline (--timeout) expired while booting"), "{}", run.stdout);
     assert!(run.stdout.contains("deadline (--timeout) expired before the cell started"), "{}", run.stdout);
 }
+
+#[test]
+fn fail_fast_starts_no_cell_after_a_failure() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let spec = example("chain");
+    // 48 MiB: the first cell's QEMU exits at once (an infrastructure error).
+    let run = xdriver(
+        &["test", spec.to_str().expect("utf-8"), "--accel", "tcg", "--manager", "sysvinit,runit", "--profile", "privileged", "--mem-mib", "48", "--jobs", "1", "--fail-fast"],
+        work.path(),
+    );
+    assert_eq!(run.code, 125, "{}", run.stdout);
+    assert!(run.stdout.contains("ERROR debian-12/sysvinit/privileged"), "{}", run.stdout);
+    assert!(run.stdout.contains("SKIP  debian-12/runit/privileged") && run.stdout.contains("--fail-fast stopped the run"), "{}", run.stdout);
+    assert!(!run.stderr.contains("debian-12/runit/privileged: boot"), "the second cell must not boot:\n{}", run.stderr);
+}
+
+#[test]
+fn progress_bars_on_a_terminal() {
+    // `script` gives xdriver a terminal; the typescript holds what it drew.
+    let work = tempfile::tempdir().expect("tempdir");
+    let spec = example("chain");
+    let typescript = work.path().join("typescript");
+    let cmd = format!(
+        "{} test {} --accel tcg --manager sysvinit --profile privileged --mem-mib 48",
+        xdriver_bin().display(),
+        spec.display()
+    );
+    let st = Command::new("script")
+        .args(["-qfec", &cmd])
+        .arg(&typescript)
+        .env_remove("CI")
+        .env("TERM", "xterm")
+        .current_dir(work.path())
+        .status()
+        .expect("script runs");
+    assert_eq!(st.code(), Some(125));
+    let t = String::from_utf8_lossy(&std::fs::read(&typescript).expect("typescript")).into_owned();
+    // A spinner line for the running cell with its phase, the overall bar,
+    // cursor movement to redraw them; and no plain progress lines.
+    assert!(t.contains("debian-12/sysvinit/privileged") && t.contains("boot"), "{t}");
+    assert!(t.contains("cells") && t.contains("1 errors"), "overall bar:\n{t}");
+    assert!(t.contains("\x1b["), "no terminal drawing:\n{t}");
+    assert!(!t.contains("privileged: boot (at"), "plain lines on a terminal:\n{t}");
+    assert!(t.contains("ERROR debian-12/sysvinit/privileged"), "{t}");
+}
+
+#[test]
+fn the_run_deadline_cuts_a_step_and_says_what_it_waited_for() {
+    let work = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        work.path().join("xdriver.toml"),
+        r#"name = "deadline"
+
+[matrix]
+os = ["debian-12"]
+managers = ["systemd"]
+profiles = ["privileged"]
+
+[instances.sleeper]
+process.description = "a process that only sleeps"
+process.foreground = ["/bin/sleep", "infinity"]
+
+[tests]
+post_tests = [
+  { name = "wait for a file that never appears", wait_for_file = "/nonexistent", timeout = 900 },
+]
+"#,
+    )
+    .expect("spec");
+    let started = std::time::Instant::now();
+    let run = xdriver(&["test", ".", "--accel", "tcg", "--timeout", "120s"], work.path());
+    let took = started.elapsed().as_secs_f64();
+    assert_eq!(run.code, 100, "the step failed at the deadline:\n{}", run.stdout);
+    assert!(run.stdout.contains("postTests › wait for a file that never appears"), "{}", run.stdout);
+    assert!(run.stdout.contains("the run's deadline (--timeout) expired during this step"), "{}", run.stdout);
+    assert!(run.stdout.contains("waiting for file /nonexistent") && run.stdout.contains("last try: `test -e /nonexistent` exited 1"), "{}", run.stdout);
+    // It ended at the deadline, not after the step's own 900 s (shutdown
+    // and reports come after the deadline).
+    assert!(took < 120.0 + 100.0, "took {took:.0} s");
+}

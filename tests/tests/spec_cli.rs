@@ -103,3 +103,27 @@ fn bad_flags_exit_2() {
     let (code, _, err) = xdriver(&["plan", "tests/examples/webapps", "--set", "novalue"]);
     assert_eq!(code, 2, "{err}");
 }
+
+#[test]
+fn list_prints_cells_and_a_github_matrix() {
+    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/webapps");
+    let out = Command::new(xdriver_bin()).arg("list").arg(&spec).output().expect("xdriver runs");
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("RUN   debian-12/systemd/privileged") && text.contains("debian-12-systemd (14 steps)"), "{text}");
+    assert!(text.contains("SKIP  debian-12/openrc/unprivileged") && text.contains("no user services"), "{text}");
+    assert!(text.contains("12 cells, 11 to run, 1 skipped; default --jobs here: "), "{text}");
+    let out = Command::new(xdriver_bin()).arg("list").arg(&spec).arg("--github-matrix").output().expect("xdriver runs");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("matrix JSON");
+    let include = v["include"].as_array().expect("include list");
+    assert_eq!(include.len(), 11, "runnable cells only");
+    let first = &include[0];
+    for k in ["cell", "name", "os", "manager", "profile", "image"] {
+        assert!(first[k].is_string(), "{k} in {first}");
+    }
+    assert!(include.iter().all(|c| c["cell"] != "debian-12/openrc/unprivileged"));
+    // Shards are checked by flag parsing too.
+    let out = Command::new(xdriver_bin()).arg("list").arg(&spec).args(["--shard", "3/2"]).output().expect("xdriver runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("need 1 <= I <= N"));
+}
