@@ -37,6 +37,11 @@ pub async fn boot(init: Init, label: &str, shares: Vec<Share>) -> Vm {
     Vm::start(cfg).await.unwrap_or_else(|e| panic!("{init} VM did not start: {}", xdriver::cli::chain_error(&e)))
 }
 
+/// An example spec directory under tests/examples/.
+pub fn example(name: &str) -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name)
+}
+
 /// The built `xdriver` binary.
 pub fn xdriver_bin() -> PathBuf {
     let mut p = std::env::current_exe().expect("test binary path");

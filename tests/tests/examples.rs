@@ -7,11 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use xdriver_tests::xdriver_bin;
-
-fn example(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name)
-}
+use xdriver_tests::{example, xdriver_bin};
 
 fn webapp_dir() -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_xdriver-webapp")).parent().expect("bin dir").to_path_buf()

@@ -7,11 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use xdriver_tests::xdriver_bin;
-
-fn example(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name)
-}
+use xdriver_tests::{example, xdriver_bin};
 
 fn webapp_dir() -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_xdriver-webapp")).parent().expect("bin dir").to_path_buf()
@@ -37,6 +33,14 @@ fn xdriver(args: &[&str], dir: &Path) -> Run {
     };
     eprintln!("$ xdriver {}\n{}\n{}", args.join(" "), r.stdout, r.stderr);
     r
+}
+
+/// `xdriver test <the chain example> --accel tcg ARGS…` in `dir`.
+fn test_chain(args: &[&str], dir: &Path) -> Run {
+    let spec = example("chain");
+    let mut all = vec!["test", spec.to_str().expect("utf-8"), "--accel", "tcg"];
+    all.extend_from_slice(args);
+    xdriver(&all, dir)
 }
 
 fn chromium() -> PathBuf {
@@ -70,12 +74,8 @@ fn rendered_dom(page: &Path, fragment: &str) -> String {
 fn two_failing_cells_at_once_with_reports() {
     let work = tempfile::tempdir().expect("tempdir");
     let spec = example("chain");
-    let run = xdriver(
+    let run = test_chain(
         &[
-            "test",
-            spec.to_str().expect("utf-8"),
-            "--accel",
-            "tcg",
             "--manager",
             "supervisord,s6",
             "--profile",
@@ -202,15 +202,10 @@ fn two_failing_cells_at_once_with_reports() {
 #[test]
 fn boot_failures_are_retried_and_reported() {
     let work = tempfile::tempdir().expect("tempdir");
-    let spec = example("chain");
     // 48 MiB is too little for the guest kernel to boot: each attempt fails
     // fast, for infrastructure reasons.
-    let run = xdriver(
+    let run = test_chain(
         &[
-            "test",
-            spec.to_str().expect("utf-8"),
-            "--accel",
-            "tcg",
             "--manager",
             "sysvinit",
             "--profile",
@@ -245,9 +240,8 @@ fn boot_failures_are_retried_and_reported() {
 #[test]
 fn the_run_deadline_fails_what_is_still_running() {
     let work = tempfile::tempdir().expect("tempdir");
-    let spec = example("chain");
-    let run = xdriver(
-        &["test", spec.to_str().expect("utf-8"), "--accel", "tcg", "--manager", "systemd,sysvinit", "--profile", "privileged", "--jobs", "1", "--timeout", "6s"],
+    let run = test_chain(
+        &["--manager", "systemd,sysvinit", "--profile", "privileged", "--jobs", "1", "--timeout", "6s"],
         work.path(),
     );
     assert_eq!(run.code, 125, "{}", run.stdout);
@@ -259,10 +253,9 @@ fn the_run_deadline_fails_what_is_still_running() {
 #[test]
 fn fail_fast_starts_no_cell_after_a_failure() {
     let work = tempfile::tempdir().expect("tempdir");
-    let spec = example("chain");
     // 48 MiB: the first cell's QEMU exits at once (an infrastructure error).
-    let run = xdriver(
-        &["test", spec.to_str().expect("utf-8"), "--accel", "tcg", "--manager", "sysvinit,runit", "--profile", "privileged", "--mem-mib", "48", "--jobs", "1", "--fail-fast"],
+    let run = test_chain(
+        &["--manager", "sysvinit,runit", "--profile", "privileged", "--mem-mib", "48", "--jobs", "1", "--fail-fast"],
         work.path(),
     );
     assert_eq!(run.code, 125, "{}", run.stdout);

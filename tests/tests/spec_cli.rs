@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use xdriver_tests::xdriver_bin;
+use xdriver_tests::{example, xdriver_bin};
 
 fn xdriver(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(xdriver_bin())
@@ -58,7 +58,7 @@ fn spec_errors_say_where_and_what() {
 
 #[test]
 fn plan_shows_configs_commands_and_steps_without_booting() {
-    let webapps = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/webapps");
+    let webapps = example("webapps");
     let (code, out, err) = xdriver(&["plan", webapps.to_str().expect("utf-8"), "--manager", "systemd", "--profile", "unprivileged"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("--- file /home/unprivileged/.config/systemd/user/webapp1.service"), "{out}");
@@ -74,7 +74,7 @@ fn plan_shows_configs_commands_and_steps_without_booting() {
 
 #[test]
 fn unsupported_cells_are_skipped_with_their_reason() {
-    let webapps = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/webapps");
+    let webapps = example("webapps");
     let results = tempfile::tempdir().expect("tempdir");
     let (code, out, err) = xdriver(&[
         "test",
@@ -106,7 +106,7 @@ fn bad_flags_exit_2() {
 
 #[test]
 fn list_prints_cells_and_a_github_matrix() {
-    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/webapps");
+    let spec = example("webapps");
     let out = Command::new(xdriver_bin()).arg("list").arg(&spec).output().expect("xdriver runs");
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8_lossy(&out.stdout);

@@ -89,33 +89,20 @@ pub(super) async fn main(args: TestArgs) -> Result<i32, CliError> {
     let run_cell = |cell: crate::spec::Cell, prepared| {
         let (spec, shares, opts, permits, stop) = (&spec, &shares, &opts, &permits, &stop);
         async move {
-            let skip = |reason: String| CellResult {
-                cell: cell.clone(),
-                outcome: Outcome::Skip { reason },
-                duration_s: 0.0,
-                steps_passed: 0,
-                steps_total: 0,
-                dir: opts.results_dir.join(&spec.file.name).join(cell.dir_name()),
-                groups: Vec::new(),
-                attempts: Vec::new(),
-                screenshot: None,
-                serial_tail: None,
-            };
+            let not_run = |outcome| CellResult::new(&cell, opts.cell_dir(spec, &cell), outcome);
             let r = if cell.image.is_err() {
                 runner::run(spec, &cell, prepared, shares, opts, progress).await
             } else {
                 let _permit = permits.acquire().await.expect("semaphore open");
                 if stop.load(Ordering::SeqCst) {
-                    skip("not run: --fail-fast stopped the run after a failure".into())
+                    not_run(Outcome::Skip { reason: "not run: --fail-fast stopped the run after a failure".into() })
                 } else {
                     // A panic in one cell must not take the others down.
                     match AssertUnwindSafe(runner::run(spec, &cell, prepared, shares, opts, progress)).catch_unwind().await {
                         Ok(r) => r,
                         Err(p) => {
                             let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
-                            let mut r = skip(String::new());
-                            r.outcome = Outcome::Error { reason: format!("xdriver bug: the cell's task panicked: {}", msg.unwrap_or_default()) };
-                            r
+                            not_run(Outcome::Error { reason: format!("xdriver bug: the cell's task panicked: {}", msg.unwrap_or_default()) })
                         }
                     }
                 }

@@ -6,7 +6,7 @@
 use std::fmt::Write;
 
 use super::junit::escape;
-use super::{CellReport, Report};
+use super::{status_label, CellReport, Grid, Report};
 use crate::runner::StepStatus;
 
 const STYLE: &str = r#"
@@ -34,15 +34,6 @@ window.addEventListener('hashchange',xdOpen);
 document.addEventListener('DOMContentLoaded',function(){xdOpen();document.body.setAttribute('data-js','ok');});
 "#;
 
-fn status_text(s: &str) -> &'static str {
-    match s {
-        "pass" => "PASS",
-        "fail" => "FAIL",
-        "error" => "ERROR",
-        _ => "SKIP",
-    }
-}
-
 fn step_class(s: StepStatus) -> &'static str {
     match s {
         StepStatus::Pass => "pass",
@@ -63,7 +54,7 @@ fn cell_panel(o: &mut String, i: usize, c: &CellReport) {
         st = escape(&c.status),
         a = anchor(i),
         id = escape(&c.id),
-        s = status_text(&c.status),
+        s = status_label(&c.status),
         d = c.duration_s,
         p = c.steps_passed,
         t = c.steps_total
@@ -142,45 +133,29 @@ pub fn render(r: &Report) -> String {
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>xdriver: {spec}</title><style>{STYLE}</style><script>{SCRIPT}</script></head><body>",
         spec = escape(&r.spec)
     );
-    let s = &r.summary;
     let _ = writeln!(
         o,
-        "<h1>xdriver: {}</h1><p class=\"summary\">{} cells: {} passed, {} failed, {} infrastructure errors, {} skipped{} — {:.1} s{}. Written {} by xdriver {}.</p>",
+        "<h1>xdriver: {}</h1><p class=\"summary\">{} — {:.1} s{}. Written {} by xdriver {}.</p>",
         escape(&r.spec),
-        s.total,
-        s.passed,
-        s.failed,
-        s.errors,
-        s.skipped,
-        if s.retried > 0 { format!(" ({} retried)", s.retried) } else { String::new() },
+        r.summary.text(),
         r.duration_s,
         if r.shards.is_empty() { String::new() } else { format!(", shards {}", escape(&r.shards.join(", "))) },
         escape(&r.created_at),
         escape(&r.xdriver_version)
     );
-    let mut rows: Vec<(String, String)> = Vec::new();
-    let mut profiles: Vec<String> = Vec::new();
-    for c in &r.cells {
-        if !rows.contains(&(c.os.clone(), c.manager.clone())) {
-            rows.push((c.os.clone(), c.manager.clone()));
-        }
-        if !profiles.contains(&c.profile) {
-            profiles.push(c.profile.clone());
-        }
-    }
-    profiles.sort();
+    let Grid { rows, profiles } = Grid::of(r);
     o.push_str("<table class=\"grid\"><tr><th>OS / manager</th>");
     for p in &profiles {
         let _ = write!(o, "<th>{}</th>", escape(p));
     }
     o.push_str("</tr>\n");
-    for (os, m) in &rows {
-        let _ = write!(o, "<tr><th>{} / {}</th>", escape(os), escape(m));
+    for row in &rows {
+        let _ = write!(o, "<tr><th>{} / {}</th>", escape(&row.0), escape(&row.1));
         for p in &profiles {
-            match r.cells.iter().position(|c| &c.os == os && &c.manager == m && &c.profile == p) {
+            match Grid::cell(r, row, p) {
                 Some(i) => {
                     let c = &r.cells[i];
-                    let text = if c.status == "skip" { "SKIP".to_string() } else { format!("{} {:.1} s", status_text(&c.status), c.duration_s) };
+                    let text = if c.status == "skip" { "SKIP".to_string() } else { format!("{} {:.1} s", status_label(&c.status), c.duration_s) };
                     let title = c.reason.as_deref().map(|r| r.lines().next().unwrap_or("")).unwrap_or("");
                     let _ = write!(
                         o,

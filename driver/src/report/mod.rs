@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use crate::runner::{CellResult, Outcome, StepStatus};
+use crate::runner::{CellResult, Outcome, Record, StepStatus};
 
 pub use table::summary;
 
@@ -99,7 +99,7 @@ pub struct CellReport {
     /// The cell's artifacts directory on the machine that ran it.
     pub artifacts_dir: String,
     /// Commands that exited non-zero or broke (capped output).
-    pub failed_commands: Vec<CommandReport>,
+    pub failed_commands: Vec<Record>,
     /// The serial log's last lines.
     pub serial_tail: Option<String>,
     /// The guest's screen when the cell failed, PNG as base64.
@@ -143,23 +143,6 @@ pub struct AttemptReport {
     pub duration_s: f64,
     /// Its artifacts, relative to the cell's directory.
     pub artifacts: String,
-}
-
-/// A command from the cell's transcript.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CommandReport {
-    /// Deploy phase or step group.
-    pub context: String,
-    /// Command line.
-    pub command: String,
-    /// Exit status (None: the channel broke).
-    pub status: Option<i32>,
-    /// stdout (tail).
-    pub stdout: String,
-    /// stderr (tail).
-    pub stderr: String,
-    /// Wall time.
-    pub duration_s: f64,
 }
 
 /// A rendered file.
@@ -235,28 +218,18 @@ fn read_configs(dir: &Path) -> Vec<ConfigFile> {
     out
 }
 
-fn failed_commands(dir: &Path) -> Vec<CommandReport> {
+fn failed_commands(dir: &Path) -> Vec<Record> {
     let Ok(text) = std::fs::read_to_string(dir.join("commands.json")) else { return Vec::new() };
-    let Ok(records) = serde_json::from_str::<Vec<serde_json::Value>>(&text) else { return Vec::new() };
-    records
-        .iter()
-        .filter(|r| r["status"].as_i64() != Some(0))
-        .map(|r| CommandReport {
-            context: r["context"].as_str().unwrap_or_default().into(),
-            command: r["command"].as_str().unwrap_or_default().into(),
-            status: r["status"].as_i64().map(|s| s as i32),
-            stdout: cap(r["stdout"].as_str().unwrap_or_default(), OUTPUT_CAP),
-            stderr: cap(r["stderr"].as_str().unwrap_or_default(), OUTPUT_CAP),
-            duration_s: r["duration_s"].as_f64().unwrap_or_default(),
-        })
-        // Waits that passed after failing tries are recorded once, as
-        // passes; what is left are commands that really failed. Keep the
-        // last few (the failure is at the end).
-        .rev()
-        .take(20)
-        .collect::<Vec<_>>()
+    let Ok(records) = serde_json::from_str::<Vec<Record>>(&text) else { return Vec::new() };
+    // Waits that passed after failing tries are recorded once, as passes;
+    // what is left are commands that really failed. Keep the last few (the
+    // failure is at the end).
+    let failed: Vec<Record> = records.into_iter().filter(|r| r.status != Some(0)).collect();
+    let skip = failed.len().saturating_sub(20);
+    failed
         .into_iter()
-        .rev()
+        .skip(skip)
+        .map(|r| Record { stdout: cap(&r.stdout, OUTPUT_CAP), stderr: cap(&r.stderr, OUTPUT_CAP), ..r })
         .collect()
 }
 
@@ -314,6 +287,64 @@ impl CellReport {
             screenshot_png,
             configs: read_configs(&r.dir),
         }
+    }
+}
+
+/// PASS, FAIL, ERROR or SKIP for a cell's status.
+pub(crate) fn status_label(status: &str) -> &'static str {
+    match status {
+        "pass" => "PASS",
+        "fail" => "FAIL",
+        "error" => "ERROR",
+        _ => "SKIP",
+    }
+}
+
+impl Summary {
+    /// `N cells: P passed, F failed, E infrastructure errors, S skipped`
+    /// (and how many were retried).
+    pub fn text(&self) -> String {
+        format!(
+            "{} cells: {} passed, {} failed, {} infrastructure errors, {} skipped{}",
+            self.total,
+            self.passed,
+            self.failed,
+            self.errors,
+            self.skipped,
+            if self.retried > 0 { format!(" ({} retried)", self.retried) } else { String::new() }
+        )
+    }
+}
+
+/// The matrix layout both the table and the page draw: OS / manager rows
+/// in the order the cells come, profile columns sorted (privileged first).
+pub(crate) struct Grid {
+    /// (os, manager) per row.
+    pub rows: Vec<(String, String)>,
+    /// Profiles, one per column.
+    pub profiles: Vec<String>,
+}
+
+impl Grid {
+    pub(crate) fn of(r: &Report) -> Grid {
+        let mut rows: Vec<(String, String)> = Vec::new();
+        let mut profiles: Vec<String> = Vec::new();
+        for c in &r.cells {
+            let row = (c.os.clone(), c.manager.clone());
+            if !rows.contains(&row) {
+                rows.push(row);
+            }
+            if !profiles.contains(&c.profile) {
+                profiles.push(c.profile.clone());
+            }
+        }
+        profiles.sort();
+        Grid { rows, profiles }
+    }
+
+    /// The index in `r.cells` of the cell at a row and profile.
+    pub(crate) fn cell(r: &Report, (os, manager): &(String, String), profile: &str) -> Option<usize> {
+        r.cells.iter().position(|c| &c.os == os && &c.manager == manager && c.profile == profile)
     }
 }
 

@@ -4,47 +4,26 @@
 
 use std::fmt::Write;
 
-use super::Report;
-
-fn short(status: &str) -> &'static str {
-    match status {
-        "pass" => "PASS",
-        "fail" => "FAIL",
-        "error" => "ERROR",
-        _ => "SKIP",
-    }
-}
+use super::{status_label, Grid, Report};
 
 /// The summary text (ends with a newline).
 pub fn summary(r: &Report) -> String {
-    let mut rows: Vec<(String, String)> = Vec::new();
-    let mut profiles: Vec<String> = Vec::new();
-    for c in &r.cells {
-        let row = (c.os.clone(), c.manager.clone());
-        if !rows.contains(&row) {
-            rows.push(row);
-        }
-        if !profiles.contains(&c.profile) {
-            profiles.push(c.profile.clone());
-        }
-    }
-    // privileged before unprivileged, whatever the sort gave.
-    profiles.sort();
+    let Grid { rows, profiles } = Grid::of(r);
     let label = |(os, m): &(String, String)| format!("{os} / {m}");
     let w0 = rows.iter().map(|r| label(r).len()).max().unwrap_or(0).max("os / manager".len());
-    let cell_text = |os: &str, m: &str, p: &str| -> String {
-        match r.cells.iter().find(|c| c.os == os && c.manager == m && c.profile == p) {
+    let cell_text = |row: &(String, String), p: &str| -> String {
+        match Grid::cell(r, row, p).map(|i| &r.cells[i]) {
             None => "-".into(),
             Some(c) if c.status == "skip" => "SKIP".into(),
             Some(c) => {
                 let retried = if c.attempts.is_empty() { String::new() } else { format!(" ({} tries)", c.attempts.len() + 1) };
-                format!("{} {:>6.1} s{retried}", short(&c.status), c.duration_s)
+                format!("{} {:>6.1} s{retried}", status_label(&c.status), c.duration_s)
             }
         }
     };
     let widths: Vec<usize> = profiles
         .iter()
-        .map(|p| rows.iter().map(|(os, m)| cell_text(os, m, p).len()).max().unwrap_or(0).max(p.len()))
+        .map(|p| rows.iter().map(|row| cell_text(row, p).len()).max().unwrap_or(0).max(p.len()))
         .collect();
     let mut o = String::new();
     let _ = write!(o, "{:<w0$}", "os / manager");
@@ -60,22 +39,11 @@ pub fn summary(r: &Report) -> String {
     for row in &rows {
         let _ = write!(o, "{:<w0$}", label(row));
         for (p, w) in profiles.iter().zip(&widths) {
-            let _ = write!(o, "  {:<w$}", cell_text(&row.0, &row.1, p));
+            let _ = write!(o, "  {:<w$}", cell_text(row, p));
         }
         o.push('\n');
     }
-    let s = &r.summary;
-    let _ = writeln!(
-        o,
-        "\n{} cells: {} passed, {} failed, {} infrastructure errors, {} skipped{} in {:.1} s",
-        s.total,
-        s.passed,
-        s.failed,
-        s.errors,
-        s.skipped,
-        if s.retried > 0 { format!(" ({} retried)", s.retried) } else { String::new() },
-        r.duration_s
-    );
+    let _ = writeln!(o, "\n{} in {:.1} s", r.summary.text(), r.duration_s);
     let bad: Vec<_> = r.cells.iter().filter(|c| c.status == "fail" || c.status == "error").collect();
     if !bad.is_empty() {
         o.push_str("\nFailures:\n");
@@ -84,7 +52,7 @@ pub fn summary(r: &Report) -> String {
                 (Some(g), Some(st)) => format!(" at {g} › {st}"),
                 _ => String::new(),
             };
-            let _ = writeln!(o, "  {} {}{at}", short(&c.status), c.id);
+            let _ = writeln!(o, "  {} {}{at}", status_label(&c.status), c.id);
             let reason = c.reason.as_deref().unwrap_or("");
             for l in reason.lines().take(20) {
                 let _ = writeln!(o, "      {l}");

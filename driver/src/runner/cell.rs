@@ -46,18 +46,19 @@ pub enum Outcome {
     },
 }
 
-/// How one step (or step group) ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+/// How one step (or step group) ended, from least to most severe: a
+/// group's status is the most severe of its steps'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
+    /// Not reached (an earlier step ended the cell).
+    NotRun,
     /// Passed.
     Pass,
     /// The system under test failed it.
     Fail,
     /// The VM or a channel broke during it.
     Error,
-    /// Not reached (an earlier step ended the cell).
-    NotRun,
 }
 
 /// One step of a cell.
@@ -126,21 +127,30 @@ pub struct CellResult {
 }
 
 impl CellResult {
+    /// A cell with `outcome` and nothing run yet.
+    pub fn new(cell: &Cell, dir: PathBuf, outcome: Outcome) -> CellResult {
+        CellResult {
+            cell: cell.clone(),
+            outcome,
+            duration_s: 0.0,
+            steps_passed: 0,
+            steps_total: 0,
+            dir,
+            groups: Vec::new(),
+            attempts: Vec::new(),
+            screenshot: None,
+            serial_tail: None,
+        }
+    }
+
     fn record(&mut self, group: &str, step: &str, status: StepStatus, duration: Duration, message: Option<String>) {
         let d = duration.as_secs_f64();
         if self.groups.last().is_none_or(|g| g.name != group) {
-            self.groups.push(GroupResult { name: group.into(), status: StepStatus::Pass, duration_s: 0.0, steps: Vec::new() });
+            self.groups.push(GroupResult { name: group.into(), status: StepStatus::NotRun, duration_s: 0.0, steps: Vec::new() });
         }
         let g = self.groups.last_mut().expect("just pushed");
         g.duration_s += d;
-        g.status = match (g.status, status) {
-            (StepStatus::Error, _) | (_, StepStatus::Error) => StepStatus::Error,
-            (StepStatus::Fail, _) | (_, StepStatus::Fail) => StepStatus::Fail,
-            (StepStatus::Pass, StepStatus::Pass) => StepStatus::Pass,
-            (StepStatus::NotRun, StepStatus::NotRun) if g.steps.is_empty() => StepStatus::NotRun,
-            (StepStatus::Pass, StepStatus::NotRun) if g.steps.is_empty() => StepStatus::NotRun,
-            (s, _) => s,
-        };
+        g.status = g.status.max(status);
         g.steps.push(StepResult { name: step.into(), status, duration_s: d, message });
     }
 }
@@ -163,6 +173,11 @@ pub struct RunOptions {
 }
 
 impl RunOptions {
+    /// Where a cell's artifacts go: `<results>/<spec name>/<cell>/`.
+    pub fn cell_dir(&self, spec: &Spec, cell: &Cell) -> PathBuf {
+        self.results_dir.join(&spec.file.name).join(cell.dir_name())
+    }
+
     /// `want`, cut to what is left before the run's deadline; the flag
     /// says whether it was cut.
     pub fn clamp(&self, want: Duration) -> (Duration, bool) {
@@ -257,20 +272,10 @@ pub fn write_configs(dir: &Path, p: &Prepared) -> std::io::Result<()> {
 /// Runs one cell, reporting its phases to `progress`.
 pub async fn run(spec: &Spec, cell: &Cell, prepared: Option<Prepared>, shares: &[Share], opts: &RunOptions, progress: &dyn Progress) -> CellResult {
     let started = Instant::now();
-    let dir = opts.results_dir.join(&spec.file.name).join(cell.dir_name());
+    let dir = opts.cell_dir(spec, cell);
     let _ = std::fs::remove_dir_all(&dir);
-    let mut result = CellResult {
-        cell: cell.clone(),
-        outcome: Outcome::Pass,
-        duration_s: 0.0,
-        steps_passed: 0,
-        steps_total: prepared.as_ref().map(|p| p.steps.len()).unwrap_or(0),
-        dir: dir.clone(),
-        groups: Vec::new(),
-        attempts: Vec::new(),
-        screenshot: None,
-        serial_tail: None,
-    };
+    let mut result = CellResult::new(cell, dir.clone(), Outcome::Pass);
+    result.steps_total = prepared.as_ref().map(|p| p.steps.len()).unwrap_or(0);
     let (image, prepared) = match (&cell.image, prepared) {
         (Err(reason), _) => {
             result.outcome = Outcome::Skip { reason: reason.clone() };

@@ -61,19 +61,6 @@ pub trait Progress: Send + Sync {
     fn note(&self, line: &str);
 }
 
-/// Discards everything but finished lines, which go to stdout.
-pub struct Quiet;
-
-impl Progress for Quiet {
-    fn phase(&self, _: &Cell, _: Phase) {}
-    fn finished(&self, _: &CellResult, line: &str) {
-        println!("{line}");
-    }
-    fn note(&self, line: &str) {
-        eprintln!("xdriver: {line}");
-    }
-}
-
 /// Plain lines for logs and CI: a line on stderr at every phase change,
 /// the result line on stdout.
 pub struct Lines {

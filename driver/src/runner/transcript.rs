@@ -5,10 +5,10 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-/// One guest command.
-#[derive(Debug, Clone, Serialize)]
+/// One guest command (also the report's `failed_commands` entries).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
     /// deploy phase or step group.
     pub context: String,
