@@ -31,7 +31,8 @@ pub enum Command {
     Run(RunArgs),
     /// Check the host: tools, KVM (by a boot probe), cache.
     Doctor(DoctorArgs),
-    /// Run a spec's cells: boot, deploy, readiness, tests; a line per cell.
+    /// Run a spec's cells, several at once: boot, deploy, readiness, tests;
+    /// a line per cell, the matrix as a table, reports on request.
     Test(TestArgs),
     /// Show what a cell would do (rendered configs, deploy commands,
     /// steps) without booting anything.
