@@ -280,6 +280,7 @@ fn progress_bars_on_a_terminal() {
         .arg(&typescript)
         .env_remove("CI")
         .env("TERM", "xterm")
+        .env("XDRIVER_WEBAPP_DIR", webapp_dir())
         .current_dir(work.path())
         .status()
         .expect("script runs");
