@@ -9,7 +9,9 @@
 //! a 5 MiB transfer in our tests; a plain port throttles the guest instead.
 //!
 //! Framing (guest side in `guests/files/backdoor.sh`): the host writes one
-//! line `X <id> <timeout-s> <stream> <base64 cmd> <base64 stdin or ->`; the
+//! line `X <id> <timeout-s> <stream> <cmd> <base64 stdin or ->`, the command
+//! in `printf %b` escapes (see [`escape_command`]) so the guest decodes it
+//! without starting a process; the
 //! guest answers with base64 lines
 //! `XDO <id> …` (stdout), `XDE <id> …` (stderr) and `XDX <id> <status>`.
 //! The guest sends command output through files, not pipes, so a
@@ -69,6 +71,30 @@ pub struct Backdoor {
     next_id: Mutex<u64>,
 }
 
+/// Escapes a command for the guest's `printf -v cmd '%b'`: plain ASCII
+/// letters, digits and punctuation other than the backslash stay as they
+/// are, every other byte becomes `\xHH`, so the result holds no space, no
+/// newline and no backslash that `%b` would read differently.
+pub fn escape_command(cmd: &str) -> Result<String, BackdoorError> {
+    if cmd.contains('\0') {
+        return Err(BackdoorError::Protocol("the command contains a NUL byte, which a shell cannot hold".into()));
+    }
+    if cmd.is_empty() {
+        // An empty field would shift the frame's fields; a blank command
+        // does the same as none.
+        return Ok("\\x20".into());
+    }
+    let mut out = String::with_capacity(cmd.len() + cmd.len() / 4);
+    for &b in cmd.as_bytes() {
+        if b.is_ascii_graphic() && b != b'\\' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    Ok(out)
+}
+
 fn decode(b64: &str) -> Result<Vec<u8>, BackdoorError> {
     base64::engine::general_purpose::STANDARD
         .decode(b64.trim())
@@ -97,13 +123,17 @@ impl Backdoor {
                         tracing::debug!(%id, "backdoor announced itself again");
                         continue;
                     }
+                    // Only a new shell after an earlier one breaks the
+                    // command in flight; and that is said before readiness
+                    // is announced, or a command sent the moment the first
+                    // shell is ready would take the news for itself.
                     if let Some(old) = instance.replace(id.clone()) {
                         tracing::warn!(old = %old, new = %id, "backdoor shell restarted");
+                        if let Some((_, tx)) = rt.lock().expect("route lock").as_ref() {
+                            let _ = tx.send(Msg::Restarted);
+                        }
                     }
                     ready_tx.send_modify(|n| *n += 1);
-                    if let Some((_, tx)) = rt.lock().expect("route lock").as_ref() {
-                        let _ = tx.send(Msg::Restarted);
-                    }
                     continue;
                 }
                 let mut parts = line.splitn(3, ' ');
@@ -168,7 +198,7 @@ impl Backdoor {
         let secs = if timeout.is_zero() { 0 } else { timeout.as_secs().max(1) };
         let b64 = &base64::engine::general_purpose::STANDARD;
         let input = if stdin.is_empty() { "-".to_string() } else { b64.encode(stdin) };
-        let frame = format!("X {id} {secs} {} {} {input}\n", u8::from(sink.is_some()), b64.encode(cmd));
+        let frame = format!("X {id} {secs} {} {} {input}\n", u8::from(sink.is_some()), escape_command(cmd)?);
         let write = async {
             w.write_all(frame.as_bytes()).await.map_err(BackdoorError::Io)?;
             w.flush().await.map_err(BackdoorError::Io)
@@ -210,5 +240,33 @@ impl Backdoor {
             Err(_) => Err(BackdoorError::Timeout(limit)),
             Ok(r) => r.map(|()| out),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_command;
+
+    #[test]
+    fn escaped_commands_are_one_field_and_decode_to_the_same_bytes_in_bash() {
+        let cmds = [
+            "true",
+            "",
+            "echo 'a b'\tc\n  printf '%s\\n' \"$HOME\" | tr a-z A-Z; exit 3",
+            "echo \\x41 \\c \\\\ %b %s ünïcödé ✓",
+            "cat <<'EOF'\r\nline\nEOF\n",
+        ];
+        for cmd in cmds {
+            let e = escape_command(cmd).unwrap();
+            assert!(!e.is_empty() && e.bytes().all(|b| b.is_ascii_graphic()), "{e:?}");
+            // What the guest does with the field: printf -v cmd '%b'.
+            let out = std::process::Command::new("bash")
+                .args(["-c", "printf -v c '%b' \"$1\"; printf '%s' \"$c\"", "bash", &e])
+                .output()
+                .expect("bash");
+            let want = if cmd.is_empty() { " " } else { cmd };
+            assert_eq!(String::from_utf8_lossy(&out.stdout), want, "escaped as {e}");
+        }
+        assert!(escape_command("a\0b").is_err());
     }
 }

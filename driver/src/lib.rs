@@ -15,5 +15,6 @@ pub mod rundir;
 pub mod runner;
 pub mod spec;
 pub mod ssh;
+pub mod store;
 pub mod terminal;
 pub mod vm;

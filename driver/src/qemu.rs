@@ -84,6 +84,22 @@ impl Share {
     }
 }
 
+/// How the shared store is attached (see [`crate::store`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreDevice {
+    /// vhost-user-fs to a running virtiofsd's socket; guest RAM becomes a
+    /// shared memfd, which vhost-user needs.
+    Virtiofs {
+        /// virtiofsd's socket.
+        socket: PathBuf,
+    },
+    /// QEMU's own 9p server, read-only.
+    NineP {
+        /// Host directory.
+        host: PathBuf,
+    },
+}
+
 /// The 9p `msize` used for shares: large, because the default (8 KiB in
 /// QEMU 7.2's guests) makes big reads crawl.
 pub const NINEP_MSIZE: u32 = 512 * 1024;
@@ -111,6 +127,8 @@ pub struct QemuSpec {
     pub shares: Vec<Share>,
     /// Guest TCP ports forwarded from an ephemeral 127.0.0.1 port.
     pub forwards: Vec<u16>,
+    /// The shared store, if any.
+    pub store: Option<StoreDevice>,
 }
 
 impl QemuSpec {
@@ -126,6 +144,14 @@ impl QemuSpec {
             Accel::Kvm => push(&["-machine", "pc", "-accel", "kvm", "-cpu", "host"]),
         }
         push(&["-smp", &self.cpus.to_string(), "-m", &self.mem_mib.to_string()]);
+        if let Some(StoreDevice::Virtiofs { .. }) = &self.store {
+            push(&[
+                "-object",
+                &format!("memory-backend-memfd,id=mem,size={}M,share=on", self.mem_mib),
+                "-numa",
+                "node,memdev=mem",
+            ]);
+        }
         if let Boot::Kernel { kernel, initrd, cmdline } = &self.boot {
             push(&["-kernel", &kernel.display().to_string(), "-initrd", &initrd.display().to_string()]);
             push(&["-append", cmdline]);
@@ -170,6 +196,19 @@ impl QemuSpec {
                 v.push_str(",readonly=on");
             }
             push(&["-virtfs", &v]);
+        }
+        match &self.store {
+            Some(StoreDevice::Virtiofs { socket }) => push(&[
+                "-chardev",
+                &format!("socket,id={},path={}", crate::store::STORE_TAG, socket.display()),
+                "-device",
+                &format!("vhost-user-fs-pci,chardev={t},tag={t}", t = crate::store::STORE_TAG),
+            ]),
+            Some(StoreDevice::NineP { host }) => push(&[
+                "-virtfs",
+                &format!("local,path={},mount_tag={t},security_model=none,id={t},readonly=on", host.display(), t = crate::store::STORE_TAG),
+            ]),
+            None => {}
         }
         a
     }

@@ -156,44 +156,72 @@ impl Ssh {
             window_size: 8 << 20,
             ..Default::default()
         });
-        let deadline = tokio::time::Instant::now() + timeout;
-        // Before the guest's network is up, slirp accepts the TCP connection
-        // and the banner never comes: such an attempt is cut short (1 s,
-        // doubling after each timeout); once the guest answers, a refused
-        // attempt fails at once and is retried after a short pause.
+        let started = tokio::time::Instant::now();
+        let deadline = started + timeout;
+        // slirp accepts every TCP connection at once and only then tries the
+        // guest: before the guest's network is up its SYN goes unanswered
+        // (and slirp retransmits only seconds later); once the guest is up
+        // but sshd is not listening, the guest's reset closes it at once.
+        // So each attempt first waits a short while for sshd's banner on a
+        // fresh connection (a fresh SYN) and gives up on it quickly; only a
+        // connection that has shown a banner gets the handshake, with the
+        // rest of the time. A banner slower than the probe's limit makes the
+        // limit grow, once the guest is known to answer or after 30 s.
         let mut delay = Duration::from_millis(50);
-        let mut attempt_timeout = Duration::from_secs(1);
+        let mut probe_limit = Duration::from_secs(1);
+        let mut guest_answers = false;
         let mut last;
         loop {
-            let mismatch = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let handler = Pinned { expected: expected.clone(), mismatch: mismatch.clone() };
-            let attempt = tokio::time::timeout(attempt_timeout, client::connect(config.clone(), ("127.0.0.1", port), handler)).await;
-            match attempt {
-                Ok(Ok(mut h)) => {
-                    let auth = h
-                        .authenticate_publickey("root", PrivateKeyWithHashAlg::new(key.key.clone(), None))
-                        .await?;
-                    if !auth.success() {
-                        return Err(SshError::AuthRefused);
+            let probe = async {
+                let s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+                s.set_nodelay(true)?;
+                let mut b = [0u8; 4];
+                let n = s.peek(&mut b).await?;
+                Ok::<_, std::io::Error>((s, n))
+            };
+            match tokio::time::timeout(probe_limit, probe).await {
+                Ok(Ok((stream, n))) if n > 0 => {
+                    let mismatch = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    let handler = Pinned { expected: expected.clone(), mismatch: mismatch.clone() };
+                    let rest = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_secs(1));
+                    match tokio::time::timeout(rest, client::connect_stream(config.clone(), stream, handler)).await {
+                        Ok(Ok(mut h)) => {
+                            let auth = h
+                                .authenticate_publickey("root", PrivateKeyWithHashAlg::new(key.key.clone(), None))
+                                .await?;
+                            if !auth.success() {
+                                return Err(SshError::AuthRefused);
+                            }
+                            tracing::debug!(after = ?started.elapsed(), "SSH connected");
+                            return Ok(Ssh { handle: Arc::new(h), port });
+                        }
+                        Ok(Err(e)) => {
+                            if mismatch.load(std::sync::atomic::Ordering::Relaxed) {
+                                return Err(SshError::HostKey("the guest presented a different host key than the image manifest pins".into()));
+                            }
+                            last = e.to_string();
+                        }
+                        Err(_) => last = format!("the SSH handshake did not finish within {rest:?}"),
                     }
-                    return Ok(Ssh { handle: Arc::new(h), port });
                 }
-                Ok(Err(e)) => {
-                    if mismatch.load(std::sync::atomic::Ordering::Relaxed) {
-                        return Err(SshError::HostKey("the guest presented a different host key than the image manifest pins".into()));
-                    }
-                    last = e.to_string();
+                Ok(Ok(_)) => {
+                    guest_answers = true;
+                    last = "the connection closed before an SSH banner (sshd not listening yet)".into();
                 }
+                Ok(Err(e)) => last = e.to_string(),
                 Err(_) => {
-                    last = format!("no SSH handshake within {attempt_timeout:?}");
-                    attempt_timeout = (attempt_timeout * 2).min(Duration::from_secs(10));
+                    last = format!("no SSH banner within {probe_limit:?}");
+                    if guest_answers || started.elapsed() > Duration::from_secs(30) {
+                        probe_limit = (probe_limit * 3 / 2).min(Duration::from_secs(10));
+                    }
                 }
             }
+            tracing::trace!(after = ?started.elapsed(), %last, "SSH attempt");
             if tokio::time::Instant::now() + delay > deadline {
                 return Err(SshError::Connect { port, timeout, last });
             }
             tokio::time::sleep(delay).await;
-            delay = (delay * 3 / 2).min(Duration::from_millis(250));
+            delay = (delay * 3 / 2).min(Duration::from_millis(100));
         }
     }
 

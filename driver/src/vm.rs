@@ -19,7 +19,8 @@ use xdriver_images::Entry;
 use crate::backdoor::{Backdoor, BackdoorError};
 use crate::console::{tail_lines, Console, ConsoleTimeout};
 use crate::output::{Output, Sink};
-use crate::qemu::{kernel_cmdline, Accel, Boot, QemuSpec, Share, NINEP_MSIZE};
+use crate::qemu::{kernel_cmdline, Accel, Boot, QemuSpec, Share, StoreDevice, NINEP_MSIZE};
+use crate::store::{guest_mount_script, ShareFs, StoreShare, Virtiofsd};
 use crate::qmp::{Qmp, QmpError};
 use crate::rundir::RunDir;
 use crate::ssh::{quote, ClientKey, Ssh, SshError};
@@ -125,6 +126,8 @@ pub struct VmConfig {
     pub extra_cmdline: Vec<String>,
     /// QEMU binary.
     pub qemu: String,
+    /// The shared store (read-only share plus a tmpfs overlay).
+    pub store: Option<StoreShare>,
 }
 
 impl VmConfig {
@@ -141,6 +144,7 @@ impl VmConfig {
             boot_timeout: Duration::from_secs(120),
             extra_cmdline: Vec::new(),
             qemu: "qemu-system-x86_64".into(),
+            store: None,
         }
     }
 }
@@ -210,6 +214,8 @@ pub struct Vm {
     pub backdoor_ready_after: Duration,
     /// Time from `cont` until SSH was connected (if it was).
     pub ssh_ready_after: Option<Duration>,
+    /// The store's virtiofsd (virtiofs only); killed with the VM.
+    virtiofsd: Option<Virtiofsd>,
 }
 
 impl Vm {
@@ -234,6 +240,19 @@ impl Vm {
         let key = ClientKey::generate();
         let key_b64 = base64::engine::general_purpose::STANDARD.encode(key.public_openssh());
         let m = &cfg.image.manifest;
+        let mut virtiofsd = None;
+        let store = match &cfg.store {
+            None => None,
+            Some(st @ StoreShare { fs: ShareFs::NineP, .. }) => Some(StoreDevice::NineP { host: st.host.clone() }),
+            Some(st @ StoreShare { fs: ShareFs::Virtiofs, .. }) => {
+                let bin = st.virtiofsd.clone().ok_or_else(|| VmError::Prepare("virtiofs store without a virtiofsd".into()))?;
+                let d = Virtiofsd::start(&bin, &st.host, run.path()).await.map_err(|e| VmError::Prepare(format!("virtiofsd: {e}")))?;
+                tracing::debug!(pid = ?d.pid(), user = d.user, "virtiofsd started");
+                let socket = d.socket.clone();
+                virtiofsd = Some(d);
+                Some(StoreDevice::Virtiofs { socket })
+            }
+        };
         let spec = QemuSpec {
             binary: cfg.qemu.clone(),
             name: cfg.name.clone(),
@@ -249,6 +268,7 @@ impl Vm {
             run_dir: run.path().to_path_buf(),
             shares: cfg.shares.clone(),
             forwards: vec![22],
+            store,
         };
         let listen = |f: &str| UnixListener::bind(run.join(f)).map_err(|e| VmError::Prepare(format!("socket {f}: {e}")));
         let (l_serial, l_backdoor, l_qmp) = (listen("serial.sock")?, listen("backdoor.sock")?, listen("qmp.sock")?);
@@ -320,6 +340,7 @@ impl Vm {
             host_key: m.ssh_host_key.clone(),
             backdoor_ready_after: Duration::ZERO,
             ssh_ready_after: None,
+            virtiofsd,
         };
         vm.qmp.execute(qapi::qmp::cont {}).await?;
         let t0 = Instant::now();
@@ -344,6 +365,9 @@ impl Vm {
             let after = t0.elapsed();
             for (i, s) in cfg.shares.iter().enumerate() {
                 vm.mount_share(i, s).await?;
+            }
+            if let Some(st) = &cfg.store {
+                vm.mount_store(st).await?;
             }
             Ok(after)
         };
@@ -391,24 +415,42 @@ impl Vm {
             g = quote(&s.guest),
             tag = Share::tag(index)
         );
+        let out = self.setup_exec(&cmd).await?;
+        if !out.success() {
+            return Err(VmError::Share { host: s.host.clone(), guest: s.guest.clone(), detail: out.stderr_str().trim().into() });
+        }
+        Ok(())
+    }
+
+    /// Mounts the shared store and its overlay (see [`crate::store`]).
+    async fn mount_store(&self, s: &StoreShare) -> Result<(), VmError> {
+        let out = self.setup_exec(&guest_mount_script(s)).await?;
+        if !out.success() {
+            return Err(VmError::Share {
+                host: s.host.clone(),
+                guest: s.guest.clone(),
+                detail: format!("store over {}: {}", s.fs.name(), out.stderr_str().trim()),
+            });
+        }
+        Ok(())
+    }
+
+    /// A setup command on the backdoor while the VM comes up.
+    async fn setup_exec(&self, cmd: &str) -> Result<Output, VmError> {
         // Rarely (seen on sysvinit guests under load, at the moment the
         // serial getty starts) the backdoor shell is replaced by a new one
         // while this first command runs; the new shell has announced itself
         // by the time that is reported, so try again on it.
         let mut attempt = 0;
-        let out = loop {
+        loop {
             attempt += 1;
-            match self.exec(Channel::Backdoor, &cmd, &[], Duration::from_secs(30), None).await {
+            match self.exec(Channel::Backdoor, cmd, &[], Duration::from_secs(30), None).await {
                 Err(VmError::Backdoor(BackdoorError::Restarted)) if attempt < 3 => {
-                    tracing::warn!(vm = %self.name, attempt, "backdoor restarted while mounting a share; retrying");
+                    tracing::warn!(vm = %self.name, attempt, "backdoor restarted during setup; retrying");
                 }
-                other => break other?,
+                other => return other,
             }
-        };
-        if !out.success() {
-            return Err(VmError::Share { host: s.host.clone(), guest: s.guest.clone(), detail: out.stderr_str().trim().into() });
         }
-        Ok(())
     }
 
     /// Runs `fut` unless QEMU exits first.
@@ -457,6 +499,11 @@ impl Vm {
     /// The SSH connection.
     pub fn ssh(&self) -> Result<&Ssh, VmError> {
         self.ssh.as_ref().ok_or(VmError::NoSsh)
+    }
+
+    /// The store's virtiofsd process id (virtiofs stores only).
+    pub fn virtiofsd_pid(&self) -> Option<u32> {
+        self.virtiofsd.as_ref().and_then(Virtiofsd::pid)
     }
 
     /// The run's SSH client key.

@@ -4,11 +4,15 @@
 # console-port output when the host reads slower than the guest writes --
 # see flush_buf() in hw/char/virtio-console.c -- while a plain port
 # throttles the guest instead, so no byte is lost.) Protocol (see docs/architecture.md):
-#   host -> guest: "X <id> <timeout-s> <stream> <base64 cmd> <base64 stdin|->\n"
+#   host -> guest: "X <id> <timeout-s> <stream> <cmd as printf %b escapes> <base64 stdin|->\n"
 #   guest -> host: "XDO <id> <base64>\n" (stdout), "XDE <id> <base64>\n"
 #                  (stderr), "XDX <id> <exit-code>\n" (done)
 # Everything inbound is one line read by bash's `read`, which may buffer
 # what it reads, so no other program may read the port.
+# The command arrives as printf %b escapes (\xHH for every byte that is not
+# plain ASCII text), so decoding it and starting it costs one fork of this
+# shell and no exec: a command runs as `eval` in a subshell, in its own
+# process group (set -m) so a timeout ends all of it, like timeout(1).
 # Output goes to files, not pipes, so a background child that keeps stdout
 # open cannot stall the reply (the NixOS driver's known hang).
 # Started by init with the console as controlling terminal, the shell
@@ -17,7 +21,8 @@
 trap '' HUP
 port=
 for d in /sys/class/virtio-ports/*; do
-  [ "$(cat "$d/name" 2>/dev/null)" = org.xdriver.backdoor ] && port=/dev/${d##*/}
+  n=; read -r n <"$d/name" 2>/dev/null
+  [ "$n" = org.xdriver.backdoor ] && port=/dev/${d##*/}
 done
 [ -n "$port" ] || { echo "xdriver backdoor: no org.xdriver.backdoor port" >/dev/console; sleep 5; exit 1; }
 # One open, read-write: a virtio-serial port refuses a second open (EBUSY).
@@ -26,7 +31,12 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root LANG=C.UTF-8 TERM=dumb
 w=/run/xdriver-backdoor
 rm -rf "$w"; mkdir -p -m 0700 "$w"
+# A command's subshell writes its id here when it exits (EXIT trap), which
+# wakes the wait below at once; a command that replaces the subshell
+# (exec) or sets its own EXIT trap is noticed by polling instead.
 mkfifo "$w/tick"; exec 9<>"$w/tick"
+set -m
+now() { now=${EPOCHREALTIME/./}; }
 # Emit what a stream file gained since offset $3; sets $off to the new end.
 flush() {
   local sz
@@ -49,24 +59,48 @@ until printf '\nXDRIVER-BACKDOOR-READY 1 %s\n' "$$"; do sleep 0.05; done
 while true; do
   if ! IFS=' ' read -r tag id tmo stream cmd input; then sleep 0.05; continue; fi
   [ "$tag" = X ] || continue
-  base64 -d <<<"$cmd" >"$w/cmd"
+  printf -v cmd '%b' "$cmd"
   if [ "$input" != - ]; then base64 -d <<<"$input" >"$w/in"; in=$w/in; else in=/dev/null; fi
-  if [ "$tmo" -gt 0 ]; then run=(timeout -k 5 "$tmo" bash "$w/cmd"); else run=(bash "$w/cmd"); fi
+  (
+    set +m
+    trap - HUP
+    trap "echo $id >$w/tick" EXIT
+    unset -f now flush
+    unset tag id tmo stream input in port n d w now off oo eo killed end tick rc pid
+    cd /root && eval "$cmd"
+  ) <"$in" >"$w/out" 2>"$w/err" 9<&- &
+  pid=$!; oo=0; eo=0; killed=0; end=0
+  now; [ "$tmo" -gt 0 ] && end=$((now + tmo * 1000000))
+  while true; do
+    if read -r -t 0.05 -u 9 tick; then
+      [ "$tick" = "$id" ] && break
+      continue
+    fi
+    kill -0 "$pid" 2>/dev/null || break
+    if [ "$stream" = 1 ]; then flush O out $oo; oo=$off; flush E err $eo; eo=$off; fi
+    if [ "$end" -gt 0 ]; then
+      now
+      if [ "$now" -ge "$end" ]; then
+        # As timeout -k 5: TERM to the group, KILL five seconds later.
+        if [ "$killed" = 0 ]; then
+          kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
+          killed=1; end=$((now + 5000000))
+        else
+          kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null
+          end=0
+        fi
+      fi
+    fi
+  done
+  wait "$pid"; rc=$?
+  [ "$killed" = 1 ] && rc=124
   if [ "$stream" = 1 ]; then
-    (trap - HUP; cd /root && exec "${run[@]}") <"$in" >"$w/out" 2>"$w/err" 9<&- &
-    pid=$!; oo=0; eo=0; t=0.01
-    while kill -0 "$pid" 2>/dev/null; do
-      read -r -t "$t" -u 9 _; t=0.05
-      flush O out $oo; oo=$off; flush E err $eo; eo=$off
-    done
-    wait "$pid"; rc=$?
     flush O out $oo; flush E err $eo
   else
-    (trap - HUP; cd /root && exec "${run[@]}") <"$in" >"$w/out" 2>"$w/err" 9<&-
-    rc=$?
     if [ -s "$w/out" ]; then printf 'XDO %s ' "$id"; base64 -w0 <"$w/out"; printf '\n'; fi
     if [ -s "$w/err" ]; then printf 'XDE %s ' "$id"; base64 -w0 <"$w/err"; printf '\n'; fi
   fi
   printf 'XDX %s %s\n' "$id" "$rc"
-  : >"$w/out"; : >"$w/err"; rm -f "$w/in"
+  : >"$w/out"; : >"$w/err"
+  [ "$in" = /dev/null ] || rm -f "$in"
 done

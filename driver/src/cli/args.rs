@@ -257,6 +257,17 @@ pub struct VmArgs {
     /// Guest RAM in MiB per VM.
     #[arg(long, default_value_t = 1024)]
     pub mem_mib: u32,
+    /// Host store shared read-only into every guest at the same path, with
+    /// a writable tmpfs overlay on top [default: /nix/store when it exists]
+    #[arg(long, value_name = "DIR", conflicts_with = "no_store")]
+    pub store: Option<PathBuf>,
+    /// Share no store, not even /nix/store.
+    #[arg(long)]
+    pub no_store: bool,
+    /// How the store reaches the guest: auto picks virtiofs when a virtiofsd
+    /// is installed and the guest has virtio-fs, else 9p.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub share_fs: crate::store::ShareFsChoice,
 }
 
 /// `xdriver doctor`

@@ -45,6 +45,11 @@ pub(super) async fn main(args: RunArgs) -> Result<i32, CliError> {
     cfg.cpus = args.vm.cpus;
     cfg.mem_mib = args.vm.mem_mib;
     cfg.shares = shares;
+    if let Some(plan) = crate::store::StorePlan::from_flags(args.vm.store.as_deref(), args.vm.no_store, args.vm.share_fs).map_err(CliError::usage)? {
+        let (share, why) = plan.share_for(!name.recipe.starts_with("freebsd")).map_err(CliError::usage)?;
+        eprintln!("xdriver: store {} over {} ({why})", share.host.display(), share.fs.name());
+        cfg.store = Some(share);
+    }
     cfg.ssh = args.channel == Channel::Ssh || args.command.is_empty();
     cfg.boot_timeout = Duration::from_secs(args.boot_timeout);
     cfg.extra_cmdline = args.append.clone();

@@ -67,6 +67,18 @@ pub(super) async fn main(args: TestArgs) -> Result<i32, CliError> {
         Some(j) => (j, "--jobs".to_string()),
         None => super::list::default_jobs(args.vm.mem_mib),
     };
+    let store = crate::store::StorePlan::from_flags(args.vm.store.as_deref(), args.vm.no_store, args.vm.share_fs).map_err(CliError::usage)?;
+    if let Some(plan) = &store {
+        // Say which transport each kind of guest gets.
+        for (label, virtiofs) in [("Linux guests", true), ("FreeBSD guests", false)] {
+            if cells.iter().any(|(c, _)| c.image.is_ok() && (c.os != xdriver_guests::Os::Freebsd) == virtiofs) {
+                match plan.share_for(virtiofs) {
+                    Ok((s, why)) => eprintln!("xdriver: store {} shared into {label} over {} ({why})", s.host.display(), s.fs.name()),
+                    Err(e) => return Err(CliError::usage(e)),
+                }
+            }
+        }
+    }
     let opts = RunOptions {
         accel: accel_choice,
         results_dir: args.results_dir.clone(),
@@ -74,6 +86,7 @@ pub(super) async fn main(args: TestArgs) -> Result<i32, CliError> {
         cpus: args.vm.cpus,
         retries: args.retries,
         deadline,
+        store,
     };
     eprintln!(
         "xdriver: {} — {} cells ({runnable} to run{}), {jobs} at a time ({why}); results in {}",

@@ -170,6 +170,8 @@ pub struct RunOptions {
     pub retries: u32,
     /// The whole run's deadline (`--timeout`).
     pub deadline: Option<tokio::time::Instant>,
+    /// The shared store, if any.
+    pub store: Option<crate::store::StorePlan>,
 }
 
 impl RunOptions {
@@ -377,6 +379,15 @@ async fn boot_and_test(
     cfg.cpus = opts.cpus;
     cfg.mem_mib = opts.mem_mib;
     cfg.shares = shares.to_vec();
+    if let Some(plan) = &opts.store {
+        match plan.share_for(cell.os != xdriver_guests::Os::Freebsd) {
+            Ok((share, why)) => {
+                tracing::info!(cell = %cell.id(), store = %share.host.display(), fs = share.fs.name(), %why, "shared store");
+                cfg.store = Some(share);
+            }
+            Err(e) => return (Outcome::Error { reason: format!("store: {e}") }, false),
+        }
+    }
     let (boot_timeout, cut) = opts.clamp(Duration::from_secs(180));
     cfg.boot_timeout = boot_timeout.max(Duration::from_secs(1));
     let label = format!("cell-{}", cell.dir_name());

@@ -53,6 +53,7 @@ fn plain_qemu_to_banner(init: Init) -> f64 {
         run_dir: dir.path().to_path_buf(),
         shares: vec![],
         forwards: vec![],
+        store: None,
     };
     // The same arguments minus -S and the driver's sockets.
     let mut args = Vec::new();

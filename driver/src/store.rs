@@ -1,0 +1,313 @@
+//! The shared store: a host directory (by default `/nix/store`) that
+//! appears read-only in the guest at the same path, with a tmpfs-backed
+//! overlay on top so the guest can add paths of its own — what the NixOS
+//! test driver does with the host's /nix/store.
+//!
+//! It travels over virtiofs (the Rust virtiofsd, one per VM, started by
+//! xdriver as `nobody` when xdriver runs as root, its socket in the VM's run
+//! directory, gone with the VM) or over 9p with a large `msize`. In the
+//! guest the share is mounted at `/run/xdriver-store/ro`, the overlay's
+//! upper and work directories live in `/run` (a tmpfs), and the overlay is
+//! mounted at the store's own path.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::qemu::NINEP_MSIZE;
+use crate::ssh::quote;
+
+/// The mount tag of the store share.
+pub const STORE_TAG: &str = "xdstore";
+
+/// Where the guest mounts the read-only share under the overlay.
+pub const GUEST_LOWER: &str = "/run/xdriver-store/ro";
+
+/// How the store reaches the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ShareFs {
+    /// virtio-fs through a virtiofsd per VM.
+    Virtiofs,
+    /// 9p (virtio-9p, QEMU's own server).
+    #[value(name = "9p")]
+    NineP,
+}
+
+impl ShareFs {
+    /// Name as in flags.
+    pub fn name(self) -> &'static str {
+        match self {
+            ShareFs::Virtiofs => "virtiofs",
+            ShareFs::NineP => "9p",
+        }
+    }
+}
+
+/// `--share-fs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ShareFsChoice {
+    /// virtiofs when a virtiofsd is installed and the guest has virtio-fs,
+    /// else 9p.
+    #[default]
+    Auto,
+    /// virtiofs (an error if no virtiofsd is installed).
+    Virtiofs,
+    /// 9p.
+    #[value(name = "9p")]
+    NineP,
+}
+
+/// A store shared into one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreShare {
+    /// Host directory.
+    pub host: PathBuf,
+    /// Guest path of the overlay (the store's path).
+    pub guest: String,
+    /// Transport.
+    pub fs: ShareFs,
+    /// The virtiofsd binary (virtiofs only).
+    pub virtiofsd: Option<PathBuf>,
+}
+
+/// The store used when none is named: `/nix/store` when it exists.
+pub fn default_store() -> Option<PathBuf> {
+    let p = Path::new("/nix/store");
+    p.is_dir().then(|| p.to_path_buf())
+}
+
+/// What the flags asked for: which store, and how to share it.
+#[derive(Debug, Clone)]
+pub struct StorePlan {
+    /// Host directory (canonical).
+    pub host: PathBuf,
+    /// `--share-fs`.
+    pub choice: ShareFsChoice,
+    /// The virtiofsd found (unless 9p was asked for).
+    pub virtiofsd: Option<PathBuf>,
+}
+
+impl StorePlan {
+    /// From `--store`, `--no-store` and `--share-fs`: `None` when no store
+    /// is shared (`--no-store`, or no `--store` and no /nix/store).
+    pub fn from_flags(store: Option<&Path>, no_store: bool, choice: ShareFsChoice) -> Result<Option<StorePlan>, String> {
+        if no_store {
+            return Ok(None);
+        }
+        let Some(host) = store.map(Path::to_path_buf).or_else(default_store) else {
+            if choice != ShareFsChoice::Auto {
+                return Err("--share-fs: there is no store to share (no /nix/store on this host; name one with --store DIR)".into());
+            }
+            return Ok(None);
+        };
+        let host = std::fs::canonicalize(&host).map_err(|e| format!("--store {}: {e}", host.display()))?;
+        if !host.is_dir() {
+            return Err(format!("--store {}: not a directory", host.display()));
+        }
+        let virtiofsd = if choice == ShareFsChoice::NineP { None } else { find_virtiofsd() };
+        let plan = StorePlan { host, choice, virtiofsd };
+        // An explicit virtiofs without a virtiofsd is a usage error now,
+        // not a failure in every cell later.
+        if choice == ShareFsChoice::Virtiofs {
+            decide(choice, true, plan.virtiofsd.as_deref())?;
+        }
+        Ok(Some(plan))
+    }
+
+    /// The share for a guest (with or without virtio-fs), and why that
+    /// transport.
+    pub fn share_for(&self, guest_has_virtiofs: bool) -> Result<(StoreShare, String), String> {
+        let (fs, why) = decide(self.choice, guest_has_virtiofs, self.virtiofsd.as_deref())?;
+        let guest = self.host.to_string_lossy().into_owned();
+        let virtiofsd = if fs == ShareFs::Virtiofs { self.virtiofsd.clone() } else { None };
+        Ok((StoreShare { host: self.host.clone(), guest, fs, virtiofsd }, why))
+    }
+}
+
+/// Finds the Rust virtiofsd: `$XDRIVER_VIRTIOFSD`, then `virtiofsd` on
+/// `PATH`, in `~/.cargo/bin` and in `/usr/libexec`. QEMU 7.2's older C
+/// virtiofsd (`/usr/lib/qemu/virtiofsd`) takes other options and is not
+/// used.
+pub fn find_virtiofsd() -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(p) = std::env::var_os("XDRIVER_VIRTIOFSD") {
+        candidates.push(PathBuf::from(p));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join("virtiofsd")));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(Path::new(&home).join(".cargo/bin/virtiofsd"));
+    }
+    candidates.push(PathBuf::from("/usr/libexec/virtiofsd"));
+    candidates.into_iter().find(|c| is_rust_virtiofsd(c))
+}
+
+fn is_rust_virtiofsd(p: &Path) -> bool {
+    if !p.is_file() {
+        return false;
+    }
+    std::process::Command::new(p)
+        .arg("--help")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("--shared-dir"))
+        .unwrap_or(false)
+}
+
+/// Picks the transport for a guest; returns it with the reason, or why the
+/// requested one cannot be used.
+pub fn decide(choice: ShareFsChoice, guest_has_virtiofs: bool, virtiofsd: Option<&Path>) -> Result<(ShareFs, String), String> {
+    match choice {
+        ShareFsChoice::NineP => Ok((ShareFs::NineP, "--share-fs 9p".into())),
+        ShareFsChoice::Virtiofs => {
+            if !guest_has_virtiofs {
+                return Err("--share-fs virtiofs: this guest has no virtio-fs driver (FreeBSD has only 9p: p9fs)".into());
+            }
+            match virtiofsd {
+                Some(p) => Ok((ShareFs::Virtiofs, format!("--share-fs virtiofs ({})", p.display()))),
+                None => Err("--share-fs virtiofs: no virtiofsd found (install it with `cargo install virtiofsd`, or set XDRIVER_VIRTIOFSD)".into()),
+            }
+        }
+        ShareFsChoice::Auto => match (guest_has_virtiofs, virtiofsd) {
+            (false, _) => Ok((ShareFs::NineP, "auto: the guest has only 9p".into())),
+            (true, Some(p)) => Ok((ShareFs::Virtiofs, format!("auto: virtiofs is the faster share and {} is installed", p.display()))),
+            (true, None) => Ok((ShareFs::NineP, "auto: no virtiofsd found (`cargo install virtiofsd`), so 9p".into())),
+        },
+    }
+}
+
+/// The guest shell that mounts the share read-only and the overlay over
+/// it at the store's path. Idempotent.
+pub fn guest_mount_script(s: &StoreShare) -> String {
+    let lower = match s.fs {
+        ShareFs::Virtiofs => format!("mount -t virtiofs -o ro {STORE_TAG} {GUEST_LOWER}"),
+        ShareFs::NineP => {
+            format!("mount -t 9p -o trans=virtio,version=9p2000.L,msize={NINEP_MSIZE},cache=loose,ro {STORE_TAG} {GUEST_LOWER}")
+        }
+    };
+    let g = quote(&s.guest);
+    format!(
+        "set -e; mkdir -p {GUEST_LOWER} /run/xdriver-store/upper /run/xdriver-store/work {g}; \
+         mountpoint -q {GUEST_LOWER} || {lower}; \
+         mountpoint -q {g} || mount -t overlay overlay -o lowerdir={GUEST_LOWER},upperdir=/run/xdriver-store/upper,workdir=/run/xdriver-store/work {g}"
+    )
+}
+
+/// A running virtiofsd. Killed (by PID) when dropped; it also exits by
+/// itself when QEMU goes away.
+#[derive(Debug)]
+pub struct Virtiofsd {
+    child: tokio::process::Child,
+    /// The vhost-user socket QEMU connects to.
+    pub socket: PathBuf,
+    /// Who it runs as, for the record.
+    pub user: &'static str,
+}
+
+impl Virtiofsd {
+    /// Starts virtiofsd for `share` with its socket and log in `dir`,
+    /// and waits for the socket. When xdriver runs as root, virtiofsd runs
+    /// as `nobody` in its own namespaces (read-only sharing needs no
+    /// privilege); otherwise as the current user.
+    pub async fn start(binary: &Path, share: &Path, dir: &Path) -> Result<Virtiofsd, String> {
+        // xdriver binds the socket in the run directory and hands virtiofsd
+        // the listening descriptor (--fd), so virtiofsd needs no access to
+        // the run directory.
+        let socket = dir.join("virtiofsd.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).map_err(|e| format!("{}: {e}", socket.display()))?;
+        let sock_fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+        let log = std::fs::File::create(dir.join("virtiofsd.log")).map_err(|e| format!("virtiofsd.log: {e}"))?;
+        let root = unsafe { libc::geteuid() } == 0;
+        // As nobody, the binary's own path may be out of reach (e.g.
+        // ~/.cargo/bin under root's 0700 home): open it here and execute
+        // the open file through /proc/self/fd, as fexecve does.
+        let exe = std::fs::File::open(binary).map_err(|e| format!("{}: {e}", binary.display()))?;
+        let exe_fd = std::os::fd::AsRawFd::as_raw_fd(&exe);
+        let program = if root { PathBuf::from(format!("/proc/self/fd/{exe_fd}")) } else { binary.to_path_buf() };
+        let mut cmd = tokio::process::Command::new(&program);
+        cmd.arg(format!("--fd={sock_fd}"))
+            .arg("--shared-dir")
+            .arg(share)
+            .args(["--readonly", "--sandbox", "namespace", "--cache", "auto", "--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .process_group(0);
+        let user = if root {
+            cmd.uid(65534).gid(65534);
+            "nobody"
+        } else {
+            "the current user"
+        };
+        // SAFETY: only async-signal-safe calls between fork and exec. (std
+        // drops the supplementary groups itself when it changes the uid.)
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                // These descriptors must survive the exec.
+                libc::fcntl(sock_fd, libc::F_SETFD, 0);
+                if root {
+                    libc::fcntl(exe_fd, libc::F_SETFD, 0);
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|e| format!("{}: {e}", binary.display()))?;
+        drop(exe);
+        drop(listener);
+        // Give it a moment to fail on bad options or an unreadable directory.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Ok(Some(st)) = child.try_wait() {
+            let log = std::fs::read_to_string(dir.join("virtiofsd.log")).unwrap_or_default();
+            return Err(format!("virtiofsd exited ({st}) at once: {}", log.trim()));
+        }
+        Ok(Virtiofsd { child, socket, user })
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Ends it (SIGKILL by PID) and reaps it.
+    pub async fn stop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn share(fs: ShareFs) -> StoreShare {
+        StoreShare { host: "/nix/store".into(), guest: "/nix/store".into(), fs, virtiofsd: None }
+    }
+
+    #[test]
+    fn auto_prefers_virtiofs_and_says_why() {
+        let vfsd = Path::new("/usr/bin/virtiofsd");
+        assert_eq!(decide(ShareFsChoice::Auto, true, Some(vfsd)).unwrap().0, ShareFs::Virtiofs);
+        let (fs, why) = decide(ShareFsChoice::Auto, true, None).unwrap();
+        assert_eq!(fs, ShareFs::NineP);
+        assert!(why.contains("no virtiofsd"), "{why}");
+        let (fs, why) = decide(ShareFsChoice::Auto, false, Some(vfsd)).unwrap();
+        assert_eq!(fs, ShareFs::NineP);
+        assert!(why.contains("only 9p"), "{why}");
+        assert!(decide(ShareFsChoice::Virtiofs, true, None).unwrap_err().contains("cargo install virtiofsd"));
+        assert!(decide(ShareFsChoice::Virtiofs, false, Some(vfsd)).unwrap_err().contains("FreeBSD"));
+        assert_eq!(decide(ShareFsChoice::NineP, true, Some(vfsd)).unwrap().0, ShareFs::NineP);
+    }
+
+    #[test]
+    fn mount_scripts_put_a_writable_overlay_over_a_read_only_share() {
+        let v = guest_mount_script(&share(ShareFs::Virtiofs));
+        assert!(v.contains("mount -t virtiofs -o ro xdstore /run/xdriver-store/ro"), "{v}");
+        assert!(v.contains("lowerdir=/run/xdriver-store/ro,upperdir=/run/xdriver-store/upper,workdir=/run/xdriver-store/work /nix/store"), "{v}");
+        let n = guest_mount_script(&share(ShareFs::NineP));
+        assert!(n.contains(&format!("mount -t 9p -o trans=virtio,version=9p2000.L,msize={NINEP_MSIZE},cache=loose,ro xdstore")), "{n}");
+    }
+}
