@@ -246,12 +246,26 @@ mod tests {
             run_dir: "/run/x".into(),
             shares: vec![Share { host: "/srv".into(), guest: "/mnt".into(), writable: false }],
             forwards: vec![22],
+            store: None,
         }
     }
 
     #[test]
     fn command_line_snapshot() {
         insta::assert_snapshot!(spec().args().join("\n"));
+    }
+
+    #[test]
+    fn a_virtiofs_store_makes_guest_ram_a_shared_memfd_and_adds_the_device() {
+        let mut s = spec();
+        s.store = Some(StoreDevice::Virtiofs { socket: "/run/x/virtiofsd.sock".into() });
+        let a = s.args().join(" ");
+        assert!(a.contains("-m 1024 -object memory-backend-memfd,id=mem,size=1024M,share=on -numa node,memdev=mem"), "{a}");
+        assert!(a.contains("-chardev socket,id=xdstore,path=/run/x/virtiofsd.sock -device vhost-user-fs-pci,chardev=xdstore,tag=xdstore"), "{a}");
+        s.store = Some(StoreDevice::NineP { host: "/nix/store".into() });
+        let a = s.args().join(" ");
+        assert!(!a.contains("memory-backend"), "{a}");
+        assert!(a.contains("-virtfs local,path=/nix/store,mount_tag=xdstore,security_model=none,id=xdstore,readonly=on"), "{a}");
     }
 
     #[test]
