@@ -123,3 +123,47 @@ async fn console_text_waits_see_boot_messages_and_time_out_cleanly() {
     assert!(err.to_string().contains("/never-printed/"), "{err}");
     vm.shutdown().await;
 }
+
+/// The backdoor runs each command as `eval` in a forked subshell: what a
+/// separate bash gave for free must still hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backdoor_commands_keep_their_bytes_status_and_deadline() {
+    let vm = boot(Init::Sysvinit, "bdsem", vec![]).await;
+    let bd = |cmd: &'static str, timeout: Duration| vm.exec(Channel::Backdoor, cmd, &[], timeout, None);
+    // Bytes the framing must carry: quotes, backslashes, tabs, newlines,
+    // UTF-8, percent signs.
+    let odd = bd("printf '%s|' 'a b' \"q'uote\" 'back\\slash' $'tab\\there' 'ünï ✓' '100%' '\\x41'; echo", T).await.expect("exec");
+    assert_eq!(odd.stdout_str(), "a b|q'uote|back\\slash|tab\there|ünï ✓|100%|\\x41|\n", "{odd:?}");
+    let multi = bd("x=1\nif [ $x = 1 ]; then\n  echo one\nfi\nexit 3", T).await.expect("exec");
+    assert_eq!((multi.status, multi.stdout_str().as_str()), (3, "one\n"));
+    // A command that replaces the subshell, one with its own EXIT trap, one
+    // that takes descriptor 9 (the shell's own wake-up pipe), one that runs
+    // in the shell's working directory and sees none of its variables.
+    let exec = bd("exec sh -c 'echo via exec; exit 5'", T).await.expect("exec");
+    assert_eq!((exec.status, exec.stdout_str().as_str()), (5, "via exec\n"));
+    let trap = bd("trap 'echo bye' EXIT; echo hi", T).await.expect("exec");
+    assert_eq!((trap.status, trap.stdout_str().as_str()), (0, "hi\nbye\n"));
+    let fd9 = bd("exec 9>/tmp/lock; echo locked >&9; cat /tmp/lock", T).await.expect("exec");
+    assert_eq!(fd9.stdout_str(), "locked\n");
+    let env = bd("pwd; echo \"[${w-}${port-}${cmd_unset-}]\"; echo $HOME", T).await.expect("exec");
+    assert_eq!(env.stdout_str(), "/root\n[]\n/root\n");
+    // The deadline ends the command and everything it started (its process
+    // group), with timeout(1)'s status 124; the shell carries on.
+    let t = Instant::now();
+    let slow = bd("sleep 300 & echo $! > /tmp/bg.pid; sleep 200; echo never", Duration::from_secs(3)).await.expect("exec");
+    let took = t.elapsed();
+    assert_eq!(slow.status, 124, "{slow:?}");
+    assert!(!slow.stdout_str().contains("never"));
+    assert!(took >= Duration::from_secs(3) && took < Duration::from_secs(20), "took {took:?}");
+    let gone = bd("sleep 1; kill -0 $(cat /tmp/bg.pid) 2>/dev/null && echo alive || echo gone", T).await.expect("exec");
+    assert_eq!(gone.stdout_str(), "gone\n", "the timed-out command's background child survived");
+    // A command that ignores TERM is killed five seconds later.
+    let t = Instant::now();
+    let stubborn = bd("trap '' TERM; sleep 100", Duration::from_secs(2)).await.expect("exec");
+    assert_eq!(stubborn.status, 124);
+    let took = t.elapsed();
+    assert!(took >= Duration::from_secs(7) && took < Duration::from_secs(25), "took {took:?}");
+    let after = bd("echo still here", T).await.expect("exec");
+    assert_eq!(after.stdout_str(), "still here\n");
+    vm.shutdown().await;
+}
