@@ -191,8 +191,25 @@ pub fn guest_mount_script(s: &StoreShare) -> String {
     format!(
         "set -e; mkdir -p {GUEST_LOWER} /run/xdriver-store/upper /run/xdriver-store/work {g}; \
          mountpoint -q {GUEST_LOWER} || {lower}; \
-         mountpoint -q {g} || mount -t overlay overlay -o lowerdir={GUEST_LOWER},upperdir=/run/xdriver-store/upper,workdir=/run/xdriver-store/work {g}"
+         mountpoint -q {g} || mount -t overlay overlay -o lowerdir={GUEST_LOWER},upperdir=/run/xdriver-store/upper,workdir=/run/xdriver-store/work {g}; \
+         if command -v nix-store >/dev/null; then echo guest-has-nix; fi"
     )
+}
+
+/// The host's Nix database entries for every valid path in its store
+/// (`nix-store --dump-db`), for the guest's `nix-store --load-db`; `None`
+/// when the shared store is not the host's Nix store or the host has no
+/// Nix.
+pub fn host_nix_db(share: &StoreShare) -> Option<Vec<u8>> {
+    if share.host != Path::new("/nix/store") {
+        return None;
+    }
+    let out = std::process::Command::new("nix-store").arg("--dump-db").stdin(Stdio::null()).output().ok()?;
+    if !out.status.success() {
+        tracing::warn!(stderr = %String::from_utf8_lossy(&out.stderr).trim(), "nix-store --dump-db failed; the guest's Nix database stays empty");
+        return None;
+    }
+    Some(out.stdout)
 }
 
 /// A running virtiofsd. Killed (by PID) when dropped; it also exits by

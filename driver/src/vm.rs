@@ -20,7 +20,7 @@ use crate::backdoor::{Backdoor, BackdoorError};
 use crate::console::{tail_lines, Console, ConsoleTimeout};
 use crate::output::{Output, Sink};
 use crate::qemu::{kernel_cmdline, Accel, Boot, QemuSpec, Share, StoreDevice, NINEP_MSIZE};
-use crate::store::{guest_mount_script, ShareFs, StoreShare, Virtiofsd};
+use crate::store::{guest_mount_script, host_nix_db, ShareFs, StoreShare, Virtiofsd};
 use crate::qmp::{Qmp, QmpError};
 use crate::rundir::RunDir;
 use crate::ssh::{quote, ClientKey, Ssh, SshError};
@@ -431,6 +431,25 @@ impl Vm {
                 guest: s.guest.clone(),
                 detail: format!("store over {}: {}", s.fs.name(), out.stderr_str().trim()),
             });
+        }
+        // A guest with Nix learns the host's store paths, so `nix-store`
+        // there knows what the share holds (the NixOS driver registers its
+        // closure the same way).
+        if out.stdout_str().contains("guest-has-nix") {
+            let share = s.clone();
+            let db = tokio::task::spawn_blocking(move || host_nix_db(&share)).await.ok().flatten();
+            if let Some(db) = db {
+                let t = Instant::now();
+                let load = self.exec(Channel::Backdoor, "nix-store --load-db", &db, Duration::from_secs(120), None).await?;
+                if !load.success() {
+                    return Err(VmError::Share {
+                        host: s.host.clone(),
+                        guest: s.guest.clone(),
+                        detail: format!("registering the host's store paths (nix-store --load-db): {}", load.stderr_str().trim()),
+                    });
+                }
+                tracing::debug!(bytes = db.len(), took = ?t.elapsed(), "host store paths registered in the guest's Nix database");
+            }
         }
         Ok(())
     }

@@ -15,6 +15,10 @@ pub enum Os {
     /// Debian 12 (bookworm), built from Debian's packages.
     #[serde(rename = "debian-12")]
     Debian12,
+    /// Debian 12 with Debian's Nix (`nix-bin`): a Nix-enabled OS that is
+    /// not NixOS; the host's store is registered in its Nix database.
+    #[serde(rename = "debian-12-nix")]
+    Debian12Nix,
     /// FreeBSD 14.4+/15 (imported cloud image; unverified here).
     #[serde(rename = "freebsd")]
     Freebsd,
@@ -25,20 +29,31 @@ pub enum Os {
 
 /// An OS name that is not one of [`Os::ALL`].
 #[derive(Debug, thiserror::Error)]
-#[error("unknown OS `{0}` (expected one of: debian-12, freebsd, nixos)")]
+#[error("unknown OS `{0}` (expected one of: debian-12, debian-12-nix, freebsd, nixos)")]
 pub struct UnknownOs(pub String);
 
 impl Os {
     /// Every OS, in matrix order.
-    pub const ALL: [Os; 3] = [Os::Debian12, Os::Freebsd, Os::Nixos];
+    pub const ALL: [Os; 4] = [Os::Debian12, Os::Debian12Nix, Os::Freebsd, Os::Nixos];
 
     /// Name as in flags and specs.
     pub fn name(self) -> &'static str {
         match self {
             Os::Debian12 => "debian-12",
+            Os::Debian12Nix => "debian-12-nix",
             Os::Freebsd => "freebsd",
             Os::Nixos => "nixos",
         }
+    }
+
+    /// Whether the guest has Nix (`nix-store`) to register a shared store in.
+    pub fn has_nix(self) -> bool {
+        matches!(self, Os::Debian12Nix | Os::Nixos)
+    }
+
+    /// Whether the guest kernel has virtio-fs (FreeBSD has only 9p).
+    pub fn has_virtiofs(self) -> bool {
+        self != Os::Freebsd
     }
 
     /// `cmd` (a shell command line) run as the profile's user, with its
@@ -48,7 +63,7 @@ impl Os {
         match self {
             // From the user's home: the caller's working directory (root's)
             // is not the user's to open, and runsvdir, for one, needs it.
-            Os::Debian12 | Os::Nixos => format!(
+            Os::Debian12 | Os::Debian12Nix | Os::Nixos => format!(
                 "runuser -u {} -- env HOME={h} XDG_RUNTIME_DIR=/run/user/{} sh -c {}",
                 quote(&u.name),
                 u.uid,
@@ -65,7 +80,7 @@ impl Os {
     pub fn add_group(self, g: &Group) -> String {
         let n = quote(&g.name);
         match self {
-            Os::Debian12 | Os::Nixos => format!("getent group {n} >/dev/null || groupadd --system {n}"),
+            Os::Debian12 | Os::Debian12Nix | Os::Nixos => format!("getent group {n} >/dev/null || groupadd --system {n}"),
             Os::Freebsd => format!("pw groupshow {n} >/dev/null 2>&1 || pw groupadd -n {n}"),
         }
     }
@@ -75,7 +90,7 @@ impl Os {
         let n = quote(&u.name);
         let home = quote(u.home.as_deref().unwrap_or("/nonexistent"));
         match self {
-            Os::Debian12 | Os::Nixos => {
+            Os::Debian12 | Os::Debian12Nix | Os::Nixos => {
                 let group = u.group.as_ref().map(|g| format!(" -g {}", quote(g))).unwrap_or_else(|| " -U".into());
                 let mk = if u.create_home { " -m" } else { " -M" };
                 format!(
@@ -99,7 +114,7 @@ impl Os {
         let u = profile.user.as_ref()?;
         let n = quote(&u.name);
         Some(match self {
-            Os::Debian12 | Os::Nixos => format!(
+            Os::Debian12 | Os::Debian12Nix | Os::Nixos => format!(
                 "getent passwd {n} >/dev/null || useradd -m -u {uid} -U -d {h} -s /bin/sh {n}",
                 uid = u.uid,
                 h = quote(&u.home)
@@ -115,7 +130,7 @@ impl Os {
     /// Exits 0 when something listens on TCP `port` (any local address).
     pub fn port_open(self, port: u16) -> String {
         match self {
-            Os::Debian12 | Os::Nixos => format!("ss -Htln 'sport = :{port}' | grep -q ."),
+            Os::Debian12 | Os::Debian12Nix | Os::Nixos => format!("ss -Htln 'sport = :{port}' | grep -q ."),
             Os::Freebsd => format!("sockstat -4 -6 -l -P tcp -p {port} -q | grep -q ."),
         }
     }

@@ -13,7 +13,20 @@ use xdriver_guests::Init;
 /// cache key changes with it.
 pub const BUILDER_VERSION: u32 = 2;
 
-const RECIPES: &[(&str, &str)] = &[("debian-12", include_str!("../recipes/debian-12.toml"))];
+const RECIPES: &[(&str, &str)] = &[
+    ("debian-12", include_str!("../recipes/debian-12.toml")),
+    ("debian-12-nix", include_str!("../recipes/debian-12-nix.toml")),
+];
+
+/// A recipe that is another one plus packages.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Extension {
+    name: String,
+    extends: String,
+    #[serde(default)]
+    extra_packages: Vec<String>,
+}
 
 /// A recipe or image name that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -127,8 +140,17 @@ impl Recipe {
             name: name.into(),
             known: Recipe::names().join(", "),
         })?;
-        let mut r: Recipe =
-            toml::from_str(text).map_err(|source| RecipeError::Parse { name: name.into(), source })?;
+        let parsed: toml::Table = toml::from_str(text).map_err(|source| RecipeError::Parse { name: name.into(), source })?;
+        if parsed.contains_key("extends") {
+            let ext: Extension = toml::from_str(text).map_err(|source| RecipeError::Parse { name: name.into(), source })?;
+            let mut r = Recipe::load(&ext.extends)?;
+            r.name = ext.name;
+            r.packages.extend(ext.extra_packages);
+            // Both texts name the cache entry.
+            r.source = format!("{}\n{text}", r.source);
+            return Ok(r);
+        }
+        let mut r: Recipe = toml::from_str(text).map_err(|source| RecipeError::Parse { name: name.into(), source })?;
         r.source = text.to_string();
         Ok(r)
     }
@@ -189,6 +211,22 @@ mod tests {
         let hashes: std::collections::HashSet<_> = Init::ALL.iter().map(|i| r.hash(*i)).collect();
         assert_eq!(hashes.len(), 4);
         assert_eq!(r.hash(Init::Runit), r.hash(Init::Runit));
+    }
+
+    #[test]
+    fn the_nix_recipe_is_debian_12_plus_nix_with_its_own_cache_entries() {
+        let base = Recipe::load("debian-12").expect("ships");
+        let nix = Recipe::load("debian-12-nix").expect("ships");
+        assert_eq!(nix.name, "debian-12-nix");
+        assert_eq!(nix.suite, base.suite);
+        assert_eq!(nix.packages.last().map(String::as_str), Some("nix-bin"));
+        assert_eq!(nix.packages.len(), base.packages.len() + 1);
+        assert_eq!(nix.inits.len(), base.inits.len());
+        for i in Init::ALL {
+            assert_ne!(nix.hash(i), base.hash(i), "{i}");
+        }
+        let n: ImageName = "debian-12-nix-sysvinit".parse().expect("valid");
+        assert_eq!((n.recipe.as_str(), n.init), ("debian-12-nix", Init::Sysvinit));
     }
 
     #[test]

@@ -71,7 +71,7 @@ pub(super) async fn main(args: TestArgs) -> Result<i32, CliError> {
     if let Some(plan) = &store {
         // Say which transport each kind of guest gets.
         for (label, virtiofs) in [("Linux guests", true), ("FreeBSD guests", false)] {
-            if cells.iter().any(|(c, _)| c.image.is_ok() && (c.os != xdriver_guests::Os::Freebsd) == virtiofs) {
+            if cells.iter().any(|(c, _)| c.image.is_ok() && c.os.has_virtiofs() == virtiofs) {
                 match plan.share_for(virtiofs) {
                     Ok((s, why)) => eprintln!("xdriver: store {} shared into {label} over {} ({why})", s.host.display(), s.fs.name()),
                     Err(e) => return Err(CliError::usage(e)),

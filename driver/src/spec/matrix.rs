@@ -47,6 +47,8 @@ pub fn image_for(os: Os, manager: Manager, profile: ProfileKind) -> Result<Strin
             Manager::Sysvinit | Manager::S6 | Manager::Supervisord => Ok("debian-12-sysvinit".into()),
             Manager::Bsdrc => Err("bsdrc needs FreeBSD's rc.subr".into()),
         },
+        // The same images with Debian's Nix added.
+        Os::Debian12Nix => image_for(Os::Debian12, manager, profile).map(|i| i.replacen("debian-12-", "debian-12-nix-", 1)),
         Os::Freebsd => match manager {
             Manager::Bsdrc => Err("unverified: no FreeBSD image can be obtained on this host (scripts are rendered and snapshot-tested only)".into()),
             _ => Err(format!("{manager} on FreeBSD is not supported yet")),
