@@ -17,7 +17,12 @@ pub fn store() -> Store {
 
 /// The debian-12 image for `init`, built if missing.
 pub fn image(init: Init) -> Entry {
-    let name: ImageName = format!("debian-12-{init}").parse().expect("valid image name");
+    recipe_image("debian-12", init)
+}
+
+/// The `recipe` image for `init` (e.g. debian-12-nix), built if missing.
+pub fn recipe_image(recipe: &str, init: Init) -> Entry {
+    let name: ImageName = format!("{recipe}-{init}").parse().expect("valid image name");
     store().ensure(&name, false).unwrap_or_else(|e| panic!("building {name}: {}", xdriver::cli::chain_error(&e)))
 }
 
@@ -40,6 +45,11 @@ pub async fn boot(init: Init, label: &str, shares: Vec<Share>) -> Vm {
 /// An example spec directory under tests/examples/.
 pub fn example(name: &str) -> PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name)
+}
+
+/// The directory holding the built xdriver-webapp (next to `xdriver`).
+pub fn webapp_dir() -> PathBuf {
+    xdriver_bin().parent().expect("bin dir").to_path_buf()
 }
 
 /// The built `xdriver` binary.

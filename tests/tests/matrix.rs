@@ -7,11 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use xdriver_tests::{example, xdriver_bin};
-
-fn webapp_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_xdriver-webapp")).parent().expect("bin dir").to_path_buf()
-}
+use xdriver_tests::{webapp_dir, example, xdriver_bin};
 
 struct Run {
     code: i32,

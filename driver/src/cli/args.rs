@@ -49,9 +49,24 @@ pub enum Command {
 /// comma-separated; default: the spec's `[matrix]`).
 #[derive(Debug, Args, Clone)]
 pub struct CellArgs {
-    /// The spec: a TOML file, or a directory holding xdriver.toml.
+    /// The spec: a TOML file or a directory holding xdriver.toml; or a Nix
+    /// file (`.nix`, or a directory holding default.nix) built with
+    /// xdriver's testService (docs/nix.md).
     pub spec: PathBuf,
-    /// Guest OSes: debian-12, freebsd, nixos.
+    /// Read the spec as Nix whatever its name.
+    #[arg(long)]
+    pub nix: bool,
+    /// Nix specs: the attribute to evaluate, e.g.
+    /// nginx-reverse-proxy-hostbased.privileged.sysvinit (default: all).
+    #[arg(long = "attr", short = 'A', value_name = "ATTR")]
+    pub attr: Option<String>,
+    /// Nix specs: pass NAME = EXPR to the file's function (nix-instantiate --arg).
+    #[arg(long = "arg", num_args = 2, value_names = ["NAME", "EXPR"], action = clap::ArgAction::Append)]
+    pub nix_args: Vec<String>,
+    /// Nix specs: pass NAME = "VALUE" to the file's function (nix-instantiate --argstr).
+    #[arg(long = "argstr", num_args = 2, value_names = ["NAME", "VALUE"], action = clap::ArgAction::Append)]
+    pub nix_argstrs: Vec<String>,
+    /// Guest OSes: debian-12, debian-12-nix, freebsd, nixos.
     #[arg(long = "os", value_delimiter = ',')]
     pub os: Vec<xdriver_guests::Os>,
     /// Process managers: systemd, sysvinit, openrc, runit, s6, supervisord, bsdrc.

@@ -8,7 +8,7 @@ use super::args::{CellArgs, PlanArgs};
 use super::error::CliError;
 use crate::exit;
 use crate::runner::{self, Prepared};
-use crate::spec::{Cell, Selection, Spec};
+use crate::spec::{nix, Cell, Selection, Spec};
 
 /// Parses `--set KEY=VALUE` words.
 pub(super) fn overrides(set: &[String]) -> Result<BTreeMap<String, Value>, CliError> {
@@ -29,19 +29,86 @@ pub(super) fn overrides(set: &[String]) -> Result<BTreeMap<String, Value>, CliEr
 pub(super) type Cells = Vec<(Cell, Option<Prepared>)>;
 
 pub(super) fn load(args: &CellArgs) -> Result<(Spec, Cells), CliError> {
-    let spec = Spec::load(&args.spec).map_err(|e| CliError { code: exit::USAGE, message: e.to_string() })?;
+    let (spec, cells, _) = load_with_realise(args)?;
+    Ok((spec, cells))
+}
+
+/// As [`load`], plus what the host must realise first (Nix specs).
+pub(super) fn load_with_realise(args: &CellArgs) -> Result<(Spec, Cells, Vec<String>), CliError> {
+    let usage = |e: crate::spec::SpecError| CliError { code: exit::USAGE, message: e.to_string() };
+    if args.nix || nix::is_nix_spec(&args.spec) {
+        return load_nix(args);
+    }
+    if args.attr.is_some() || !args.nix_args.is_empty() || !args.nix_argstrs.is_empty() {
+        return Err(CliError::usage("-A/--attr, --arg and --argstr are for Nix specs (a .nix file, or --nix)"));
+    }
+    let spec = Spec::load(&args.spec).map_err(usage)?;
     let sel = Selection { os: args.os.clone(), managers: args.managers.clone(), profiles: args.profiles.clone() };
-    let cells = spec.cells(&sel).map_err(|e| CliError { code: exit::USAGE, message: e.to_string() })?;
+    let cells = spec.cells(&sel).map_err(usage)?;
     let ov = overrides(&args.set)?;
     let mut out = Vec::new();
     for c in cells {
         let prepared = match &c.image {
-            Ok(_) => Some(runner::prepare(&spec, &c, &ov).map_err(|e| CliError { code: exit::USAGE, message: e.to_string() })?),
+            Ok(_) => Some(runner::prepare(&spec, &c, &ov).map_err(usage)?),
             Err(_) => None,
         };
         out.push((c, prepared));
     }
-    Ok((spec, out))
+    Ok((spec, out, Vec::new()))
+}
+
+fn pairs(words: &[String]) -> Vec<(String, String)> {
+    words.chunks(2).filter(|c| c.len() == 2).map(|c| (c[0].clone(), c[1].clone())).collect()
+}
+
+/// A Nix spec: evaluate, pick the selected cells, prepare each from its
+/// own (template-free) spec.
+fn load_nix(args: &CellArgs) -> Result<(Spec, Cells, Vec<String>), CliError> {
+    let usage = |e: crate::spec::SpecError| CliError { code: exit::USAGE, message: e.to_string() };
+    if !args.set.is_empty() {
+        return Err(CliError::usage("--set is for TOML specs; pass values to a Nix spec with --arg NAME EXPR or --argstr NAME VALUE"));
+    }
+    let how = nix::NixArgs { attr: args.attr.clone(), args: pairs(&args.nix_args), argstrs: pairs(&args.nix_argstrs) };
+    let all = nix::evaluate(&args.spec, &how).map_err(usage)?;
+    let names: std::collections::BTreeSet<&str> = all.iter().map(|c| c.spec.file.name.as_str()).collect();
+    if names.len() > 1 {
+        return Err(CliError::usage(format!(
+            "{}: the value holds cells of several tests ({}); pick one with -A",
+            args.spec.display(),
+            names.into_iter().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let keep = |c: &nix::NixSpecCell| {
+        (args.os.is_empty() || args.os.contains(&c.os))
+            && (args.managers.is_empty() || args.managers.contains(&c.manager))
+            && (args.profiles.is_empty() || args.profiles.contains(&c.profile))
+    };
+    let mut out = Vec::new();
+    let mut realise = Vec::new();
+    let mut first: Option<Spec> = None;
+    for nc in all {
+        if !keep(&nc) {
+            continue;
+        }
+        let cell = Cell { os: nc.os, manager: nc.manager, profile: nc.profile, image: crate::spec::image_for(nc.os, nc.manager, nc.profile) };
+        let prepared = match &cell.image {
+            Ok(_) => Some(runner::prepare(&nc.spec, &cell, &BTreeMap::new()).map_err(usage)?),
+            Err(_) => None,
+        };
+        for r in nc.realise {
+            if !realise.contains(&r) {
+                realise.push(r);
+            }
+        }
+        first.get_or_insert(nc.spec);
+        out.push((cell, prepared));
+    }
+    let Some(spec) = first else {
+        return Err(CliError::usage(format!("{}: no cell matches --os/--manager/--profile", args.spec.display())));
+    };
+    // Matrix order, as for TOML specs.
+    out.sort_by_key(|(c, _)| (c.os, c.manager, c.profile));
+    Ok((spec, out, realise))
 }
 
 pub(super) fn main(args: PlanArgs) -> Result<i32, CliError> {

@@ -49,7 +49,13 @@ pub fn exit_code(results: &[CellResult]) -> i32 {
 pub(super) async fn main(args: TestArgs) -> Result<i32, CliError> {
     let started = Instant::now();
     let deadline = args.timeout.map(|t| tokio::time::Instant::now() + t);
-    let (spec, cells) = super::plan::load(&args.cells)?;
+    let (spec, cells, realise) = super::plan::load_with_realise(&args.cells)?;
+    if !realise.is_empty() {
+        // A Nix spec's packages: built or added on the host, reached by the
+        // guest through the shared store.
+        eprintln!("xdriver: realising {} store path(s) the Nix spec refers to", realise.len());
+        crate::spec::nix::realise(&realise).map_err(|e| CliError { code: exit::INFRA, message: e })?;
+    }
     let cells = super::list::shard_of(cells, args.shard);
     let shares = runner::shares(&spec).map_err(|e| CliError { code: exit::USAGE, message: e.to_string() })?;
     let runnable = cells.iter().filter(|(c, _)| c.image.is_ok()).count();

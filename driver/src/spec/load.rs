@@ -20,6 +20,28 @@ pub struct Spec {
     pub file: SpecFile,
     /// Error builder with the source text.
     pub loc: Locator,
+    /// Every string is final (a spec evaluated from Nix): no templates.
+    pub literal: bool,
+    /// Steps given per instance (Nix specs) instead of `[tests]`.
+    pub instance_steps: Option<InstanceSteps>,
+}
+
+/// The steps of a Nix spec, computed per instance by Nix.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSteps {
+    /// Once, first.
+    #[serde(default)]
+    pub initial_tests: Vec<super::schema::StepDef>,
+    /// Per instance.
+    #[serde(default)]
+    pub readiness: std::collections::BTreeMap<String, Vec<super::schema::StepDef>>,
+    /// Per instance.
+    #[serde(default)]
+    pub tests: std::collections::BTreeMap<String, Vec<super::schema::StepDef>>,
+    /// Once, last.
+    #[serde(default)]
+    pub post_tests: Vec<super::schema::StepDef>,
 }
 
 impl Spec {
@@ -44,7 +66,7 @@ impl Spec {
         })?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
         let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
-        Ok(Spec { path: path.to_path_buf(), dir, file, loc })
+        Ok(Spec { path: path.to_path_buf(), dir, file, loc, literal: false, instance_steps: None })
     }
 }
 

@@ -5,13 +5,14 @@
 mod error;
 mod load;
 mod matrix;
+pub mod nix;
 mod resolve;
 mod schema;
 mod steps;
 mod template;
 
 pub use error::{line_col, Locator, SpecError};
-pub use load::{expand_env, Spec, SPEC_FILE_NAME};
+pub use load::{expand_env, InstanceSteps, Spec, SPEC_FILE_NAME};
 pub use matrix::{image_for, Cell, Selection};
 pub use resolve::{base_params, conflicts, CellCtx, Resolved};
 pub use schema::SpecFile;

@@ -89,7 +89,7 @@ fn with(base: &Map<String, Value>, extra: &[(&str, Value)]) -> Value {
 impl Spec {
     /// Resolves the processes model for `cell`.
     pub fn resolve(&self, cell: &CellCtx) -> Result<Resolved, SpecError> {
-        let t = Templates::new(&self.loc);
+        let t = Templates::new(&self.loc, self.literal);
         let params = base_params(self, cell);
         let names: BTreeSet<&str> = self.file.instances.keys().map(|k| k.get_ref().as_str()).collect();
 

@@ -108,12 +108,25 @@ mod secs {
 impl Spec {
     /// Every step of a cell, in execution order.
     pub fn steps(&self, r: &Resolved) -> Result<Vec<Step>, SpecError> {
-        let t = Templates::new(&self.loc);
+        let t = Templates::new(&self.loc, self.literal);
         let processes = Value::Object(r.instances.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
         let mut sys_ctx = r.params.clone();
         sys_ctx.insert("processes".into(), processes.clone());
         let sys_ctx = Value::Object(sys_ctx);
         let mut out = Vec::new();
+        if let Some(per) = &self.instance_steps {
+            // A Nix spec: the same groups in the same order, computed by Nix.
+            let whole = |defs: &[StepDef]| defs.iter().map(|d| Spanned::new(0..0, d.clone())).collect::<Vec<_>>();
+            self.expand(&t, &whole(&per.initial_tests), &sys_ctx, "initialTests", &mut out)?;
+            for (group, map) in [("readiness", &per.readiness), ("tests", &per.tests)] {
+                for p in &r.system.processes {
+                    let defs = map.get(&p.name).map(|d| whole(d)).unwrap_or_default();
+                    self.expand(&t, &defs, &sys_ctx, &format!("{group}/{}", p.name), &mut out)?;
+                }
+            }
+            self.expand(&t, &whole(&per.post_tests), &sys_ctx, "postTests", &mut out)?;
+            return Ok(out);
+        }
         let tests = &self.file.tests;
         self.expand(&t, &tests.initial_tests, &sys_ctx, "initialTests", &mut out)?;
         for group in ["readiness", "tests"] {

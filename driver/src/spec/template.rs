@@ -10,17 +10,19 @@ use super::error::{Locator, SpecError};
 pub struct Templates<'a> {
     env: Environment<'static>,
     loc: &'a Locator,
+    /// Strings are final already (a Nix spec): nothing is rendered.
+    literal: bool,
 }
 
 impl<'a> Templates<'a> {
     /// Strict (undefined names fail), blocks trimmed, trailing newline kept.
-    pub fn new(loc: &'a Locator) -> Templates<'a> {
+    pub fn new(loc: &'a Locator, literal: bool) -> Templates<'a> {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_keep_trailing_newline(true);
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
-        Templates { env, loc }
+        Templates { env, loc, literal }
     }
 
     fn err(&self, span: std::ops::Range<usize>, what: &str, e: minijinja::Error) -> SpecError {
@@ -38,7 +40,7 @@ impl<'a> Templates<'a> {
 
     /// Renders one template string.
     pub fn render(&self, src: &str, ctx: &Value, span: std::ops::Range<usize>) -> Result<String, SpecError> {
-        if !src.contains("{{") && !src.contains("{%") {
+        if self.literal || (!src.contains("{{") && !src.contains("{%")) {
             return Ok(src.to_string());
         }
         self.env.render_str(src, ctx).map_err(|e| self.err(span, &format!("template `{}`", shorten(src)), e))
@@ -46,11 +48,17 @@ impl<'a> Templates<'a> {
 
     /// Renders a config file template.
     pub fn render_file(&self, src: &str, ctx: &Value, span: std::ops::Range<usize>, path: &str) -> Result<String, SpecError> {
+        if self.literal {
+            return Ok(src.to_string());
+        }
         self.env.render_str(src, ctx).map_err(|e| self.err(span, &format!("config file {path}"), e))
     }
 
     /// Evaluates an expression (for `if` and `for`).
     pub fn eval(&self, expr: &str, ctx: &Value, span: std::ops::Range<usize>) -> Result<minijinja::Value, SpecError> {
+        if self.literal {
+            return Err(self.loc.at(span, format!("`{expr}`: `if` and `for` are for TOML specs; in Nix, compute the steps")));
+        }
         let compiled = self.env.compile_expression(expr).map_err(|e| self.err(span.clone(), &format!("expression `{expr}`"), e))?;
         compiled.eval(ctx).map_err(|e| self.err(span, &format!("expression `{expr}`"), e))
     }
