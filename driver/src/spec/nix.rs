@@ -116,8 +116,12 @@ pub fn evaluate(file: &Path, how: &NixArgs) -> Result<Vec<NixSpecCell>, SpecErro
     cmd.args(["--eval", "--strict", "--json", "--read-write-mode"])
         .arg("-I")
         .arg(format!("xdriver={}", lib.path().display()))
-        .arg(&file);
-    if let Some(a) = &how.attr {
+        .arg(&file)
+        // nix-instantiate --eval calls the file's function (with its
+        // defaults) only when some --arg is given; a function ignores
+        // arguments it does not take.
+        .args(["--arg", "xdriverAutoCall", "true"]);
+    if let Some(a) = how.attr.as_deref().filter(|a| !a.is_empty()) {
         cmd.args(["-A", a]);
     }
     for (n, v) in &how.args {
