@@ -241,3 +241,42 @@ pub fn realise(paths: &[String]) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nix_library_has_the_profiles_the_runner_uses() {
+        // nix/profiles.json is what Nix constructors see as stateDir & co.;
+        // it must be what the TOML side renders with.
+        let json: Value = serde_json::from_str(include_str!("../../../nix/profiles.json")).expect("profiles.json parses");
+        for kind in ProfileKind::ALL {
+            let p = crate::runner::profile(kind);
+            let n = &json[kind.name()];
+            for (key, want) in [
+                ("stateDir", &p.state_dir),
+                ("runtimeDir", &p.runtime_dir),
+                ("logDir", &p.log_dir),
+                ("cacheDir", &p.cache_dir),
+                ("libDir", &p.lib_dir),
+                ("tmpDir", &p.tmp_dir),
+            ] {
+                assert_eq!(n[key].as_str(), Some(want.as_str()), "{kind} {key}");
+            }
+            assert_eq!(n["forceDisableUserChange"].as_bool(), Some(p.force_disable_user_change), "{kind}");
+            assert_eq!(n["callingUser"].as_str(), p.user.as_ref().map(|u| u.name.as_str()), "{kind}");
+        }
+    }
+
+    #[test]
+    fn nix_specs_are_recognised_by_name() {
+        let d = tempfile::tempdir().expect("tempdir");
+        assert!(is_nix_spec(Path::new("/x/default.nix")));
+        assert!(!is_nix_spec(Path::new("/x/xdriver.toml")));
+        std::fs::write(d.path().join("default.nix"), "{}").expect("write");
+        assert!(is_nix_spec(d.path()));
+        std::fs::write(d.path().join("xdriver.toml"), "").expect("write");
+        assert!(!is_nix_spec(d.path()), "a directory with xdriver.toml is a TOML spec");
+    }
+}

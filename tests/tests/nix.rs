@@ -1,0 +1,143 @@
+//! The Nix front end through the real binary: the seed's webapps system
+//! written in Nix means the same as the TOML example (identical plans),
+//! passes on real Debian cells with the webapp built by the host's Nix and
+//! run from /nix/store over 9p and virtiofs, and Nix's own errors reach
+//! the user with their location.
+
+use std::path::Path;
+use std::process::Command;
+
+use xdriver_tests::{example, webapp_dir, xdriver_bin};
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn xdriver(args: &[&str], dir: &Path) -> Run {
+    let out = Command::new(xdriver_bin())
+        .args(args)
+        .env("XDRIVER_WEBAPP_DIR", webapp_dir())
+        .env_remove("CI")
+        .current_dir(dir)
+        .output()
+        .expect("xdriver runs");
+    let r = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    eprintln!("$ xdriver {}\n{}\n{}", args.join(" "), r.stdout, r.stderr);
+    r
+}
+
+#[test]
+fn the_webapps_system_in_nix_has_the_same_plan_as_in_toml() {
+    let here = tempfile::tempdir().expect("tempdir");
+    let toml = example("webapps");
+    let nix = example("webapps-nix");
+    for json in [false, true] {
+        let mut a = vec!["plan", toml.to_str().expect("utf-8")];
+        let mut b = vec!["plan", nix.to_str().expect("utf-8")];
+        if json {
+            a.push("--json");
+            b.push("--json");
+        }
+        let (t, n) = (xdriver(&a, here.path()), xdriver(&b, here.path()));
+        assert_eq!((t.code, n.code), (0, 0), "{}\n{}", t.stderr, n.stderr);
+        // The whole matrix: 12 cells, every process, file, command and step.
+        assert_eq!(t.stdout.matches("=== cell ").count() + t.stdout.matches("\"cell\"").count(), 12);
+        assert!(t.stdout.contains("nginx.conf"));
+        assert!(t.stdout == n.stdout, "the Nix plan differs from the TOML plan (json: {json})");
+    }
+    // One cell by attribute, as nix-processmgmt names them.
+    let one = xdriver(&["plan", nix.to_str().expect("utf-8"), "-A", "nginx-reverse-proxy-hostbased.unprivileged.runit"], here.path());
+    assert_eq!(one.code, 0, "{}", one.stderr);
+    assert_eq!(one.stdout.matches("=== cell ").count(), 1);
+    assert!(one.stdout.contains("=== cell debian-12/runit/unprivileged"), "{}", one.stdout);
+    let toml_one = xdriver(&["plan", toml.to_str().expect("utf-8"), "--manager", "runit", "--profile", "unprivileged"], here.path());
+    assert_eq!(one.stdout, toml_one.stdout);
+}
+
+fn run_nix_cells(extra: &[&str]) -> (Run, tempfile::TempDir) {
+    let work = tempfile::tempdir().expect("tempdir");
+    let nix = example("webapps-nix");
+    let mut args = vec!["test", nix.to_str().expect("utf-8"), "--accel", "tcg", "--arg", "webappFromStore", "true", "--no-progress"];
+    args.extend_from_slice(extra);
+    let run = xdriver(&args, work.path());
+    (run, work)
+}
+
+#[test]
+fn nix_cells_pass_with_the_webapp_from_the_host_store_over_9p() {
+    let (run, work) = run_nix_cells(&["-A", "nginx-reverse-proxy-hostbased", "--manager", "sysvinit", "--share-fs", "9p", "--jobs", "2"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("store /nix/store shared into Linux guests over 9p (--share-fs 9p)"), "{}", run.stderr);
+    assert!(run.stderr.contains("realising"), "the webapp derivation was not realised:\n{}", run.stderr);
+    for p in ["privileged", "unprivileged"] {
+        assert!(run.stdout.contains(&format!("PASS  debian-12/sysvinit/{p}")), "{}", run.stdout);
+    }
+    // The services ran the webapp from /nix/store, built by the host.
+    let script = std::fs::read_to_string(
+        work.path().join("xdriver-results/nginx-reverse-proxy-hostbased/debian-12-sysvinit-privileged/configs/etc/init.d/webapp1"),
+    )
+    .expect("rendered init script");
+    let bin = script.split_whitespace().find(|w| w.starts_with("/nix/store/") && w.contains("-xdriver-webapp/bin/")).expect("store path");
+    assert!(Path::new(bin.trim_matches(|c| c == '"' || c == '\'')).is_file(), "{bin} not built on the host");
+}
+
+#[test]
+fn nix_cells_pass_with_the_webapp_from_the_host_store_over_virtiofs() {
+    let (run, _work) = run_nix_cells(&["-A", "nginx-reverse-proxy-hostbased.privileged.systemd", "--share-fs", "virtiofs"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("over virtiofs (--share-fs virtiofs"), "{}", run.stderr);
+    assert!(run.stdout.contains("PASS  debian-12/systemd/privileged"), "{}", run.stdout);
+}
+
+#[test]
+fn nix_errors_come_with_nixs_message_and_location() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| {
+        let p = d.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p.display().to_string()
+    };
+    // A syntax error: Nix's message, file and line; a usage error (2).
+    let bad = write("syntax.nix", "{ xdriver ? import <xdriver> { } }:\n{\n  broken = ;\n}\n");
+    let r = xdriver(&["plan", &bad], d.path());
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("syntax error") && r.stderr.contains(&format!("{bad}:3")), "{}", r.stderr);
+    // A misspelt process attribute: createManagedProcess names it and says where.
+    let model = write(
+        "model.nix",
+        "{ createManagedProcess, ... }:\n{\n  a = {\n    port = 1;\n    pkg = createManagedProcess {\n      instanceName = \"a\";\n      foregroundProcess = \"/bin/true\";\n    };\n  };\n}\n",
+    );
+    let spec = write(
+        "spec.nix",
+        "{ xdriver ? import <xdriver> { } }:\n{\n  t = xdriver.testService { name = \"t\"; exprFile = ./model.nix; processManagers = [ \"sysvinit\" ]; profiles = [ \"privileged\" ]; };\n}\n",
+    );
+    let r = xdriver(&["plan", &spec], d.path());
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("createManagedProcess: unknown attribute `foregroundProcess`") && r.stderr.contains(&format!("{model}:7")),
+        "{}",
+        r.stderr
+    );
+    let _ = model;
+    // An attribute that is not there.
+    let r = xdriver(&["plan", &spec, "-A", "t.privileged.systemd"], d.path());
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("attribute 'systemd'") && r.stderr.contains("t.privileged.systemd"), "{}", r.stderr);
+    // A value that holds no cells.
+    let none = write("none.nix", "{ }:\n{ a = 1; }\n");
+    let r = xdriver(&["plan", &none], d.path());
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("holds no xdriver cells"), "{}", r.stderr);
+    // TOML-only and Nix-only flags are refused, not ignored.
+    let r = xdriver(&["plan", &spec, "--set", "x=1"], d.path());
+    assert!(r.code == 2 && r.stderr.contains("--arg NAME EXPR"), "{}", r.stderr);
+    let toml = example("webapps");
+    let r = xdriver(&["plan", toml.to_str().expect("utf-8"), "-A", "x"], d.path());
+    assert!(r.code == 2 && r.stderr.contains("for Nix specs"), "{}", r.stderr);
+}
