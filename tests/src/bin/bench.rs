@@ -3,7 +3,11 @@
 //! and median command latency on the persistent SSH channel and the
 //! backdoor against a new OpenSSH connection per command.
 //!
-//! `cargo run --release -p xdriver-tests --bin xdriver-bench -- [--runs N] [--inits systemd,sysvinit]`
+//! With `--store`, instead: reading one 100 MB file and walking and reading
+//! a tree of 10,000 small files through the shared store over virtiofs and
+//! over 9p, against the same reads on the guest's own disk.
+//!
+//! `cargo run --release -p xdriver-tests --bin xdriver-bench -- [--runs N] [--inits systemd,sysvinit] [--store]`
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -94,6 +98,84 @@ fn plain_qemu_to_banner(init: Init) -> f64 {
     secs
 }
 
+/// The store benchmark's data: one 100 MB file and 10,000 files of 1 KiB in
+/// 100 directories, under a fresh host directory.
+fn store_data() -> tempfile::TempDir {
+    let d = tempfile::Builder::new().prefix("xdriver-bench-store-").tempdir().expect("tempdir");
+    let big: Vec<u8> = (0..100 * 1000 * 1000u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+    std::fs::write(d.path().join("big"), big).expect("write");
+    for i in 0..100 {
+        let sub = d.path().join(format!("tree/d{i:02}"));
+        std::fs::create_dir_all(&sub).expect("mkdir");
+        for j in 0..100 {
+            std::fs::write(sub.join(format!("f{j:02}")), vec![b'x'; 1024]).expect("write");
+        }
+    }
+    d
+}
+
+/// Guest shell that times (ms) reading `big` and walking and reading
+/// `tree` under `dir`, each from a cold guest page cache.
+fn io_script(dir: &str) -> String {
+    format!(
+        "t() {{ sync; echo 3 > /proc/sys/vm/drop_caches; a=$(date +%s%N); \"$@\" >/dev/null; b=$(date +%s%N); echo $(( (b-a)/1000000 )); }}; \
+         cd {dir} && t dd if=big of=/dev/null bs=1M && t find tree && t sh -c 'find tree -type f -exec cat {{}} + | wc -c'"
+    )
+}
+
+async fn store_io(runs: usize) {
+    use xdriver::store::{find_virtiofsd, ShareFs, StoreShare};
+    let data = store_data();
+    let host = data.path().to_path_buf();
+    println!("store benchmark: TCG, 2 vCPUs, systemd guest; {} runs, medians in ms (cold guest page cache; all runs listed)", runs);
+    println!("data: one 100 MB file, a tree of 10,000 files of 1 KiB in 100 directories");
+    println!();
+    println!("| where | read 100 MB | walk 10,000 files (find) | read 10,000 files | runs (read / walk / read all) |");
+    println!("|---|---|---|---|---|");
+    let virtiofsd = find_virtiofsd();
+    for (label, fs) in [("virtiofs", Some(ShareFs::Virtiofs)), ("9p (msize 512 KiB)", Some(ShareFs::NineP)), ("guest disk (ext4 on virtio-blk)", None)] {
+        let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..runs {
+            let mut cfg = config(Init::Systemd, &format!("store{i}"));
+            cfg.ssh = false;
+            let share_fs = fs.unwrap_or(ShareFs::NineP);
+            if share_fs == ShareFs::Virtiofs && virtiofsd.is_none() {
+                println!("| {label} | n/a (no virtiofsd) | | | |");
+                break;
+            }
+            cfg.store = Some(StoreShare {
+                host: host.clone(),
+                guest: host.display().to_string(),
+                fs: share_fs,
+                virtiofsd: if share_fs == ShareFs::Virtiofs { virtiofsd.clone() } else { None },
+            });
+            let vm = Vm::start(cfg).await.expect("boot");
+            let dir = match fs {
+                Some(_) => host.display().to_string(),
+                None => {
+                    // The same data copied onto the guest's own disk.
+                    let cp = vm.exec(Channel::Backdoor, &format!("cp -a {} /root/data && sync", host.display()), &[], Duration::from_secs(900), None).await.expect("copy");
+                    assert!(cp.success(), "{cp:?}");
+                    "/root/data".to_string()
+                }
+            };
+            let out = vm.exec(Channel::Backdoor, &io_script(&dir), &[], Duration::from_secs(900), None).await.expect("io");
+            assert!(out.success(), "{out:?}");
+            let v: Vec<f64> = out.stdout_str().split_whitespace().map(|x| x.parse().expect("ms")).collect();
+            assert_eq!(v.len(), 3, "{}", out.stdout_str());
+            a.push(v[0]);
+            b.push(v[1]);
+            c.push(v[2]);
+            vm.kill().await;
+        }
+        if a.is_empty() {
+            continue;
+        }
+        let runs_text = (0..a.len()).map(|i| format!("{:.0}/{:.0}/{:.0}", a[i], b[i], c[i])).collect::<Vec<_>>().join(", ");
+        println!("| {label} | {:.0} | {:.0} | {:.0} | {runs_text} |", median(a.clone()), median(b.clone()), median(c.clone()));
+    }
+}
+
 async fn latency(vm: &Vm, ch: Channel, n: usize) -> f64 {
     let mut v = Vec::new();
     for _ in 0..n {
@@ -138,6 +220,10 @@ async fn main() {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--runs" => runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
+            "--store" => {
+                store_io(runs).await;
+                return;
+            }
             "--inits" => {
                 inits = args.next().expect("--inits LIST").split(',').map(|s| s.parse().expect("init name")).collect()
             }
