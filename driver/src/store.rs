@@ -244,7 +244,8 @@ impl Virtiofsd {
         let exe_fd = std::os::fd::AsRawFd::as_raw_fd(&exe);
         let program = if root { PathBuf::from(format!("/proc/self/fd/{exe_fd}")) } else { binary.to_path_buf() };
         let mut cmd = tokio::process::Command::new(&program);
-        cmd.arg(format!("--fd={sock_fd}"))
+        cmd.arg0("virtiofsd")
+            .arg(format!("--fd={sock_fd}"))
             .arg("--shared-dir")
             .arg(share)
             .args(["--readonly", "--sandbox", "namespace", "--cache", "auto", "--log-level", "warn"])
