@@ -68,6 +68,8 @@ pub struct StoreShare {
     pub fs: ShareFs,
     /// The virtiofsd binary (virtiofs only).
     pub virtiofsd: Option<PathBuf>,
+    /// The guest is FreeBSD (p9fs and unionfs instead of 9p and overlay).
+    pub freebsd: bool,
 }
 
 /// The store used when none is named: `/nix/store` when it exists.
@@ -114,13 +116,12 @@ impl StorePlan {
         Ok(Some(plan))
     }
 
-    /// The share for a guest (with or without virtio-fs), and why that
-    /// transport.
-    pub fn share_for(&self, guest_has_virtiofs: bool) -> Result<(StoreShare, String), String> {
-        let (fs, why) = decide(self.choice, guest_has_virtiofs, self.virtiofsd.as_deref())?;
+    /// The share for a guest OS, and why that transport.
+    pub fn share_for(&self, os: xdriver_guests::Os) -> Result<(StoreShare, String), String> {
+        let (fs, why) = decide(self.choice, os.has_virtiofs(), self.virtiofsd.as_deref())?;
         let guest = self.host.to_string_lossy().into_owned();
         let virtiofsd = if fs == ShareFs::Virtiofs { self.virtiofsd.clone() } else { None };
-        Ok((StoreShare { host: self.host.clone(), guest, fs, virtiofsd }, why))
+        Ok((StoreShare { host: self.host.clone(), guest, fs, virtiofsd, freebsd: os == xdriver_guests::Os::Freebsd }, why))
     }
 }
 
@@ -179,20 +180,32 @@ pub fn decide(choice: ShareFsChoice, guest_has_virtiofs: bool, virtiofsd: Option
 }
 
 /// The guest shell that mounts the share read-only and the overlay over
-/// it at the store's path. Idempotent.
+/// it at the store's path. Idempotent. Its output says `guest-has-nix`
+/// when the guest has `nix-store`.
 pub fn guest_mount_script(s: &StoreShare) -> String {
+    let g = quote(&s.guest);
+    let nix = "if command -v nix-store >/dev/null; then echo guest-has-nix; fi";
+    if s.freebsd {
+        // FreeBSD (unverified: no image here): p9fs for the share, then a
+        // tmpfs directory union-mounted above it at the store's path.
+        return format!(
+            "set -e; mkdir -p {g} /var/run/xdriver-store/upper; \
+             mount -t p9fs | grep -q ' on {g} ' || mount -t p9fs -o ro {STORE_TAG} {g}; \
+             mount -t tmpfs | grep -q ' on /var/run/xdriver-store/upper ' || mount -t tmpfs tmpfs /var/run/xdriver-store/upper; \
+             mount -t unionfs | grep -q ' on {g} ' || mount_unionfs /var/run/xdriver-store/upper {g}; {nix}"
+        );
+    }
     let lower = match s.fs {
         ShareFs::Virtiofs => format!("mount -t virtiofs -o ro {STORE_TAG} {GUEST_LOWER}"),
         ShareFs::NineP => {
             format!("mount -t 9p -o trans=virtio,version=9p2000.L,msize={NINEP_MSIZE},cache=loose,ro {STORE_TAG} {GUEST_LOWER}")
         }
     };
-    let g = quote(&s.guest);
     format!(
         "set -e; mkdir -p {GUEST_LOWER} /run/xdriver-store/upper /run/xdriver-store/work {g}; \
          mountpoint -q {GUEST_LOWER} || {lower}; \
          mountpoint -q {g} || mount -t overlay overlay -o lowerdir={GUEST_LOWER},upperdir=/run/xdriver-store/upper,workdir=/run/xdriver-store/work {g}; \
-         if command -v nix-store >/dev/null; then echo guest-has-nix; fi"
+         {nix}"
     )
 }
 
@@ -302,7 +315,7 @@ mod tests {
     use super::*;
 
     fn share(fs: ShareFs) -> StoreShare {
-        StoreShare { host: "/nix/store".into(), guest: "/nix/store".into(), fs, virtiofsd: None }
+        StoreShare { host: "/nix/store".into(), guest: "/nix/store".into(), fs, virtiofsd: None, freebsd: false }
     }
 
     #[test]
@@ -327,5 +340,19 @@ mod tests {
         assert!(v.contains("lowerdir=/run/xdriver-store/ro,upperdir=/run/xdriver-store/upper,workdir=/run/xdriver-store/work /nix/store"), "{v}");
         let n = guest_mount_script(&share(ShareFs::NineP));
         assert!(n.contains(&format!("mount -t 9p -o trans=virtio,version=9p2000.L,msize={NINEP_MSIZE},cache=loose,ro xdstore")), "{n}");
+        // FreeBSD: p9fs and a tmpfs union-mounted above it.
+        let f = guest_mount_script(&StoreShare { freebsd: true, ..share(ShareFs::NineP) });
+        assert!(f.contains("mount -t p9fs -o ro xdstore /nix/store"), "{f}");
+        assert!(f.contains("mount_unionfs /var/run/xdriver-store/upper /nix/store"), "{f}");
+        assert!(!f.contains("overlay") && !f.contains("mountpoint"), "Linux-only commands in {f}");
+    }
+
+    #[test]
+    fn freebsd_guests_get_9p_even_when_virtiofs_is_asked_for_by_auto() {
+        let plan = StorePlan { host: "/nix/store".into(), choice: ShareFsChoice::Auto, virtiofsd: Some("/usr/bin/virtiofsd".into()) };
+        let (s, _) = plan.share_for(xdriver_guests::Os::Freebsd).unwrap();
+        assert_eq!((s.fs, s.freebsd, s.virtiofsd), (ShareFs::NineP, true, None));
+        let (s, _) = plan.share_for(xdriver_guests::Os::Debian12).unwrap();
+        assert_eq!((s.fs, s.freebsd), (ShareFs::Virtiofs, false));
     }
 }

@@ -141,3 +141,37 @@ fn nix_errors_come_with_nixs_message_and_location() {
     let r = xdriver(&["plan", toml.to_str().expect("utf-8"), "-A", "x"], d.path());
     assert!(r.code == 2 && r.stderr.contains("for Nix specs"), "{}", r.stderr);
 }
+
+#[test]
+fn system_packages_and_store_paths_of_a_nix_spec_reach_the_plan() {
+    // A tool added to the store by the spec itself (`builtins.path` in
+    // read-write evaluation) and listed in systemPackages: linked onto the
+    // guest's PATH first, and used by a test step.
+    let d = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(d.path().join("tool/bin")).expect("mkdir");
+    std::fs::write(d.path().join("tool/bin/xd-hello"), "#!/bin/sh\necho hello\n").expect("write");
+    std::fs::write(
+        d.path().join("model.nix"),
+        "{ createManagedProcess, ... }:\n{ a = { port = 7000; pkg = createManagedProcess { instanceName = \"a\"; foreground = [ \"/bin/sleep\" \"1000\" ]; }; }; }\n",
+    )
+    .expect("write");
+    std::fs::write(
+        d.path().join("default.nix"),
+        "{ xdriver ? import <xdriver> { } }:\nlet tool = builtins.path { path = ./tool; name = \"xd-tool\"; }; in\n{ t = xdriver.testService {\n  name = \"t\"; exprFile = ./model.nix; processManagers = [ \"sysvinit\" ]; profiles = [ \"privileged\" ];\n  systemPackages = [ tool ];\n  tests = { instance, ... }: [ { succeed = \"xd-hello | grep hello\"; name = \"tool on PATH\"; } ];\n}; }\n",
+    )
+    .expect("write");
+    let r = xdriver(&["plan", d.path().to_str().expect("utf-8"), "--json"], d.path());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    let steps = v[0]["steps"].as_array().expect("steps");
+    let first = &steps[0];
+    assert_eq!(first["group"], "initialTests");
+    assert_eq!(first["name"], "systemPackages on PATH");
+    let cmd = first["action"].to_string();
+    let at = cmd.find("/nix/store/").unwrap_or_else(|| panic!("no store path in {cmd}"));
+    let name_end = cmd[at + 11..].find('/').map(|i| at + 11 + i).expect("path end");
+    let path = &cmd[at..name_end];
+    assert!(path.ends_with("-xd-tool"), "{cmd}");
+    assert!(Path::new(path).join("bin/xd-hello").is_file(), "{path} was not added to the host store");
+    assert_eq!(steps.last().expect("a step")["name"], "tool on PATH");
+}

@@ -28,6 +28,20 @@ pub(super) async fn main(args: DoctorArgs) -> Result<i32, CliError> {
             }
         }
     }
+    // Optional: what the shared store and Nix specs need.
+    println!("optional:");
+    match crate::store::find_virtiofsd() {
+        Some(p) => println!("  ok      {:<20} {} (the store over virtiofs)", "virtiofsd", p.display()),
+        None => println!("  note    {:<20} not found: the store goes over 9p; for virtiofs: cargo install virtiofsd (needs libseccomp-dev libcap-ng-dev)", "virtiofsd"),
+    }
+    match which("nix-instantiate") {
+        Some(p) => println!("  ok      {:<20} {} (Nix specs)", "nix-instantiate", p.display()),
+        None => println!("  note    {:<20} not found: Nix specs need it; fix: apt-get install nix-bin", "nix-instantiate"),
+    }
+    match crate::store::default_store() {
+        Some(p) => println!("  ok      {:<20} {} is shared into guests by default", "store", p.display()),
+        None => println!("  note    {:<20} no /nix/store: guests get no store unless --store DIR", "store"),
+    }
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     println!("privileges:");

@@ -46,7 +46,7 @@ pub(super) async fn main(args: RunArgs) -> Result<i32, CliError> {
     cfg.mem_mib = args.vm.mem_mib;
     cfg.shares = shares;
     if let Some(plan) = crate::store::StorePlan::from_flags(args.vm.store.as_deref(), args.vm.no_store, args.vm.share_fs).map_err(CliError::usage)? {
-        let (share, why) = plan.share_for(!name.recipe.starts_with("freebsd")).map_err(CliError::usage)?;
+        let (share, why) = plan.share_for(if name.recipe.starts_with("freebsd") { xdriver_guests::Os::Freebsd } else { xdriver_guests::Os::Debian12 }).map_err(CliError::usage)?;
         eprintln!("xdriver: store {} over {} ({why})", share.host.display(), share.fs.name());
         cfg.store = Some(share);
     }

@@ -76,9 +76,9 @@ pub(super) async fn main(args: TestArgs) -> Result<i32, CliError> {
     let store = crate::store::StorePlan::from_flags(args.vm.store.as_deref(), args.vm.no_store, args.vm.share_fs).map_err(CliError::usage)?;
     if let Some(plan) = &store {
         // Say which transport each kind of guest gets.
-        for (label, virtiofs) in [("Linux guests", true), ("FreeBSD guests", false)] {
-            if cells.iter().any(|(c, _)| c.image.is_ok() && c.os.has_virtiofs() == virtiofs) {
-                match plan.share_for(virtiofs) {
+        for (label, os) in [("Linux guests", xdriver_guests::Os::Debian12), ("FreeBSD guests", xdriver_guests::Os::Freebsd)] {
+            if cells.iter().any(|(c, _)| c.image.is_ok() && c.os.has_virtiofs() == os.has_virtiofs()) {
+                match plan.share_for(os) {
                     Ok((s, why)) => eprintln!("xdriver: store {} shared into {label} over {} ({why})", s.host.display(), s.fs.name()),
                     Err(e) => return Err(CliError::usage(e)),
                 }

@@ -380,7 +380,7 @@ async fn boot_and_test(
     cfg.mem_mib = opts.mem_mib;
     cfg.shares = shares.to_vec();
     if let Some(plan) = &opts.store {
-        match plan.share_for(cell.os.has_virtiofs()) {
+        match plan.share_for(cell.os) {
             Ok((share, why)) => {
                 tracing::info!(cell = %cell.id(), store = %share.host.display(), fs = share.fs.name(), %why, "shared store");
                 cfg.store = Some(share);
