@@ -257,7 +257,7 @@ mod tests {
             "cat <<'EOF'\r\nline\nEOF\n",
         ];
         for cmd in cmds {
-            let e = escape_command(cmd).unwrap();
+            let e = escape_command(cmd).expect("escapable");
             assert!(!e.is_empty() && e.bytes().all(|b| b.is_ascii_graphic()), "{e:?}");
             // What the guest does with the field: printf -v cmd '%b'.
             let out = std::process::Command::new("bash")

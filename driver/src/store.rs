@@ -321,16 +321,16 @@ mod tests {
     #[test]
     fn auto_prefers_virtiofs_and_says_why() {
         let vfsd = Path::new("/usr/bin/virtiofsd");
-        assert_eq!(decide(ShareFsChoice::Auto, true, Some(vfsd)).unwrap().0, ShareFs::Virtiofs);
-        let (fs, why) = decide(ShareFsChoice::Auto, true, None).unwrap();
+        assert_eq!(decide(ShareFsChoice::Auto, true, Some(vfsd)).expect("a choice").0, ShareFs::Virtiofs);
+        let (fs, why) = decide(ShareFsChoice::Auto, true, None).expect("ok");
         assert_eq!(fs, ShareFs::NineP);
         assert!(why.contains("no virtiofsd"), "{why}");
-        let (fs, why) = decide(ShareFsChoice::Auto, false, Some(vfsd)).unwrap();
+        let (fs, why) = decide(ShareFsChoice::Auto, false, Some(vfsd)).expect("ok");
         assert_eq!(fs, ShareFs::NineP);
         assert!(why.contains("only 9p"), "{why}");
-        assert!(decide(ShareFsChoice::Virtiofs, true, None).unwrap_err().contains("cargo install virtiofsd"));
-        assert!(decide(ShareFsChoice::Virtiofs, false, Some(vfsd)).unwrap_err().contains("FreeBSD"));
-        assert_eq!(decide(ShareFsChoice::NineP, true, Some(vfsd)).unwrap().0, ShareFs::NineP);
+        assert!(decide(ShareFsChoice::Virtiofs, true, None).expect_err("an error").contains("cargo install virtiofsd"));
+        assert!(decide(ShareFsChoice::Virtiofs, false, Some(vfsd)).expect_err("an error").contains("FreeBSD"));
+        assert_eq!(decide(ShareFsChoice::NineP, true, Some(vfsd)).expect("a choice").0, ShareFs::NineP);
     }
 
     #[test]
@@ -350,9 +350,9 @@ mod tests {
     #[test]
     fn freebsd_guests_get_9p_even_when_virtiofs_is_asked_for_by_auto() {
         let plan = StorePlan { host: "/nix/store".into(), choice: ShareFsChoice::Auto, virtiofsd: Some("/usr/bin/virtiofsd".into()) };
-        let (s, _) = plan.share_for(xdriver_guests::Os::Freebsd).unwrap();
+        let (s, _) = plan.share_for(xdriver_guests::Os::Freebsd).expect("ok");
         assert_eq!((s.fs, s.freebsd, s.virtiofsd), (ShareFs::NineP, true, None));
-        let (s, _) = plan.share_for(xdriver_guests::Os::Debian12).unwrap();
+        let (s, _) = plan.share_for(xdriver_guests::Os::Debian12).expect("ok");
         assert_eq!((s.fs, s.freebsd), (ShareFs::Virtiofs, false));
     }
 }
