@@ -13,6 +13,7 @@
 # plain ASCII text), so decoding it and starting it costs one fork of this
 # shell and no exec: a command runs as `eval` in a subshell, in its own
 # process group (set -m) so a timeout ends all of it, like timeout(1).
+# Job notices (set -m) go to stderr, which is /dev/null here.
 # Output goes to files, not pipes, so a background child that keeps stdout
 # open cannot stall the reply (the NixOS driver's known hang).
 # Started by init with the console as controlling terminal, the shell
@@ -31,12 +32,7 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root LANG=C.UTF-8 TERM=dumb
 w=/run/xdriver-backdoor
 rm -rf "$w"; mkdir -p -m 0700 "$w"
-# A command's subshell writes its id here when it exits (EXIT trap), which
-# wakes the wait below at once; a command that replaces the subshell
-# (exec) or sets its own EXIT trap is noticed by polling instead.
-mkfifo "$w/tick"; exec 9<>"$w/tick"
 set -m
-now() { now=${EPOCHREALTIME/./}; }
 # Emit what a stream file gained since offset $3; sets $off to the new end.
 flush() {
   local sz
@@ -64,35 +60,41 @@ while true; do
   (
     set +m
     trap - HUP
-    trap "echo $id >$w/tick" EXIT
-    unset -f now flush
-    unset tag id tmo stream input in port n d w now off oo eo killed end tick rc pid
+    unset -f flush
+    unset tag id tmo stream input in port n d w off oo eo killed wd tk done rc pid st x
     cd /root && eval "$cmd"
-  ) <"$in" >"$w/out" 2>"$w/err" 9<&- &
-  pid=$!; oo=0; eo=0; killed=0; end=0
-  now; [ "$tmo" -gt 0 ] && end=$((now + tmo * 1000000))
+  ) <"$in" >"$w/out" 2>"$w/err" &
+  pid=$!; oo=0; eo=0; killed=0; wd=; tk=
+  # The deadline is a sleep(1) in the background (timeout(1)'s job without
+  # its exec on the command's path); bash's `wait -n` returns when the
+  # command or the sleep ends, whichever is first. No `read -t` on a FIFO:
+  # bash's read timeout is not reliable there.
+  if [ "$tmo" -gt 0 ]; then sleep "$tmo" </dev/null >/dev/null 2>&1 & wd=$!; fi
   while true; do
-    if read -r -t 0.05 -u 9 tick; then
-      [ "$tick" = "$id" ] && break
+    if [ "$stream" = 1 ] && [ -z "$tk" ]; then sleep 0.05 </dev/null >/dev/null 2>&1 & tk=$!; fi
+    done=
+    wait -n -p done $pid $wd $tk
+    st=$?
+    if [ "$done" = "$pid" ]; then rc=$st; break; fi
+    if [ -n "$tk" ] && [ "$done" = "$tk" ]; then
+      tk=; flush O out $oo; oo=$off; flush E err $eo; eo=$off
       continue
     fi
-    kill -0 "$pid" 2>/dev/null || break
-    if [ "$stream" = 1 ]; then flush O out $oo; oo=$off; flush E err $eo; eo=$off; fi
-    if [ "$end" -gt 0 ]; then
-      now
-      if [ "$now" -ge "$end" ]; then
-        # As timeout -k 5: TERM to the group, KILL five seconds later.
-        if [ "$killed" = 0 ]; then
-          kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
-          killed=1; end=$((now + 5000000))
-        else
-          kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null
-          end=0
-        fi
+    if [ -n "$wd" ] && [ "$done" = "$wd" ]; then
+      # As timeout -k 5: TERM to the command's group, KILL five seconds later.
+      if [ "$killed" = 0 ]; then
+        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
+        killed=1; sleep 5 </dev/null >/dev/null 2>&1 & wd=$!
+      else
+        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null
+        wd=
       fi
+      continue
     fi
+    # Nothing we know ended (a stray signal): is the command still there?
+    if ! kill -0 "$pid" 2>/dev/null; then wait "$pid"; rc=$?; break; fi
   done
-  wait "$pid"; rc=$?
+  for x in $wd $tk; do kill "$x" 2>/dev/null; wait "$x" 2>/dev/null; done
   [ "$killed" = 1 ] && rc=124
   if [ "$stream" = 1 ]; then
     flush O out $oo; flush E err $eo

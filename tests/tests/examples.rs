@@ -22,6 +22,9 @@ fn xdriver_test(example_name: &str, args: &[&str]) -> Run {
         .arg(example(example_name))
         .args(["--accel", "tcg", "--results-dir"])
         .arg(results.path())
+        // nextest already runs two tests at once: one VM per test keeps the
+        // host at two 2-vCPU guests on two cores (more starve under TCG).
+        .args(["--jobs", "1"])
         .args(args)
         .env("XDRIVER_WEBAPP_DIR", webapp_dir())
         .output()
