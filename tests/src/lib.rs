@@ -47,6 +47,34 @@ pub fn example(name: &str) -> PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name)
 }
 
+/// What a run of the `xdriver` binary gave.
+pub struct Run {
+    /// Exit code (-1 if killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Runs `xdriver ARGS…` in `dir`, with the example webapp's directory in
+/// `XDRIVER_WEBAPP_DIR`, and echoes what it printed into the test's output.
+pub fn run_xdriver(args: &[&str], dir: &std::path::Path) -> Run {
+    let out = std::process::Command::new(xdriver_bin())
+        .args(args)
+        .env("XDRIVER_WEBAPP_DIR", webapp_dir())
+        .current_dir(dir)
+        .output()
+        .expect("xdriver runs");
+    let r = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    eprintln!("$ xdriver {}\n{}\n{}", args.join(" "), r.stdout, r.stderr);
+    r
+}
+
 /// The directory holding the built xdriver-webapp (next to `xdriver`).
 pub fn webapp_dir() -> PathBuf {
     xdriver_bin().parent().expect("bin dir").to_path_buf()

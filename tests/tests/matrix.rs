@@ -7,29 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use xdriver_tests::{webapp_dir, example, xdriver_bin};
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn xdriver(args: &[&str], dir: &Path) -> Run {
-    let out = Command::new(xdriver_bin())
-        .args(args)
-        .env("XDRIVER_WEBAPP_DIR", webapp_dir())
-        .current_dir(dir)
-        .output()
-        .expect("xdriver runs");
-    let r = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    eprintln!("$ xdriver {}\n{}\n{}", args.join(" "), r.stdout, r.stderr);
-    r
-}
+use xdriver_tests::run_xdriver as xdriver;
+use xdriver_tests::{example, webapp_dir, xdriver_bin, Run};
 
 /// `xdriver test <the chain example> --accel tcg ARGS…` in `dir`.
 fn test_chain(args: &[&str], dir: &Path) -> Run {

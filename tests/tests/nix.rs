@@ -5,32 +5,9 @@
 //! the user with their location.
 
 use std::path::Path;
-use std::process::Command;
 
-use xdriver_tests::{example, webapp_dir, xdriver_bin};
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn xdriver(args: &[&str], dir: &Path) -> Run {
-    let out = Command::new(xdriver_bin())
-        .args(args)
-        .env("XDRIVER_WEBAPP_DIR", webapp_dir())
-        .env_remove("CI")
-        .current_dir(dir)
-        .output()
-        .expect("xdriver runs");
-    let r = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    eprintln!("$ xdriver {}\n{}\n{}", args.join(" "), r.stdout, r.stderr);
-    r
-}
+use xdriver_tests::run_xdriver as xdriver;
+use xdriver_tests::{example, Run};
 
 #[test]
 fn the_webapps_system_in_nix_has_the_same_plan_as_in_toml() {
