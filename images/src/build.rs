@@ -426,6 +426,7 @@ fn shared_kernel(recipe: &Recipe, kernels: &Path) -> Result<(PathBuf, KernelInfo
     let mut h = Sha256::new();
     h.update(format!("{:?}", recipe.kernel).as_bytes());
     h.update(crate::initramfs::INIT_SCRIPT.as_bytes());
+    h.update(crate::kernel::PREP_VERSION.to_le_bytes());
     let key = format!("{}-{}", recipe.kernel.package, &hex::encode(h.finalize())[..12]);
     let dir = kernels.join(&key);
     let info_path = dir.join("kernel.json");
@@ -439,7 +440,7 @@ fn shared_kernel(recipe: &Recipe, kernels: &Path) -> Result<(PathBuf, KernelInfo
     let _ = std::fs::remove_dir_all(&tmp);
     let _ = std::fs::remove_dir_all(&dir);
     let work = tmp.join("work");
-    let info = kernel::prepare(&recipe.kernel.package, &recipe.kernel.busybox_package, &recipe.kernel.modules, &work, &tmp)?;
+    let info = kernel::prepare(&recipe.kernel, &work, &tmp)?;
     let _ = std::fs::remove_dir_all(&work);
     std::fs::write(tmp.join("kernel.json"), serde_json::to_string_pretty(&info).expect("serializes"))
         .map_err(io(&tmp))?;

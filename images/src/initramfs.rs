@@ -19,6 +19,9 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for m in $(cat /modules.order); do insmod /lib/modules/$m || echo "xdriver-initramfs: insmod $m failed"; done
+# Modules only shares need load meanwhile, on the other CPU.
+( for m in $(cat /modules.later); do insmod /lib/modules/$m || echo "xdriver-initramfs: insmod $m failed"; done ) &
+later=$!
 root=/dev/vda; init=/sbin/init; fstype=ext4; rootflags=rw; net=; sshkey=
 for x in $(cat /proc/cmdline); do
   case $x in
@@ -55,6 +58,7 @@ if [ -n "$sshkey" ] && [ "$rootflags" = rw ]; then
   { echo "$sshkey" | base64 -d; echo; } >/newroot/root/.ssh/authorized_keys && chmod 600 /newroot/root/.ssh/authorized_keys ||
     echo "xdriver-initramfs: cannot write root's authorized_keys"
 fi
+wait $later
 echo "xdriver-initramfs: switching to $init"
 mount --move /dev /newroot/dev
 mount --move /sys /newroot/sys
@@ -63,8 +67,9 @@ exec switch_root /newroot "$init"
 "#;
 
 /// Builds the initramfs from a static busybox and `(file name, bytes)` of
-/// each module, already in load order.
-pub fn build(busybox: &[u8], modules: &[(String, Vec<u8>)]) -> Vec<u8> {
+/// each module, already in load order: `boot` before the root disk is
+/// mounted, `later` in the background meanwhile.
+pub fn build(busybox: &[u8], boot: &[(String, Vec<u8>)], later: &[(String, Vec<u8>)]) -> Vec<u8> {
     let mut c = Cpio::default();
     for d in ["bin", "dev", "proc", "sys", "newroot", "lib", "lib/modules", "tmp"] {
         c.dir(d);
@@ -74,12 +79,14 @@ pub fn build(busybox: &[u8], modules: &[(String, Vec<u8>)]) -> Vec<u8> {
     c.file("bin/busybox", 0o755, busybox);
     c.symlink("bin/sh", "busybox");
     c.file("init", 0o755, INIT_SCRIPT.as_bytes());
-    let mut order = String::new();
-    for (name, data) in modules {
-        c.file(&format!("lib/modules/{name}"), 0o644, data);
-        order.push_str(name);
-        order.push('\n');
+    for (list, modules) in [("modules.order", boot), ("modules.later", later)] {
+        let mut order = String::new();
+        for (name, data) in modules {
+            c.file(&format!("lib/modules/{name}"), 0o644, data);
+            order.push_str(name);
+            order.push('\n');
+        }
+        c.file(list, 0o644, order.as_bytes());
     }
-    c.file("modules.order", 0o644, order.as_bytes());
     c.finish()
 }

@@ -66,8 +66,12 @@ pub struct KernelRecipe {
     pub package: String,
     /// Debian package providing a static /bin/busybox for the initramfs.
     pub busybox_package: String,
-    /// Modules the initramfs loads.
+    /// Modules the initramfs loads before it mounts the root disk.
     pub modules: Vec<String>,
+    /// Modules only shares and the store need: the initramfs loads them in
+    /// the background while it finds and mounts the root disk.
+    #[serde(default)]
+    pub share_modules: Vec<String>,
 }
 
 /// One init variant of a recipe.
@@ -163,6 +167,7 @@ impl Recipe {
         h.update(init.name().as_bytes());
         h.update(BUILDER_VERSION.to_le_bytes());
         h.update(crate::initramfs::INIT_SCRIPT.as_bytes());
+        h.update(crate::kernel::PREP_VERSION.to_le_bytes());
         for e in xdriver_guests::provision(init, "xdriver") {
             h.update(format!("{e:?}").as_bytes());
         }
