@@ -181,11 +181,13 @@ impl Ssh {
             };
             match tokio::time::timeout(probe_limit, probe).await {
                 Ok(Ok((stream, n))) if n > 0 => {
+                    tracing::debug!(after = ?started.elapsed(), "sshd banner seen");
                     let mismatch = Arc::new(std::sync::atomic::AtomicBool::new(false));
                     let handler = Pinned { expected: expected.clone(), mismatch: mismatch.clone() };
                     let rest = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_secs(1));
                     match tokio::time::timeout(rest, client::connect_stream(config.clone(), stream, handler)).await {
                         Ok(Ok(mut h)) => {
+                            tracing::debug!(after = ?started.elapsed(), "SSH key exchange done");
                             let auth = h
                                 .authenticate_publickey("root", PrivateKeyWithHashAlg::new(key.key.clone(), None))
                                 .await?;

