@@ -37,6 +37,9 @@ pub fn plan(backend: &Backend, sys: &System) -> Result<DeployPlan, RenderError> 
     let os = backend.os;
     let profile = &backend.profile;
     let mut prepare = Vec::new();
+    if let Some(c) = backend.boot_wait() {
+        prepare.push(cmd("prepare", c));
+    }
     if let Some(c) = os.add_profile_user(profile) {
         prepare.push(cmd("prepare", c));
     }

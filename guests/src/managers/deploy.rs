@@ -86,6 +86,19 @@ impl Backend {
         }
     }
 
+    /// A command that waits until the guest's init is far enough into its
+    /// boot for a deployment, if the channels can answer before that.
+    /// xdriver's systemd images start sshd and the backdoor as soon as
+    /// systemd has loaded its units, before `basic.target` (sockets, D-Bus,
+    /// tmpfiles, system users); a deployment waits for it. The other inits
+    /// start the backdoor after their boot scripts.
+    pub fn boot_wait(&self) -> Option<String> {
+        match self.manager {
+            Manager::Systemd => Some(wait_until("systemctl is-active -q basic.target", 300, "systemd to reach basic.target")),
+            _ => None,
+        }
+    }
+
     /// Commands that bring the manager itself up, when the driver must
     /// (supervisord, s6-svscan, a user's runsvdir or `systemd --user`);
     /// each must exit 0.
