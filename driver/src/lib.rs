@@ -18,3 +18,12 @@ pub mod ssh;
 pub mod store;
 pub mod terminal;
 pub mod vm;
+
+/// Logs to stderr at the level XDRIVER_LOG asks for (an `EnvFilter`, e.g.
+/// `xdriver=debug`), warnings only by default. For xdriver's binaries.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("XDRIVER_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+}

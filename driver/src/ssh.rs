@@ -140,7 +140,6 @@ pub fn quote(s: &str) -> String {
 impl Ssh {
     /// Connects as root to 127.0.0.1:`port`, retrying with backoff until
     /// `timeout` (slirp accepts TCP before the guest's sshd listens).
-    /// `abort` ends the wait early (QEMU died) with its message.
     pub async fn connect(
         port: u16,
         host_key: &str,

@@ -101,6 +101,18 @@ pub enum VmError {
     /// The VM was started without SSH.
     #[error("this VM has no SSH connection (it was started with the backdoor channel only)")]
     NoSsh,
+    /// The SSH connection, set up in the background, failed.
+    #[error("SSH to the guest could not be set up: {0}")]
+    SshSetup(String),
+}
+
+/// How the background SSH set-up ended (kept so that every caller of
+/// [`Vm::ssh`] gets the same answer).
+#[derive(Debug, Clone)]
+enum SshOutcome {
+    Up(Ssh, Duration),
+    TimedOut { timeout: Duration, last: String },
+    Failed(String),
 }
 
 /// How a VM is started.
@@ -118,9 +130,10 @@ pub struct VmConfig {
     pub mem_mib: u32,
     /// 9p shares, mounted once the backdoor is up.
     pub shares: Vec<Share>,
-    /// Whether to connect SSH during start.
+    /// Whether to connect SSH. The handshake runs in the background from
+    /// the start; [`Vm::start`] does not wait for it, [`Vm::ssh`] does.
     pub ssh: bool,
-    /// Deadline for the guest to come up (backdoor, then SSH).
+    /// Deadline for the guest to come up (the backdoor; SSH separately).
     pub boot_timeout: Duration,
     /// Extra kernel command-line words.
     pub extra_cmdline: Vec<String>,
@@ -203,7 +216,10 @@ pub struct Vm {
     pub console: Console,
     /// Backdoor shell.
     pub backdoor: Backdoor,
-    ssh: Option<Ssh>,
+    /// The SSH connection as the background task reports it (None: the VM
+    /// was started without SSH).
+    ssh: Option<watch::Receiver<Option<SshOutcome>>>,
+    ssh_task: Option<tokio::task::AbortHandle>,
     key: ClientKey,
     /// Host port forwarded to the guest's sshd.
     pub ssh_port: u16,
@@ -212,15 +228,14 @@ pub struct Vm {
     host_key: String,
     /// Time from `cont` until the backdoor answered.
     pub backdoor_ready_after: Duration,
-    /// Time from `cont` until SSH was connected (if it was).
-    pub ssh_ready_after: Option<Duration>,
     /// The store's virtiofsd (virtiofs only); killed with the VM.
     virtiofsd: Option<Virtiofsd>,
 }
 
 impl Vm {
     /// Boots a fresh VM of `cfg.image` on a new overlay and waits until its
-    /// backdoor (and, if asked, SSH) is ready and its shares are mounted.
+    /// backdoor is ready and its shares are mounted. SSH (if asked) is set
+    /// up in the background from the same moment; [`Vm::ssh`] waits for it.
     pub async fn start(cfg: VmConfig) -> Result<Vm, VmError> {
         let mut run = RunDir::create(&cfg.name).map_err(|e| VmError::Prepare(format!("run directory: {e}")))?;
         // Kept if starting fails (logs of a failed boot survive); released
@@ -334,21 +349,37 @@ impl Vm {
             console,
             backdoor,
             ssh: None,
+            ssh_task: None,
             key,
             ssh_port,
             init: m.init,
             host_key: m.ssh_host_key.clone(),
             backdoor_ready_after: Duration::ZERO,
-            ssh_ready_after: None,
             virtiofsd,
         };
         vm.qmp.execute(qapi::qmp::cont {}).await?;
         let t0 = Instant::now();
         tracing::info!(vm = %vm.name, accel = cfg.accel.name(), "VM started");
 
-        // The two channels come up independently: the backdoor (then the
-        // share mounts over it) and the SSH handshake run at the same time,
-        // so the VM is ready when the slower of the two is.
+        // The two channels come up independently. The SSH handshake (key
+        // exchange and authentication against a guest still booting: about
+        // half a second under TCG) runs in a task of its own, so the VM is
+        // ready as soon as the backdoor answers and the shares are mounted;
+        // the first user of SSH waits for the rest.
+        if cfg.ssh {
+            let (tx, rx) = watch::channel(None);
+            let (port, host_key, key, timeout) = (vm.ssh_port, vm.host_key.clone(), vm.key.clone(), cfg.boot_timeout);
+            let task = tokio::spawn(async move {
+                let outcome = match Ssh::connect(port, &host_key, &key, timeout).await {
+                    Ok(s) => SshOutcome::Up(s, t0.elapsed()),
+                    Err(SshError::Connect { timeout, last, .. }) => SshOutcome::TimedOut { timeout, last },
+                    Err(e) => SshOutcome::Failed(e.to_string()),
+                };
+                let _ = tx.send(Some(outcome));
+            });
+            vm.ssh = Some(rx);
+            vm.ssh_task = Some(task.abort_handle());
+        }
         let backdoor_side = async {
             let ready = vm.backdoor.wait_ready(cfg.boot_timeout);
             match vm.until_exit("waiting for the backdoor shell", ready).await? {
@@ -371,26 +402,11 @@ impl Vm {
             }
             Ok(after)
         };
-        let ssh_side = async {
-            if !cfg.ssh {
-                return Ok(None);
-            }
-            let conn = Ssh::connect(vm.ssh_port, &vm.host_key, &vm.key, cfg.boot_timeout);
-            match vm.until_exit("connecting over SSH", conn).await? {
-                Ok(s) => Ok(Some((s, t0.elapsed()))),
-                Err(SshError::Connect { timeout, last, .. }) => Err(VmError::BootTimeout {
-                    waited_for: format!("SSH on 127.0.0.1:{} did not accept the run's key ({last})", vm.ssh_port),
-                    timeout,
-                    serial: vm.serial_tail(30),
-                }),
-                Err(e) => Err(e.into()),
-            }
-        };
-        let (backdoor_after, ssh) = match tokio::try_join!(backdoor_side, ssh_side) {
+        vm.backdoor_ready_after = match backdoor_side.await {
             Ok(v) => v,
             // A channel closing during boot is usually QEMU exiting: say so,
             // with its stderr and the serial tail.
-            Err(e @ (VmError::Backdoor(_) | VmError::Ssh(_))) => {
+            Err(e @ VmError::Backdoor(_)) => {
                 if vm.wait_exit(Duration::from_secs(3)).await {
                     return Err(vm.exited_error("booting"));
                 }
@@ -398,10 +414,13 @@ impl Vm {
             }
             Err(e) => return Err(e),
         };
-        vm.backdoor_ready_after = backdoor_after;
-        if let Some((s, after)) = ssh {
-            vm.ssh = Some(s);
-            vm.ssh_ready_after = Some(after);
+        // An SSH set-up that has already failed fails the start, as it
+        // would have if the start had waited for it.
+        if let Some(rx) = &vm.ssh {
+            let failed = matches!(&*rx.borrow(), Some(SshOutcome::TimedOut { .. } | SshOutcome::Failed(_)));
+            if failed {
+                return Err(vm.ssh().await.expect_err("SSH set-up failed"));
+            }
         }
         vm.run.release();
         Ok(vm)
@@ -515,9 +534,41 @@ impl Vm {
         self.exited.borrow().is_none()
     }
 
-    /// The SSH connection.
-    pub fn ssh(&self) -> Result<&Ssh, VmError> {
-        self.ssh.as_ref().ok_or(VmError::NoSsh)
+    /// The SSH connection, once the background set-up has finished
+    /// (waits for it; an error if it failed, timed out or QEMU exited).
+    pub async fn ssh(&self) -> Result<Ssh, VmError> {
+        let mut rx = self.ssh.clone().ok_or(VmError::NoSsh)?;
+        let outcome = self.until_exit("connecting over SSH", async move { rx.wait_for(Option::is_some).await.map(|o| o.clone()) }).await?;
+        match outcome {
+            Ok(Some(SshOutcome::Up(s, _))) => Ok(s),
+            Ok(Some(SshOutcome::TimedOut { timeout, last })) => {
+                if self.wait_exit(Duration::from_millis(200)).await {
+                    return Err(self.exited_error("connecting over SSH"));
+                }
+                Err(VmError::BootTimeout {
+                    waited_for: format!("SSH on 127.0.0.1:{} did not accept the run's key ({last})", self.ssh_port),
+                    timeout,
+                    serial: self.serial_tail(30),
+                })
+            }
+            Ok(Some(SshOutcome::Failed(e))) => {
+                // A connection breaking is usually the first sign of QEMU
+                // dying.
+                if self.wait_exit(Duration::from_secs(3)).await {
+                    return Err(self.exited_error("connecting over SSH"));
+                }
+                Err(VmError::SshSetup(e))
+            }
+            Ok(None) | Err(_) => Err(VmError::SshSetup("the set-up task ended without an answer".into())),
+        }
+    }
+
+    /// Time from `cont` until SSH was connected, if it is.
+    pub fn ssh_ready_after(&self) -> Option<Duration> {
+        match self.ssh.as_ref().map(|rx| rx.borrow().clone()) {
+            Some(Some(SshOutcome::Up(_, after))) => Some(after),
+            _ => None,
+        }
     }
 
     /// The store's virtiofsd process id (virtiofs stores only).
@@ -550,7 +601,7 @@ impl Vm {
         let res = match channel {
             Channel::Backdoor => self.until_exit(&during, self.backdoor.exec(cmd, stdin, timeout, sink)).await?.map_err(VmError::from),
             Channel::Ssh => {
-                let ssh = self.ssh()?;
+                let ssh = self.ssh().await?;
                 let run = ssh.exec(cmd, stdin, sink);
                 if timeout.is_zero() {
                     self.until_exit(&during, run).await?.map_err(VmError::from)
@@ -647,6 +698,9 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
+        if let Some(t) = &self.ssh_task {
+            t.abort();
+        }
         if self.is_running() {
             // SAFETY: as in `kill`.
             unsafe {

@@ -39,7 +39,7 @@ async fn five_mib_of_binary_output_is_byte_identical_on_both_channels() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssh_runs_commands_concurrently() {
     let vm = boot(Init::Systemd, "conc", vec![]).await;
-    let ssh = vm.ssh().expect("ssh");
+    let ssh = vm.ssh().await.expect("ssh");
     let t = Instant::now();
     let runs = (0..4).map(|i| {
         let ssh = ssh.clone();
@@ -166,4 +166,37 @@ async fn backdoor_commands_keep_their_bytes_status_and_deadline() {
     let after = bd("echo still here", T).await.expect("exec");
     assert_eq!(after.stdout_str(), "still here\n");
     vm.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ssh_failure_in_the_background_is_reported_to_its_users() {
+    // The image's pinned host key replaced by another: the guest's real
+    // sshd must be refused. SSH is set up in the background, so the failure
+    // is either known by the time the backdoor is ready (the start fails)
+    // or reported to the first user of SSH; both must name the cause.
+    let mut cfg = config(Init::Systemd, "hostkey");
+    cfg.image.manifest.ssh_host_key = xdriver::ssh::ClientKey::generate().public_openssh();
+    let t = Instant::now();
+    let want = "different host key than the image manifest pins";
+    match Vm::start(cfg).await {
+        Err(e) => {
+            let msg = xdriver::cli::chain_error(&e);
+            eprintln!("the start failed after {:?}: {msg}", t.elapsed());
+            assert!(msg.contains(want), "{msg}");
+        }
+        Ok(vm) => {
+            eprintln!("the start returned after {:?} (backdoor {:?})", t.elapsed(), vm.backdoor_ready_after);
+            // The backdoor works regardless.
+            let out = vm.exec(Channel::Backdoor, "echo fine", &[], T, None).await.expect("backdoor");
+            assert_eq!(out.stdout_str(), "fine\n");
+            let e = vm.ssh().await.expect_err("a wrong host key must not be accepted");
+            assert!(e.to_string().contains(want), "{e}");
+            let e = vm.exec(Channel::Ssh, "true", &[], T, None).await.expect_err("SSH exec must fail");
+            assert!(e.to_string().contains(want), "{e}");
+            assert_eq!(vm.ssh_ready_after(), None);
+            let pid = vm.pid();
+            vm.shutdown().await;
+            assert!(!alive(pid), "QEMU {pid} outlived the VM");
+        }
+    }
 }

@@ -17,7 +17,6 @@ async fn exercise(init: Init) {
     std::fs::write(share_dir.path().join("hello.txt"), format!("hello from the host to {init}\n")).expect("write");
     let share = Share { host: share_dir.path().to_path_buf(), guest: "/mnt/host".into(), writable: false };
     let vm = boot(init, "init", vec![share]).await;
-    eprintln!("{init}: backdoor after {:?}, ssh after {:?}", vm.backdoor_ready_after, vm.ssh_ready_after);
 
     // Commands on both channels: stdout, stderr and status kept apart.
     for ch in [Channel::Ssh, Channel::Backdoor] {
@@ -35,6 +34,7 @@ async fn exercise(init: Init) {
         let input = vm.exec(ch, "tr a-z A-Z", b"stdin reaches the command", T, None).await.expect("exec");
         assert_eq!(input.stdout_str(), "STDIN REACHES THE COMMAND", "{init} {ch:?}");
     }
+    eprintln!("{init}: backdoor after {:?}, ssh after {:?}", vm.backdoor_ready_after, vm.ssh_ready_after());
 
     // A background child that keeps stdout open must not hang the backdoor
     // (the NixOS driver's known hang) nor SSH.
@@ -50,7 +50,7 @@ async fn exercise(init: Init) {
     std::fs::write(&file, &payload).expect("write");
     std::fs::create_dir_all(local.path().join("tree/sub")).expect("mkdir");
     std::fs::write(local.path().join("tree/sub/a.txt"), b"a\n").expect("write");
-    let ssh = vm.ssh().expect("ssh");
+    let ssh = vm.ssh().await.expect("ssh");
     ssh.copy_to(&file, "/root/in").await.expect("copy_to file");
     ssh.copy_to(&local.path().join("tree"), "/root/in").await.expect("copy_to dir");
     let sum = vm.exec(Channel::Ssh, "sha256sum /root/in/payload.bin | cut -d' ' -f1; cat /root/in/tree/sub/a.txt", &[], T, None).await.expect("exec");

@@ -53,14 +53,27 @@ pub(super) async fn main(args: RunArgs) -> Result<i32, CliError> {
     cfg.ssh = args.channel == Channel::Ssh || args.command.is_empty();
     cfg.boot_timeout = Duration::from_secs(args.boot_timeout);
     cfg.extra_cmdline = args.append.clone();
+    let wants_ssh = cfg.ssh;
     let mut vm = match Vm::start(cfg).await {
         Ok(vm) => vm,
         Err(e) => return Err(CliError::infra(&e)),
     };
+    // Vm::start returns once the backdoor answers; what is run here over
+    // SSH (or reached with --keep) needs the SSH connection too.
+    if wants_ssh {
+        if let Err(e) = vm.ssh().await {
+            vm.keep_run_dir();
+            let run_dir = vm.run_dir().to_path_buf();
+            vm.shutdown().await;
+            let mut e = CliError::infra(&e);
+            e.message.push_str(&format!("\n(logs kept in {})", run_dir.display()));
+            return Err(e);
+        }
+    }
     eprintln!(
         "xdriver: {} up in {:.1} s (backdoor {:.1} s), run dir {}",
         name,
-        vm.ssh_ready_after.unwrap_or(vm.backdoor_ready_after).as_secs_f64(),
+        vm.ssh_ready_after().unwrap_or(vm.backdoor_ready_after).as_secs_f64(),
         vm.backdoor_ready_after.as_secs_f64(),
         vm.run_dir().display()
     );
@@ -69,7 +82,7 @@ pub(super) async fn main(args: RunArgs) -> Result<i32, CliError> {
         return keep(vm, &args).await;
     }
     let status = if args.command.is_empty() {
-        match vm.ssh() {
+        match vm.ssh().await {
             Ok(s) => s.interactive().await.map_err(|e| CliError::infra(&e)),
             Err(e) => Err(CliError::infra(&e)),
         }

@@ -168,7 +168,7 @@ impl<'a> Machine<'a> {
             }
             Action::CopyToVm { source, target } => {
                 let t = Instant::now();
-                let ssh = self.vm.ssh()?;
+                let ssh = self.vm.ssh().await?;
                 let r = ssh.copy_to(source, target).await;
                 let label = format!("copy_to_vm({}, {target})", source.display());
                 self.transcript.push(context, &label, Some(i32::from(r.is_err())), String::new(), r.as_ref().err().map(|e| e.to_string()).unwrap_or_default(), t.elapsed());
@@ -178,7 +178,7 @@ impl<'a> Machine<'a> {
                 let t = Instant::now();
                 let dest = self.artifacts.join(target);
                 std::fs::create_dir_all(&dest).map_err(|e| StepError::Failed(format!("{}: {e}", dest.display())))?;
-                let ssh = self.vm.ssh()?;
+                let ssh = self.vm.ssh().await?;
                 let r = ssh.copy_from(source, &dest).await;
                 let label = format!("copy_from_vm({source}, {target})");
                 self.transcript.push(context, &label, Some(i32::from(r.is_err())), String::new(), r.as_ref().err().map(|e| e.to_string()).unwrap_or_default(), t.elapsed());
