@@ -237,6 +237,7 @@ impl Vm {
     /// backdoor is ready and its shares are mounted. SSH (if asked) is set
     /// up in the background from the same moment; [`Vm::ssh`] waits for it.
     pub async fn start(cfg: VmConfig) -> Result<Vm, VmError> {
+        let called = Instant::now();
         let mut run = RunDir::create(&cfg.name).map_err(|e| VmError::Prepare(format!("run directory: {e}")))?;
         // Kept if starting fails (logs of a failed boot survive); released
         // once the VM is up.
@@ -309,6 +310,7 @@ impl Vm {
                 Ok(())
             });
         }
+        tracing::debug!(after = ?called.elapsed(), "spawning QEMU");
         let mut child = cmd.spawn().map_err(|e| VmError::Start { detail: format!("{}: {e}", spec.binary), stderr: String::new() })?;
         let pid = child.id().map(|p| p as i32).unwrap_or(-1);
         register(pid, true);
@@ -336,6 +338,7 @@ impl Vm {
                 return Err(VmError::Start { detail: format!("QEMU exited ({status})"), stderr: stderr_of() });
             }
         };
+        tracing::debug!(after = ?called.elapsed(), "QEMU connected its sockets");
         let console = Console::start(serial);
         let backdoor = Backdoor::start(bd);
         let qmp = Qmp::handshake(qmp_sock).await?;
@@ -359,7 +362,7 @@ impl Vm {
         };
         vm.qmp.execute(qapi::qmp::cont {}).await?;
         let t0 = Instant::now();
-        tracing::info!(vm = %vm.name, accel = cfg.accel.name(), "VM started");
+        tracing::info!(vm = %vm.name, accel = cfg.accel.name(), after = ?called.elapsed(), "VM started");
 
         // The two channels come up independently. The SSH handshake (key
         // exchange and authentication against a guest still booting: about
