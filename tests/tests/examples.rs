@@ -50,6 +50,18 @@ fn both_profiles_pass(example_name: &str, manager: &str) {
     } else {
         assert!(run.stdout.contains(&format!("PASS  debian-12/{manager}/unprivileged")), "{}", run.stdout);
     }
+    if example_name == "chain" {
+        // copy_to_vm took the spec's template into the guest and
+        // copy_from_vm brought that directory back into the cell's results.
+        let want = std::fs::read(example("chain").join("proxy.conf.j2")).expect("template");
+        for profile in ["privileged", "unprivileged"] {
+            if manager == "openrc" && profile == "unprivileged" {
+                continue;
+            }
+            let got = run.results.path().join(format!("chain/debian-12-{manager}-{profile}/from-guest/from-host/proxy.conf.j2"));
+            assert_eq!(std::fs::read(&got).ok().as_ref(), Some(&want), "{}: not the spec's file", got.display());
+        }
+    }
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
