@@ -642,8 +642,8 @@ impl Vm {
         exited
     }
 
-    /// Shuts the VM down: power off from inside, then the ACPI button, then
-    /// QMP `quit`, then SIGKILL, each with its own deadline.
+    /// Shuts the VM down: power off from inside, then the ACPI power button,
+    /// then QMP `quit`, then SIGKILL, each with its own deadline.
     pub async fn shutdown(self) -> Stopped {
         if !self.is_running() {
             return Stopped::AlreadyExited;
@@ -659,7 +659,7 @@ impl Vm {
         if matches!(asked, Ok(Ok(_))) && self.wait_exit(Duration::from_secs(90)).await {
             return Stopped::GuestPoweroff;
         }
-        if self.qmp.execute(qapi::qmp::system_powerdown {}).await.is_ok() && self.wait_exit(Duration::from_secs(10)).await {
+        if matches!(self.power_button(Duration::from_secs(10)).await, Ok(true)) {
             return Stopped::Acpi;
         }
         if !self.is_running() {
@@ -671,6 +671,14 @@ impl Vm {
         }
         self.kill().await;
         Stopped::Killed
+    }
+
+    /// Presses the ACPI power button (QMP `system_powerdown`) and waits up to
+    /// `timeout` for QEMU to exit; true if it did (the guest powered off).
+    /// xdriver's images power off on it (busybox acpid, every init).
+    pub async fn power_button(&self, timeout: Duration) -> Result<bool, VmError> {
+        self.qmp.execute(qapi::qmp::system_powerdown {}).await?;
+        Ok(self.wait_exit(timeout).await)
     }
 
     /// Writes the guest's screen to `path` as PNG (QMP `screendump`).

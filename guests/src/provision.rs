@@ -8,6 +8,8 @@ use crate::Init;
 
 /// Where the backdoor script lives in the guest.
 pub const BACKDOOR_PATH: &str = "/usr/lib/xdriver/backdoor";
+/// What busybox's acpid runs when the ACPI power button is pressed.
+pub const ACPI_POWER_HANDLER: &str = "/etc/acpi/PWRF/00000080";
 /// The line the backdoor prints on its port when it is ready for commands.
 pub const BACKDOOR_READY: &str = "XDRIVER-BACKDOOR-READY 1";
 
@@ -86,8 +88,28 @@ pub fn provision(init: Init, hostname: &str) -> Vec<FsEntry> {
              MaxStartups 64:30:128\n",
         ),
     ];
+    // The ACPI power button (QMP `system_powerdown`, the second step of
+    // xdriver's shutdown): busybox's acpid reads the button's key from the
+    // event devices (the initramfs loads `button` and `evdev`) and runs
+    // /etc/acpi/PWRF/00000080 for it. Started by each init below.
+    v.push(file(ACPI_POWER_HANDLER, 0o755, format!("#!/bin/sh\n# xdriver: the ACPI power button powers the guest off.\n{}\n", init.poweroff_command())));
     match init {
         Init::Systemd => {
+            v.push(file(
+                "/etc/systemd/system/xdriver-acpid.service",
+                0o644,
+                "[Unit]\n\
+                 Description=xdriver: the ACPI power button powers off (busybox acpid)\n\n\
+                 [Service]\n\
+                 ExecStart=/bin/busybox acpid -f\n\
+                 Restart=on-failure\n\n\
+                 [Install]\n\
+                 WantedBy=multi-user.target\n",
+            ));
+            v.push(symlink(
+                "/etc/systemd/system/multi-user.target.wants/xdriver-acpid.service",
+                "/etc/systemd/system/xdriver-acpid.service",
+            ));
             // sshd and the backdoor start as soon as systemd runs, not after
             // basic.target: all they need is there before any unit starts
             // (root mounted read-write and eth0 configured by the
@@ -132,7 +154,9 @@ pub fn provision(init: Init, hostname: &str) -> Vec<FsEntry> {
         Init::Sysvinit | Init::Openrc => {
             v.push(FsEntry::Append {
                 path: "/etc/inittab".into(),
-                text: "\n# xdriver: serial login\nT0:2345:respawn:/sbin/getty -L ttyS0 115200 vt100\n".into(),
+                text: "\n# xdriver: serial login\nT0:2345:respawn:/sbin/getty -L ttyS0 115200 vt100\n\
+                       # xdriver: the ACPI power button powers off\nXA:2345:respawn:/bin/busybox acpid -f\n"
+                    .into(),
             });
             if init == Init::Sysvinit {
                 // inittab entries start after the runlevel's `wait` rc line,
@@ -156,6 +180,8 @@ pub fn provision(init: Init, hostname: &str) -> Vec<FsEntry> {
             }
         }
         Init::Runit => {
+            v.push(file("/etc/sv/xdriver-acpid/run", 0o755, "#!/bin/sh\nexec /bin/busybox acpid -f\n"));
+            v.push(symlink("/etc/service/xdriver-acpid", "/etc/sv/xdriver-acpid"));
             v.push(file("/etc/sv/xdriver-backdoor/run", 0o755, "#!/bin/sh\nexec /usr/lib/xdriver/backdoor\n"));
             v.push(symlink("/etc/service/xdriver-backdoor", "/etc/sv/xdriver-backdoor"));
             v.push(file(
@@ -184,6 +210,25 @@ mod tests {
                 FsEntry::Symlink { .. } => false,
             });
             assert!(starts, "{init}: nothing starts the backdoor");
+        }
+    }
+
+    #[test]
+    fn every_init_starts_acpid_and_the_handler_powers_off() {
+        for init in Init::ALL {
+            let entries = provision(init, "vm");
+            let starts = entries.iter().any(|e| match e {
+                FsEntry::File { contents, .. } | FsEntry::Append { text: contents, .. } => contents.contains("/bin/busybox acpid -f"),
+                FsEntry::Symlink { .. } => false,
+            });
+            assert!(starts, "{init}: nothing starts acpid");
+            let handler = entries.iter().find_map(|e| match e {
+                FsEntry::File { path, mode, contents } if path == ACPI_POWER_HANDLER => Some((*mode, contents.clone())),
+                _ => None,
+            });
+            let (mode, contents) = handler.unwrap_or_else(|| panic!("{init}: no power-button handler"));
+            assert_eq!(mode & 0o111, 0o111, "{init}: handler not executable");
+            assert!(contents.starts_with("#!/bin/sh\n") && contents.contains(init.poweroff_command()), "{init}: {contents}");
         }
     }
 

@@ -18,9 +18,11 @@ pub const INIT_SCRIPT: &str = r#"#!/bin/busybox sh
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-for m in $(cat /modules.order); do insmod /lib/modules/$m || echo "xdriver-initramfs: insmod $m failed"; done
-# Modules only shares need load meanwhile, on the other CPU.
-( for m in $(cat /modules.later); do insmod /lib/modules/$m || echo "xdriver-initramfs: insmod $m failed"; done ) &
+load() { for m in $(cat "$1"); do insmod /lib/modules/$m || echo "xdriver-initramfs: insmod $m failed"; done; }
+load /modules.order
+# The modules nothing here needs (shares, the power button) load meanwhile,
+# on the other CPU.
+load /modules.later &
 later=$!
 root=/dev/vda; init=/sbin/init; fstype=ext4; rootflags=rw; net=; sshkey=
 for x in $(cat /proc/cmdline); do

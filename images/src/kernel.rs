@@ -245,7 +245,7 @@ pub(crate) fn prepare(recipe: &crate::recipe::KernelRecipe, work: &Path, out: &P
         .map(|n| n.trim_end_matches(".ko").replace('-', "_"))
         .collect();
     let boot = resolve_module_order(&modules, &builtin, &recipe.modules)?;
-    let all: Vec<String> = recipe.modules.iter().chain(&recipe.share_modules).cloned().collect();
+    let all: Vec<String> = recipe.modules.iter().chain(&recipe.background_modules).cloned().collect();
     let order = resolve_module_order(&modules, &builtin, &all)?;
     let (mut files, mut later) = (Vec::new(), Vec::new());
     for p in &order {

@@ -68,10 +68,11 @@ pub struct KernelRecipe {
     pub busybox_package: String,
     /// Modules the initramfs loads before it mounts the root disk.
     pub modules: Vec<String>,
-    /// Modules only shares and the store need: the initramfs loads them in
-    /// the background while it finds and mounts the root disk.
+    /// Modules nothing before `switch_root` needs (shares, the store, the
+    /// ACPI power button): the initramfs loads them in the background while
+    /// it finds and mounts the root disk.
     #[serde(default)]
-    pub share_modules: Vec<String>,
+    pub background_modules: Vec<String>,
 }
 
 /// One init variant of a recipe.

@@ -1,12 +1,13 @@
 //! Every init variant of the Debian image, booted for real under TCG:
 //! commands over SSH and the backdoor, file copies both ways, a forwarded
-//! port to the guest's nginx, a 9p share, and a clean power-off.
+//! port to the guest's nginx, a 9p share, and a clean power-off; and the
+//! ACPI power button powering each of them off.
 
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use xdriver::qemu::Share;
-use xdriver::vm::{Channel, Stopped};
+use xdriver::vm::{Channel, Stopped, Vm};
 use xdriver_guests::Init;
 use xdriver_tests::{boot, sha256};
 
@@ -107,4 +108,53 @@ async fn debian_openrc() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debian_runit() {
     exercise(Init::Runit).await;
+}
+
+/// The second step of the shutdown: the ACPI power button (QMP
+/// `system_powerdown`) must power each image off by itself; busybox's acpid
+/// runs the init's power-off command.
+async fn power_button(init: Init) {
+    let mut cfg = xdriver_tests::config(init, "acpi");
+    cfg.ssh = false;
+    let vm = Vm::start(cfg).await.unwrap_or_else(|e| panic!("{init} VM did not start: {}", xdriver::cli::chain_error(&e)));
+    // acpid must be reading the button's event device before it is pressed.
+    let probe = "for i in $(seq 1 600); do p=$(pgrep -f '^/bin/busybox acpid'); [ -n \"$p\" ] && ls -l /proc/$p/fd | grep -q /dev/input/event && exit 0; sleep 0.2; done; ps -ef; ls -l /dev/input; exit 1";
+    let up = vm.exec(Channel::Backdoor, probe, &[], T, None).await.expect("exec");
+    assert!(up.success(), "{init}: acpid is not reading an event device:\n{}", up.stdout_str());
+    let mut events = vm.qmp.subscribe();
+    let pid = vm.pid();
+    let t = std::time::Instant::now();
+    let off = vm.power_button(Duration::from_secs(90)).await.expect("system_powerdown");
+    assert!(off, "{init}: the guest did not power off within 90 s of the ACPI power button\n{}", vm.serial_tail(20));
+    eprintln!("{init}: powered off {:?} after the button", t.elapsed());
+    // QEMU's SHUTDOWN event says the guest itself shut down.
+    let mut reason = None;
+    while let Ok(ev) = events.try_recv() {
+        if ev["event"] == "SHUTDOWN" {
+            reason = Some(ev["data"]["reason"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    assert_eq!(reason.as_deref(), Some("guest-shutdown"), "{init}");
+    drop(vm);
+    assert!(!xdriver_tests::alive(pid));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_button_systemd() {
+    power_button(Init::Systemd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_button_sysvinit() {
+    power_button(Init::Sysvinit).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_button_openrc() {
+    power_button(Init::Openrc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_button_runit() {
+    power_button(Init::Runit).await;
 }
