@@ -72,6 +72,10 @@ while true; do
   if [ "$tmo" -gt 0 ]; then sleep "$tmo" </dev/null >/dev/null 2>&1 & wd=$!; fi
   while true; do
     if [ "$stream" = 1 ] && [ -z "$tk" ]; then sleep 0.05 </dev/null >/dev/null 2>&1 & tk=$!; fi
+    # The command may have ended while the sleeps above were started: this
+    # job-control shell may then have cleaned its job up already, and
+    # `wait -n` would not see it end (it would wait for the deadline).
+    if ! kill -0 "$pid" 2>/dev/null; then wait "$pid"; rc=$?; break; fi
     done=
     wait -n -p done $pid $wd $tk
     st=$?
