@@ -10,6 +10,8 @@ use crate::Init;
 pub const BACKDOOR_PATH: &str = "/usr/lib/xdriver/backdoor";
 /// What busybox's acpid runs when the ACPI power button is pressed.
 pub const ACPI_POWER_HANDLER: &str = "/etc/acpi/PWRF/00000080";
+/// How each init starts busybox's acpid (in the foreground, supervised).
+const ACPID: &str = "/bin/busybox acpid -f";
 /// The line the backdoor prints on its port when it is ready for commands.
 pub const BACKDOOR_READY: &str = "XDRIVER-BACKDOOR-READY 1";
 
@@ -98,13 +100,15 @@ pub fn provision(init: Init, hostname: &str) -> Vec<FsEntry> {
             v.push(file(
                 "/etc/systemd/system/xdriver-acpid.service",
                 0o644,
-                "[Unit]\n\
-                 Description=xdriver: the ACPI power button powers off (busybox acpid)\n\n\
-                 [Service]\n\
-                 ExecStart=/bin/busybox acpid -f\n\
-                 Restart=on-failure\n\n\
-                 [Install]\n\
-                 WantedBy=multi-user.target\n",
+                format!(
+                    "[Unit]\n\
+                     Description=xdriver: the ACPI power button powers off (busybox acpid)\n\n\
+                     [Service]\n\
+                     ExecStart={ACPID}\n\
+                     Restart=on-failure\n\n\
+                     [Install]\n\
+                     WantedBy=multi-user.target\n"
+                ),
             ));
             v.push(symlink(
                 "/etc/systemd/system/multi-user.target.wants/xdriver-acpid.service",
@@ -154,9 +158,10 @@ pub fn provision(init: Init, hostname: &str) -> Vec<FsEntry> {
         Init::Sysvinit | Init::Openrc => {
             v.push(FsEntry::Append {
                 path: "/etc/inittab".into(),
-                text: "\n# xdriver: serial login\nT0:2345:respawn:/sbin/getty -L ttyS0 115200 vt100\n\
-                       # xdriver: the ACPI power button powers off\nXA:2345:respawn:/bin/busybox acpid -f\n"
-                    .into(),
+                text: format!(
+                    "\n# xdriver: serial login\nT0:2345:respawn:/sbin/getty -L ttyS0 115200 vt100\n\
+                     # xdriver: the ACPI power button powers off\nXA:2345:respawn:{ACPID}\n"
+                ),
             });
             if init == Init::Sysvinit {
                 // inittab entries start after the runlevel's `wait` rc line,
@@ -180,7 +185,7 @@ pub fn provision(init: Init, hostname: &str) -> Vec<FsEntry> {
             }
         }
         Init::Runit => {
-            v.push(file("/etc/sv/xdriver-acpid/run", 0o755, "#!/bin/sh\nexec /bin/busybox acpid -f\n"));
+            v.push(file("/etc/sv/xdriver-acpid/run", 0o755, format!("#!/bin/sh\nexec {ACPID}\n")));
             v.push(symlink("/etc/service/xdriver-acpid", "/etc/sv/xdriver-acpid"));
             v.push(file("/etc/sv/xdriver-backdoor/run", 0o755, "#!/bin/sh\nexec /usr/lib/xdriver/backdoor\n"));
             v.push(symlink("/etc/service/xdriver-backdoor", "/etc/sv/xdriver-backdoor"));
@@ -218,7 +223,7 @@ mod tests {
         for init in Init::ALL {
             let entries = provision(init, "vm");
             let starts = entries.iter().any(|e| match e {
-                FsEntry::File { contents, .. } | FsEntry::Append { text: contents, .. } => contents.contains("/bin/busybox acpid -f"),
+                FsEntry::File { contents, .. } | FsEntry::Append { text: contents, .. } => contents.contains(ACPID),
                 FsEntry::Symlink { .. } => false,
             });
             assert!(starts, "{init}: nothing starts acpid");

@@ -39,6 +39,13 @@ pub fn config(init: Init, label: &str) -> VmConfig {
 pub async fn boot(init: Init, label: &str, shares: Vec<Share>) -> Vm {
     let mut cfg = config(init, label);
     cfg.shares = shares;
+    start(cfg).await
+}
+
+/// Boots a VM of `cfg`, panicking with the error's text (serial tail
+/// included) if it does not come up.
+pub async fn start(cfg: VmConfig) -> Vm {
+    let init = cfg.image.manifest.init;
     Vm::start(cfg).await.unwrap_or_else(|e| panic!("{init} VM did not start: {}", xdriver::cli::chain_error(&e)))
 }
 

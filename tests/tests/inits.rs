@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use xdriver::qemu::Share;
-use xdriver::vm::{Channel, Stopped, Vm};
+use xdriver::vm::{Channel, Stopped};
 use xdriver_guests::Init;
 use xdriver_tests::{boot, sha256};
 
@@ -90,40 +90,20 @@ async fn exercise(init: Init) {
     assert_eq!(stopped, Stopped::GuestPoweroff, "{init}: did not power off from inside");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn debian_systemd() {
-    exercise(Init::Systemd).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn debian_sysvinit() {
-    exercise(Init::Sysvinit).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn debian_openrc() {
-    exercise(Init::Openrc).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn debian_runit() {
-    exercise(Init::Runit).await;
-}
-
 /// The second step of the shutdown: the ACPI power button (QMP
 /// `system_powerdown`) must power each image off by itself; busybox's acpid
 /// runs the init's power-off command.
 async fn power_button(init: Init) {
     let mut cfg = xdriver_tests::config(init, "acpi");
     cfg.ssh = false;
-    let vm = Vm::start(cfg).await.unwrap_or_else(|e| panic!("{init} VM did not start: {}", xdriver::cli::chain_error(&e)));
+    let vm = xdriver_tests::start(cfg).await;
     // acpid must be reading the button's event device before it is pressed.
     let probe = "for i in $(seq 1 600); do p=$(pgrep -f '^/bin/busybox acpid'); [ -n \"$p\" ] && ls -l /proc/$p/fd | grep -q /dev/input/event && exit 0; sleep 0.2; done; ps -ef; ls -l /dev/input; exit 1";
     let up = vm.exec(Channel::Backdoor, probe, &[], T, None).await.expect("exec");
     assert!(up.success(), "{init}: acpid is not reading an event device:\n{}", up.stdout_str());
     let mut events = vm.qmp.subscribe();
     let pid = vm.pid();
-    let t = std::time::Instant::now();
+    let t = Instant::now();
     // OpenRC took 44 s to power off on an idle host (it stops every service).
     let off = vm.power_button(Duration::from_secs(180)).await.expect("system_powerdown");
     assert!(off, "{init}: the guest did not power off within 180 s of the ACPI power button\n{}", vm.serial_tail(20));
@@ -140,22 +120,27 @@ async fn power_button(init: Init) {
     assert!(!xdriver_tests::alive(pid));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn power_button_systemd() {
-    power_button(Init::Systemd).await;
+/// For each init: `exercise` as debian_<init>, `power_button` as
+/// power_button_<init>.
+macro_rules! per_init {
+    ($($init:expr => $exercise:ident, $button:ident;)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $exercise() {
+                exercise($init).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $button() {
+                power_button($init).await;
+            }
+        )*
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn power_button_sysvinit() {
-    power_button(Init::Sysvinit).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn power_button_openrc() {
-    power_button(Init::Openrc).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn power_button_runit() {
-    power_button(Init::Runit).await;
+per_init! {
+    Init::Systemd => debian_systemd, power_button_systemd;
+    Init::Sysvinit => debian_sysvinit, power_button_sysvinit;
+    Init::Openrc => debian_openrc, power_button_openrc;
+    Init::Runit => debian_runit, power_button_runit;
 }

@@ -59,40 +59,36 @@ pub(super) async fn main(args: RunArgs) -> Result<i32, CliError> {
         Err(e) => return Err(CliError::infra(&e)),
     };
     // Vm::start returns once the backdoor answers; what is run here over
-    // SSH (or reached with --keep) needs the SSH connection too.
-    if wants_ssh {
-        if let Err(e) = vm.ssh().await {
-            vm.keep_run_dir();
-            let run_dir = vm.run_dir().to_path_buf();
-            vm.shutdown().await;
-            let mut e = CliError::infra(&e);
-            e.message.push_str(&format!("\n(logs kept in {})", run_dir.display()));
-            return Err(e);
+    // SSH (or reached with --keep) needs the SSH connection too. If it
+    // fails, that ends the run like any infrastructure failure below.
+    let ssh_up = if wants_ssh { vm.ssh().await.map(drop) } else { Ok(()) };
+    let status = match ssh_up {
+        Err(e) => Err(CliError::infra(&e)),
+        Ok(()) => {
+            eprintln!(
+                "xdriver: {} up in {:.1} s (backdoor {:.1} s), run dir {}",
+                name,
+                vm.ssh_ready_after().unwrap_or(vm.backdoor_ready_after).as_secs_f64(),
+                vm.backdoor_ready_after.as_secs_f64(),
+                vm.run_dir().display()
+            );
+            if args.keep {
+                return keep(vm, &args).await;
+            }
+            if args.command.is_empty() {
+                match vm.ssh().await {
+                    Ok(s) => s.interactive().await.map_err(|e| CliError::infra(&e)),
+                    Err(e) => Err(CliError::infra(&e)),
+                }
+            } else {
+                let cmd = shell_join(&args.command);
+                let mut sink = HostStdio;
+                vm.exec(args.channel, &cmd, &[], Duration::from_secs(args.timeout), Some(&mut sink))
+                    .await
+                    .map(|o| o.status)
+                    .map_err(|e| CliError::infra(&e))
+            }
         }
-    }
-    eprintln!(
-        "xdriver: {} up in {:.1} s (backdoor {:.1} s), run dir {}",
-        name,
-        vm.ssh_ready_after().unwrap_or(vm.backdoor_ready_after).as_secs_f64(),
-        vm.backdoor_ready_after.as_secs_f64(),
-        vm.run_dir().display()
-    );
-
-    if args.keep {
-        return keep(vm, &args).await;
-    }
-    let status = if args.command.is_empty() {
-        match vm.ssh().await {
-            Ok(s) => s.interactive().await.map_err(|e| CliError::infra(&e)),
-            Err(e) => Err(CliError::infra(&e)),
-        }
-    } else {
-        let cmd = shell_join(&args.command);
-        let mut sink = HostStdio;
-        vm.exec(args.channel, &cmd, &[], Duration::from_secs(args.timeout), Some(&mut sink))
-            .await
-            .map(|o| o.status)
-            .map_err(|e| CliError::infra(&e))
     };
     if status.is_err() || args.keep_logs {
         vm.keep_run_dir();
