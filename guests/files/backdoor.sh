@@ -95,8 +95,8 @@ while true; do
       fi
       continue
     fi
-    # Nothing we know ended (a stray signal): is the command still there?
-    if ! kill -0 "$pid" 2>/dev/null; then wait "$pid"; rc=$?; break; fi
+    # Nothing we know ended (a stray signal): the check at the top of the
+    # loop finds out whether the command is still there.
   done
   for x in $wd $tk; do kill "$x" 2>/dev/null; wait "$x" 2>/dev/null; done
   [ "$killed" = 1 ] && rc=124
