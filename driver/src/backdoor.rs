@@ -71,10 +71,11 @@ pub struct Backdoor {
     next_id: Mutex<u64>,
 }
 
-/// Escapes a command for the guest's `printf -v cmd '%b'`: plain ASCII
-/// letters, digits and punctuation other than the backslash stay as they
-/// are, every other byte becomes `\xHH`, so the result holds no space, no
-/// newline and no backslash that `%b` would read differently.
+/// Escapes a command for the guest's `printf '%b'`: plain ASCII letters,
+/// digits and punctuation other than the backslash stay as they are, every
+/// other byte becomes `\0NNN` (octal: the one escape POSIX's `%b` has, so
+/// dash, bash and FreeBSD's sh all decode it), so the result holds no
+/// space, no newline and no backslash that `%b` would read differently.
 pub fn escape_command(cmd: &str) -> Result<String, BackdoorError> {
     if cmd.contains('\0') {
         return Err(BackdoorError::Protocol("the command contains a NUL byte, which a shell cannot hold".into()));
@@ -82,14 +83,14 @@ pub fn escape_command(cmd: &str) -> Result<String, BackdoorError> {
     if cmd.is_empty() {
         // An empty field would shift the frame's fields; a blank command
         // does the same as none.
-        return Ok("\\x20".into());
+        return Ok("\\0040".into());
     }
     let mut out = String::with_capacity(cmd.len() + cmd.len() / 4);
     for &b in cmd.as_bytes() {
         if b.is_ascii_graphic() && b != b'\\' {
             out.push(b as char);
         } else {
-            out.push_str(&format!("\\x{b:02x}"));
+            out.push_str(&format!("\\0{b:03o}"));
         }
     }
     Ok(out)
@@ -248,7 +249,7 @@ mod tests {
     use super::escape_command;
 
     #[test]
-    fn escaped_commands_are_one_field_and_decode_to_the_same_bytes_in_bash() {
+    fn escaped_commands_are_one_field_and_decode_to_the_same_bytes_in_dash_and_bash() {
         let cmds = [
             "true",
             "",
@@ -259,13 +260,15 @@ mod tests {
         for cmd in cmds {
             let e = escape_command(cmd).expect("escapable");
             assert!(!e.is_empty() && e.bytes().all(|b| b.is_ascii_graphic()), "{e:?}");
-            // What the guest does with the field: printf -v cmd '%b'.
-            let out = std::process::Command::new("bash")
-                .args(["-c", "printf -v c '%b' \"$1\"; printf '%s' \"$c\"", "bash", &e])
-                .output()
-                .expect("bash");
-            let want = if cmd.is_empty() { " " } else { cmd };
-            assert_eq!(String::from_utf8_lossy(&out.stdout), want, "escaped as {e}");
+            // What the guest does with the field (guests/files/backdoor.sh).
+            for sh in ["dash", "bash"] {
+                let out = std::process::Command::new(sh)
+                    .args(["-c", "c=$(printf '%bx' \"$1\"); c=${c%x}; printf '%s' \"$c\"", sh, &e])
+                    .output()
+                    .expect("shell");
+                let want = if cmd.is_empty() { " " } else { cmd };
+                assert_eq!(String::from_utf8_lossy(&out.stdout), want, "{sh}: escaped as {e}");
+            }
         }
         assert!(escape_command("a\0b").is_err());
     }

@@ -15,6 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 use crate::output::{Output, Sink};
+use xdriver_guests::shell::quote;
 
 /// SSH failures.
 #[derive(Debug, thiserror::Error)]
@@ -130,11 +131,6 @@ impl std::fmt::Debug for Ssh {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ssh").field("port", &self.port).finish()
     }
-}
-
-/// Single-quotes a string for a POSIX shell.
-pub fn quote(s: &str) -> String {
-    shell_escape::unix::escape(s.into()).into_owned()
 }
 
 impl Ssh {

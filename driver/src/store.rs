@@ -15,13 +15,13 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::qemu::NINEP_MSIZE;
-use crate::ssh::quote;
+use xdriver_guests::{ShareKind, StoreMount};
 
 /// The mount tag of the store share.
 pub const STORE_TAG: &str = "xdstore";
 
 /// Where the guest mounts the read-only share under the overlay.
-pub const GUEST_LOWER: &str = "/run/xdriver-store/ro";
+pub use xdriver_guests::STORE_LOWER as GUEST_LOWER;
 
 /// How the store reaches the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -68,8 +68,8 @@ pub struct StoreShare {
     pub fs: ShareFs,
     /// The virtiofsd binary (virtiofs only).
     pub virtiofsd: Option<PathBuf>,
-    /// The guest is FreeBSD (p9fs and unionfs instead of 9p and overlay).
-    pub freebsd: bool,
+    /// The guest OS (it says how the share and the layer over it mount).
+    pub os: xdriver_guests::Os,
 }
 
 /// The store used when none is named: `/nix/store` when it exists.
@@ -121,7 +121,7 @@ impl StorePlan {
         let (fs, why) = decide(self.choice, os.has_virtiofs(), self.virtiofsd.as_deref())?;
         let guest = self.host.to_string_lossy().into_owned();
         let virtiofsd = if fs == ShareFs::Virtiofs { self.virtiofsd.clone() } else { None };
-        Ok((StoreShare { host: self.host.clone(), guest, fs, virtiofsd, freebsd: os == xdriver_guests::Os::Freebsd }, why))
+        Ok((StoreShare { host: self.host.clone(), guest, fs, virtiofsd, os }, why))
     }
 }
 
@@ -179,34 +179,15 @@ pub fn decide(choice: ShareFsChoice, guest_has_virtiofs: bool, virtiofsd: Option
     }
 }
 
-/// The guest shell that mounts the share read-only and the overlay over
-/// it at the store's path. Idempotent. Its output says `guest-has-nix`
-/// when the guest has `nix-store`.
-pub fn guest_mount_script(s: &StoreShare) -> String {
-    let g = quote(&s.guest);
-    let nix = "if command -v nix-store >/dev/null; then echo guest-has-nix; fi";
-    if s.freebsd {
-        // FreeBSD (unverified: no image here): p9fs for the share, then a
-        // tmpfs directory union-mounted above it at the store's path.
-        return format!(
-            "set -e; mkdir -p {g} /var/run/xdriver-store/upper; \
-             mount -t p9fs | grep -q ' on {g} ' || mount -t p9fs -o ro {STORE_TAG} {g}; \
-             mount -t tmpfs | grep -q ' on /var/run/xdriver-store/upper ' || mount -t tmpfs tmpfs /var/run/xdriver-store/upper; \
-             mount -t unionfs | grep -q ' on {g} ' || mount_unionfs /var/run/xdriver-store/upper {g}; {nix}"
-        );
-    }
-    let lower = match s.fs {
-        ShareFs::Virtiofs => format!("mount -t virtiofs -o ro {STORE_TAG} {GUEST_LOWER}"),
-        ShareFs::NineP => {
-            format!("mount -t 9p -o trans=virtio,version=9p2000.L,msize={NINEP_MSIZE},cache=loose,ro {STORE_TAG} {GUEST_LOWER}")
-        }
+/// The guest shell that mounts the share read-only and a writable layer
+/// over it at the store's path (the OS's own way; idempotent). Its output
+/// says `guest-has-nix` when the guest has `nix-store`.
+pub fn guest_mount_script(s: &StoreShare) -> Result<String, String> {
+    let kind = match s.fs {
+        ShareFs::Virtiofs => ShareKind::Virtiofs,
+        ShareFs::NineP => ShareKind::NineP { msize: NINEP_MSIZE },
     };
-    format!(
-        "set -e; mkdir -p {GUEST_LOWER} /run/xdriver-store/upper /run/xdriver-store/work {g}; \
-         mountpoint -q {GUEST_LOWER} || {lower}; \
-         mountpoint -q {g} || mount -t overlay overlay -o lowerdir={GUEST_LOWER},upperdir=/run/xdriver-store/upper,workdir=/run/xdriver-store/work {g}; \
-         {nix}"
-    )
+    s.os.mount_store(&StoreMount { tag: STORE_TAG.into(), guest: s.guest.clone(), kind })
 }
 
 /// The host's Nix database entries for every valid path in its store
@@ -315,7 +296,7 @@ mod tests {
     use super::*;
 
     fn share(fs: ShareFs) -> StoreShare {
-        StoreShare { host: "/nix/store".into(), guest: "/nix/store".into(), fs, virtiofsd: None, freebsd: false }
+        StoreShare { host: "/nix/store".into(), guest: "/nix/store".into(), fs, virtiofsd: None, os: xdriver_guests::Os::DEBIAN_12 }
     }
 
     #[test]
@@ -335,24 +316,26 @@ mod tests {
 
     #[test]
     fn mount_scripts_put_a_writable_overlay_over_a_read_only_share() {
-        let v = guest_mount_script(&share(ShareFs::Virtiofs));
+        let v = guest_mount_script(&share(ShareFs::Virtiofs)).expect("Linux mounts virtiofs");
         assert!(v.contains("mount -t virtiofs -o ro xdstore /run/xdriver-store/ro"), "{v}");
         assert!(v.contains("lowerdir=/run/xdriver-store/ro,upperdir=/run/xdriver-store/upper,workdir=/run/xdriver-store/work /nix/store"), "{v}");
-        let n = guest_mount_script(&share(ShareFs::NineP));
+        let n = guest_mount_script(&share(ShareFs::NineP)).expect("Linux mounts 9p");
         assert!(n.contains(&format!("mount -t 9p -o trans=virtio,version=9p2000.L,msize={NINEP_MSIZE},cache=loose,ro xdstore")), "{n}");
         // FreeBSD: p9fs and a tmpfs union-mounted above it.
-        let f = guest_mount_script(&StoreShare { freebsd: true, ..share(ShareFs::NineP) });
+        let f = guest_mount_script(&StoreShare { os: xdriver_guests::Os::FREEBSD, ..share(ShareFs::NineP) }).expect("p9fs");
         assert!(f.contains("mount -t p9fs -o ro xdstore /nix/store"), "{f}");
         assert!(f.contains("mount_unionfs /var/run/xdriver-store/upper /nix/store"), "{f}");
         assert!(!f.contains("overlay") && !f.contains("mountpoint"), "Linux-only commands in {f}");
+        let e = guest_mount_script(&StoreShare { os: xdriver_guests::Os::FREEBSD, ..share(ShareFs::Virtiofs) }).expect_err("no virtio-fs");
+        assert!(e.contains("no virtio-fs"), "{e}");
     }
 
     #[test]
     fn freebsd_guests_get_9p_even_when_virtiofs_is_asked_for_by_auto() {
         let plan = StorePlan { host: "/nix/store".into(), choice: ShareFsChoice::Auto, virtiofsd: Some("/usr/bin/virtiofsd".into()) };
-        let (s, _) = plan.share_for(xdriver_guests::Os::Freebsd).expect("ok");
-        assert_eq!((s.fs, s.freebsd, s.virtiofsd), (ShareFs::NineP, true, None));
-        let (s, _) = plan.share_for(xdriver_guests::Os::Debian12).expect("ok");
-        assert_eq!((s.fs, s.freebsd), (ShareFs::Virtiofs, false));
+        let (s, _) = plan.share_for(xdriver_guests::Os::FREEBSD).expect("ok");
+        assert_eq!((s.fs, s.os, s.virtiofsd), (ShareFs::NineP, xdriver_guests::Os::FREEBSD, None));
+        let (s, _) = plan.share_for(xdriver_guests::Os::DEBIAN_12).expect("ok");
+        assert_eq!(s.fs, ShareFs::Virtiofs);
     }
 }

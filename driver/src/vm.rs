@@ -13,7 +13,7 @@ use base64::Engine;
 use regex::bytes::Regex;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
-use xdriver_guests::Init;
+use xdriver_guests::{Init, Os};
 use xdriver_images::Entry;
 
 use crate::backdoor::{Backdoor, BackdoorError};
@@ -23,7 +23,8 @@ use crate::qemu::{kernel_cmdline, Accel, Boot, QemuSpec, Share, StoreDevice, NIN
 use crate::store::{guest_mount_script, host_nix_db, ShareFs, StoreShare, Virtiofsd};
 use crate::qmp::{Qmp, QmpError};
 use crate::rundir::RunDir;
-use crate::ssh::{quote, ClientKey, Ssh, SshError};
+use crate::ssh::{ClientKey, Ssh, SshError};
+use xdriver_guests::shell::quote;
 
 /// Which channel runs a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -225,6 +226,8 @@ pub struct Vm {
     pub ssh_port: u16,
     /// The image's init system.
     pub init: Init,
+    /// The image's OS.
+    pub os: Os,
     host_key: String,
     /// Time from `cont` until the backdoor answered.
     pub backdoor_ready_after: Duration,
@@ -256,6 +259,7 @@ impl Vm {
         let key = ClientKey::generate();
         let key_b64 = base64::engine::general_purpose::STANDARD.encode(key.public_openssh());
         let m = &cfg.image.manifest;
+        let os: Os = m.os.parse().map_err(|e| VmError::Prepare(format!("image {}: its manifest names {e}", m.name)))?;
         let mut virtiofsd = None;
         let store = match &cfg.store {
             None => None,
@@ -356,6 +360,7 @@ impl Vm {
             key,
             ssh_port,
             init: m.init,
+            os,
             host_key: m.ssh_host_key.clone(),
             backdoor_ready_after: Duration::ZERO,
             virtiofsd,
@@ -430,13 +435,8 @@ impl Vm {
     }
 
     async fn mount_share(&self, index: usize, s: &Share) -> Result<(), VmError> {
-        let mode = if s.writable { "rw" } else { "ro" };
         // Idempotent, so it can be repeated if the backdoor restarts under it.
-        let cmd = format!(
-            "mkdir -p {g} && {{ mountpoint -q {g} || mount -t 9p -o trans=virtio,version=9p2000.L,msize={NINEP_MSIZE},cache=loose,{mode} {tag} {g}; }}",
-            g = quote(&s.guest),
-            tag = Share::tag(index)
-        );
+        let cmd = self.os.mount_share(&Share::tag(index), &s.guest, s.writable, NINEP_MSIZE);
         let out = self.setup_exec(&cmd).await?;
         if !out.success() {
             return Err(VmError::Share { host: s.host.clone(), guest: s.guest.clone(), detail: out.stderr_str().trim().into() });
@@ -446,7 +446,8 @@ impl Vm {
 
     /// Mounts the shared store and its overlay (see [`crate::store`]).
     async fn mount_store(&self, s: &StoreShare) -> Result<(), VmError> {
-        let out = self.setup_exec(&guest_mount_script(s)).await?;
+        let script = guest_mount_script(s).map_err(|detail| VmError::Share { host: s.host.clone(), guest: s.guest.clone(), detail })?;
+        let out = self.setup_exec(&script).await?;
         if !out.success() {
             return Err(VmError::Share {
                 host: s.host.clone(),
@@ -648,7 +649,7 @@ impl Vm {
         if !self.is_running() {
             return Stopped::AlreadyExited;
         }
-        let poweroff = format!("({}) >/dev/null 2>&1 </dev/null &", self.init.poweroff_command());
+        let poweroff = format!("({}) >/dev/null 2>&1 </dev/null &", self.os.poweroff(self.init));
         let asked = tokio::time::timeout(
             Duration::from_secs(10),
             self.backdoor.exec(&poweroff, &[], Duration::from_secs(5), None),

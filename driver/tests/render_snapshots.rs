@@ -18,7 +18,7 @@ fn cells() -> Vec<Cell> {
             if p == ProfileKind::Unprivileged && m.unprivileged_support().is_err() {
                 continue;
             }
-            let os = if m == Manager::Bsdrc { Os::Freebsd } else { Os::Debian12 };
+            let os = if m == Manager::Bsdrc { Os::FREEBSD } else { Os::DEBIAN_12 };
             v.push(Cell { os, manager: m, profile: p, image: image_for(os, m, p).or_else(|_| Ok::<_, String>("(none)".into())) });
         }
     }

@@ -1,4 +1,5 @@
-//! The init systems a Debian guest image can be built with.
+//! The init systems of guest images: the four a Debian image can be built
+//! with, and FreeBSD's own init (imported images only).
 
 use std::fmt;
 use std::str::FromStr;
@@ -15,15 +16,18 @@ pub enum Init {
     Openrc,
     /// runit-init as PID 1.
     Runit,
+    /// FreeBSD's init(8) with rc(8) (imported FreeBSD images).
+    Bsdinit,
 }
 
 /// A name that is not one of [`Init::ALL`].
 #[derive(Debug, thiserror::Error)]
-#[error("unknown init system `{0}` (expected one of: systemd, sysvinit, openrc, runit)")]
+#[error("unknown init system `{0}` (expected one of: systemd, sysvinit, openrc, runit, bsdinit)")]
 pub struct UnknownInit(pub String);
 
 impl Init {
-    /// Every init system, in the order the docs and the matrix list them.
+    /// Every init a Debian image can be built with, in the order the docs
+    /// and the matrix list them.
     pub const ALL: [Init; 4] = [Init::Systemd, Init::Sysvinit, Init::Openrc, Init::Runit];
 
     /// The lowercase name used in image names, flags and manifests.
@@ -33,6 +37,7 @@ impl Init {
             Init::Sysvinit => "sysvinit",
             Init::Openrc => "openrc",
             Init::Runit => "runit",
+            Init::Bsdinit => "bsdinit",
         }
     }
 
@@ -40,8 +45,7 @@ impl Init {
     pub fn init_path(self) -> &'static str {
         match self {
             Init::Systemd => "/lib/systemd/systemd",
-            Init::Sysvinit | Init::Openrc => "/sbin/init",
-            Init::Runit => "/sbin/init",
+            Init::Sysvinit | Init::Openrc | Init::Runit | Init::Bsdinit => "/sbin/init",
         }
     }
 
@@ -55,6 +59,7 @@ impl Init {
             // runit: stage 3 runs once /run/runit.stopit is executable and
             // runit gets SIGCONT; `poweroff` here is runit's own wrapper.
             Init::Runit => "touch /run/runit.stopit; chmod 100 /run/runit.stopit; kill -CONT 1",
+            Init::Bsdinit => "shutdown -p now",
         }
     }
 }
@@ -70,6 +75,7 @@ impl FromStr for Init {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Init::ALL
             .into_iter()
+            .chain([Init::Bsdinit])
             .find(|i| i.name() == s)
             .ok_or_else(|| UnknownInit(s.to_string()))
     }

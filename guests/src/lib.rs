@@ -3,7 +3,8 @@
 //! settings), the OS commands a deployment needs (users, ports), and the
 //! manager backends that render a processes model and control it in the
 //! guest. Adding a manager is one file in `managers/` plus its arms in
-//! [`Backend`]; adding an OS is one variant of [`Os`].
+//! [`Backend`]; adding an OS is one file in `os/` plus its line in
+//! [`REGISTRY`].
 
 mod init;
 mod managers;
@@ -18,5 +19,5 @@ pub use model::{
     ConfigFile, Credentials, Group, Manager, Mode, Process, Profile, ProfileKind, ProfileUser, System, UnknownManager,
     UnknownProfile, User,
 };
-pub use os::{Os, UnknownOs};
-pub use provision::{provision, FsEntry, BACKDOOR_PATH, BACKDOOR_READY};
+pub use os::{Family, Firmware, GuestOs, Images, Os, ShareKind, StoreMount, UnknownOs, REGISTRY, STORE_LOWER};
+pub use provision::{backdoor_script, provision, FsEntry, BACKDOOR_PATH, BACKDOOR_READY};

@@ -4,6 +4,7 @@
 //! serial getty on ttyS0, SSH settings that take the per-run client key from
 //! the kernel command line, and a static network configuration.
 
+use crate::os::{GuestOs, Os};
 use crate::Init;
 
 /// Where the backdoor script lives in the guest.
@@ -16,6 +17,20 @@ const ACPID: &str = "/bin/busybox acpid -f";
 pub const BACKDOOR_READY: &str = "XDRIVER-BACKDOOR-READY 1";
 
 const BACKDOOR_SH: &str = include_str!("../files/backdoor.sh");
+
+/// The backdoor script for `os`: the POSIX shell body with the OS's own
+/// parts (finding the port, base64, file sizes, sessions) spliced in.
+pub fn backdoor_script(os: &dyn GuestOs) -> String {
+    let part = format!(
+        "# --- {} ---\n{}{}{}{}# ---\n",
+        os.name(),
+        os.backdoor_port(),
+        os.backdoor_base64(),
+        os.backdoor_fsize(),
+        os.backdoor_session()
+    );
+    BACKDOOR_SH.replacen("#@OS@\n", &part, 1)
+}
 
 /// One filesystem entry to create in the rootfs (paths are absolute in the
 /// guest; the builder joins them under the rootfs directory).
@@ -58,7 +73,7 @@ fn symlink(path: &str, target: &str) -> FsEntry {
 /// `hostname` goes to /etc/hostname.
 pub fn provision(init: Init, hostname: &str) -> Vec<FsEntry> {
     let mut v = vec![
-        file(BACKDOOR_PATH, 0o755, BACKDOOR_SH),
+        file(BACKDOOR_PATH, 0o755, backdoor_script(&*Os::DEBIAN_12)),
         file("/etc/hostname", 0o644, format!("{hostname}\n")),
         file("/etc/hosts", 0o644, format!("127.0.0.1 localhost\n127.0.1.1 {hostname}\n::1 localhost ip6-localhost ip6-loopback\n")),
         file("/etc/fstab", 0o644, "/dev/vda / ext4 rw,noatime 0 0\n"),
@@ -196,6 +211,8 @@ pub fn provision(init: Init, hostname: &str) -> Vec<FsEntry> {
             ));
             v.push(symlink("/etc/service/getty-ttyS0", "/etc/sv/getty-ttyS0"));
         }
+        // Debian images are never built with FreeBSD's init.
+        Init::Bsdinit => {}
     }
     v
 }
@@ -240,5 +257,19 @@ mod tests {
     #[test]
     fn backdoor_script_announces_the_ready_line() {
         assert!(BACKDOOR_SH.contains(&format!("printf '\\n{BACKDOOR_READY} %s\\n' \"$$\"")));
+    }
+
+    #[test]
+    fn every_os_gets_a_posix_backdoor_with_its_own_parts() {
+        for os in Os::all() {
+            let s = backdoor_script(&*os);
+            assert!(s.starts_with("#!/bin/sh\n") && !s.contains("#@OS@"), "{os}");
+            for f in ["port=", "b64enc()", "b64dec()", "fsize()", "killtree()", "newsession="] {
+                assert!(s.contains(f), "{os}: no {f}");
+            }
+            // dash parses it (sh -n: syntax only).
+            let out = std::process::Command::new("dash").args(["-n", "-c", &s]).output().expect("dash");
+            assert!(out.status.success(), "{os}: {}", String::from_utf8_lossy(&out.stderr));
+        }
     }
 }

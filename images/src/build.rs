@@ -402,7 +402,7 @@ pub fn build_image(
         name: name.to_string(),
         recipe: recipe.name.clone(),
         recipe_hash: hash.to_string(),
-        os: recipe.os.clone(),
+        os: recipe.name.clone(),
         release: recipe.release.clone(),
         init: name.init,
         init_path: name.init.init_path().to_string(),

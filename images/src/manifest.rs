@@ -62,7 +62,8 @@ pub struct Manifest {
     pub recipe: String,
     /// Cache key.
     pub recipe_hash: String,
-    /// OS family, e.g. `debian`.
+    /// The guest OS by its registry name (`xdriver_guests::Os`), e.g.
+    /// `debian-12` or `freebsd`.
     pub os: String,
     /// OS release, e.g. `12`.
     pub release: String,

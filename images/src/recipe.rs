@@ -11,7 +11,7 @@ use xdriver_guests::Init;
 
 /// Bumped whenever the builder's output changes for the same recipe, so the
 /// cache key changes with it.
-pub const BUILDER_VERSION: u32 = 2;
+pub const BUILDER_VERSION: u32 = 3;
 
 const RECIPES: &[(&str, &str)] = &[
     ("debian-12", include_str!("../recipes/debian-12.toml")),

@@ -141,8 +141,21 @@ fn one_build_for_concurrent_requests_and_interrupted_builds_leave_no_entry() {
             .expect("spawn")
     };
     // An interrupted build: killed mid-way, it must leave no usable entry.
+    // Killed once its temporary directory has something in it (whatever
+    // the host's speed, the build is then under way and far from done).
     let mut victim = build();
-    std::thread::sleep(Duration::from_secs(8));
+    let images = cache.path().join("images");
+    let t = Instant::now();
+    let under_way = || {
+        std::fs::read_dir(&images).into_iter().flatten().flatten().any(|e| {
+            e.file_name().to_string_lossy().starts_with(".tmp-") && std::fs::read_dir(e.path()).map(|mut rd| rd.next().is_some()).unwrap_or(false)
+        })
+    };
+    while !under_way() {
+        assert!(t.elapsed() < Duration::from_secs(120), "the build made no temporary directory in 2 minutes");
+        assert!(victim.try_wait().expect("try_wait").is_none(), "the build ended before it could be interrupted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // SAFETY: SIGKILL to the build we spawned.
     unsafe {
         libc::kill(victim.id() as i32, libc::SIGKILL);
@@ -150,7 +163,6 @@ fn one_build_for_concurrent_requests_and_interrupted_builds_leave_no_entry() {
     let _ = victim.wait();
     let list = xdriver().args(["image", "list", "--json"]).env("XDRIVER_CACHE_DIR", cache.path()).output().expect("list");
     assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "[]", "a killed build left an entry");
-    let images = cache.path().join("images");
     let leftovers = std::fs::read_dir(&images).map(|rd| rd.count()).unwrap_or(0);
     assert!(leftovers > 0, "expected the interrupted build's .tmp directory");
     // The killed build's mmdebstrap may still be running (and have its

@@ -26,7 +26,7 @@ async fn exercise(init: Init) {
         assert_eq!(ok.stderr_str(), "err\n", "{init} {ch:?}");
         let expected_pid1 = match init {
             Init::Systemd => "systemd",
-            Init::Sysvinit | Init::Openrc => "init",
+            Init::Sysvinit | Init::Openrc | Init::Bsdinit => "init",
             Init::Runit => "runit",
         };
         assert_eq!(ok.stdout_str(), format!("out-42\n{expected_pid1}\n"), "{init} {ch:?}");

@@ -213,19 +213,6 @@ fn boot_failures_are_retried_and_reported() {
 }
 
 #[test]
-fn the_run_deadline_fails_what_is_still_running() {
-    let work = tempfile::tempdir().expect("tempdir");
-    let run = test_chain(
-        &["--manager", "systemd,sysvinit", "--profile", "privileged", "--jobs", "1", "--timeout", "6s"],
-        work.path(),
-    );
-    assert_eq!(run.code, 125, "{}", run.stdout);
-    // The first cell was booting at the deadline; the second never started.
-    assert!(run.stdout.contains("deadline (--timeout) expired while booting"), "{}", run.stdout);
-    assert!(run.stdout.contains("deadline (--timeout) expired before the cell started"), "{}", run.stdout);
-}
-
-#[test]
 fn fail_fast_starts_no_cell_after_a_failure() {
     let work = tempfile::tempdir().expect("tempdir");
     // 48 MiB: the first cell's QEMU exits at once (an infrastructure error).
@@ -271,7 +258,13 @@ fn progress_bars_on_a_terminal() {
 }
 
 #[test]
-fn the_run_deadline_cuts_a_step_and_says_what_it_waited_for() {
+fn the_run_deadline_cuts_a_step_and_fails_what_never_started() {
+    // The deadline falls where the spec itself waits (a step that waits
+    // for a file that never appears), not at a moment of the boot that a
+    // faster or slower host would pass at another time: the first cell
+    // reaches that step well inside 150 s on any host that runs the rest
+    // of the suite, and waits there until the deadline cuts it; the
+    // second cell (one at a time) never starts.
     let work = tempfile::tempdir().expect("tempdir");
     std::fs::write(
         work.path().join("xdriver.toml"),
@@ -279,7 +272,7 @@ fn the_run_deadline_cuts_a_step_and_says_what_it_waited_for() {
 
 [matrix]
 os = ["debian-12"]
-managers = ["systemd"]
+managers = ["systemd", "sysvinit"]
 profiles = ["privileged"]
 
 [instances.sleeper]
@@ -294,13 +287,14 @@ post_tests = [
     )
     .expect("spec");
     let started = std::time::Instant::now();
-    let run = xdriver(&["test", ".", "--accel", "tcg", "--timeout", "120s"], work.path());
+    let run = xdriver(&["test", ".", "--accel", "tcg", "--jobs", "1", "--timeout", "150s"], work.path());
     let took = started.elapsed().as_secs_f64();
     assert_eq!(run.code, 100, "the step failed at the deadline:\n{}", run.stdout);
     assert!(run.stdout.contains("postTests › wait for a file that never appears"), "{}", run.stdout);
     assert!(run.stdout.contains("the run's deadline (--timeout) expired during this step"), "{}", run.stdout);
     assert!(run.stdout.contains("waiting for file /nonexistent") && run.stdout.contains("last try: `test -e /nonexistent` exited 1"), "{}", run.stdout);
+    assert!(run.stdout.contains("deadline (--timeout) expired before the cell started"), "{}", run.stdout);
     // It ended at the deadline, not after the step's own 900 s (shutdown
     // and reports come after the deadline).
-    assert!(took < 120.0 + 100.0, "took {took:.0} s");
+    assert!(took < 150.0 + 100.0, "took {took:.0} s");
 }

@@ -50,7 +50,7 @@ fn run_nix_cells(extra: &[&str]) -> (Run, tempfile::TempDir) {
 fn nix_cells_pass_with_the_webapp_from_the_host_store_over_9p() {
     let (run, work) = run_nix_cells(&["-A", "nginx-reverse-proxy-hostbased", "--manager", "sysvinit", "--share-fs", "9p", "--jobs", "2"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
-    assert!(run.stderr.contains("store /nix/store shared into Linux guests over 9p (--share-fs 9p)"), "{}", run.stderr);
+    assert!(run.stderr.contains("store /nix/store shared into debian-12 guests over 9p (--share-fs 9p)"), "{}", run.stderr);
     assert!(run.stderr.contains("realising"), "the webapp derivation was not realised:\n{}", run.stderr);
     for p in ["privileged", "unprivileged"] {
         assert!(run.stdout.contains(&format!("PASS  debian-12/sysvinit/{p}")), "{}", run.stdout);

@@ -25,7 +25,7 @@ fn store_share(fs: ShareFs) -> StoreShare {
         ShareFs::Virtiofs => Some(find_virtiofsd().expect("virtiofsd installed (scripts/setup-host: cargo install virtiofsd)")),
         ShareFs::NineP => None,
     };
-    StoreShare { host: "/nix/store".into(), guest: "/nix/store".into(), fs, virtiofsd, freebsd: false }
+    StoreShare { host: "/nix/store".into(), guest: "/nix/store".into(), fs, virtiofsd, os: xdriver_guests::Os::DEBIAN_12 }
 }
 
 async fn run(vm: &Vm, cmd: &str) -> String {

@@ -108,7 +108,7 @@ mod tests {
         for (i, m) in [Manager::Systemd, Manager::Sysvinit, Manager::Openrc, Manager::Runit, Manager::S6].into_iter().enumerate() {
             for p in [ProfileKind::Privileged, ProfileKind::Unprivileged] {
                 let image = if m == Manager::Openrc && p == ProfileKind::Unprivileged { Err("no".to_string()) } else { Ok("img".to_string()) };
-                v.push((Cell { os: Os::Debian12, manager: m, profile: p, image }, i));
+                v.push((Cell { os: Os::DEBIAN_12, manager: m, profile: p, image }, i));
             }
         }
         v

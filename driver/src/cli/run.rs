@@ -11,7 +11,7 @@ use crate::accel;
 use crate::exit;
 use crate::output::HostStdio;
 use crate::qemu::Share;
-use crate::ssh::quote;
+use xdriver_guests::shell::quote;
 use crate::vm::{Channel, Vm, VmConfig};
 
 /// Set while a command handles SIGINT/SIGTERM itself (`--keep`), so the
@@ -46,7 +46,8 @@ pub(super) async fn main(args: RunArgs) -> Result<i32, CliError> {
     cfg.mem_mib = args.vm.mem_mib;
     cfg.shares = shares;
     if let Some(plan) = crate::store::StorePlan::from_flags(args.vm.store.as_deref(), args.vm.no_store, args.vm.share_fs).map_err(CliError::usage)? {
-        let (share, why) = plan.share_for(if name.recipe.starts_with("freebsd") { xdriver_guests::Os::Freebsd } else { xdriver_guests::Os::Debian12 }).map_err(CliError::usage)?;
+        let os: xdriver_guests::Os = cfg.image.manifest.os.parse().map_err(|e| CliError { code: exit::INFRA, message: format!("image {}: its manifest names {e}", cfg.image.manifest.name) })?;
+        let (share, why) = plan.share_for(os).map_err(CliError::usage)?;
         eprintln!("xdriver: store {} over {} ({why})", share.host.display(), share.fs.name());
         cfg.store = Some(share);
     }

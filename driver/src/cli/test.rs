@@ -75,13 +75,14 @@ pub(super) async fn main(args: TestArgs) -> Result<i32, CliError> {
     };
     let store = crate::store::StorePlan::from_flags(args.vm.store.as_deref(), args.vm.no_store, args.vm.share_fs).map_err(CliError::usage)?;
     if let Some(plan) = &store {
-        // Say which transport each kind of guest gets.
-        for (label, os) in [("Linux guests", xdriver_guests::Os::Debian12), ("FreeBSD guests", xdriver_guests::Os::Freebsd)] {
-            if cells.iter().any(|(c, _)| c.image.is_ok() && c.os.has_virtiofs() == os.has_virtiofs()) {
-                match plan.share_for(os) {
-                    Ok((s, why)) => eprintln!("xdriver: store {} shared into {label} over {} ({why})", s.host.display(), s.fs.name()),
-                    Err(e) => return Err(CliError::usage(e)),
-                }
+        // Say which transport each OS's guests get.
+        let mut oses: Vec<xdriver_guests::Os> = cells.iter().filter(|(c, _)| c.image.is_ok()).map(|(c, _)| c.os).collect();
+        oses.sort();
+        oses.dedup();
+        for os in oses {
+            match plan.share_for(os) {
+                Ok((s, why)) => eprintln!("xdriver: store {} shared into {os} guests over {} ({why})", s.host.display(), s.fs.name()),
+                Err(e) => return Err(CliError::usage(format!("{os}: {e}"))),
             }
         }
     }

@@ -32,32 +32,13 @@ impl Cell {
     }
 }
 
-/// The image a cell boots, or why it cannot run here.
+/// The image a cell boots, or why it cannot run here (the OS's own
+/// answer; see [`xdriver_guests::GuestOs::image_for`]).
 pub fn image_for(os: Os, manager: Manager, profile: ProfileKind) -> Result<String, String> {
     if profile == ProfileKind::Unprivileged {
         manager.unprivileged_support().map_err(str::to_string)?;
     }
-    match os {
-        Os::Debian12 => match manager {
-            // These must be PID 1: boot the image whose init they are.
-            Manager::Systemd => Ok("debian-12-systemd".into()),
-            Manager::Openrc => Ok("debian-12-openrc".into()),
-            Manager::Runit => Ok("debian-12-runit".into()),
-            // The driver brings these up itself inside the sysvinit image.
-            Manager::Sysvinit | Manager::S6 | Manager::Supervisord => Ok("debian-12-sysvinit".into()),
-            Manager::Bsdrc => Err("bsdrc needs FreeBSD's rc.subr".into()),
-        },
-        // The same images with Debian's Nix added.
-        Os::Debian12Nix => image_for(Os::Debian12, manager, profile).map(|i| i.replacen("debian-12-", "debian-12-nix-", 1)),
-        Os::Freebsd => match manager {
-            Manager::Bsdrc => Err("unverified: no FreeBSD image can be obtained on this host (scripts are rendered and snapshot-tested only)".into()),
-            _ => Err(format!("{manager} on FreeBSD is not supported yet")),
-        },
-        Os::Nixos => match manager {
-            Manager::Systemd => Err("unverified: no NixOS image can be obtained on this host".into()),
-            _ => Err(format!("{manager} on NixOS is not supported yet")),
-        },
-    }
+    os.image_for(manager)
 }
 
 /// What the user asked for on the command line (empty: the spec's
@@ -92,7 +73,7 @@ impl Spec {
     /// The cells for `sel`, in matrix order.
     pub fn cells(&self, sel: &Selection) -> Result<Vec<Cell>, SpecError> {
         let m = &self.file.matrix;
-        let os = self.pick(&sel.os, &m.os, || vec![Os::Debian12])?;
+        let os = self.pick(&sel.os, &m.os, || vec![Os::DEBIAN_12])?;
         let managers = self.pick(&sel.managers, &m.managers, || Manager::ALL.to_vec())?;
         let profiles = self.pick(&sel.profiles, &m.profiles, || ProfileKind::ALL.to_vec())?;
         let mut cells = Vec::new();

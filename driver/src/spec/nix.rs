@@ -183,7 +183,7 @@ fn cell(file: &Path, attr: String, v: Value) -> Result<NixSpecCell, SpecError> {
     let os: Os = c.os.parse().map_err(|e| here(format!("{e}")))?;
     let manager: Manager = c.manager.parse().map_err(|e| here(format!("{e}")))?;
     let profile: ProfileKind = c.profile.parse().map_err(|e| here(format!("{e}")))?;
-    if c.nixos_config.is_some() && os != Os::Nixos {
+    if c.nixos_config.is_some() && os != Os::NIXOS {
         tracing::info!(cell = %attr, "nixosConfig applies to NixOS guests only; ignored for {os}");
     }
     // The cell as a spec document: one cell's matrix, the shares, the
@@ -215,7 +215,7 @@ fn cell(file: &Path, attr: String, v: Value) -> Result<NixSpecCell, SpecError> {
         let cmd = c
             .system_packages
             .iter()
-            .map(|p| format!("for f in {}/bin/*; do ln -sf \"$f\" /usr/local/bin/; done", crate::ssh::quote(p)))
+            .map(|p| format!("for f in {}/bin/*; do ln -sf \"$f\" /usr/local/bin/; done", xdriver_guests::shell::quote(p)))
             .collect::<Vec<_>>()
             .join("; ");
         let step = super::schema::StepDef { name: Some("systemPackages on PATH".into()), succeed: Some(cmd), ..Default::default() };

@@ -35,7 +35,7 @@ tests = [ { if = "instanceName == 'front'", for = "p in instance.peers", succeed
 
 fn cell(manager: Manager, unprivileged: bool) -> CellCtx {
     let profile = if unprivileged { Profile::unprivileged("u", 1000) } else { Profile::privileged() };
-    CellCtx { os: Os::Debian12, manager, profile, overrides: BTreeMap::new() }
+    CellCtx { os: Os::DEBIAN_12, manager, profile, overrides: BTreeMap::new() }
 }
 
 fn spec(text: &str) -> Spec {

@@ -148,7 +148,7 @@ async fn store_io(runs: usize) {
                 guest: host.display().to_string(),
                 fs: share_fs,
                 virtiofsd: if share_fs == ShareFs::Virtiofs { virtiofsd.clone() } else { None },
-                freebsd: false,
+                os: xdriver_guests::Os::DEBIAN_12,
             });
             let vm = Vm::start(cfg).await.expect("boot");
             let dir = match fs {

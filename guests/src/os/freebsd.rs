@@ -1,0 +1,129 @@
+//! FreeBSD 14.x/15.x from its BASIC-CLOUDINIT image: pw(8), sockstat(1),
+//! su(1), p9fs(4) with a tmpfs union mount for the store, rc.d and
+//! daemon(8) (the bsdrc backend), `shutdown -p now`, nuageinit(7) for the
+//! NoCloud seed, virtio_console(4) for the backdoor.
+//!
+//! Written from FreeBSD's manual pages and source (see
+//! ../shared/reference/freebsd.md); unverified: no FreeBSD image can be
+//! obtained on the machines xdriver is developed on.
+
+use crate::init::Init;
+use crate::model::{Group, Manager, Profile, User};
+use crate::shell::quote;
+
+use super::profile::{Family, Firmware, GuestOs, Images, ShareKind, StoreMount};
+
+/// FreeBSD.
+#[derive(Debug)]
+pub struct Freebsd;
+
+/// Where the store's share is mounted under the union layer.
+const STORE_UPPER: &str = "/var/run/xdriver-store/upper";
+
+impl GuestOs for Freebsd {
+    fn name(&self) -> &'static str {
+        "freebsd"
+    }
+    fn summary(&self) -> &'static str {
+        "FreeBSD 14.4+/15 from its BASIC-CLOUDINIT image, imported (unverified: no FreeBSD image here)"
+    }
+    fn family(&self) -> Family {
+        Family::Freebsd
+    }
+    fn images(&self) -> Images {
+        Images::Imported {
+            init: Init::Bsdinit,
+            firmware: Firmware::Bios,
+            example_file: "FreeBSD-14.3-RELEASE-amd64-BASIC-CLOUDINIT-ufs.qcow2.xz",
+            docs: "docs/freebsd.md",
+        }
+    }
+    fn unverified(&self) -> Option<&'static str> {
+        Some("no FreeBSD image can be obtained on the machines xdriver is developed on")
+    }
+    fn image_for(&self, manager: Manager) -> Result<String, String> {
+        match manager {
+            Manager::Bsdrc => Ok(self.name().into()),
+            _ => Err(format!("{manager} is not packaged by xdriver for FreeBSD (bsdrc is FreeBSD's own)")),
+        }
+    }
+    fn has_virtiofs(&self) -> bool {
+        // No virtio-fs driver in FreeBSD 14.x/15.x; p9fs(4) is 9p.
+        false
+    }
+    fn as_user(&self, profile: &Profile, cmd: &str) -> String {
+        let Some(u) = &profile.user else { return cmd.to_string() };
+        format!("su -m {} -c {}", quote(&u.name), quote(&format!("HOME={h}; export HOME; cd {h} && {cmd}", h = quote(&u.home))))
+    }
+    fn add_group(&self, g: &Group) -> String {
+        let n = quote(&g.name);
+        format!("pw groupshow {n} >/dev/null 2>&1 || pw groupadd -n {n}")
+    }
+    fn add_user(&self, u: &User) -> String {
+        let n = quote(&u.name);
+        let home = quote(u.home.as_deref().unwrap_or("/nonexistent"));
+        let group = u.group.as_ref().map(|g| format!(" -g {}", quote(g))).unwrap_or_default();
+        let mk = if u.create_home { " -m" } else { "" };
+        format!("pw usershow {n} >/dev/null 2>&1 || pw useradd -n {n}{group}{mk} -d {home} -s /usr/sbin/nologin -c {}", quote(&u.description))
+    }
+    fn add_profile_user(&self, profile: &Profile) -> Option<String> {
+        let u = profile.user.as_ref()?;
+        let n = quote(&u.name);
+        Some(format!("pw usershow {n} >/dev/null 2>&1 || pw useradd -n {n} -u {uid} -m -d {h} -s /bin/sh", uid = u.uid, h = quote(&u.home)))
+    }
+    fn port_open(&self, port: u16) -> String {
+        // sockstat exits 0 either way: test for output (-q: no header).
+        format!("sockstat -4 -6 -l -P tcp -p {port} -q | grep -q .")
+    }
+    fn mount_share(&self, tag: &str, guest: &str, writable: bool, _msize: u32) -> String {
+        let mode = if writable { "rw" } else { "ro" };
+        format!(
+            "kldstat -q -m virtio_p9fs || kldload virtio_p9fs; mkdir -p {g} && {{ mount -t p9fs | grep -q ' on {g} ' || mount -t p9fs -o {mode} {tag} {g}; }}",
+            g = quote(guest),
+            tag = quote(tag)
+        )
+    }
+    fn mount_store(&self, s: &StoreMount) -> Result<String, String> {
+        if s.kind == ShareKind::Virtiofs {
+            return Err("FreeBSD has no virtio-fs driver; share the store over 9p (p9fs)".into());
+        }
+        // p9fs for the share (FreeBSD 14.4+ and 15), then a tmpfs
+        // directory union-mounted above it at the store's path.
+        let (g, tag) = (quote(&s.guest), quote(&s.tag));
+        Ok(format!(
+            "set -e; kldstat -q -m virtio_p9fs || kldload virtio_p9fs; mkdir -p {g} {STORE_UPPER}; \
+             mount -t p9fs | grep -q ' on {g} ' || mount -t p9fs -o ro {tag} {g}; \
+             mount -t tmpfs | grep -q ' on {STORE_UPPER} ' || mount -t tmpfs tmpfs {STORE_UPPER}; \
+             mount -t unionfs | grep -q ' on {g} ' || mount_unionfs {STORE_UPPER} {g}; \
+             if command -v nix-store >/dev/null; then echo guest-has-nix; fi"
+        ))
+    }
+    fn poweroff(&self, _init: Init) -> String {
+        "shutdown -p now".into()
+    }
+    fn backdoor_port(&self) -> &'static str {
+        // virtio_console(4) makes /dev/ttyV<unit>.<port> and, for a named
+        // port, the alias /dev/vtcon/<name> (vtcon_ctrl_port_name_event in
+        // sys/dev/virtio/console/virtio_console.c). It is a tty: raw, no
+        // echo, so the line discipline passes bytes through unchanged.
+        r#"kldstat -q -m virtio_console || kldload virtio_console 2>/dev/null
+port=/dev/vtcon/org.xdriver.backdoor
+[ -c "$port" ] && stty -f "$port" raw -echo 2>/dev/null || port=
+"#
+    }
+    fn backdoor_base64(&self) -> &'static str {
+        // b64encode(1)/b64decode(1) -r: raw base64 without the uuencode
+        // framing lines; line breaks removed so a reply is one line.
+        "b64enc() { b64encode -r - | tr -d '\\n'; }\nb64dec() { b64decode -r; }\n"
+    }
+    fn backdoor_fsize(&self) -> &'static str {
+        "fsize() { stat -f %z \"$1\"; }\n"
+    }
+    fn backdoor_session(&self) -> &'static str {
+        // FreeBSD's base has no setsid(1): the deadline walks the
+        // command's process tree with pgrep -P instead.
+        r#"newsession=
+killtree() { for c in $(pgrep -P "$2"); do killtree "$1" "$c"; done; kill -s "$1" "$2" 2>/dev/null; }
+"#
+    }
+}

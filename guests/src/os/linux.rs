@@ -1,0 +1,95 @@
+//! What every Linux guest does the same way (util-linux, shadow,
+//! iproute2, /sys): the defaults of [`super::GuestOs`].
+
+use crate::model::{Group, Profile, User};
+use crate::shell::quote;
+
+use super::profile::{ShareKind, StoreMount};
+
+/// Where the store's read-only share is mounted under the overlay.
+pub const STORE_LOWER: &str = "/run/xdriver-store/ro";
+
+pub(super) fn as_user(profile: &Profile, cmd: &str) -> String {
+    let Some(u) = &profile.user else { return cmd.to_string() };
+    // From the user's home: the caller's working directory (root's) is not
+    // the user's to open, and runsvdir, for one, needs it.
+    format!(
+        "runuser -u {} -- env HOME={h} XDG_RUNTIME_DIR=/run/user/{} sh -c {}",
+        quote(&u.name),
+        u.uid,
+        quote(&format!("cd {} && {cmd}", quote(&u.home))),
+        h = quote(&u.home),
+    )
+}
+
+pub(super) fn add_group(g: &Group) -> String {
+    let n = quote(&g.name);
+    format!("getent group {n} >/dev/null || groupadd --system {n}")
+}
+
+pub(super) fn add_user(u: &User) -> String {
+    let n = quote(&u.name);
+    let home = quote(u.home.as_deref().unwrap_or("/nonexistent"));
+    let group = u.group.as_ref().map(|g| format!(" -g {}", quote(g))).unwrap_or_else(|| " -U".into());
+    let mk = if u.create_home { " -m" } else { " -M" };
+    format!("getent passwd {n} >/dev/null || useradd --system{group}{mk} -d {home} -s /usr/sbin/nologin -c {} {n}", quote(&u.description))
+}
+
+pub(super) fn add_profile_user(profile: &Profile) -> Option<String> {
+    let u = profile.user.as_ref()?;
+    let n = quote(&u.name);
+    Some(format!("getent passwd {n} >/dev/null || useradd -m -u {uid} -U -d {h} -s /bin/sh {n}", uid = u.uid, h = quote(&u.home)))
+}
+
+pub(super) fn port_open(port: u16) -> String {
+    format!("ss -Htln 'sport = :{port}' | grep -q .")
+}
+
+pub(super) fn mount_share(tag: &str, guest: &str, writable: bool, msize: u32) -> String {
+    let mode = if writable { "rw" } else { "ro" };
+    format!(
+        "mkdir -p {g} && {{ mountpoint -q {g} || mount -t 9p -o trans=virtio,version=9p2000.L,msize={msize},cache=loose,{mode} {tag} {g}; }}",
+        g = quote(guest),
+        tag = quote(tag)
+    )
+}
+
+/// The share read-only at [`STORE_LOWER`], an overlay with a tmpfs upper
+/// layer at the store's path.
+pub(super) fn mount_store(s: &StoreMount) -> String {
+    let g = quote(&s.guest);
+    let tag = quote(&s.tag);
+    let lower = match s.kind {
+        ShareKind::Virtiofs => format!("mount -t virtiofs -o ro {tag} {STORE_LOWER}"),
+        ShareKind::NineP { msize } => format!("mount -t 9p -o trans=virtio,version=9p2000.L,msize={msize},cache=loose,ro {tag} {STORE_LOWER}"),
+    };
+    format!(
+        "set -e; mkdir -p {STORE_LOWER} /run/xdriver-store/upper /run/xdriver-store/work {g}; \
+         mountpoint -q {STORE_LOWER} || {lower}; \
+         mountpoint -q {g} || mount -t overlay overlay -o lowerdir={STORE_LOWER},upperdir=/run/xdriver-store/upper,workdir=/run/xdriver-store/work {g}; \
+         if command -v nix-store >/dev/null; then echo guest-has-nix; fi"
+    )
+}
+
+/// The port's node from the names virtio-serial gives its ports in /sys.
+pub(super) const BACKDOOR_PORT: &str = r#"port=
+for d in /sys/class/virtio-ports/*; do
+  n=; read -r n <"$d/name" 2>/dev/null
+  [ "$n" = org.xdriver.backdoor ] && port=/dev/${d##*/}
+done
+"#;
+
+/// coreutils' base64 (busybox's takes the same flags).
+pub(super) const BASE64: &str = r#"b64enc() { base64 -w0; }
+b64dec() { base64 -d; }
+"#;
+
+/// coreutils' stat.
+pub(super) const FSIZE: &str = r#"fsize() { stat -c %s "$1"; }
+"#;
+
+/// util-linux's setsid(1) puts the command in a session (and process
+/// group) of its own, which the deadline then ends as a whole.
+pub(super) const SESSION: &str = r#"newsession=setsid
+killtree() { kill -s "$1" -- "-$2" 2>/dev/null || kill -s "$1" "$2" 2>/dev/null; }
+"#;

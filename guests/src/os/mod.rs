@@ -1,0 +1,13 @@
+//! Guest operating systems: the [`GuestOs`] trait, the registry, and one
+//! file per OS.
+
+mod debian12;
+mod debian12_cloud;
+mod debian12_nix;
+mod freebsd;
+mod linux;
+mod nixos;
+mod profile;
+
+pub use linux::STORE_LOWER;
+pub use profile::{Family, Firmware, GuestOs, Images, Os, ShareKind, StoreMount, UnknownOs, REGISTRY};

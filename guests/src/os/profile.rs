@@ -1,0 +1,346 @@
+//! The guest-OS abstraction: everything xdriver does inside a guest that
+//! differs per OS goes through [`GuestOs`], and every OS xdriver knows is
+//! one entry of [`REGISTRY`] (one file in this folder each).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+
+use crate::init::Init;
+use crate::model::{Group, Manager, Profile, User};
+
+use super::{debian12, debian12_cloud, debian12_nix, freebsd, linux, nixos};
+
+/// The kernel family of a guest: which userland commands exist there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// Linux (util-linux, shadow, iproute2).
+    Linux,
+    /// FreeBSD (pw, sockstat, rc.subr).
+    Freebsd,
+}
+
+/// The firmware an imported image's own boot loader is started by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    /// SeaBIOS (QEMU's default PC firmware).
+    Bios,
+    /// UEFI: OVMF from Debian's `ovmf` package.
+    Uefi,
+}
+
+impl Firmware {
+    /// Lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+        }
+    }
+}
+
+impl FromStr for Firmware {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "bios" => Ok(Firmware::Bios),
+            "uefi" => Ok(Firmware::Uefi),
+            _ => Err(format!("unknown firmware `{s}` (expected bios or uefi)")),
+        }
+    }
+}
+
+impl fmt::Display for Firmware {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where an OS's images come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Images {
+    /// Built by xdriver from a recipe in `images/recipes/` (one image per
+    /// init system, booted by direct kernel boot).
+    Built {
+        /// Recipe name.
+        recipe: &'static str,
+    },
+    /// Imported from the disk image the vendor ships (`xdriver image
+    /// import`), booted by its own boot loader and prepared on first use
+    /// with a NoCloud seed.
+    Imported {
+        /// The image's init system.
+        init: Init,
+        /// The firmware used when the import names none.
+        firmware: Firmware,
+        /// A file name the vendor publishes, for the hint in errors.
+        example_file: &'static str,
+        /// The page in docs/ that says how to get one.
+        docs: &'static str,
+    },
+}
+
+/// A shared directory's file system inside the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShareKind {
+    /// virtio-fs.
+    Virtiofs,
+    /// 9p over virtio.
+    NineP {
+        /// The 9p `msize` (Linux's mount option).
+        msize: u32,
+    },
+}
+
+/// The store as the guest mounts it: a read-only share under `tag`, with
+/// a writable layer over it at `guest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreMount {
+    /// The device's mount tag.
+    pub tag: String,
+    /// The store's path in the guest (e.g. `/nix/store`).
+    pub guest: String,
+    /// The transport.
+    pub kind: ShareKind,
+}
+
+/// What one guest OS does differently. Methods with a body are what Linux
+/// guests do (util-linux, shadow, iproute2, a /sys with virtio-ports); an
+/// OS of another family overrides every one of them.
+pub trait GuestOs: Sync + Send + fmt::Debug {
+    /// The name in flags, specs, cell ids and image manifests.
+    fn name(&self) -> &'static str;
+    /// One line for `--help` and the docs.
+    fn summary(&self) -> &'static str;
+    /// The kernel family.
+    fn family(&self) -> Family {
+        Family::Linux
+    }
+    /// Where images come from.
+    fn images(&self) -> Images;
+    /// Why this OS has not been run by xdriver's own tests, if it has not.
+    fn unverified(&self) -> Option<&'static str> {
+        None
+    }
+    /// The image a cell of `manager` boots, or why the manager cannot run
+    /// on this OS at all.
+    fn image_for(&self, manager: Manager) -> Result<String, String>;
+    /// Whether the guest has Nix (`nix-store`) to register a shared store in.
+    fn has_nix(&self) -> bool {
+        false
+    }
+    /// Whether the guest kernel has virtio-fs.
+    fn has_virtiofs(&self) -> bool {
+        true
+    }
+    /// `cmd` (a shell command line) run as the profile's user, with its
+    /// HOME (and its XDG_RUNTIME_DIR where there is one); unchanged when
+    /// privileged.
+    fn as_user(&self, profile: &Profile, cmd: &str) -> String {
+        linux::as_user(profile, cmd)
+    }
+    /// Creates a group unless it exists.
+    fn add_group(&self, g: &Group) -> String {
+        linux::add_group(g)
+    }
+    /// Creates a system user unless it exists.
+    fn add_user(&self, u: &User) -> String {
+        linux::add_user(u)
+    }
+    /// Creates the unprivileged profile's login user (uid fixed by the profile).
+    fn add_profile_user(&self, profile: &Profile) -> Option<String> {
+        linux::add_profile_user(profile)
+    }
+    /// Exits 0 when something listens on TCP `port` (any local address).
+    fn port_open(&self, port: u16) -> String {
+        linux::port_open(port)
+    }
+    /// Mounts the 9p share `tag` at `guest` (idempotent).
+    fn mount_share(&self, tag: &str, guest: &str, writable: bool, msize: u32) -> String {
+        linux::mount_share(tag, guest, writable, msize)
+    }
+    /// Mounts the store share read-only with a writable layer over it
+    /// (idempotent); prints `guest-has-nix` when the guest has `nix-store`.
+    fn mount_store(&self, s: &StoreMount) -> Result<String, String> {
+        Ok(linux::mount_store(s))
+    }
+    /// The command that powers the guest off under `init`; it returns at
+    /// once and the caller waits for QEMU to exit.
+    fn poweroff(&self, init: Init) -> String {
+        init.poweroff_command().to_string()
+    }
+    /// Shell that sets `$port` to the device node of the virtio-serial port
+    /// named `org.xdriver.backdoor` (empty if there is none), for the
+    /// POSIX backdoor script.
+    fn backdoor_port(&self) -> &'static str {
+        linux::BACKDOOR_PORT
+    }
+    /// Shell defining `b64enc` (stdin to one line of base64, no newline)
+    /// and `b64dec` (base64 on stdin to bytes) for the backdoor script.
+    fn backdoor_base64(&self) -> &'static str {
+        linux::BASE64
+    }
+    /// Shell defining `fsize FILE` (its size in bytes) for the backdoor.
+    fn backdoor_fsize(&self) -> &'static str {
+        linux::FSIZE
+    }
+    /// Shell setting `newsession` (a command prefix that starts a command
+    /// in a session of its own, or empty) and defining `killtree SIG PID`
+    /// (signals the command and everything it started).
+    fn backdoor_session(&self) -> &'static str {
+        linux::SESSION
+    }
+}
+
+/// Every OS xdriver knows, in matrix order.
+pub static REGISTRY: &[&dyn GuestOs] = &[
+    &debian12::Debian12,
+    &debian12_nix::Debian12Nix,
+    &debian12_cloud::Debian12Cloud,
+    &freebsd::Freebsd,
+    &nixos::Nixos,
+];
+
+/// A guest OS: a handle on its [`REGISTRY`] entry. Compared, ordered and
+/// hashed by registry position.
+#[derive(Clone, Copy)]
+pub struct Os(&'static dyn GuestOs);
+
+/// An OS name that is not in the [`REGISTRY`].
+#[derive(Debug, thiserror::Error)]
+#[error("unknown OS `{0}` (expected one of: {list})", list = Os::names().join(", "))]
+pub struct UnknownOs(pub String);
+
+impl Os {
+    /// Debian 12 built from Debian's packages (the default OS).
+    pub const DEBIAN_12: Os = Os(&debian12::Debian12);
+    /// Debian 12 with Debian's Nix.
+    pub const DEBIAN_12_NIX: Os = Os(&debian12_nix::Debian12Nix);
+    /// A Debian 12 cloud image, imported.
+    pub const DEBIAN_12_CLOUD: Os = Os(&debian12_cloud::Debian12Cloud);
+    /// FreeBSD, imported.
+    pub const FREEBSD: Os = Os(&freebsd::Freebsd);
+    /// NixOS, imported.
+    pub const NIXOS: Os = Os(&nixos::Nixos);
+
+    /// Every OS, in matrix order.
+    pub fn all() -> impl Iterator<Item = Os> {
+        REGISTRY.iter().map(|o| Os(*o))
+    }
+
+    /// Every OS name, in matrix order.
+    pub fn names() -> Vec<&'static str> {
+        REGISTRY.iter().map(|o| o.name()).collect()
+    }
+
+    /// The OS behind the handle.
+    pub fn profile(self) -> &'static dyn GuestOs {
+        self.0
+    }
+
+    /// Name as in flags and specs.
+    pub fn name(self) -> &'static str {
+        self.0.name()
+    }
+
+    fn index(self) -> usize {
+        REGISTRY.iter().position(|o| o.name() == self.0.name()).expect("every Os comes from the registry")
+    }
+}
+
+impl std::ops::Deref for Os {
+    type Target = dyn GuestOs;
+    fn deref(&self) -> &Self::Target {
+        self.0
+    }
+}
+
+impl PartialEq for Os {
+    fn eq(&self, other: &Os) -> bool {
+        self.name() == other.name()
+    }
+}
+impl Eq for Os {}
+impl PartialOrd for Os {
+    fn partial_cmp(&self, other: &Os) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Os {
+    fn cmp(&self, other: &Os) -> std::cmp::Ordering {
+        self.index().cmp(&other.index())
+    }
+}
+impl std::hash::Hash for Os {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name().hash(state);
+    }
+}
+
+impl fmt::Debug for Os {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Os({})", self.name())
+    }
+}
+
+impl fmt::Display for Os {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Serialize for Os {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl FromStr for Os {
+    type Err = UnknownOs;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Os::all().find(|o| o.name() == s).ok_or_else(|| UnknownOs(s.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_round_trip() {
+        let names = Os::names();
+        let set: std::collections::BTreeSet<_> = names.iter().collect();
+        assert_eq!(set.len(), names.len(), "duplicate OS names: {names:?}");
+        for o in Os::all() {
+            assert_eq!(o.name().parse::<Os>().expect("own name parses"), o);
+        }
+        let e = "plan9".parse::<Os>().expect_err("unknown");
+        assert!(e.to_string().contains("debian-12, debian-12-nix, debian-12-cloud, freebsd, nixos"), "{e}");
+    }
+
+    #[test]
+    fn every_manager_has_an_image_or_a_reason_on_every_os() {
+        for o in Os::all() {
+            for m in Manager::ALL {
+                match o.image_for(m) {
+                    Ok(img) => assert!(img.starts_with(o.name()), "{o}/{m}: image {img}"),
+                    Err(why) => assert!(!why.is_empty(), "{o}/{m}"),
+                }
+            }
+        }
+        assert_eq!(Os::FREEBSD.image_for(Manager::Bsdrc).expect("bsdrc runs on FreeBSD"), "freebsd");
+        assert!(Os::DEBIAN_12.image_for(Manager::Bsdrc).is_err());
+        assert_eq!(Os::DEBIAN_12_NIX.image_for(Manager::S6).expect("s6"), "debian-12-nix-sysvinit");
+    }
+
+    #[test]
+    fn only_imported_oses_name_a_firmware() {
+        assert!(matches!(Os::DEBIAN_12.images(), Images::Built { recipe: "debian-12" }));
+        assert!(matches!(Os::FREEBSD.images(), Images::Imported { firmware: Firmware::Bios, .. }));
+        assert!(Os::FREEBSD.unverified().is_some() && Os::NIXOS.unverified().is_some());
+        assert!(Os::DEBIAN_12_CLOUD.unverified().is_none());
+    }
+}
