@@ -5,6 +5,10 @@ pub const SUCCESS: i32 = 0;
 /// Usage error: bad flags, unknown image name, invalid `--share` (clap
 /// uses 2 for its own parse errors too).
 pub const USAGE: i32 = 2;
+/// `xdriver test` ran no cell: every selected cell was skipped (or the
+/// selection was empty). Nothing that ran nothing is a pass; the same code
+/// as nextest's "no tests to run".
+pub const NO_CELLS_RUN: i32 = 4;
 /// Tests failed (reserved for `xdriver test`, as nextest's 100).
 pub const TESTS_FAILED: i32 = 100;
 /// Infrastructure failure: an image could not be built, QEMU failed or

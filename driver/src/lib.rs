@@ -5,6 +5,7 @@
 pub mod accel;
 pub mod backdoor;
 pub mod cli;
+pub mod error_chain;
 pub mod console;
 pub mod exit;
 pub mod output;

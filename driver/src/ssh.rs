@@ -133,6 +133,13 @@ impl std::fmt::Debug for Ssh {
     }
 }
 
+/// After a command's exit status, how long the channel may stay quiet
+/// before its output is taken as complete.
+const EXIT_QUIET: Duration = Duration::from_millis(150);
+/// After a command's exit status, the most time given to its remaining
+/// output.
+const EXIT_DRAIN: Duration = Duration::from_secs(2);
+
 impl Ssh {
     /// Connects as root to 127.0.0.1:`port`, retrying with backoff until
     /// `timeout` (slirp accepts TCP before the guest's sshd listens).
@@ -243,7 +250,27 @@ impl Ssh {
         });
         let mut out = Output::default();
         let mut status = None;
-        while let Some(msg) = rd.wait().await {
+        // Once the command has exited, sshd may still be sending what it
+        // wrote, but a background child that holds stdout open would keep
+        // the channel open for as long as it lives (`sleep 300 & echo
+        // started`): after the exit status, read on until the channel
+        // closes, it has been quiet for EXIT_QUIET, or EXIT_DRAIN is over.
+        let mut exited_at: Option<tokio::time::Instant> = None;
+        loop {
+            let msg = match exited_at {
+                None => rd.wait().await,
+                Some(at) => {
+                    let quiet = tokio::time::Instant::now() + EXIT_QUIET;
+                    match tokio::time::timeout_at(quiet.min(at + EXIT_DRAIN), rd.wait()).await {
+                        Ok(m) => m,
+                        Err(_) => break,
+                    }
+                }
+            };
+            let Some(msg) = msg else { break };
+            if matches!(msg, ChannelMsg::ExitStatus { .. } | ChannelMsg::ExitSignal { .. }) && exited_at.is_none() {
+                exited_at = Some(tokio::time::Instant::now());
+            }
             match msg {
                 ChannelMsg::Data { data } => match sink.as_deref_mut() {
                     Some(s) => s.stdout(&data),
@@ -259,7 +286,9 @@ impl Ssh {
             }
         }
         // The writer is done or failed because the command exited early
-        // (it did not read all of stdin); neither changes the result.
+        // (it did not read all of stdin); neither changes the result. It
+        // may still be blocked on a channel a background child holds open.
+        writer.abort();
         let _ = writer.await;
         out.status = status.ok_or(SshError::NoExitStatus)?;
         Ok(out)

@@ -260,6 +260,13 @@ impl Vm {
         let key_b64 = base64::engine::general_purpose::STANDARD.encode(key.public_openssh());
         let m = &cfg.image.manifest;
         let os: Os = m.os.parse().map_err(|e| VmError::Prepare(format!("image {}: its manifest names {e}", m.name)))?;
+        let Some((kernel, initrd)) = cfg.image.kernel_initrd() else {
+            return Err(VmError::Prepare(format!(
+                "image {} is imported ({os}): booting an imported image by its own firmware, prepared with a NoCloud seed, is not implemented yet",
+                m.name
+            )));
+        };
+        let boot = Boot::Kernel { kernel, initrd, cmdline: kernel_cmdline(&m.init_path, &key_b64, &cfg.extra_cmdline) };
         let mut virtiofsd = None;
         let store = match &cfg.store {
             None => None,
@@ -279,11 +286,7 @@ impl Vm {
             accel: cfg.accel,
             cpus: cfg.cpus,
             mem_mib: cfg.mem_mib,
-            boot: Boot::Kernel {
-                kernel: cfg.image.kernel(),
-                initrd: cfg.image.initrd(),
-                cmdline: kernel_cmdline(&m.init_path, &key_b64, &cfg.extra_cmdline),
-            },
+            boot,
             disk: overlay,
             run_dir: run.path().to_path_buf(),
             shares: cfg.shares.clone(),

@@ -26,6 +26,9 @@
 trap '' HUP
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 #@OS@
+# For running the script off a VM (driver/tests/backdoor_sh.rs): a pty as
+# the port, a directory of its own.
+[ -n "${XDRIVER_BACKDOOR_PORT:-}" ] && port=$XDRIVER_BACKDOOR_PORT
 [ -n "$port" ] || { echo "xdriver backdoor: no org.xdriver.backdoor port" >/dev/console; sleep 5; exit 1; }
 # One open, read-write: a virtio-serial port refuses a second open (EBUSY).
 exec 0<>"$port" 1>&0 2>/dev/null || { echo "xdriver backdoor: cannot open $port" >/dev/console; sleep 5; exit 1; }
@@ -34,7 +37,7 @@ cmdsh=/bin/sh
 [ -x /bin/bash ] && cmdsh=/bin/bash
 w=/run
 [ -d "$w" ] || w=/var/run
-w=$w/xdriver-backdoor
+w=${XDRIVER_BACKDOOR_DIR:-$w/xdriver-backdoor}
 rm -rf "$w"; mkdir -p -m 0700 "$w"
 # Emit what a stream file gained since offset $3; sets $off to the new end.
 emit() {

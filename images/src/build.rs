@@ -407,11 +407,12 @@ pub fn build_image(
         init: name.init,
         init_path: name.init.init_path().to_string(),
         packages,
-        kernel: kernel_info,
+        kernel: Some(kernel_info),
         disk: DiskInfo { file: "disk.qcow2".into(), virtual_mib: recipe.disk_mib, file_bytes },
         ssh_host_key,
         created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         build_seconds: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+        import: None,
     };
     let mp = out.join("manifest.json");
     let json = serde_json::to_string_pretty(&manifest).expect("manifest serializes");

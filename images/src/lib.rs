@@ -5,6 +5,7 @@
 
 mod build;
 mod cpio;
+mod import;
 mod initramfs;
 mod kernel;
 mod lock;
@@ -13,9 +14,10 @@ mod recipe;
 mod store;
 
 pub use build::{build_image, BuildError, BUILD_TOOLS};
+pub use import::{is_tar, Compression, ImportError, Imported};
 pub use initramfs::INIT_SCRIPT;
 pub use kernel::{resolve_module_order, KernelError};
 pub use lock::{FileLock, LockError};
-pub use manifest::{DiskInfo, KernelFormat, KernelInfo, Manifest, MANIFEST_SCHEMA};
+pub use manifest::{DiskInfo, ImportInfo, KernelFormat, KernelInfo, Manifest, MANIFEST_SCHEMA};
 pub use recipe::{ImageName, Recipe, RecipeError, BUILDER_VERSION};
 pub use store::{Entry, GcReport, Store, StoreError};

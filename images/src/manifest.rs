@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use xdriver_guests::Init;
+use xdriver_guests::{Firmware, Init};
 
 /// Version of the manifest format.
 pub const MANIFEST_SCHEMA: u32 = 1;
@@ -73,8 +73,10 @@ pub struct Manifest {
     pub init_path: String,
     /// Installed packages as `name=version`.
     pub packages: Vec<String>,
-    /// Kernel and initramfs.
-    pub kernel: KernelInfo,
+    /// Kernel and initramfs for direct boot (built images; an imported
+    /// image boots through its own loader).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelInfo>,
     /// Disk.
     pub disk: DiskInfo,
     /// The guest's SSH host public key (OpenSSH format); clients pin it.
@@ -83,6 +85,25 @@ pub struct Manifest {
     pub created_at: String,
     /// Wall time of the build.
     pub build_seconds: f64,
+    /// Where an imported image came from (None: built from a recipe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import: Option<ImportInfo>,
+}
+
+/// The source of an imported image.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportInfo {
+    /// The file name it was imported from.
+    pub source_file: String,
+    /// That file's SHA-256.
+    pub source_sha256: String,
+    /// How that file was compressed (`none`, `xz`, `zstd`, `gzip`).
+    pub compression: String,
+    /// The disk format inside (`qcow2` or `raw`).
+    pub source_format: String,
+    /// The firmware its boot loader needs.
+    pub firmware: Firmware,
 }
 
 impl Manifest {

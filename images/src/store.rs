@@ -67,13 +67,9 @@ impl Entry {
     pub fn disk(&self) -> PathBuf {
         self.dir.join(&self.manifest.disk.file)
     }
-    /// The kernel for direct boot.
-    pub fn kernel(&self) -> PathBuf {
-        self.dir.join(&self.manifest.kernel.file)
-    }
-    /// The initramfs.
-    pub fn initrd(&self) -> PathBuf {
-        self.dir.join(&self.manifest.kernel.initrd)
+    /// The kernel and initramfs for direct boot (built images only).
+    pub fn kernel_initrd(&self) -> Option<(PathBuf, PathBuf)> {
+        self.manifest.kernel.as_ref().map(|k| (self.dir.join(&k.file), self.dir.join(&k.initrd)))
     }
     /// Bytes on disk.
     pub fn size_bytes(&self) -> u64 {
@@ -196,9 +192,9 @@ impl Store {
                 continue;
             }
             let Ok(manifest) = Manifest::read(&dir.join("manifest.json")) else { continue };
-            let current = Recipe::load(&manifest.recipe)
-                .map(|r| r.hash(manifest.init) == manifest.recipe_hash)
-                .unwrap_or(false);
+            // An imported image is current by definition (no recipe).
+            let current = manifest.import.is_some()
+                || Recipe::load(&manifest.recipe).map(|r| r.hash(manifest.init) == manifest.recipe_hash).unwrap_or(false);
             out.push(Entry { dir, manifest, current });
         }
         out.sort_by(|a, b| (&a.manifest.name, &a.manifest.created_at).cmp(&(&b.manifest.name, &b.manifest.created_at)));
@@ -251,7 +247,7 @@ impl Store {
                 }
             }
         }
-        let used: Vec<String> = entries.iter().filter(|e| e.current).map(|e| e.manifest.kernel.package.clone()).collect();
+        let used: Vec<String> = entries.iter().filter(|e| e.current).filter_map(|e| e.manifest.kernel.as_ref().map(|k| k.package.clone())).collect();
         if let Ok(rd) = std::fs::read_dir(self.root.join("kernels")) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();

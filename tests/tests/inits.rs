@@ -39,10 +39,12 @@ async fn exercise(init: Init) {
 
     // A background child that keeps stdout open must not hang the backdoor
     // (the NixOS driver's known hang) nor SSH.
-    let t = Instant::now();
-    let out = vm.exec(Channel::Backdoor, "sleep 600 & echo started", &[], T, None).await.expect("exec");
-    assert_eq!(out.stdout_str(), "started\n");
-    assert!(t.elapsed() < Duration::from_secs(30), "backdoor waited for the background child: {:?}", t.elapsed());
+    for ch in [Channel::Backdoor, Channel::Ssh] {
+        let t = Instant::now();
+        let out = vm.exec(ch, "sh -c 'sleep 600 & echo started'", &[], T, None).await.expect("exec");
+        assert_eq!((out.status, out.stdout_str().as_str()), (0, "started\n"), "{ch:?}");
+        assert!(t.elapsed() < Duration::from_secs(30), "{ch:?} waited for the background child: {:?}", t.elapsed());
+    }
 
     // Copy a file and a directory in and out; checksums must match.
     let local = tempfile::tempdir().expect("tempdir");

@@ -73,23 +73,50 @@ fn plan_shows_configs_commands_and_steps_without_booting() {
 }
 
 #[test]
-fn unsupported_cells_are_skipped_with_their_reason() {
+fn an_os_without_an_image_fails_its_cells_with_the_import_command() {
     let webapps = example("webapps");
     let results = tempfile::tempdir().expect("tempdir");
+    let cache = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(xdriver_bin())
+        .args(["test", webapps.to_str().expect("utf-8"), "--os", "freebsd", "--manager", "bsdrc", "--accel", "tcg", "--results-dir"])
+        .arg(results.path())
+        .env_remove("XDRIVER_LOG")
+        .env("XDRIVER_WEBAPP_DIR", "/")
+        .env("XDRIVER_CACHE_DIR", cache.path())
+        .output()
+        .expect("spawn");
+    let (code, out) = (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned());
+    // Not a skip, and not a pass: nothing ran.
+    assert_eq!(code, Some(125), "{out}");
+    assert!(out.contains("ERROR freebsd/bsdrc/privileged"), "{out}");
+    assert!(out.contains("no image `freebsd` in the image cache"), "{out}");
+    assert!(out.contains("xdriver image import freebsd FreeBSD-14.3-RELEASE-amd64-BASIC-CLOUDINIT-ufs.qcow2.xz --os freebsd"), "{out}");
+    assert!(out.contains("2 cells: 0 passed, 0 failed, 2 infrastructure errors, 0 skipped"), "{out}");
+}
+
+#[test]
+fn a_run_of_skipped_cells_only_exits_4_and_keeps_their_earlier_results() {
+    let webapps = example("webapps");
+    let results = tempfile::tempdir().expect("tempdir");
+    // An earlier run's results for a cell that is skipped now.
+    let earlier = results.path().join("nginx-reverse-proxy-hostbased/debian-12-bsdrc-privileged");
+    std::fs::create_dir_all(&earlier).expect("mkdir");
+    std::fs::write(earlier.join("result.json"), "{}").expect("write");
     let (code, out, err) = xdriver(&[
         "test",
         webapps.to_str().expect("utf-8"),
         "--os",
-        "freebsd",
+        "debian-12",
         "--manager",
         "bsdrc",
         "--results-dir",
         results.path().to_str().expect("utf-8"),
     ]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("SKIP  freebsd/bsdrc/privileged"), "{out}");
-    assert!(out.contains("unverified: no FreeBSD image"), "{out}");
+    assert_eq!(code, 4, "{out}{err}");
+    assert!(out.contains("SKIP  debian-12/bsdrc/privileged") && out.contains("bsdrc needs FreeBSD's rc.subr"), "{out}");
     assert!(out.contains("2 cells: 0 passed, 0 failed, 0 infrastructure errors, 2 skipped"), "{out}");
+    assert!(err.contains("no cell ran"), "{err}");
+    assert!(earlier.join("result.json").is_file(), "a skipped cell removed its earlier results");
 }
 
 #[test]

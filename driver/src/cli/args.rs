@@ -66,8 +66,7 @@ pub struct CellArgs {
     /// Nix specs: pass NAME = "VALUE" to the file's function (nix-instantiate --argstr).
     #[arg(long = "argstr", num_args = 2, value_names = ["NAME", "VALUE"], action = clap::ArgAction::Append)]
     pub nix_argstrs: Vec<String>,
-    /// Guest OSes: debian-12, debian-12-nix, freebsd, nixos.
-    #[arg(long = "os", value_delimiter = ',')]
+    #[arg(long = "os", value_delimiter = ',', help = os_help())]
     pub os: Vec<xdriver_guests::Os>,
     /// Process managers: systemd, sysvinit, openrc, runit, s6, supervisord, bsdrc.
     #[arg(long = "manager", value_delimiter = ',')]
@@ -222,6 +221,52 @@ pub enum ImageCommand {
     },
     /// Remove stale entries, interrupted builds and unused kernels.
     Gc,
+    /// Import a vendor's disk image (qcow2 or raw; plain, .xz, .zst or
+    /// .gz) as NAME for an OS, or an image `xdriver image export` wrote
+    /// (one tar argument). A no-op when the same thing is already there.
+    Import {
+        /// Image name (the OS's name makes it the image of that OS's
+        /// cells, e.g. freebsd), or the exported tar.
+        name: String,
+        /// The disk image file.
+        file: Option<std::path::PathBuf>,
+        /// The guest OS of the image.
+        #[arg(long, help = imported_os_help())]
+        os: Option<xdriver_guests::Os>,
+        /// The firmware its boot loader needs (default: the OS's).
+        #[arg(long)]
+        firmware: Option<xdriver_guests::Firmware>,
+        /// The file's expected SHA-256 (hex); a mismatch refuses it.
+        #[arg(long)]
+        sha256: Option<String>,
+        /// Print the manifest as JSON when done.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write an image (built or imported) to a tar that `xdriver image
+    /// import FILE.tar` reads on another machine (e.g. a CI cache).
+    Export {
+        /// Image name.
+        name: String,
+        /// The tar file to write.
+        #[arg(short = 'o', long = "output")]
+        output: std::path::PathBuf,
+    },
+}
+
+/// `--os` help, from the OS registry.
+fn os_help() -> String {
+    let names: Vec<String> = xdriver_guests::Os::all()
+        .map(|o| if o.unverified().is_some() { format!("{} (unverified)", o.name()) } else { o.name().to_string() })
+        .collect();
+    format!("Guest OSes: {}", names.join(", "))
+}
+
+/// `image import --os` help, from the OS registry.
+fn imported_os_help() -> String {
+    let names: Vec<&str> =
+        xdriver_guests::Os::all().filter(|o| matches!(o.images(), xdriver_guests::Images::Imported { .. })).map(|o| o.name()).collect();
+    format!("The image's OS: {}", names.join(", "))
 }
 
 /// `xdriver run`

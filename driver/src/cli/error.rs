@@ -1,5 +1,6 @@
 //! A CLI failure: a message and the documented exit code it maps to.
 
+use crate::error_chain::chain_error as chain;
 use crate::exit;
 
 /// A failure the binary reports and exits with.
@@ -21,19 +22,4 @@ impl CliError {
     pub fn infra(err: &(dyn std::error::Error + 'static)) -> CliError {
         CliError { code: exit::INFRA, message: chain(err) }
     }
-}
-
-/// An error and its sources, one per line.
-pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        let t = e.to_string();
-        if !s.contains(&t) {
-            s.push_str("\n  caused by: ");
-            s.push_str(&t);
-        }
-        cur = e.source();
-    }
-    s
 }

@@ -1,4 +1,4 @@
-//! `xdriver image build|list|rm|gc`.
+//! `xdriver image build|list|rm|gc|import|export`.
 
 use std::io::IsTerminal;
 
@@ -75,7 +75,11 @@ pub(super) async fn main(cmd: ImageCommand) -> Result<i32, CliError> {
                     human(e.size_bytes()),
                     m.created_at,
                     &m.recipe_hash[..8],
-                    m.kernel.release
+                    match (&m.kernel, &m.import) {
+                        (Some(k), _) => k.release.clone(),
+                        (None, Some(i)) => format!("imported ({} firmware) from {}", i.firmware, i.source_file),
+                        (None, None) => String::new(),
+                    }
                 );
             }
             Ok(exit::SUCCESS)
@@ -88,6 +92,70 @@ pub(super) async fn main(cmd: ImageCommand) -> Result<i32, CliError> {
             for d in removed {
                 eprintln!("removed {}", d.display());
             }
+            Ok(exit::SUCCESS)
+        }
+        ImageCommand::Import { name, file, os, firmware, sha256, json } => {
+            let store = store()?;
+            let progress = std::io::stderr().is_terminal();
+            let imported = match file {
+                None => {
+                    let tar = std::path::PathBuf::from(&name);
+                    if os.is_some() || firmware.is_some() || sha256.is_some() {
+                        return Err(CliError::usage("importing an exported tar takes no --os, --firmware or --sha256 (the tar's manifest has them)"));
+                    }
+                    let head = std::fs::read(&tar).map(|b| b.into_iter().take(512).collect::<Vec<u8>>()).map_err(|e| CliError::usage(format!("{}: {e}", tar.display())))?;
+                    if !xdriver_images::is_tar(&head) {
+                        return Err(CliError::usage(format!(
+                            "{}: not a tar from `xdriver image export`; to import a disk image give a name first: xdriver image import NAME FILE --os OS",
+                            tar.display()
+                        )));
+                    }
+                    tokio::task::spawn_blocking(move || store.import_tar(&tar, progress)).await
+                }
+                Some(file) => {
+                    let Some(os) = os else {
+                        return Err(CliError::usage("--os is required to import a disk image (which OS is in it?)"));
+                    };
+                    if !file.is_file() {
+                        return Err(CliError::usage(format!("{}: no such file", file.display())));
+                    }
+                    tokio::task::spawn_blocking(move || store.import_disk(&name, &file, os, firmware, sha256.as_deref(), progress)).await
+                }
+            }
+            .map_err(|e| CliError { code: exit::INFRA, message: e.to_string() })?
+            .map_err(|e| match e {
+                xdriver_images::ImportError::NotImported { .. } | xdriver_images::ImportError::BadName(_) => CliError::usage(e.to_string()),
+                e => CliError { code: exit::INFRA, message: crate::cli::chain_error(&e) },
+            })?;
+            for d in &imported.replaced {
+                eprintln!("replaced {}", d.display());
+            }
+            let m = &imported.entry.manifest;
+            eprintln!(
+                "{}: {} ({}, {}{})",
+                m.name,
+                imported.entry.dir.display(),
+                human(imported.entry.size_bytes()),
+                if imported.new { "imported" } else { "already imported" },
+                m.import.as_ref().map(|i| format!("; os {}, {} firmware", m.os, i.firmware)).unwrap_or_default()
+            );
+            if json {
+                println!("{}", serde_json::to_string_pretty(m).expect("a manifest serializes"));
+            }
+            Ok(exit::SUCCESS)
+        }
+        ImageCommand::Export { name, output } => {
+            let store = store()?;
+            let entries = store.list().map_err(|e| CliError::infra(&e))?;
+            let Some(entry) = entries.into_iter().filter(|e| e.manifest.name == name && e.current).next_back() else {
+                return Err(CliError::usage(format!("no current image named `{name}` in the cache (see `xdriver image list`)")));
+            };
+            let out = output.clone();
+            let bytes = tokio::task::spawn_blocking(move || store.export(&entry, &out))
+                .await
+                .map_err(|e| CliError { code: exit::INFRA, message: e.to_string() })?
+                .map_err(|e| CliError { code: exit::INFRA, message: crate::cli::chain_error(&e) })?;
+            eprintln!("{name}: {} ({})", output.display(), human(bytes));
             Ok(exit::SUCCESS)
         }
         ImageCommand::Gc => {

@@ -11,7 +11,8 @@ mod run;
 mod test;
 
 pub use args::{Cli, Command};
-pub use error::{chain as chain_error, CliError};
+pub use crate::error_chain::chain_error;
+pub use error::CliError;
 pub use plan::render_text as plan_text;
 pub use test::{cell_line, exit_code};
 

@@ -35,12 +35,14 @@ pub fn cell_line(r: &CellResult) -> String {
 }
 
 /// The exit code for a set of results: tests failed (100) beats
-/// infrastructure failed (125) beats success.
+/// infrastructure failed (125) beats no cell run (4) beats success.
 pub fn exit_code(results: &[CellResult]) -> i32 {
     if results.iter().any(|r| matches!(r.outcome, Outcome::Fail { .. })) {
         exit::TESTS_FAILED
     } else if results.iter().any(|r| matches!(r.outcome, Outcome::Error { .. })) {
         exit::INFRA
+    } else if !results.iter().any(|r| matches!(r.outcome, Outcome::Pass)) {
+        exit::NO_CELLS_RUN
     } else {
         exit::SUCCESS
     }
@@ -148,5 +150,9 @@ pub(super) async fn main(args: TestArgs) -> Result<i32, CliError> {
             }
         }
     }
-    Ok(exit_code(&results))
+    let code = exit_code(&results);
+    if code == exit::NO_CELLS_RUN {
+        eprintln!("xdriver: no cell ran (every selected cell was skipped); exit {}", exit::NO_CELLS_RUN);
+    }
+    Ok(code)
 }

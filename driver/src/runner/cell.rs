@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use xdriver_guests::{Backend, Profile, ProfileKind};
+use xdriver_guests::Images;
 use xdriver_images::ImageName;
 
 use super::deploy::{self, DeployPlan};
 use super::progress::{Phase, Progress};
 use super::machine::{describe, Machine, StepError};
 use super::transcript::Transcript;
-use crate::cli::chain_error;
+use crate::error_chain::chain_error;
 use crate::qemu::{Accel, Share};
 use crate::spec::{Cell, CellCtx, Resolved, Spec, SpecError, Step};
 use crate::vm::{Vm, VmConfig};
@@ -275,7 +276,6 @@ pub fn write_configs(dir: &Path, p: &Prepared) -> std::io::Result<()> {
 pub async fn run(spec: &Spec, cell: &Cell, prepared: Option<Prepared>, shares: &[Share], opts: &RunOptions, progress: &dyn Progress) -> CellResult {
     let started = Instant::now();
     let dir = opts.cell_dir(spec, cell);
-    let _ = std::fs::remove_dir_all(&dir);
     let mut result = CellResult::new(cell, dir.clone(), Outcome::Pass);
     result.steps_total = prepared.as_ref().map(|p| p.steps.len()).unwrap_or(0);
     let (image, prepared) = match (&cell.image, prepared) {
@@ -289,6 +289,9 @@ pub async fn run(spec: &Spec, cell: &Cell, prepared: Option<Prepared>, shares: &
         }
         (Ok(i), Some(p)) => (i.clone(), p),
     };
+    // A cell that runs starts from an empty results directory; one that is
+    // skipped (above) keeps what an earlier run left there.
+    let _ = std::fs::remove_dir_all(&dir);
     if opts.expired() {
         result.outcome = Outcome::Error { reason: format!("{DEADLINE} before the cell started") };
         return finish(result, started);
@@ -350,6 +353,28 @@ fn finish(mut r: CellResult, started: Instant) -> CellResult {
     r
 }
 
+/// The image a cell boots: a built OS's image is built if missing; an
+/// imported OS's must have been imported, or the cell fails saying how.
+async fn find_image(os: xdriver_guests::Os, image: &str) -> Result<xdriver_images::Entry, String> {
+    let store = xdriver_images::Store::open_default().map_err(|e| format!("image {image}: {}", chain_error(&e)))?;
+    match os.images() {
+        Images::Built { .. } => {
+            let name: ImageName = image.parse().map_err(|e| format!("image {image}: {e}"))?;
+            match tokio::task::spawn_blocking(move || store.ensure(&name, false)).await {
+                Ok(Ok(e)) => Ok(e),
+                Ok(Err(e)) => Err(format!("image {image}: {}", chain_error(&e))),
+                Err(e) => Err(format!("image {image}: {e}")),
+            }
+        }
+        Images::Imported { example_file, docs, .. } => store.imported(image).ok_or_else(|| {
+            format!(
+                "no image `{image}` in the image cache: {os} images are imported, not built. Import one first:\n  \
+                 xdriver image import {image} {example_file} --os {os}\n(see {docs})"
+            )
+        }),
+    }
+}
+
 /// Boots, deploys and runs the steps. The flag says whether the VM failed
 /// to come up (the only failure `--retries` retries).
 #[allow(clippy::too_many_arguments)]
@@ -364,14 +389,9 @@ async fn boot_and_test(
     progress: &dyn Progress,
 ) -> (Outcome, bool) {
     progress.phase(cell, Phase::Image);
-    let name: ImageName = match image.parse() {
-        Ok(n) => n,
-        Err(e) => return (Outcome::Error { reason: format!("image {image}: {e}") }, false),
-    };
-    let entry = match tokio::task::spawn_blocking(move || xdriver_images::Store::open_default().and_then(|s| s.ensure(&name, false))).await {
-        Ok(Ok(e)) => e,
-        Ok(Err(e)) => return (Outcome::Error { reason: format!("image {image}: {}", chain_error(&e)) }, false),
-        Err(e) => return (Outcome::Error { reason: format!("image {image}: {e}") }, false),
+    let entry = match find_image(cell.os, image).await {
+        Ok(e) => e,
+        Err(reason) => return (Outcome::Error { reason }, false),
     };
     progress.phase(cell, Phase::Boot);
     let mut cfg = VmConfig::new(&format!("cell-{}", cell.dir_name()), entry);

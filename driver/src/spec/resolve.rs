@@ -458,11 +458,25 @@ fn list_set(v: &BTreeSet<&str>) -> String {
     list(&v.iter().copied().collect::<Vec<_>>())
 }
 
+/// A value for a message: its first 60 characters (not bytes, so a
+/// multibyte character is never cut).
 fn short(v: &Value) -> String {
     let s = v.to_string();
-    if s.len() > 60 {
-        format!("{}…", &s[..60])
-    } else {
-        s
+    match s.char_indices().nth(60) {
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod short_tests {
+    use super::short;
+
+    #[test]
+    fn long_values_are_cut_at_a_character_boundary() {
+        let v = serde_json::Value::String("é".repeat(100));
+        let s = short(&v);
+        assert!(s.ends_with('…') && s.chars().count() == 61, "{s}");
+        assert_eq!(short(&serde_json::json!(42)), "42");
     }
 }

@@ -49,8 +49,8 @@ fn plain_qemu_to_banner(init: Init) -> f64 {
         cpus: 2,
         mem_mib: 1024,
         boot: Boot::Kernel {
-            kernel: entry.kernel(),
-            initrd: entry.initrd(),
+            kernel: entry.kernel_initrd().expect("a built image").0,
+            initrd: entry.kernel_initrd().expect("a built image").1,
             cmdline: kernel_cmdline(&entry.manifest.init_path, "-", &[]),
         },
         disk: overlay,
