@@ -9,6 +9,7 @@ pub mod error_chain;
 pub mod console;
 pub mod exit;
 pub mod output;
+pub mod prepare;
 pub mod qemu;
 pub mod qmp;
 pub mod report;

@@ -39,9 +39,33 @@ pub enum Boot {
         /// Kernel command line.
         cmdline: String,
     },
-    /// The disk's own boot loader (imported cloud images).
-    Disk,
+    /// The disk's own boot loader (imported images), started by the
+    /// firmware.
+    Disk {
+        /// SeaBIOS, or OVMF's code and this VM's own copy of its variables.
+        firmware: Firmware,
+    },
 }
+
+/// The firmware of a disk boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Firmware {
+    /// QEMU's default SeaBIOS.
+    Bios,
+    /// UEFI: OVMF as two pflash drives.
+    Uefi {
+        /// OVMF's code (read-only).
+        code: PathBuf,
+        /// The VM's writable copy of OVMF's variable store.
+        vars: PathBuf,
+    },
+}
+
+/// OVMF from Debian's `ovmf` package: code and the variable-store
+/// template (4 MiB builds).
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// See [`OVMF_CODE`].
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
 /// A host directory shared into the guest over 9p.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +153,8 @@ pub struct QemuSpec {
     pub forwards: Vec<u16>,
     /// The shared store, if any.
     pub store: Option<StoreDevice>,
+    /// A NoCloud seed attached as a read-only raw disk (preparation only).
+    pub seed: Option<PathBuf>,
 }
 
 impl QemuSpec {
@@ -152,9 +178,18 @@ impl QemuSpec {
                 "node,memdev=mem",
             ]);
         }
-        if let Boot::Kernel { kernel, initrd, cmdline } = &self.boot {
-            push(&["-kernel", &kernel.display().to_string(), "-initrd", &initrd.display().to_string()]);
-            push(&["-append", cmdline]);
+        match &self.boot {
+            Boot::Kernel { kernel, initrd, cmdline } => {
+                push(&["-kernel", &kernel.display().to_string(), "-initrd", &initrd.display().to_string()]);
+                push(&["-append", cmdline]);
+            }
+            Boot::Disk { firmware: Firmware::Bios } => {}
+            Boot::Disk { firmware: Firmware::Uefi { code, vars } } => push(&[
+                "-drive",
+                &format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()),
+                "-drive",
+                &format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+            ]),
         }
         push(&[
             "-drive",
@@ -162,6 +197,14 @@ impl QemuSpec {
             "-device",
             "virtio-blk-pci,drive=disk0",
         ]);
+        if let Some(seed) = &self.seed {
+            push(&[
+                "-drive",
+                &format!("file={},if=none,id=seed,format=raw,readonly=on", seed.display()),
+                "-device",
+                "virtio-blk-pci,drive=seed",
+            ]);
+        }
         let mut netdev = String::from("user,id=net0,restrict=on");
         for port in &self.forwards {
             netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:0-:{port}"));
@@ -260,12 +303,28 @@ mod tests {
             shares: vec![Share { host: "/srv".into(), guest: "/mnt".into(), writable: false }],
             forwards: vec![22],
             store: None,
+            seed: None,
         }
     }
 
     #[test]
     fn command_line_snapshot() {
         insta::assert_snapshot!(spec().args().join("\n"));
+    }
+
+    #[test]
+    fn disk_boots_by_bios_or_uefi_with_a_seed() {
+        let mut s = spec();
+        s.boot = Boot::Disk { firmware: Firmware::Bios };
+        s.seed = Some("/run/x/seed.img".into());
+        let a = s.args().join(" ");
+        assert!(!a.contains("-kernel") && !a.contains("-append") && !a.contains("pflash"), "{a}");
+        assert!(a.contains("-drive file=/run/x/seed.img,if=none,id=seed,format=raw,readonly=on -device virtio-blk-pci,drive=seed"), "{a}");
+        // The system disk comes first, so it is the first disk the firmware tries.
+        assert!(a.find("id=disk0").expect("disk") < a.find("id=seed").expect("seed"), "{a}");
+        s.boot = Boot::Disk { firmware: Firmware::Uefi { code: OVMF_CODE.into(), vars: "/run/x/vars.fd".into() } };
+        let a = s.args().join(" ");
+        assert!(a.contains(&format!("-drive if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE} -drive if=pflash,format=raw,unit=1,file=/run/x/vars.fd")), "{a}");
     }
 
     #[test]

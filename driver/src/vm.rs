@@ -19,7 +19,7 @@ use xdriver_images::Entry;
 use crate::backdoor::{Backdoor, BackdoorError};
 use crate::console::{tail_lines, Console, ConsoleTimeout};
 use crate::output::{Output, Sink};
-use crate::qemu::{kernel_cmdline, Accel, Boot, QemuSpec, Share, StoreDevice, NINEP_MSIZE};
+use crate::qemu::{kernel_cmdline, Accel, Boot, Firmware, QemuSpec, Share, StoreDevice, NINEP_MSIZE, OVMF_CODE, OVMF_VARS};
 use crate::store::{guest_mount_script, host_nix_db, ShareFs, StoreShare, Virtiofsd};
 use crate::qmp::{Qmp, QmpError};
 use crate::rundir::RunDir;
@@ -142,6 +142,31 @@ pub struct VmConfig {
     pub qemu: String,
     /// The shared store (read-only share plus a tmpfs overlay).
     pub store: Option<StoreShare>,
+    /// Which disk the VM boots (an imported image needs a prepared one).
+    pub disk: DiskUse,
+}
+
+/// The disk a VM boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskUse {
+    /// A fresh overlay of the image's own disk (built images).
+    Image,
+    /// A fresh overlay of a prepared disk of an imported image, whose SSH
+    /// host key the preparation recorded.
+    Prepared {
+        /// The prepared disk.
+        disk: PathBuf,
+        /// Its SSH host key (OpenSSH public key line).
+        host_key: String,
+    },
+    /// Preparing an imported image: this disk itself (writes are kept),
+    /// with a NoCloud seed attached.
+    Preparing {
+        /// The disk being prepared.
+        disk: PathBuf,
+        /// The seed image.
+        seed: PathBuf,
+    },
 }
 
 impl VmConfig {
@@ -159,6 +184,7 @@ impl VmConfig {
             extra_cmdline: Vec::new(),
             qemu: "qemu-system-x86_64".into(),
             store: None,
+            disk: DiskUse::Image,
         }
     }
 }
@@ -245,28 +271,63 @@ impl Vm {
         // Kept if starting fails (logs of a failed boot survive); released
         // once the VM is up.
         run.keep();
-        let overlay = run.join("overlay.qcow2");
-        let out = tokio::process::Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-            .arg(cfg.image.disk())
-            .arg(&overlay)
-            .output()
-            .await
-            .map_err(|e| VmError::Prepare(format!("qemu-img: {e}")))?;
-        if !out.status.success() {
-            return Err(VmError::Prepare(format!("qemu-img create: {}", String::from_utf8_lossy(&out.stderr).trim())));
+        // The disk this VM boots: an overlay of the image's disk or of a
+        // prepared disk, or (preparing) the prepared disk itself.
+        let backing = match &cfg.disk {
+            DiskUse::Image => Some(cfg.image.disk()),
+            DiskUse::Prepared { disk, .. } => Some(disk.clone()),
+            DiskUse::Preparing { .. } => None,
+        };
+        let disk = match (&backing, &cfg.disk) {
+            (None, DiskUse::Preparing { disk, .. }) => disk.clone(),
+            _ => run.join("overlay.qcow2"),
+        };
+        if let Some(backing) = &backing {
+            let out = tokio::process::Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+                .arg(backing)
+                .arg(&disk)
+                .output()
+                .await
+                .map_err(|e| VmError::Prepare(format!("qemu-img: {e}")))?;
+            if !out.status.success() {
+                return Err(VmError::Prepare(format!("qemu-img create: {}", String::from_utf8_lossy(&out.stderr).trim())));
+            }
         }
         let key = ClientKey::generate();
         let key_b64 = base64::engine::general_purpose::STANDARD.encode(key.public_openssh());
         let m = &cfg.image.manifest;
         let os: Os = m.os.parse().map_err(|e| VmError::Prepare(format!("image {}: its manifest names {e}", m.name)))?;
-        let Some((kernel, initrd)) = cfg.image.kernel_initrd() else {
-            return Err(VmError::Prepare(format!(
-                "image {} is imported ({os}): booting an imported image by its own firmware, prepared with a NoCloud seed, is not implemented yet",
-                m.name
-            )));
+        // Built images boot their kernel directly and take the SSH key on
+        // its command line; imported ones boot by their firmware and get
+        // the key over the backdoor once it is up.
+        let boot = match (cfg.image.kernel_initrd(), &m.import) {
+            (Some((kernel, initrd)), _) => Boot::Kernel { kernel, initrd, cmdline: kernel_cmdline(&m.init_path, &key_b64, &cfg.extra_cmdline) },
+            (None, Some(imp)) => {
+                if cfg.disk == DiskUse::Image {
+                    return Err(VmError::Prepare(format!("image {} is imported: boot a prepared disk of it (crate::prepare)", m.name)));
+                }
+                let firmware = match imp.firmware {
+                    xdriver_guests::Firmware::Bios => Firmware::Bios,
+                    xdriver_guests::Firmware::Uefi => {
+                        let vars = run.join("OVMF_VARS.fd");
+                        std::fs::copy(OVMF_VARS, &vars).map_err(|e| VmError::Prepare(format!("UEFI needs OVMF (Debian's `ovmf` package): {OVMF_VARS}: {e}")))?;
+                        Firmware::Uefi { code: OVMF_CODE.into(), vars }
+                    }
+                };
+                Boot::Disk { firmware }
+            }
+            (None, None) => return Err(VmError::Prepare(format!("image {}: its manifest has neither a kernel nor an import", m.name))),
         };
-        let boot = Boot::Kernel { kernel, initrd, cmdline: kernel_cmdline(&m.init_path, &key_b64, &cfg.extra_cmdline) };
+        let host_key = match &cfg.disk {
+            DiskUse::Prepared { host_key, .. } => host_key.clone(),
+            _ => m.ssh_host_key.clone(),
+        };
+        let seed = match &cfg.disk {
+            DiskUse::Preparing { seed, .. } => Some(seed.clone()),
+            _ => None,
+        };
+        let key_over_backdoor = matches!(boot, Boot::Disk { .. });
         let mut virtiofsd = None;
         let store = match &cfg.store {
             None => None,
@@ -287,11 +348,12 @@ impl Vm {
             cpus: cfg.cpus,
             mem_mib: cfg.mem_mib,
             boot,
-            disk: overlay,
+            disk,
             run_dir: run.path().to_path_buf(),
             shares: cfg.shares.clone(),
             forwards: vec![22],
             store,
+            seed,
         };
         let listen = |f: &str| UnixListener::bind(run.join(f)).map_err(|e| VmError::Prepare(format!("socket {f}: {e}")));
         let (l_serial, l_backdoor, l_qmp) = (listen("serial.sock")?, listen("backdoor.sock")?, listen("qmp.sock")?);
@@ -364,7 +426,7 @@ impl Vm {
             ssh_port,
             init: m.init,
             os,
-            host_key: m.ssh_host_key.clone(),
+            host_key,
             backdoor_ready_after: Duration::ZERO,
             virtiofsd,
         };
@@ -376,20 +438,10 @@ impl Vm {
         // exchange and authentication against a guest still booting: about
         // half a second under TCG) runs in a task of its own, so the VM is
         // ready as soon as the backdoor answers and the shares are mounted;
-        // the first user of SSH waits for the rest.
-        if cfg.ssh {
-            let (tx, rx) = watch::channel(None);
-            let (port, host_key, key, timeout) = (vm.ssh_port, vm.host_key.clone(), vm.key.clone(), cfg.boot_timeout);
-            let task = tokio::spawn(async move {
-                let outcome = match Ssh::connect(port, &host_key, &key, timeout).await {
-                    Ok(s) => SshOutcome::Up(s, t0.elapsed()),
-                    Err(SshError::Connect { timeout, last, .. }) => SshOutcome::TimedOut { timeout, last },
-                    Err(e) => SshOutcome::Failed(e.to_string()),
-                };
-                let _ = tx.send(Some(outcome));
-            });
-            vm.ssh = Some(rx);
-            vm.ssh_task = Some(task.abort_handle());
+        // the first user of SSH waits for the rest. (An imported image gets
+        // the key over the backdoor first, so its SSH starts after that.)
+        if cfg.ssh && !key_over_backdoor {
+            vm.spawn_ssh(t0, cfg.boot_timeout);
         }
         let backdoor_side = async {
             let ready = vm.backdoor.wait_ready(cfg.boot_timeout);
@@ -405,6 +457,12 @@ impl Vm {
                 Err(e) => return Err(e.into()),
             }
             let after = t0.elapsed();
+            if cfg.ssh && key_over_backdoor {
+                let out = vm.setup_exec(&vm.os.authorize_ssh_key(&vm.key.public_openssh())).await?;
+                if !out.success() {
+                    return Err(VmError::SshSetup(format!("installing the run's key over the backdoor: {}", out.stderr_str().trim())));
+                }
+            }
             for (i, s) in cfg.shares.iter().enumerate() {
                 vm.mount_share(i, s).await?;
             }
@@ -425,6 +483,9 @@ impl Vm {
             }
             Err(e) => return Err(e),
         };
+        if cfg.ssh && key_over_backdoor {
+            vm.spawn_ssh(t0, cfg.boot_timeout);
+        }
         // An SSH set-up that has already failed fails the start, as it
         // would have if the start had waited for it.
         if let Some(rx) = &vm.ssh {
@@ -435,6 +496,22 @@ impl Vm {
         }
         vm.run.release();
         Ok(vm)
+    }
+
+    /// Starts the SSH set-up in the background (see [`Vm::ssh`]).
+    fn spawn_ssh(&mut self, t0: Instant, timeout: Duration) {
+        let (tx, rx) = watch::channel(None);
+        let (port, host_key, key) = (self.ssh_port, self.host_key.clone(), self.key.clone());
+        let task = tokio::spawn(async move {
+            let outcome = match Ssh::connect(port, &host_key, &key, timeout).await {
+                Ok(s) => SshOutcome::Up(s, t0.elapsed()),
+                Err(SshError::Connect { timeout, last, .. }) => SshOutcome::TimedOut { timeout, last },
+                Err(e) => SshOutcome::Failed(e.to_string()),
+            };
+            let _ = tx.send(Some(outcome));
+        });
+        self.ssh = Some(rx);
+        self.ssh_task = Some(task.abort_handle());
     }
 
     async fn mount_share(&self, index: usize, s: &Share) -> Result<(), VmError> {

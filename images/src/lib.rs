@@ -11,6 +11,7 @@ mod kernel;
 mod lock;
 mod manifest;
 mod recipe;
+mod seed;
 mod store;
 
 pub use build::{build_image, BuildError, BUILD_TOOLS};
@@ -20,4 +21,5 @@ pub use kernel::{resolve_module_order, KernelError};
 pub use lock::{FileLock, LockError};
 pub use manifest::{DiskInfo, ImportInfo, KernelFormat, KernelInfo, Manifest, MANIFEST_SCHEMA};
 pub use recipe::{ImageName, Recipe, RecipeError, BUILDER_VERSION};
+pub use seed::{Seed, SEED_LABEL};
 pub use store::{Entry, GcReport, Store, StoreError};

@@ -28,19 +28,35 @@ fn shell_join(words: &[String]) -> String {
 }
 
 pub(super) async fn main(args: RunArgs) -> Result<i32, CliError> {
-    let name: ImageName = args.image.parse().map_err(|e: xdriver_images::RecipeError| CliError::usage(e.to_string()))?;
     let shares = args.shares.iter().map(|s| Share::parse(s).map_err(|e| CliError::usage(format!("--share {e}")))).collect::<Result<Vec<_>, _>>()?;
     if args.command.is_empty() && args.channel == Channel::Backdoor && !args.keep {
         return Err(CliError::usage("an interactive shell needs --channel ssh (the backdoor has no terminal)"));
     }
-    let image = super::image::ensure(&name).await?;
     let store = xdriver_images::Store::open_default().map_err(|e| CliError::infra(&e))?;
+    let imported = store.imported(&args.image);
+    let name: Option<ImageName> = match &imported {
+        Some(_) => None,
+        None => Some(args.image.parse().map_err(|e: xdriver_images::RecipeError| {
+            CliError::usage(format!("{e} (or the name of an imported image: see `xdriver image list`)"))
+        })?),
+    };
     let decision = accel::decide(args.vm.accel, "qemu-system-x86_64", store.root())
         .await
         .map_err(|e| CliError { code: exit::INFRA, message: e.to_string() })?;
     eprintln!("xdriver: accel {}: {}", decision.accel.name(), decision.reason);
-
-    let mut cfg = VmConfig::new(&format!("run-{}", name.init), image);
+    let (image, disk) = match (imported, name) {
+        (Some(entry), _) => {
+            if crate::prepare::lookup(&entry).map_err(|e| CliError::infra(&e))?.is_none() {
+                eprintln!("xdriver: preparing {} (its first boot, with a NoCloud seed; once per image)", entry.manifest.name);
+            }
+            let p = crate::prepare::ensure(&store, &entry, decision.accel, args.vm.mem_mib).await.map_err(|e| CliError::infra(&e))?;
+            (entry, crate::vm::DiskUse::Prepared { disk: p.disk, host_key: p.host_key })
+        }
+        (None, Some(name)) => (super::image::ensure(&name).await?, crate::vm::DiskUse::Image),
+        (None, None) => return Err(CliError::usage(format!("no image `{}`", args.image))),
+    };
+    let mut cfg = VmConfig::new(&format!("run-{}", image.manifest.init), image);
+    cfg.disk = disk;
     cfg.accel = decision.accel;
     cfg.cpus = args.vm.cpus;
     cfg.mem_mib = args.vm.mem_mib;
@@ -68,7 +84,7 @@ pub(super) async fn main(args: RunArgs) -> Result<i32, CliError> {
         Ok(()) => {
             eprintln!(
                 "xdriver: {} up in {:.1} s (backdoor {:.1} s), run dir {}",
-                name,
+                args.image,
                 vm.ssh_ready_after().unwrap_or(vm.backdoor_ready_after).as_secs_f64(),
                 vm.backdoor_ready_after.as_secs_f64(),
                 vm.run_dir().display()

@@ -18,7 +18,7 @@ use super::transcript::Transcript;
 use crate::error_chain::chain_error;
 use crate::qemu::{Accel, Share};
 use crate::spec::{Cell, CellCtx, Resolved, Spec, SpecError, Step};
-use crate::vm::{Vm, VmConfig};
+use crate::vm::{DiskUse, Vm, VmConfig};
 
 /// How a cell ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -353,25 +353,30 @@ fn finish(mut r: CellResult, started: Instant) -> CellResult {
     r
 }
 
-/// The image a cell boots: a built OS's image is built if missing; an
-/// imported OS's must have been imported, or the cell fails saying how.
-async fn find_image(os: xdriver_guests::Os, image: &str) -> Result<xdriver_images::Entry, String> {
+/// The image a cell boots and the disk it boots from: a built OS's image
+/// is built if missing; an imported OS's must have been imported (or the
+/// cell fails saying how), and is prepared on first use.
+async fn find_image(os: xdriver_guests::Os, image: &str, opts: &RunOptions) -> Result<(xdriver_images::Entry, DiskUse), String> {
     let store = xdriver_images::Store::open_default().map_err(|e| format!("image {image}: {}", chain_error(&e)))?;
     match os.images() {
         Images::Built { .. } => {
             let name: ImageName = image.parse().map_err(|e| format!("image {image}: {e}"))?;
             match tokio::task::spawn_blocking(move || store.ensure(&name, false)).await {
-                Ok(Ok(e)) => Ok(e),
+                Ok(Ok(e)) => Ok((e, DiskUse::Image)),
                 Ok(Err(e)) => Err(format!("image {image}: {}", chain_error(&e))),
                 Err(e) => Err(format!("image {image}: {e}")),
             }
         }
-        Images::Imported { example_file, docs, .. } => store.imported(image).ok_or_else(|| {
-            format!(
-                "no image `{image}` in the image cache: {os} images are imported, not built. Import one first:\n  \
-                 xdriver image import {image} {example_file} --os {os}\n(see {docs})"
-            )
-        }),
+        Images::Imported { example_file, docs, .. } => {
+            let entry = store.imported(image).ok_or_else(|| {
+                format!(
+                    "no image `{image}` in the image cache: {os} images are imported, not built. Import one first:\n  \
+                     xdriver image import {image} {example_file} --os {os}\n(see {docs})"
+                )
+            })?;
+            let p = crate::prepare::ensure(&store, &entry, opts.accel, opts.mem_mib).await.map_err(|e| chain_error(&e))?;
+            Ok((entry, DiskUse::Prepared { disk: p.disk, host_key: p.host_key }))
+        }
     }
 }
 
@@ -389,12 +394,13 @@ async fn boot_and_test(
     progress: &dyn Progress,
 ) -> (Outcome, bool) {
     progress.phase(cell, Phase::Image);
-    let entry = match find_image(cell.os, image).await {
+    let (entry, disk) = match find_image(cell.os, image, opts).await {
         Ok(e) => e,
         Err(reason) => return (Outcome::Error { reason }, false),
     };
     progress.phase(cell, Phase::Boot);
     let mut cfg = VmConfig::new(&format!("cell-{}", cell.dir_name()), entry);
+    cfg.disk = disk;
     cfg.accel = opts.accel;
     cfg.cpus = opts.cpus;
     cfg.mem_mib = opts.mem_mib;

@@ -17,6 +17,25 @@ use super::profile::{Family, Firmware, GuestOs, Images, ShareKind, StoreMount};
 #[derive(Debug)]
 pub struct Freebsd;
 
+/// Where the backdoor script is installed.
+const BACKDOOR: &str = "/usr/local/libexec/xdriver/backdoor";
+
+/// The rc.d script that keeps the backdoor running (daemon(8) restarts it).
+const RC_SCRIPT: &str = "#!/bin/sh
+# PROVIDE: xdriver_backdoor
+# REQUIRE: FILESYSTEMS
+# KEYWORD: shutdown
+. /etc/rc.subr
+name=xdriver_backdoor
+rcvar=xdriver_backdoor_enable
+load_rc_config $name
+: ${xdriver_backdoor_enable:=NO}
+pidfile=/var/run/xdriver_backdoor.pid
+command=/usr/sbin/daemon
+command_args=\"-f -P ${pidfile} -r -R 1 /bin/sh /usr/local/libexec/xdriver/backdoor\"
+run_rc_command \"$1\"
+";
+
 /// Where the store's share is mounted under the union layer.
 const STORE_UPPER: &str = "/var/run/xdriver-store/upper";
 
@@ -118,6 +137,34 @@ port=/dev/vtcon/org.xdriver.backdoor
     }
     fn backdoor_fsize(&self) -> &'static str {
         "fsize() { stat -f %z \"$1\"; }\n"
+    }
+    fn prepare_user_data(&self, backdoor: &str) -> String {
+        // A `#!` script: the one form every nuageinit (14.1+) runs;
+        // runcmd and write_files came with 14.4.
+        format!(
+            "#!/bin/sh\n\
+             # Written by xdriver: prepares this image once (the prepared disk is cached).\n\
+             set -e\n\
+             mkdir -p /usr/local/libexec/xdriver /usr/local/etc/rc.d\n\
+             cat > {BACKDOOR} <<'XDRIVER_BACKDOOR_EOF'\n{backdoor}XDRIVER_BACKDOOR_EOF\n\
+             chmod 755 {BACKDOOR}\n\
+             cat > /usr/local/etc/rc.d/xdriver_backdoor <<'XDRIVER_RC_EOF'\n{RC_SCRIPT}XDRIVER_RC_EOF\n\
+             chmod 755 /usr/local/etc/rc.d/xdriver_backdoor\n\
+             sysrc xdriver_backdoor_enable=YES\n\
+             sysrc -f /boot/loader.conf virtio_console_load=YES virtio_p9fs_load=YES console=comconsole,vidconsole\n\
+             sysrc firstboot_freebsd_update_enable=NO || true\n\
+             kldload virtio_console 2>/dev/null || true\n\
+             service xdriver_backdoor start\n"
+        )
+    }
+    fn prepare_finish(&self) -> &'static str {
+        // nuageinit runs at first boot only (/firstboot is gone by now).
+        "sysrc sshd_enable=YES >/dev/null\n\
+         grep -q '^PermitRootLogin' /etc/ssh/sshd_config || echo 'PermitRootLogin prohibit-password' >> /etc/ssh/sshd_config\n\
+         test -s /etc/ssh/ssh_host_ed25519_key.pub || ssh-keygen -A >/dev/null\n\
+         service sshd restart >/dev/null 2>&1 || service sshd start >/dev/null 2>&1 || true\n\
+         sync\n\
+         cat /etc/ssh/ssh_host_ed25519_key.pub\n"
     }
     fn backdoor_session(&self) -> &'static str {
         // FreeBSD's base has no setsid(1): the deadline walks the

@@ -93,3 +93,53 @@ pub(super) const FSIZE: &str = r#"fsize() { stat -c %s "$1"; }
 pub(super) const SESSION: &str = r#"newsession=setsid
 killtree() { kill -s "$1" -- "-$2" 2>/dev/null || kill -s "$1" "$2" 2>/dev/null; }
 "#;
+
+/// cloud-config for a systemd Linux cloud image: the backdoor as a file
+/// and a unit that starts it early at every boot (as xdriver's own images
+/// do), enabled and started at once.
+pub(super) fn prepare_user_data(backdoor: &str) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(backdoor);
+    format!(
+        "#cloud-config\n\
+         # Written by xdriver: prepares this image once (the prepared disk is\n\
+         # cached; cloud-init is disabled afterwards).\n\
+         write_files:\n\
+         \x20 - path: {path}\n\
+         \x20   permissions: '0755'\n\
+         \x20   encoding: b64\n\
+         \x20   content: {b64}\n\
+         \x20 - path: /etc/systemd/system/xdriver-backdoor.service\n\
+         \x20   permissions: '0644'\n\
+         \x20   content: |\n\
+         \x20     [Unit]\n\
+         \x20     Description=xdriver backdoor root shell (virtio-serial port org.xdriver.backdoor)\n\
+         \x20     DefaultDependencies=no\n\
+         \x20     Conflicts=shutdown.target\n\
+         \x20     Before=shutdown.target\n\
+         \x20     [Service]\n\
+         \x20     ExecStart={path}\n\
+         \x20     Restart=always\n\
+         \x20     RestartSec=0\n\
+         \x20     KillMode=process\n\
+         \x20     [Install]\n\
+         \x20     WantedBy=sysinit.target\n\
+         runcmd:\n\
+         \x20 - [systemctl, daemon-reload]\n\
+         \x20 - [systemctl, enable, --now, xdriver-backdoor.service]\n",
+        path = crate::provision::BACKDOOR_PATH,
+    )
+}
+
+/// The end of a Linux preparation: cloud-init finished and disabled (so
+/// no later boot of the prepared disk runs it again or renews the host
+/// keys), key-only root login, the host key printed.
+pub(super) const PREPARE_FINISH: &str = "cloud-init status --wait >/dev/null 2>&1 || true
+touch /etc/cloud/cloud-init.disabled
+mkdir -p /etc/ssh/sshd_config.d
+printf 'PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUseDNS no\nMaxSessions 64\nMaxStartups 64:30:128\n' > /etc/ssh/sshd_config.d/00-xdriver.conf
+test -s /etc/ssh/ssh_host_ed25519_key.pub || ssh-keygen -A >/dev/null
+systemctl enable ssh.service >/dev/null 2>&1 || true
+sync
+cat /etc/ssh/ssh_host_ed25519_key.pub
+";

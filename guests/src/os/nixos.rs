@@ -21,7 +21,7 @@ impl GuestOs for Nixos {
         "NixOS, imported (unverified: no NixOS image here)"
     }
     fn images(&self) -> Images {
-        Images::Imported { init: Init::Systemd, firmware: Firmware::Bios, example_file: "nixos.qcow2", docs: "docs/nixos.md" }
+        Images::Imported { init: Init::Systemd, firmware: Firmware::Bios, example_file: "nixos.qcow2", docs: "docs/support-matrix.md" }
     }
     fn unverified(&self) -> Option<&'static str> {
         Some("no NixOS image or nixpkgs can be obtained on the machines xdriver is developed on")

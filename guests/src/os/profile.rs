@@ -187,6 +187,27 @@ pub trait GuestOs: Sync + Send + fmt::Debug {
     fn backdoor_fsize(&self) -> &'static str {
         linux::FSIZE
     }
+    /// The NoCloud `user-data` that prepares an imported image once (read
+    /// by cloud-init on Linux, nuageinit on FreeBSD): installs `backdoor`
+    /// (the script, see `crate::backdoor_script`) and has the image's init
+    /// start it at every boot.
+    fn prepare_user_data(&self, backdoor: &str) -> String {
+        linux::prepare_user_data(backdoor)
+    }
+    /// Run over the backdoor at the end of the preparation, as root: waits
+    /// for the first-boot agent to finish, keeps it from running again,
+    /// lets root in over SSH with a key only, and prints the SSH host key
+    /// (the ed25519 public key line) as its last line of output.
+    fn prepare_finish(&self) -> &'static str {
+        linux::PREPARE_FINISH
+    }
+    /// Makes `key` (an OpenSSH public key line) root's only authorized key.
+    fn authorize_ssh_key(&self, key: &str) -> String {
+        format!(
+            "umask 077; mkdir -p /root/.ssh && printf '%s\\n' {} > /root/.ssh/authorized_keys",
+            crate::shell::quote(key)
+        )
+    }
     /// Shell setting `newsession` (a command prefix that starts a command
     /// in a session of its own, or empty) and defining `killtree SIG PID`
     /// (signals the command and everything it started).

@@ -58,6 +58,7 @@ fn plain_qemu_to_banner(init: Init) -> f64 {
         shares: vec![],
         forwards: vec![],
         store: None,
+        seed: None,
     };
     // The same arguments minus -S and the driver's sockets.
     let mut args = Vec::new();

@@ -1,0 +1,232 @@
+//! Prepare once, boot many: an imported image is booted once by its own
+//! boot loader with a NoCloud seed (cloud-init on Linux, nuageinit on
+//! FreeBSD) that installs xdriver's backdoor; the guest then records its
+//! SSH host key, keeps its first-boot agent from running again and powers
+//! off. The prepared disk (a qcow2 over the imported one) is cached beside
+//! the image, keyed by the image and the preparation, and every cell boots
+//! an overlay of it.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use xdriver_guests::{backdoor_script, Os};
+use xdriver_images::{Entry, FileLock, Seed, Store};
+
+use crate::error_chain::chain_error;
+use crate::qemu::Accel;
+use crate::vm::{Channel, DiskUse, Stopped, Vm, VmConfig};
+
+/// Bumped when the preparation changes in a way its inputs do not show.
+const PREPARE_VERSION: u32 = 1;
+
+/// How long the first boot (firmware, boot loader, cloud-init's first
+/// run) may take under TCG before the backdoor answers.
+pub const PREPARE_BOOT_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// A prepared disk of an imported image.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Prepared {
+    /// The prepared disk (a qcow2 whose backing file is the image's disk).
+    #[serde(skip)]
+    pub disk: PathBuf,
+    /// The guest's SSH host key (OpenSSH public key line).
+    pub host_key: String,
+    /// The preparation's key (part of the file names).
+    pub key: String,
+    /// How long the preparation took.
+    pub seconds: f64,
+    /// RFC 3339.
+    pub prepared_at: String,
+}
+
+/// Preparation failures.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// The image is not an imported one.
+    #[error("image {0} is built, not imported: it needs no preparation")]
+    NotImported(String),
+    /// The manifest names an OS xdriver does not know.
+    #[error("image {image}: {detail}")]
+    Os {
+        /// The image.
+        image: String,
+        /// Why.
+        detail: String,
+    },
+    /// The first boot failed.
+    #[error("preparing image {image} (its first boot, with a NoCloud seed) failed: {detail}")]
+    Boot {
+        /// The image.
+        image: String,
+        /// What went wrong (with the serial tail).
+        detail: String,
+    },
+    /// A lock failed.
+    #[error(transparent)]
+    Lock(#[from] xdriver_images::LockError),
+    /// File I/O.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PrepareError + '_ {
+    move |source| PrepareError::Io { path: path.into(), source }
+}
+
+/// The seed that prepares `entry` (a pure function of the image's OS).
+pub fn seed_for(os: Os, key: &str) -> Seed {
+    Seed {
+        meta_data: format!("instance-id: xdriver-{key}\nlocal-hostname: xdriver\n"),
+        user_data: os.prepare_user_data(&backdoor_script(&*os)),
+        network_config: None,
+    }
+}
+
+/// The preparation's key: the image (its own key covers the source file,
+/// OS and firmware) and everything the preparation does.
+pub fn prepare_key(entry: &Entry, os: Os) -> String {
+    let seed = seed_for(os, "-");
+    let mut h = Sha256::new();
+    h.update(format!("{PREPARE_VERSION}\n{}\n{}\n", entry.manifest.recipe_hash, os.name()));
+    h.update(seed.user_data.as_bytes());
+    h.update(os.prepare_finish().as_bytes());
+    hex::encode(h.finalize())[..12].to_string()
+}
+
+fn entry_key(entry: &Entry) -> String {
+    entry.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// The prepared disk of `entry`, if it has been prepared.
+pub fn lookup(entry: &Entry) -> Result<Option<Prepared>, PrepareError> {
+    let os = os_of(entry)?;
+    let key = prepare_key(entry, os);
+    Ok(read(entry, &key))
+}
+
+fn read(entry: &Entry, key: &str) -> Option<Prepared> {
+    let disk = entry.dir.join(format!("prepared-{key}.qcow2"));
+    let meta = std::fs::read_to_string(entry.dir.join(format!("prepared-{key}.json"))).ok()?;
+    let mut p: Prepared = serde_json::from_str(&meta).ok()?;
+    if !disk.is_file() {
+        return None;
+    }
+    p.disk = disk;
+    Some(p)
+}
+
+fn os_of(entry: &Entry) -> Result<Os, PrepareError> {
+    entry.manifest.os.parse().map_err(|e: xdriver_guests::UnknownOs| PrepareError::Os { image: entry.manifest.name.clone(), detail: e.to_string() })
+}
+
+/// Returns the prepared disk of the imported image `entry`, preparing it
+/// first if needed. Concurrent callers prepare it once (a lock per image
+/// and preparation); an interrupted preparation leaves nothing that a
+/// later run would use.
+pub async fn ensure(store: &Store, entry: &Entry, accel: Accel, mem_mib: u32) -> Result<Prepared, PrepareError> {
+    if entry.manifest.import.is_none() {
+        return Err(PrepareError::NotImported(entry.manifest.name.clone()));
+    }
+    let os = os_of(entry)?;
+    let key = prepare_key(entry, os);
+    if let Some(p) = read(entry, &key) {
+        return Ok(p);
+    }
+    let lock_path = store.root().join("locks").join(format!("{}-prepared-{key}.lock", entry_key(entry)));
+    let _lock = tokio::task::spawn_blocking(move || FileLock::acquire(&lock_path))
+        .await
+        .map_err(|e| PrepareError::Io { path: PathBuf::from("lock"), source: std::io::Error::other(e) })??;
+    if let Some(p) = read(entry, &key) {
+        return Ok(p);
+    }
+    let started = Instant::now();
+    let pid = std::process::id();
+    let tmp_disk = entry.dir.join(format!(".prepared-{key}-{pid}.qcow2"));
+    let seed_path = entry.dir.join(format!(".seed-{key}-{pid}.img"));
+    let cleanup = |paths: &[&Path]| {
+        for p in paths {
+            let _ = std::fs::remove_file(p);
+        }
+    };
+    // The prepared disk is an overlay named relative to the image's disk,
+    // so the entry can move (export, another cache) and keep working.
+    let out = tokio::process::Command::new("qemu-img")
+        .current_dir(&entry.dir)
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", &entry.manifest.disk.file])
+        .arg(&tmp_disk)
+        .output()
+        .await
+        .map_err(io(&tmp_disk))?;
+    if !out.status.success() {
+        return Err(PrepareError::Boot { image: entry.manifest.name.clone(), detail: format!("qemu-img create: {}", String::from_utf8_lossy(&out.stderr).trim()) });
+    }
+    let seed = seed_for(os, &key).to_fat_image().map_err(io(&seed_path))?;
+    std::fs::write(&seed_path, seed).map_err(io(&seed_path))?;
+
+    let result = boot_and_prepare(entry, os, accel, mem_mib, &tmp_disk, &seed_path).await;
+    cleanup(&[&seed_path]);
+    let host_key = match result {
+        Ok(k) => k,
+        Err(e) => {
+            cleanup(&[&tmp_disk]);
+            return Err(e);
+        }
+    };
+    let prepared = Prepared {
+        disk: entry.dir.join(format!("prepared-{key}.qcow2")),
+        host_key,
+        key: key.clone(),
+        seconds: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+        prepared_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    };
+    std::fs::rename(&tmp_disk, &prepared.disk).map_err(io(&prepared.disk))?;
+    let meta = entry.dir.join(format!("prepared-{key}.json"));
+    std::fs::write(&meta, serde_json::to_string_pretty(&prepared).expect("serializes")).map_err(io(&meta))?;
+    tracing::info!(image = %entry.manifest.name, key, seconds = prepared.seconds, "image prepared");
+    Ok(prepared)
+}
+
+/// The first boot: waits for the backdoor the seed installed, finishes
+/// the preparation over it and powers off cleanly. Returns the host key.
+async fn boot_and_prepare(entry: &Entry, os: Os, accel: Accel, mem_mib: u32, disk: &Path, seed: &Path) -> Result<String, PrepareError> {
+    let image = entry.manifest.name.clone();
+    let fail = |detail: String| PrepareError::Boot { image: image.clone(), detail };
+    let mut cfg = VmConfig::new(&format!("prepare-{image}"), entry.clone());
+    cfg.accel = accel;
+    cfg.mem_mib = mem_mib;
+    cfg.ssh = false;
+    cfg.boot_timeout = PREPARE_BOOT_TIMEOUT;
+    cfg.disk = DiskUse::Preparing { disk: disk.to_path_buf(), seed: seed.to_path_buf() };
+    let mut vm = Vm::start(cfg).await.map_err(|e| fail(chain_error(&e)))?;
+    let out = vm.exec(Channel::Backdoor, os.prepare_finish(), &[], Duration::from_secs(600), None).await;
+    let out = match out {
+        Ok(o) if o.success() => o,
+        Ok(o) => {
+            vm.keep_run_dir();
+            return Err(fail(format!("finishing the preparation exited {}: {}\n(run directory kept: {})", o.status, o.stderr_str().trim(), vm.run_dir().display())));
+        }
+        Err(e) => {
+            vm.keep_run_dir();
+            return Err(fail(chain_error(&e)));
+        }
+    };
+    let host_key = out.stdout_str().lines().last().unwrap_or_default().trim().to_string();
+    if !host_key.starts_with("ssh-ed25519 ") {
+        vm.keep_run_dir();
+        return Err(fail(format!("no ed25519 SSH host key in the guest (got {host_key:?})")));
+    }
+    let run_dir = vm.run_dir().to_path_buf();
+    match vm.shutdown().await {
+        Stopped::GuestPoweroff | Stopped::Acpi | Stopped::AlreadyExited => Ok(host_key),
+        // Writes may still be in QEMU's cache (cache=unsafe): a disk from
+        // a VM that had to be killed is not kept.
+        other => Err(fail(format!("the guest did not power off cleanly ({other:?}); run directory {}", run_dir.display()))),
+    }
+}
