@@ -55,7 +55,10 @@ in
 rec {
   inherit compact check nameOf;
 
-  processManagers = [ "systemd" "sysvinit" "openrc" "runit" "s6" "supervisord" "bsdrc" ];
+  # From xdriver's OS and manager registries (nix/registry.json, checked
+  # against them by xdriver's tests).
+  registry = builtins.fromJSON (builtins.readFile ./registry.json);
+  inherit (registry) processManagers oses;
 
   # nix-processmgmt's createManagedProcess, in the shape xdriver runs.
   createManagedProcess = args:

@@ -19,7 +19,7 @@
 , tests ? ({ ... }: [ ])
 , initialTests ? ({ ... }: [ ])
 , postTests ? ({ ... }: [ ])
-, processManagers ? [ "systemd" "sysvinit" "openrc" "runit" "s6" "supervisord" ]
+, processManagers ? (builtins.fromJSON (builtins.readFile ./registry.json)).defaultProcessManagers
 , profiles ? [ "privileged" "unprivileged" ]
 , oses ? [ "debian-12" ]
   # Store paths whose bin/ is put on the guest's PATH (/usr/local/bin).

@@ -1,23 +1,14 @@
-//! xdriver's engine: QEMU launch and lifecycle, the channels into a guest
-//! (QMP, serial console, backdoor shell, SSH), accelerator probing, and the
-//! command-line front end built on them.
+//! xdriver: the VM engine (`vm`: QEMU, its channels, shares, the shared
+//! store, image preparation), specs and their matrix (`spec`), the runner
+//! that deploys and tests cells (`runner`), reports (`report`) and the
+//! command-line front end (`cli`).
 
-pub mod accel;
-pub mod backdoor;
 pub mod cli;
 pub mod error_chain;
-pub mod console;
 pub mod exit;
-pub mod output;
-pub mod prepare;
-pub mod qemu;
-pub mod qmp;
 pub mod report;
-pub mod rundir;
 pub mod runner;
 pub mod spec;
-pub mod ssh;
-pub mod store;
 pub mod terminal;
 pub mod vm;
 

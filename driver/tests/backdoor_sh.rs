@@ -1,7 +1,7 @@
 //! The backdoor script exactly as a Debian image gets it, run by dash (a
 //! plain POSIX sh, no bash features) on the host, with a pty standing in
 //! for the virtio-serial port, and driven by the real host side
-//! ([`xdriver::backdoor::Backdoor`]). The same script in real guests is
+//! ([`xdriver::vm::backdoor::Backdoor`]). The same script in real guests is
 //! tested in tests/tests/inits.rs and failures.rs.
 
 use std::io::{Read, Write};
@@ -9,8 +9,8 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use xdriver::backdoor::Backdoor;
-use xdriver::output::Sink;
+use xdriver::vm::backdoor::Backdoor;
+use xdriver::vm::output::Sink;
 use xdriver_guests::{backdoor_script, Os};
 
 const T: Duration = Duration::from_secs(30);

@@ -13,12 +13,12 @@ use xdriver_guests::{Manager, Os, ProfileKind};
 
 fn cells() -> Vec<Cell> {
     let mut v = Vec::new();
-    for m in Manager::ALL {
+    for m in Manager::all() {
         for p in ProfileKind::ALL {
             if p == ProfileKind::Unprivileged && m.unprivileged_support().is_err() {
                 continue;
             }
-            let os = if m == Manager::Bsdrc { Os::FREEBSD } else { Os::DEBIAN_12 };
+            let os = if m == Manager::BSDRC { Os::FREEBSD } else { Os::DEBIAN_12 };
             v.push(Cell { os, manager: m, profile: p, image: image_for(os, m, p).or_else(|_| Ok::<_, String>("(none)".into())) });
         }
     }

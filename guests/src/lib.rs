@@ -14,10 +14,9 @@ mod provision;
 pub mod shell;
 
 pub use init::{Init, UnknownInit};
-pub use managers::{Backend, GuestFile, RenderError};
+pub use managers::{Backend, GuestFile, Manager, ManagerBackend, RenderError, UnknownManager, MANAGERS};
 pub use model::{
-    ConfigFile, Credentials, Group, Manager, Mode, Process, Profile, ProfileKind, ProfileUser, System, UnknownManager,
-    UnknownProfile, User,
+    ConfigFile, Credentials, Group, Mode, Process, Profile, ProfileKind, ProfileUser, System, UnknownProfile, User,
 };
 pub use os::{Family, Firmware, GuestOs, Images, Os, ShareKind, StoreMount, UnknownOs, REGISTRY, STORE_LOWER};
 pub use provision::{backdoor_script, provision, FsEntry, BACKDOOR_PATH, BACKDOOR_READY};

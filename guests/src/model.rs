@@ -8,31 +8,6 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-/// A process manager xdriver can deploy a system with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Manager {
-    /// systemd (PID 1; `systemd --user` for the unprivileged profile).
-    Systemd,
-    /// LSB init scripts run with start-stop-daemon.
-    Sysvinit,
-    /// OpenRC services (openrc-run scripts).
-    Openrc,
-    /// runit service directories supervised by runsvdir.
-    Runit,
-    /// s6 service directories supervised by s6-svscan.
-    S6,
-    /// supervisord programs.
-    Supervisord,
-    /// FreeBSD rc.d scripts (rc.subr).
-    Bsdrc,
-}
-
-/// A manager name that is not one of [`Manager::ALL`].
-#[derive(Debug, thiserror::Error)]
-#[error("unknown process manager `{0}` (expected one of: systemd, sysvinit, openrc, runit, s6, supervisord, bsdrc)")]
-pub struct UnknownManager(pub String);
-
 /// Which form of a process a manager runs when both are offered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -41,76 +16,6 @@ pub enum Mode {
     Foreground,
     /// The process daemonizes itself and leaves a pidfile.
     Daemon,
-}
-
-impl Manager {
-    /// Every manager, in the order docs and matrices list them.
-    pub const ALL: [Manager; 7] = [
-        Manager::Systemd,
-        Manager::Sysvinit,
-        Manager::Openrc,
-        Manager::Runit,
-        Manager::S6,
-        Manager::Supervisord,
-        Manager::Bsdrc,
-    ];
-
-    /// Lowercase name, as in flags, specs and reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Manager::Systemd => "systemd",
-            Manager::Sysvinit => "sysvinit",
-            Manager::Openrc => "openrc",
-            Manager::Runit => "runit",
-            Manager::S6 => "s6",
-            Manager::Supervisord => "supervisord",
-            Manager::Bsdrc => "bsdrc",
-        }
-    }
-
-    /// The form this manager picks when a process offers both (as
-    /// nix-processmgmt's generators do).
-    pub fn prefers(self) -> Mode {
-        match self {
-            Manager::Sysvinit | Manager::Bsdrc | Manager::Openrc => Mode::Daemon,
-            Manager::Systemd | Manager::Runit | Manager::S6 | Manager::Supervisord => Mode::Foreground,
-        }
-    }
-
-    /// The form used for `p` under this manager.
-    pub fn mode_for(self, p: &Process) -> Mode {
-        match (self.prefers(), p.foreground.is_some(), p.daemon.is_some()) {
-            (Mode::Daemon, _, true) | (Mode::Foreground, false, true) => Mode::Daemon,
-            _ => Mode::Foreground,
-        }
-    }
-
-    /// Whether this manager can deploy an unprivileged profile (a normal
-    /// user's own instance of the manager), and if not, why.
-    pub fn unprivileged_support(self) -> Result<(), &'static str> {
-        match self {
-            Manager::Openrc => Err("OpenRC 0.45 (Debian 12) has no user services"),
-            Manager::Systemd
-            | Manager::Sysvinit
-            | Manager::Runit
-            | Manager::S6
-            | Manager::Supervisord
-            | Manager::Bsdrc => Ok(()),
-        }
-    }
-}
-
-impl fmt::Display for Manager {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Manager {
-    type Err = UnknownManager;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Manager::ALL.into_iter().find(|m| m.name() == s).ok_or_else(|| UnknownManager(s.into()))
-    }
 }
 
 /// The deployment profile.

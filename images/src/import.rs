@@ -18,7 +18,7 @@ use xdriver_guests::{Firmware, Images, Os};
 
 use crate::lock::{FileLock, LockError};
 use crate::manifest::{DiskInfo, ImportInfo, Manifest, MANIFEST_SCHEMA};
-use crate::store::{Entry, Store};
+use crate::cache::{Entry, ImageCache};
 
 /// Import and export failures.
 #[derive(Debug, thiserror::Error)]
@@ -279,10 +279,10 @@ fn make_disk(src_name: &Path, unpacked: &Path, disk: &Path) -> Result<(String, D
     Ok((format.into(), DiskInfo { file: "disk.qcow2".into(), virtual_mib: virtual_bytes / (1 << 20), file_bytes }))
 }
 
-impl Store {
+impl ImageCache {
     /// The imported image called `name`, if there is one.
     pub fn imported(&self, name: &str) -> Option<Entry> {
-        self.list().ok()?.into_iter().filter(|e| e.manifest.name == name && e.manifest.import.is_some()).next_back()
+        self.list().ok()?.into_iter().rfind(|e| e.manifest.name == name && e.manifest.import.is_some())
     }
 
     fn lock(&self, key: &str) -> Result<FileLock, ImportError> {
@@ -423,7 +423,7 @@ impl Store {
         Ok(std::fs::metadata(out).map_err(io(out))?.len())
     }
 
-    /// Imports a tar written by [`Store::export`].
+    /// Imports a tar written by [`ImageCache::export`].
     pub fn import_tar(&self, file: &Path, progress: bool) -> Result<Imported, ImportError> {
         let bad = |detail: String| ImportError::BadArchive { file: file.into(), detail };
         // The first member names the entry's directory.

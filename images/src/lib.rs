@@ -1,6 +1,7 @@
 //! Guest images: recipes (data in `images/recipes/`), the builder that turns
 //! a recipe into a bootable qcow2 disk plus a kernel and initramfs for
-//! direct boot, and the content-addressed image store under the user's
+//! direct boot, importing vendor images, the NoCloud seed, and the
+//! content-addressed image cache under the user's
 //! cache directory.
 
 mod build;
@@ -12,7 +13,7 @@ mod lock;
 mod manifest;
 mod recipe;
 mod seed;
-mod store;
+mod cache;
 
 pub use build::{build_image, BuildError, BUILD_TOOLS};
 pub use import::{is_tar, Compression, ImportError, Imported};
@@ -22,4 +23,4 @@ pub use lock::{FileLock, LockError};
 pub use manifest::{DiskInfo, ImportInfo, KernelFormat, KernelInfo, Manifest, MANIFEST_SCHEMA};
 pub use recipe::{ImageName, Recipe, RecipeError, BUILDER_VERSION};
 pub use seed::{Seed, SEED_LABEL};
-pub use store::{Entry, GcReport, Store, StoreError};
+pub use cache::{Entry, GcReport, ImageCache, CacheError};

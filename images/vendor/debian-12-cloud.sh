@@ -42,6 +42,8 @@ mmdebstrap --variant=apt --mode=root --format=directory --quiet \
   --customize-hook='chroot "$1" systemctl disable nginx.service supervisor.service' \
   --customize-hook="echo 'UUID=$root_uuid / ext4 rw,discard,errors=remount-ro 0 1' > \"\$1/etc/fstab\"" \
   --customize-hook='echo localhost > "$1/etc/hostname"; rm -f "$1/etc/ssh/ssh_host_"*' \
+  --customize-hook='printf "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n" > "$1/etc/hosts"' \
+  --customize-hook='printf "# As in Debian'"'"'s cloud images\nmanage_etc_hosts: true\n" > "$1/etc/cloud/cloud.cfg.d/01_debian_cloud.cfg"' \
   --customize-hook='printf "auto lo\niface lo inet loopback\n\nsource /etc/network/interfaces.d/*\n" > "$1/etc/network/interfaces"' \
   bookworm "$root" \
   "deb http://deb.debian.org/debian bookworm main" \

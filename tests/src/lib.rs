@@ -5,14 +5,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use xdriver::qemu::{Accel, Share};
+use xdriver::vm::qemu::{Accel, Share};
 use xdriver::vm::{Vm, VmConfig};
 use xdriver_guests::Init;
-use xdriver_images::{Entry, ImageName, Store};
+use xdriver_images::{Entry, ImageName, ImageCache};
 
-/// The store tests use: `$XDRIVER_CACHE_DIR` or the user's default.
-pub fn store() -> Store {
-    Store::open_default().expect("a cache directory")
+/// The image cache tests use: `$XDRIVER_CACHE_DIR` or the user's default.
+pub fn image_cache() -> ImageCache {
+    ImageCache::open_default().expect("a cache directory")
 }
 
 /// The debian-12 image for `init`, built if missing.
@@ -23,7 +23,7 @@ pub fn image(init: Init) -> Entry {
 /// The `recipe` image for `init` (e.g. debian-12-nix), built if missing.
 pub fn recipe_image(recipe: &str, init: Init) -> Entry {
     let name: ImageName = format!("{recipe}-{init}").parse().expect("valid image name");
-    store().ensure(&name, false).unwrap_or_else(|e| panic!("building {name}: {}", xdriver::cli::chain_error(&e)))
+    image_cache().ensure(&name, false).unwrap_or_else(|e| panic!("building {name}: {}", xdriver::cli::chain_error(&e)))
 }
 
 /// A VM configuration for tests: TCG, 2 vCPUs, 1 GiB.

@@ -175,7 +175,7 @@ async fn an_ssh_failure_in_the_background_is_reported_to_its_users() {
     // is either known by the time the backdoor is ready (the start fails)
     // or reported to the first user of SSH; both must name the cause.
     let mut cfg = config(Init::Systemd, "hostkey");
-    cfg.image.manifest.ssh_host_key = xdriver::ssh::ClientKey::generate().public_openssh();
+    cfg.image.manifest.ssh_host_key = xdriver::vm::ssh::ClientKey::generate().public_openssh();
     let t = Instant::now();
     let want = "different host key than the image manifest pins";
     match Vm::start(cfg).await {

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use xdriver::qemu::Share;
+use xdriver::vm::qemu::Share;
 use xdriver::vm::{Channel, Stopped};
 use xdriver_guests::Init;
 use xdriver_tests::{boot, sha256};

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use xdriver::store::{find_virtiofsd, ShareFs, StoreShare};
+use xdriver::vm::nix_store::{find_virtiofsd, ShareFs, StoreShare};
 use xdriver::vm::{Channel, Vm, VmConfig};
 use xdriver_guests::Init;
 use xdriver_tests::{alive, config, recipe_image, webapp_dir};
@@ -112,7 +112,7 @@ async fn a_derivation_built_by_the_host_is_used_and_known_in_a_nix_guest() {
     let hash = nix_store(&["-q", "--hash", &path]);
 
     let mut cfg = VmConfig::new("t-store-nix-sysvinit", recipe_image("debian-12-nix", Init::Sysvinit));
-    cfg.accel = xdriver::qemu::Accel::Tcg;
+    cfg.accel = xdriver::vm::qemu::Accel::Tcg;
     cfg.boot_timeout = Duration::from_secs(150);
     cfg.store = Some(store_share(if find_virtiofsd().is_some() { ShareFs::Virtiofs } else { ShareFs::NineP }));
     let vm = Vm::start(cfg).await.unwrap_or_else(|e| panic!("{}", xdriver::cli::chain_error(&e)));

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::accel::AccelChoice;
+use crate::vm::accel::AccelChoice;
 use crate::vm::Channel;
 
 /// xdriver: boot QEMU guests of several OSes and init systems and run
@@ -68,8 +68,7 @@ pub struct CellArgs {
     pub nix_argstrs: Vec<String>,
     #[arg(long = "os", value_delimiter = ',', help = os_help())]
     pub os: Vec<xdriver_guests::Os>,
-    /// Process managers: systemd, sysvinit, openrc, runit, s6, supervisord, bsdrc.
-    #[arg(long = "manager", value_delimiter = ',')]
+    #[arg(long = "manager", value_delimiter = ',', help = manager_help())]
     pub managers: Vec<xdriver_guests::Manager>,
     /// Profiles: privileged, unprivileged.
     #[arg(long = "profile", value_delimiter = ',')]
@@ -78,6 +77,11 @@ pub struct CellArgs {
     /// parses, else as a string). Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Boot the imported image IMAGE for an imported OS's cells instead of
+    /// the image named like the OS, e.g. debian-12-cloud=debian-12-cloud-uefi.
+    /// Repeatable.
+    #[arg(long = "image", value_name = "OS=IMAGE")]
+    pub images: Vec<String>,
 }
 
 /// `xdriver test`
@@ -262,6 +266,11 @@ fn os_help() -> String {
     format!("Guest OSes: {}", names.join(", "))
 }
 
+/// `--manager` help, from the manager registry.
+fn manager_help() -> String {
+    format!("Process managers: {}", xdriver_guests::Manager::names().join(", "))
+}
+
 /// `image import --os` help, from the OS registry.
 fn imported_os_help() -> String {
     let names: Vec<&str> =
@@ -327,7 +336,7 @@ pub struct VmArgs {
     /// How the store reaches the guest: auto picks virtiofs when a virtiofsd
     /// is installed and the guest has virtio-fs, else 9p.
     #[arg(long, value_enum, default_value = "auto")]
-    pub share_fs: crate::store::ShareFsChoice,
+    pub share_fs: crate::vm::nix_store::ShareFsChoice,
 }
 
 /// `xdriver doctor`

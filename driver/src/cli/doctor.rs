@@ -2,9 +2,9 @@
 
 use super::args::DoctorArgs;
 use super::error::CliError;
-use crate::accel::{self, which};
+use crate::vm::accel::{self, which};
 use crate::exit;
-use crate::qemu::Accel;
+use crate::vm::qemu::Accel;
 
 const TOOLS: &[(&str, &str, &str)] = &[
     ("qemu-system-x86_64", "qemu-system-x86", "runs the VMs"),
@@ -30,7 +30,7 @@ pub(super) async fn main(args: DoctorArgs) -> Result<i32, CliError> {
     }
     // Optional: what the shared store and Nix specs need.
     println!("optional:");
-    match crate::store::find_virtiofsd() {
+    match crate::vm::nix_store::find_virtiofsd() {
         Some(p) => println!("  ok      {:<20} {} (the store over virtiofs)", "virtiofsd", p.display()),
         None => println!("  note    {:<20} not found: the store goes over 9p; for virtiofs: cargo install virtiofsd (needs libseccomp-dev libcap-ng-dev)", "virtiofsd"),
     }
@@ -38,7 +38,7 @@ pub(super) async fn main(args: DoctorArgs) -> Result<i32, CliError> {
         Some(p) => println!("  ok      {:<20} {} (Nix specs)", "nix-instantiate", p.display()),
         None => println!("  note    {:<20} not found: Nix specs need it; fix: apt-get install nix-bin", "nix-instantiate"),
     }
-    match crate::store::default_store() {
+    match crate::vm::nix_store::default_store() {
         Some(p) => println!("  ok      {:<20} {} is shared into guests by default", "store", p.display()),
         None => println!("  note    {:<20} no /nix/store: guests get no store unless --store DIR", "store"),
     }
@@ -50,7 +50,7 @@ pub(super) async fn main(args: DoctorArgs) -> Result<i32, CliError> {
     } else {
         println!("  note    not root: `xdriver image build` needs root; running built images does not");
     }
-    let store = xdriver_images::Store::open_default().map_err(|e| CliError::infra(&e))?;
+    let store = xdriver_images::ImageCache::open_default().map_err(|e| CliError::infra(&e))?;
     let cache = args.cache_dir.unwrap_or_else(|| store.root().to_path_buf());
     println!("cache:");
     println!("  dir     {}", cache.display());
@@ -58,7 +58,7 @@ pub(super) async fn main(args: DoctorArgs) -> Result<i32, CliError> {
         Ok(list) => println!("  images  {} built ({} current)", list.len(), list.iter().filter(|e| e.current).count()),
         Err(e) => println!("  images  unreadable: {e}"),
     }
-    println!("  run dir {}", crate::rundir::RunDir::base().display());
+    println!("  run dir {}", crate::vm::rundir::RunDir::base().display());
     println!("acceleration:");
     if !std::path::Path::new("/dev/kvm").exists() {
         println!("  tcg     /dev/kvm does not exist; VMs run under TCG (slower, fully supported)");

@@ -3,26 +3,26 @@
 use std::io::IsTerminal;
 
 use xdriver_guests::Init;
-use xdriver_images::{ImageName, Recipe, Store};
+use xdriver_images::{ImageName, Recipe, ImageCache};
 
 use super::args::ImageCommand;
 use super::error::CliError;
 use crate::exit;
 
-fn store() -> Result<Store, CliError> {
-    Store::open_default().map_err(|e| CliError::infra(&e))
+fn cache() -> Result<ImageCache, CliError> {
+    ImageCache::open_default().map_err(|e| CliError::infra(&e))
 }
 
 fn human(bytes: u64) -> String {
     format!("{:.0} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
-/// Builds `name` in the default store (blocking work on a worker thread).
+/// Builds `name` in the default image cache (blocking work on a worker thread).
 pub async fn ensure(name: &ImageName) -> Result<xdriver_images::Entry, CliError> {
-    let store = store()?;
+    let cache = cache()?;
     let name = name.clone();
     let progress = std::io::stderr().is_terminal();
-    tokio::task::spawn_blocking(move || store.ensure(&name, progress))
+    tokio::task::spawn_blocking(move || cache.ensure(&name, progress))
         .await
         .map_err(|e| CliError { code: exit::INFRA, message: e.to_string() })?
         .map_err(|e| CliError::infra(&e))
@@ -52,7 +52,7 @@ pub(super) async fn main(cmd: ImageCommand) -> Result<i32, CliError> {
             Ok(exit::SUCCESS)
         }
         ImageCommand::List { json } => {
-            let entries = store()?.list().map_err(|e| CliError::infra(&e))?;
+            let entries = cache()?.list().map_err(|e| CliError::infra(&e))?;
             if json {
                 let v: Vec<_> = entries
                     .iter()
@@ -85,8 +85,8 @@ pub(super) async fn main(cmd: ImageCommand) -> Result<i32, CliError> {
             Ok(exit::SUCCESS)
         }
         ImageCommand::Rm { name } => {
-            let removed = store()?.remove(&name).map_err(|e| match e {
-                xdriver_images::StoreError::NotFound(_) => CliError::usage(e.to_string()),
+            let removed = cache()?.remove(&name).map_err(|e| match e {
+                xdriver_images::CacheError::NotFound(_) => CliError::usage(e.to_string()),
                 e => CliError::infra(&e),
             })?;
             for d in removed {
@@ -95,7 +95,7 @@ pub(super) async fn main(cmd: ImageCommand) -> Result<i32, CliError> {
             Ok(exit::SUCCESS)
         }
         ImageCommand::Import { name, file, os, firmware, sha256, json } => {
-            let store = store()?;
+            let cache = cache()?;
             let progress = std::io::stderr().is_terminal();
             let imported = match file {
                 None => {
@@ -110,7 +110,7 @@ pub(super) async fn main(cmd: ImageCommand) -> Result<i32, CliError> {
                             tar.display()
                         )));
                     }
-                    tokio::task::spawn_blocking(move || store.import_tar(&tar, progress)).await
+                    tokio::task::spawn_blocking(move || cache.import_tar(&tar, progress)).await
                 }
                 Some(file) => {
                     let Some(os) = os else {
@@ -119,7 +119,7 @@ pub(super) async fn main(cmd: ImageCommand) -> Result<i32, CliError> {
                     if !file.is_file() {
                         return Err(CliError::usage(format!("{}: no such file", file.display())));
                     }
-                    tokio::task::spawn_blocking(move || store.import_disk(&name, &file, os, firmware, sha256.as_deref(), progress)).await
+                    tokio::task::spawn_blocking(move || cache.import_disk(&name, &file, os, firmware, sha256.as_deref(), progress)).await
                 }
             }
             .map_err(|e| CliError { code: exit::INFRA, message: e.to_string() })?
@@ -145,13 +145,13 @@ pub(super) async fn main(cmd: ImageCommand) -> Result<i32, CliError> {
             Ok(exit::SUCCESS)
         }
         ImageCommand::Export { name, output } => {
-            let store = store()?;
-            let entries = store.list().map_err(|e| CliError::infra(&e))?;
-            let Some(entry) = entries.into_iter().filter(|e| e.manifest.name == name && e.current).next_back() else {
+            let cache = cache()?;
+            let entries = cache.list().map_err(|e| CliError::infra(&e))?;
+            let Some(entry) = entries.into_iter().rfind(|e| e.manifest.name == name && e.current) else {
                 return Err(CliError::usage(format!("no current image named `{name}` in the cache (see `xdriver image list`)")));
             };
             let out = output.clone();
-            let bytes = tokio::task::spawn_blocking(move || store.export(&entry, &out))
+            let bytes = tokio::task::spawn_blocking(move || cache.export(&entry, &out))
                 .await
                 .map_err(|e| CliError { code: exit::INFRA, message: e.to_string() })?
                 .map_err(|e| CliError { code: exit::INFRA, message: crate::cli::chain_error(&e) })?;
@@ -159,7 +159,7 @@ pub(super) async fn main(cmd: ImageCommand) -> Result<i32, CliError> {
             Ok(exit::SUCCESS)
         }
         ImageCommand::Gc => {
-            let r = store()?.gc().map_err(|e| CliError::infra(&e))?;
+            let r = cache()?.gc().map_err(|e| CliError::infra(&e))?;
             for d in &r.removed {
                 eprintln!("removed {}", d.display());
             }

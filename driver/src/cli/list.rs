@@ -105,9 +105,9 @@ mod tests {
 
     fn cells() -> Vec<(Cell, usize)> {
         let mut v = Vec::new();
-        for (i, m) in [Manager::Systemd, Manager::Sysvinit, Manager::Openrc, Manager::Runit, Manager::S6].into_iter().enumerate() {
+        for (i, m) in [Manager::SYSTEMD, Manager::SYSVINIT, Manager::OPENRC, Manager::RUNIT, Manager::S6].into_iter().enumerate() {
             for p in [ProfileKind::Privileged, ProfileKind::Unprivileged] {
-                let image = if m == Manager::Openrc && p == ProfileKind::Unprivileged { Err("no".to_string()) } else { Ok("img".to_string()) };
+                let image = if m == Manager::OPENRC && p == ProfileKind::Unprivileged { Err("no".to_string()) } else { Ok("img".to_string()) };
                 v.push((Cell { os: Os::DEBIAN_12, manager: m, profile: p, image }, i));
             }
         }

@@ -35,6 +35,35 @@ pub(super) fn load(args: &CellArgs) -> Result<(Spec, Cells), CliError> {
 
 /// As [`load`], plus what the host must realise first (Nix specs).
 pub(super) fn load_with_realise(args: &CellArgs) -> Result<(Spec, Cells, Vec<String>), CliError> {
+    let (spec, mut cells, realise) = load_cells(args)?;
+    for (os, image) in image_overrides(&args.images)? {
+        for (c, _) in cells.iter_mut().filter(|(c, _)| c.os == os) {
+            if c.image.is_ok() {
+                c.image = Ok(image.clone());
+            }
+        }
+    }
+    Ok((spec, cells, realise))
+}
+
+/// `--image OS=IMAGE` pairs; only imported OSes take another image.
+fn image_overrides(words: &[String]) -> Result<Vec<(xdriver_guests::Os, String)>, CliError> {
+    words
+        .iter()
+        .map(|w| {
+            let (os, image) = w.split_once('=').ok_or_else(|| CliError::usage(format!("--image {w}: expected OS=IMAGE")))?;
+            let os: xdriver_guests::Os = os.parse().map_err(|e: xdriver_guests::UnknownOs| CliError::usage(format!("--image {w}: {e}")))?;
+            if !matches!(os.images(), xdriver_guests::Images::Imported { .. }) || image.is_empty() {
+                return Err(CliError::usage(format!(
+                    "--image {w}: only an imported OS's cells can boot another image ({os} images are built per init system)"
+                )));
+            }
+            Ok((os, image.to_string()))
+        })
+        .collect()
+}
+
+fn load_cells(args: &CellArgs) -> Result<(Spec, Cells, Vec<String>), CliError> {
     let usage = |e: crate::spec::SpecError| CliError { code: exit::USAGE, message: e.to_string() };
     if args.nix || nix::is_nix_spec(&args.spec) {
         return load_nix(args);

@@ -7,10 +7,10 @@ use xdriver_images::ImageName;
 
 use super::args::RunArgs;
 use super::error::CliError;
-use crate::accel;
+use crate::vm::accel;
 use crate::exit;
-use crate::output::HostStdio;
-use crate::qemu::Share;
+use crate::vm::output::HostStdio;
+use crate::vm::qemu::Share;
 use xdriver_guests::shell::quote;
 use crate::vm::{Channel, Vm, VmConfig};
 
@@ -32,24 +32,24 @@ pub(super) async fn main(args: RunArgs) -> Result<i32, CliError> {
     if args.command.is_empty() && args.channel == Channel::Backdoor && !args.keep {
         return Err(CliError::usage("an interactive shell needs --channel ssh (the backdoor has no terminal)"));
     }
-    let store = xdriver_images::Store::open_default().map_err(|e| CliError::infra(&e))?;
-    let imported = store.imported(&args.image);
+    let cache = xdriver_images::ImageCache::open_default().map_err(|e| CliError::infra(&e))?;
+    let imported = cache.imported(&args.image);
     let name: Option<ImageName> = match &imported {
         Some(_) => None,
         None => Some(args.image.parse().map_err(|e: xdriver_images::RecipeError| {
             CliError::usage(format!("{e} (or the name of an imported image: see `xdriver image list`)"))
         })?),
     };
-    let decision = accel::decide(args.vm.accel, "qemu-system-x86_64", store.root())
+    let decision = accel::decide(args.vm.accel, "qemu-system-x86_64", cache.root())
         .await
         .map_err(|e| CliError { code: exit::INFRA, message: e.to_string() })?;
     eprintln!("xdriver: accel {}: {}", decision.accel.name(), decision.reason);
     let (image, disk) = match (imported, name) {
         (Some(entry), _) => {
-            if crate::prepare::lookup(&entry).map_err(|e| CliError::infra(&e))?.is_none() {
+            if crate::vm::prepare::lookup(&entry).map_err(|e| CliError::infra(&e))?.is_none() {
                 eprintln!("xdriver: preparing {} (its first boot, with a NoCloud seed; once per image)", entry.manifest.name);
             }
-            let p = crate::prepare::ensure(&store, &entry, decision.accel, args.vm.mem_mib).await.map_err(|e| CliError::infra(&e))?;
+            let p = crate::vm::prepare::ensure(&cache, &entry, decision.accel, args.vm.mem_mib).await.map_err(|e| CliError::infra(&e))?;
             (entry, crate::vm::DiskUse::Prepared { disk: p.disk, host_key: p.host_key })
         }
         (None, Some(name)) => (super::image::ensure(&name).await?, crate::vm::DiskUse::Image),
@@ -61,7 +61,7 @@ pub(super) async fn main(args: RunArgs) -> Result<i32, CliError> {
     cfg.cpus = args.vm.cpus;
     cfg.mem_mib = args.vm.mem_mib;
     cfg.shares = shares;
-    if let Some(plan) = crate::store::StorePlan::from_flags(args.vm.store.as_deref(), args.vm.no_store, args.vm.share_fs).map_err(CliError::usage)? {
+    if let Some(plan) = crate::vm::nix_store::StorePlan::from_flags(args.vm.store.as_deref(), args.vm.no_store, args.vm.share_fs).map_err(CliError::usage)? {
         let os: xdriver_guests::Os = cfg.image.manifest.os.parse().map_err(|e| CliError { code: exit::INFRA, message: format!("image {}: its manifest names {e}", cfg.image.manifest.name) })?;
         let (share, why) = plan.share_for(os).map_err(CliError::usage)?;
         eprintln!("xdriver: store {} over {} ({why})", share.host.display(), share.fs.name());

@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 
 use super::args::TestArgs;
 use super::error::CliError;
-use crate::accel;
+use crate::vm::accel;
 use crate::exit;
 use crate::report::Report;
 use crate::runner::progress::{self, Progress};
@@ -61,10 +61,10 @@ pub(super) async fn main(args: TestArgs) -> Result<i32, CliError> {
     let cells = super::list::shard_of(cells, args.shard);
     let shares = runner::shares(&spec).map_err(|e| CliError { code: exit::USAGE, message: e.to_string() })?;
     let runnable = cells.iter().filter(|(c, _)| c.image.is_ok()).count();
-    let mut accel_choice = crate::qemu::Accel::Tcg;
+    let mut accel_choice = crate::vm::qemu::Accel::Tcg;
     if runnable > 0 {
-        let store = xdriver_images::Store::open_default().map_err(|e| CliError::infra(&e))?;
-        let d = accel::decide(args.vm.accel, "qemu-system-x86_64", store.root())
+        let cache = xdriver_images::ImageCache::open_default().map_err(|e| CliError::infra(&e))?;
+        let d = accel::decide(args.vm.accel, "qemu-system-x86_64", cache.root())
             .await
             .map_err(|e| CliError { code: exit::INFRA, message: e.to_string() })?;
         eprintln!("xdriver: accel {}: {}", d.accel.name(), d.reason);
@@ -75,7 +75,7 @@ pub(super) async fn main(args: TestArgs) -> Result<i32, CliError> {
         Some(j) => (j, "--jobs".to_string()),
         None => super::list::default_jobs(args.vm.mem_mib),
     };
-    let store = crate::store::StorePlan::from_flags(args.vm.store.as_deref(), args.vm.no_store, args.vm.share_fs).map_err(CliError::usage)?;
+    let store = crate::vm::nix_store::StorePlan::from_flags(args.vm.store.as_deref(), args.vm.no_store, args.vm.share_fs).map_err(CliError::usage)?;
     if let Some(plan) = &store {
         // Say which transport each OS's guests get.
         let mut oses: Vec<xdriver_guests::Os> = cells.iter().filter(|(c, _)| c.image.is_ok()).map(|(c, _)| c.os).collect();

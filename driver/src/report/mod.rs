@@ -242,7 +242,7 @@ impl CellReport {
             Outcome::Error { reason } | Outcome::Skip { reason } => (Some(reason.clone()), None, None),
         };
         let serial_tail = r.serial_tail.clone().or_else(|| {
-            std::fs::read(r.dir.join("serial.log")).ok().map(|b| crate::console::tail_lines(&b, SERIAL_LINES))
+            std::fs::read(r.dir.join("serial.log")).ok().map(|b| crate::vm::console::tail_lines(&b, SERIAL_LINES))
         });
         let screenshot_png = r
             .screenshot

@@ -16,7 +16,7 @@ use super::progress::{Phase, Progress};
 use super::machine::{describe, Machine, StepError};
 use super::transcript::Transcript;
 use crate::error_chain::chain_error;
-use crate::qemu::{Accel, Share};
+use crate::vm::qemu::{Accel, Share};
 use crate::spec::{Cell, CellCtx, Resolved, Spec, SpecError, Step};
 use crate::vm::{DiskUse, Vm, VmConfig};
 
@@ -172,7 +172,7 @@ pub struct RunOptions {
     /// The whole run's deadline (`--timeout`).
     pub deadline: Option<tokio::time::Instant>,
     /// The shared store, if any.
-    pub store: Option<crate::store::StorePlan>,
+    pub store: Option<crate::vm::nix_store::StorePlan>,
 }
 
 impl RunOptions {
@@ -357,24 +357,27 @@ fn finish(mut r: CellResult, started: Instant) -> CellResult {
 /// is built if missing; an imported OS's must have been imported (or the
 /// cell fails saying how), and is prepared on first use.
 async fn find_image(os: xdriver_guests::Os, image: &str, opts: &RunOptions) -> Result<(xdriver_images::Entry, DiskUse), String> {
-    let store = xdriver_images::Store::open_default().map_err(|e| format!("image {image}: {}", chain_error(&e)))?;
+    let cache = xdriver_images::ImageCache::open_default().map_err(|e| format!("image {image}: {}", chain_error(&e)))?;
     match os.images() {
         Images::Built { .. } => {
             let name: ImageName = image.parse().map_err(|e| format!("image {image}: {e}"))?;
-            match tokio::task::spawn_blocking(move || store.ensure(&name, false)).await {
+            match tokio::task::spawn_blocking(move || cache.ensure(&name, false)).await {
                 Ok(Ok(e)) => Ok((e, DiskUse::Image)),
                 Ok(Err(e)) => Err(format!("image {image}: {}", chain_error(&e))),
                 Err(e) => Err(format!("image {image}: {e}")),
             }
         }
         Images::Imported { example_file, docs, .. } => {
-            let entry = store.imported(image).ok_or_else(|| {
+            let entry = cache.imported(image).ok_or_else(|| {
                 format!(
                     "no image `{image}` in the image cache: {os} images are imported, not built. Import one first:\n  \
                      xdriver image import {image} {example_file} --os {os}\n(see {docs})"
                 )
             })?;
-            let p = crate::prepare::ensure(&store, &entry, opts.accel, opts.mem_mib).await.map_err(|e| chain_error(&e))?;
+            if entry.manifest.os != os.name() {
+                return Err(format!("image {image} holds {}, not {os} (see `xdriver image list`)", entry.manifest.os));
+            }
+            let p = crate::vm::prepare::ensure(&cache, &entry, opts.accel, opts.mem_mib).await.map_err(|e| chain_error(&e))?;
             Ok((entry, DiskUse::Prepared { disk: p.disk, host_key: p.host_key }))
         }
     }
@@ -434,7 +437,7 @@ async fn boot_and_test(
                 reason.push_str(&format!("\n(run directory kept: {})", kept.display()));
             }
             if let Ok(log) = std::fs::read(dir.join("serial.log")) {
-                result.serial_tail = Some(crate::console::tail_lines(&log, 60));
+                result.serial_tail = Some(crate::vm::console::tail_lines(&log, 60));
             }
             result.record("boot", "boot", StepStatus::Error, boot_started.elapsed(), Some(reason.clone()));
             return (Outcome::Error { reason }, true);
@@ -472,7 +475,7 @@ async fn boot_and_test(
 fn run_dirs(label: &str) -> Vec<PathBuf> {
     // RunDir names start with the first 24 characters of the label.
     let prefix: String = label.chars().take(24).collect();
-    std::fs::read_dir(crate::rundir::RunDir::base())
+    std::fs::read_dir(crate::vm::rundir::RunDir::base())
         .into_iter()
         .flatten()
         .flatten()

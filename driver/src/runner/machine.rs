@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use xdriver_guests::{Backend, Os};
 
 use super::transcript::Transcript;
-use crate::output::Output;
+use crate::vm::output::Output;
 use crate::spec::Action;
 use crate::vm::{Channel, Vm, VmError};
 

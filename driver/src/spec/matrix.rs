@@ -74,7 +74,7 @@ impl Spec {
     pub fn cells(&self, sel: &Selection) -> Result<Vec<Cell>, SpecError> {
         let m = &self.file.matrix;
         let os = self.pick(&sel.os, &m.os, || vec![Os::DEBIAN_12])?;
-        let managers = self.pick(&sel.managers, &m.managers, || Manager::ALL.to_vec())?;
+        let managers = self.pick(&sel.managers, &m.managers, || Manager::all().collect())?;
         let profiles = self.pick(&sel.profiles, &m.profiles, || ProfileKind::ALL.to_vec())?;
         let mut cells = Vec::new();
         for &o in &os {

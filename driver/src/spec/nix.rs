@@ -22,7 +22,20 @@ pub const LIBRARY: &[(&str, &str)] = &[
     ("lib.nix", include_str!("../../../nix/lib.nix")),
     ("test-service.nix", include_str!("../../../nix/test-service.nix")),
     ("profiles.json", include_str!("../../../nix/profiles.json")),
+    ("registry.json", include_str!("../../../nix/registry.json")),
 ];
+
+/// What nix/registry.json must hold: the OS and manager registries' names,
+/// and the managers the default OS (debian-12) runs, the default of
+/// `testService`'s `processManagers`.
+pub fn registry_json() -> Value {
+    let default_os = xdriver_guests::Os::DEBIAN_12;
+    serde_json::json!({
+        "oses": xdriver_guests::Os::names(),
+        "processManagers": Manager::names(),
+        "defaultProcessManagers": Manager::all().filter(|m| default_os.image_for(*m).is_ok()).map(|m| m.name()).collect::<Vec<_>>(),
+    })
+}
 
 /// How to evaluate a Nix spec.
 #[derive(Debug, Clone, Default)]
@@ -245,6 +258,13 @@ pub fn realise(paths: &[String]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_nix_library_lists_come_from_the_registries() {
+        let shipped: Value = serde_json::from_str(include_str!("../../../nix/registry.json")).expect("registry.json parses");
+        let want = registry_json();
+        assert_eq!(shipped, want, "nix/registry.json is out of date; it must be:\n{}", serde_json::to_string_pretty(&want).expect("json"));
+    }
 
     #[test]
     fn the_nix_library_has_the_profiles_the_runner_uses() {

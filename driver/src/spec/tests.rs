@@ -45,7 +45,7 @@ fn spec(text: &str) -> Spec {
 #[test]
 fn profiles_shape_the_model() {
     let s = spec(SPEC);
-    let r = s.resolve(&cell(Manager::Sysvinit, false)).expect("resolves");
+    let r = s.resolve(&cell(Manager::SYSVINIT, false)).expect("resolves");
     let names: Vec<&str> = r.system.processes.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["back", "front"], "dependencies first");
     let front = &r.system.processes[1];
@@ -57,7 +57,7 @@ fn profiles_shape_the_model() {
     assert_eq!(front.environment.get("GREETING").map(String::as_str), Some("hi"));
     assert!(front.extra.is_empty(), "systemd overrides stay with systemd");
 
-    let r = s.resolve(&cell(Manager::Systemd, true)).expect("resolves");
+    let r = s.resolve(&cell(Manager::SYSTEMD, true)).expect("resolves");
     let front = &r.system.processes[1];
     assert_eq!(front.foreground.as_ref().map(|a| a[1].as_str()), Some("8080"));
     assert_eq!(front.user, None, "user changes are disabled");
@@ -90,13 +90,13 @@ fn only_instances_parameters_resolve_to_instances() {
 #[test]
 fn cycles_and_conflicts_are_errors() {
     let cyc = SPEC.replace("dnsName = \"back.local\"", "dnsName = \"back.local\"\npeers = [\"front\"]");
-    let e = spec(&cyc).resolve(&cell(Manager::Runit, false)).expect_err("cycle");
+    let e = spec(&cyc).resolve(&cell(Manager::RUNIT, false)).expect_err("cycle");
     assert!(e.message.contains("dependency cycle among instances: back, front"), "{e}");
     let clash = SPEC.replace("port = 5000", "port = 80");
-    let e = spec(&clash).resolve(&cell(Manager::Runit, false)).expect_err("conflict");
+    let e = spec(&clash).resolve(&cell(Manager::RUNIT, false)).expect_err("conflict");
     assert!(e.message.contains("`back` and `front` both use port 80"), "{e}");
     // Unprivileged, front moves to 8080 and the clash disappears.
-    assert!(spec(&clash).resolve(&cell(Manager::Runit, true)).is_ok());
+    assert!(spec(&clash).resolve(&cell(Manager::RUNIT, true)).is_ok());
 }
 
 #[test]

@@ -9,6 +9,9 @@ use crate::model::{Mode, Process, System};
 use crate::shell::{join, quote};
 
 use super::deploy::{argv, Backend, GuestFile, RenderError};
+use super::registry::ManagerBackend;
+use crate::init::Init;
+use crate::os::Family;
 
 fn rc_dir(b: &Backend) -> String {
     match &b.profile.user {
@@ -83,7 +86,7 @@ fn script(b: &Backend, p: &Process) -> String {
     s
 }
 
-pub(super) fn render(b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
+fn render(b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
     let dir = rc_dir(b);
     Ok(sys.processes.iter().map(|p| GuestFile::text(format!("{dir}/{}", p.name), 0o755, script(b, p))).collect())
 }
@@ -95,18 +98,52 @@ fn run(b: &Backend, name: &str, verb: &str) -> String {
     }
 }
 
-pub(super) fn activate(b: &Backend, sys: &System) -> Vec<String> {
+fn activate(b: &Backend, sys: &System) -> Vec<String> {
     sys.processes.iter().map(|p| run(b, &p.name, "onestart")).collect()
 }
 
-pub(super) fn start(b: &Backend, name: &str) -> String {
+fn start(b: &Backend, name: &str) -> String {
     run(b, name, "onestart")
 }
 
-pub(super) fn stop(b: &Backend, name: &str) -> String {
+fn stop(b: &Backend, name: &str) -> String {
     run(b, name, "onestop")
 }
 
-pub(super) fn status(b: &Backend, name: &str) -> String {
+fn status(b: &Backend, name: &str) -> String {
     run(b, name, "onestatus")
+}
+
+/// The bsdrc backend.
+#[derive(Debug)]
+pub struct Bsdrc;
+
+impl ManagerBackend for Bsdrc {
+    fn name(&self) -> &'static str {
+        "bsdrc"
+    }
+    fn prefers(&self) -> Mode {
+        Mode::Daemon
+    }
+    fn needs_init(&self) -> Option<Init> {
+        Some(Init::Bsdinit)
+    }
+    fn family(&self) -> Family {
+        Family::Freebsd
+    }
+    fn render(&self, b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
+        render(b, sys)
+    }
+    fn activate(&self, b: &Backend, sys: &System) -> Vec<String> {
+        activate(b, sys)
+    }
+    fn start(&self, b: &Backend, name: &str) -> String {
+        start(b, name)
+    }
+    fn stop(&self, b: &Backend, name: &str) -> String {
+        stop(b, name)
+    }
+    fn status(&self, b: &Backend, name: &str) -> String {
+        status(b, name)
+    }
 }

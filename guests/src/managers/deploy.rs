@@ -1,10 +1,12 @@
-//! The backend interface shared by every manager, and the dispatcher.
+//! A manager bound to an OS and a profile ([`Backend`]), and the helpers
+//! the manager files share.
 
-use crate::model::{Manager, Mode, Process, Profile, System};
+use crate::model::{Mode, Process, Profile, System};
+
+use super::registry::Manager;
 use crate::os::Os;
 use crate::shell::{join, quote};
 
-use super::{bsdrc, openrc, runit, s6, supervisord, systemd, sysvinit};
 
 /// A file (or symlink) a backend writes into the guest.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -75,96 +77,41 @@ impl Backend {
                 return Err(RenderError::NoCommand(p.name.clone()));
             }
         }
-        match self.manager {
-            Manager::Systemd => systemd::render(self, sys),
-            Manager::Sysvinit => sysvinit::render(self, sys),
-            Manager::Openrc => openrc::render(self, sys),
-            Manager::Runit => runit::render(self, sys),
-            Manager::S6 => s6::render(self, sys),
-            Manager::Supervisord => supervisord::render(self, sys),
-            Manager::Bsdrc => bsdrc::render(self, sys),
-        }
+        self.manager.render(self, sys)
     }
 
     /// A command that waits until the guest's init is far enough into its
     /// boot for a deployment, if the channels can answer before that.
-    /// xdriver's systemd images start sshd and the backdoor as soon as
-    /// systemd has loaded its units, before `basic.target` (sockets, D-Bus,
-    /// tmpfiles, system users); a deployment waits for it. The other inits
-    /// start the backdoor after their boot scripts.
     pub fn boot_wait(&self) -> Option<String> {
-        match self.manager {
-            Manager::Systemd => Some(wait_until("systemctl is-active -q basic.target", 300, "systemd to reach basic.target")),
-            _ => None,
-        }
+        self.manager.boot_wait(self)
     }
 
     /// Commands that bring the manager itself up, when the driver must
     /// (supervisord, s6-svscan, a user's runsvdir or `systemd --user`);
     /// each must exit 0.
     pub fn bootstrap(&self) -> Vec<String> {
-        match self.manager {
-            Manager::Systemd => systemd::bootstrap(self),
-            Manager::Sysvinit => Vec::new(),
-            Manager::Openrc => Vec::new(),
-            Manager::Runit => runit::bootstrap(self),
-            Manager::S6 => s6::bootstrap(self),
-            Manager::Supervisord => supervisord::bootstrap(self),
-            Manager::Bsdrc => Vec::new(),
-        }
+        self.manager.bootstrap(self)
     }
 
     /// Commands that start every instance of `sys`, dependencies first.
     pub fn activate(&self, sys: &System) -> Vec<String> {
-        match self.manager {
-            Manager::Systemd => systemd::activate(self, sys),
-            Manager::Sysvinit => sysvinit::activate(self, sys),
-            Manager::Openrc => openrc::activate(self, sys),
-            Manager::Runit => runit::activate(self, sys),
-            Manager::S6 => s6::activate(self, sys),
-            Manager::Supervisord => supervisord::activate(self, sys),
-            Manager::Bsdrc => bsdrc::activate(self, sys),
-        }
+        self.manager.activate(self, sys)
     }
 
     /// Starts one instance.
     pub fn start(&self, name: &str) -> String {
-        match self.manager {
-            Manager::Systemd => systemd::start(self, name),
-            Manager::Sysvinit => sysvinit::start(self, name),
-            Manager::Openrc => openrc::start(self, name),
-            Manager::Runit => runit::start(self, name),
-            Manager::S6 => s6::start(self, name),
-            Manager::Supervisord => supervisord::start(self, name),
-            Manager::Bsdrc => bsdrc::start(self, name),
-        }
+        self.manager.start(self, name)
     }
 
     /// Stops one instance.
     pub fn stop(&self, name: &str) -> String {
-        match self.manager {
-            Manager::Systemd => systemd::stop(self, name),
-            Manager::Sysvinit => sysvinit::stop(self, name),
-            Manager::Openrc => openrc::stop(self, name),
-            Manager::Runit => runit::stop(self, name),
-            Manager::S6 => s6::stop(self, name),
-            Manager::Supervisord => supervisord::stop(self, name),
-            Manager::Bsdrc => bsdrc::stop(self, name),
-        }
+        self.manager.stop(self, name)
     }
 
     /// Exits 0 when the instance is running (and ready, where the manager
     /// tracks readiness); prints the manager's own status text.
     pub fn status(&self, name: &str) -> String {
-        match self.manager {
-            Manager::Systemd => systemd::status(self, name),
-            Manager::Sysvinit => sysvinit::status(self, name),
-            Manager::Openrc => openrc::status(self, name),
-            Manager::Runit => runit::status(self, name),
-            Manager::S6 => s6::status(self, name),
-            Manager::Supervisord => supervisord::status(self, name),
-            Manager::Bsdrc => bsdrc::status(self, name),
-        }
+        self.manager.status(self, name)
     }
 
     /// `cmd` run as the profile's user (unchanged when privileged).

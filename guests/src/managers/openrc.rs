@@ -8,6 +8,8 @@ use crate::model::{Mode, Process, System};
 use crate::shell::{join, quote};
 
 use super::deploy::{argv, Backend, GuestFile, RenderError};
+use super::registry::ManagerBackend;
+use crate::init::Init;
 
 fn script(b: &Backend, p: &Process) -> String {
     let mode = b.mode(p);
@@ -69,7 +71,7 @@ fn script(b: &Backend, p: &Process) -> String {
     s
 }
 
-pub(super) fn render(b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
+fn render(b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
     let mut files = Vec::new();
     for p in &sys.processes {
         files.push(GuestFile::text(format!("/etc/init.d/{}", p.name), 0o755, script(b, p)));
@@ -78,20 +80,54 @@ pub(super) fn render(b: &Backend, sys: &System) -> Result<Vec<GuestFile>, Render
     Ok(files)
 }
 
-pub(super) fn activate(b: &Backend, sys: &System) -> Vec<String> {
+fn activate(b: &Backend, sys: &System) -> Vec<String> {
     sys.processes.iter().map(|p| start(b, &p.name)).collect()
 }
 
-pub(super) fn start(_b: &Backend, name: &str) -> String {
+fn start(_b: &Backend, name: &str) -> String {
     format!("rc-service {} start", quote(name))
 }
 
-pub(super) fn stop(_b: &Backend, name: &str) -> String {
+fn stop(_b: &Backend, name: &str) -> String {
     // --nodeps: stop this service only; by default OpenRC also stops every
     // service that `need`s it (no other manager does).
     format!("/etc/init.d/{} --nodeps stop", quote(name))
 }
 
-pub(super) fn status(_b: &Backend, name: &str) -> String {
+fn status(_b: &Backend, name: &str) -> String {
     format!("rc-service {} status", quote(name))
+}
+
+/// The openrc backend.
+#[derive(Debug)]
+pub struct Openrc;
+
+impl ManagerBackend for Openrc {
+    fn name(&self) -> &'static str {
+        "openrc"
+    }
+    fn prefers(&self) -> Mode {
+        Mode::Daemon
+    }
+    fn unprivileged_support(&self) -> Result<(), &'static str> {
+        Err("OpenRC 0.45 (Debian 12) has no user services")
+    }
+    fn needs_init(&self) -> Option<Init> {
+        Some(Init::Openrc)
+    }
+    fn render(&self, b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
+        render(b, sys)
+    }
+    fn activate(&self, b: &Backend, sys: &System) -> Vec<String> {
+        activate(b, sys)
+    }
+    fn start(&self, b: &Backend, name: &str) -> String {
+        start(b, name)
+    }
+    fn stop(&self, b: &Backend, name: &str) -> String {
+        stop(b, name)
+    }
+    fn status(&self, b: &Backend, name: &str) -> String {
+        status(b, name)
+    }
 }

@@ -10,6 +10,8 @@ use crate::model::{Mode, Process, System};
 use crate::shell::quote;
 
 use super::deploy::{argv, link_services, cd_umask, daemon_waiter, exports, wait_until, wrapped, Backend, GuestFile, RenderError};
+use super::registry::ManagerBackend;
+use crate::init::Init;
 
 fn sv_dir(b: &Backend) -> String {
     match &b.profile.user {
@@ -40,12 +42,12 @@ fn run_script(b: &Backend, p: &Process) -> String {
     s
 }
 
-pub(super) fn render(b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
+fn render(b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
     let dir = sv_dir(b);
     Ok(sys.processes.iter().map(|p| GuestFile::text(format!("{dir}/{}/run", p.name), 0o755, run_script(b, p))).collect())
 }
 
-pub(super) fn bootstrap(b: &Backend) -> Vec<String> {
+fn bootstrap(b: &Backend) -> Vec<String> {
     let Some(u) = &b.profile.user else { return Vec::new() };
     let scan = quote(&scan_dir(b));
     vec![
@@ -54,7 +56,7 @@ pub(super) fn bootstrap(b: &Backend) -> Vec<String> {
     ]
 }
 
-pub(super) fn activate(b: &Backend, sys: &System) -> Vec<String> {
+fn activate(b: &Backend, sys: &System) -> Vec<String> {
     let (sv, scan) = (sv_dir(b), scan_dir(b));
     let mut cmds = link_services(b, sys, &sv, &scan);
     for p in &sys.processes {
@@ -65,17 +67,51 @@ pub(super) fn activate(b: &Backend, sys: &System) -> Vec<String> {
     cmds
 }
 
-pub(super) fn start(b: &Backend, name: &str) -> String {
+fn start(b: &Backend, name: &str) -> String {
     b.as_user(&format!("sv -w 60 start {}", quote(&format!("{}/{name}", scan_dir(b)))))
 }
 
-pub(super) fn stop(b: &Backend, name: &str) -> String {
+fn stop(b: &Backend, name: &str) -> String {
     b.as_user(&format!("sv -w 60 stop {}", quote(&format!("{}/{name}", scan_dir(b)))))
 }
 
-pub(super) fn status(b: &Backend, name: &str) -> String {
+fn status(b: &Backend, name: &str) -> String {
     b.as_user(&format!(
         "out=$(sv status {}); echo \"$out\"; case $out in run:*) exit 0;; esac; exit 3",
         quote(&format!("{}/{name}", scan_dir(b)))
     ))
+}
+
+/// The runit backend.
+#[derive(Debug)]
+pub struct Runit;
+
+impl ManagerBackend for Runit {
+    fn name(&self) -> &'static str {
+        "runit"
+    }
+    fn prefers(&self) -> Mode {
+        Mode::Foreground
+    }
+    fn needs_init(&self) -> Option<Init> {
+        Some(Init::Runit)
+    }
+    fn render(&self, b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
+        render(b, sys)
+    }
+    fn bootstrap(&self, b: &Backend) -> Vec<String> {
+        bootstrap(b)
+    }
+    fn activate(&self, b: &Backend, sys: &System) -> Vec<String> {
+        activate(b, sys)
+    }
+    fn start(&self, b: &Backend, name: &str) -> String {
+        start(b, name)
+    }
+    fn stop(&self, b: &Backend, name: &str) -> String {
+        stop(b, name)
+    }
+    fn status(&self, b: &Backend, name: &str) -> String {
+        status(b, name)
+    }
 }

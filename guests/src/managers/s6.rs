@@ -9,6 +9,7 @@ use crate::model::{Mode, Process, System};
 use crate::shell::quote;
 
 use super::deploy::{argv, link_services, cd_umask, daemon_waiter, exports, wait_until, wrapped, Backend, GuestFile, RenderError};
+use super::registry::ManagerBackend;
 
 const NOTIFY_FD: u32 = 3;
 
@@ -49,7 +50,7 @@ fn svwait_up(dir: &str) -> String {
     format!("if [ -e {d}/notification-fd ]; then s6-svwait -U -t 60000 {d}; else s6-svwait -u -t 60000 {d}; fi")
 }
 
-pub(super) fn render(b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
+fn render(b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
     let dir = sv_dir(b);
     let mut files = Vec::new();
     for p in &sys.processes {
@@ -62,7 +63,7 @@ pub(super) fn render(b: &Backend, sys: &System) -> Result<Vec<GuestFile>, Render
     Ok(files)
 }
 
-pub(super) fn bootstrap(b: &Backend) -> Vec<String> {
+fn bootstrap(b: &Backend) -> Vec<String> {
     let scan = quote(&scan_dir(b));
     let log = quote(&format!("{}/s6-svscan.log", b.profile.log_dir));
     vec![
@@ -71,7 +72,7 @@ pub(super) fn bootstrap(b: &Backend) -> Vec<String> {
     ]
 }
 
-pub(super) fn activate(b: &Backend, sys: &System) -> Vec<String> {
+fn activate(b: &Backend, sys: &System) -> Vec<String> {
     let (sv, scan) = (sv_dir(b), scan_dir(b));
     let mut cmds = link_services(b, sys, &sv, &scan);
     cmds.push(b.as_user(&format!("s6-svscanctl -a {}", quote(&scan))));
@@ -82,19 +83,50 @@ pub(super) fn activate(b: &Backend, sys: &System) -> Vec<String> {
     cmds
 }
 
-pub(super) fn start(b: &Backend, name: &str) -> String {
+fn start(b: &Backend, name: &str) -> String {
     let d = quote(&format!("{}/{name}", scan_dir(b)));
     b.as_user(&format!("s6-svc -u {d} && {}", svwait_up(&format!("{}/{name}", scan_dir(b)))))
 }
 
-pub(super) fn stop(b: &Backend, name: &str) -> String {
+fn stop(b: &Backend, name: &str) -> String {
     let d = quote(&format!("{}/{name}", scan_dir(b)));
     b.as_user(&format!("s6-svc -d {d} && s6-svwait -D -t 60000 {d}"))
 }
 
-pub(super) fn status(b: &Backend, name: &str) -> String {
+fn status(b: &Backend, name: &str) -> String {
     let d = quote(&format!("{}/{name}", scan_dir(b)));
     b.as_user(&format!(
         "s6-svstat {d}; if [ -e {d}/notification-fd ]; then [ \"$(s6-svstat -o up,ready {d})\" = 'true true' ]; else [ \"$(s6-svstat -o up {d})\" = true ]; fi"
     ))
+}
+
+/// The s6 backend.
+#[derive(Debug)]
+pub struct S6;
+
+impl ManagerBackend for S6 {
+    fn name(&self) -> &'static str {
+        "s6"
+    }
+    fn prefers(&self) -> Mode {
+        Mode::Foreground
+    }
+    fn render(&self, b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
+        render(b, sys)
+    }
+    fn bootstrap(&self, b: &Backend) -> Vec<String> {
+        bootstrap(b)
+    }
+    fn activate(&self, b: &Backend, sys: &System) -> Vec<String> {
+        activate(b, sys)
+    }
+    fn start(&self, b: &Backend, name: &str) -> String {
+        start(b, name)
+    }
+    fn stop(&self, b: &Backend, name: &str) -> String {
+        stop(b, name)
+    }
+    fn status(&self, b: &Backend, name: &str) -> String {
+        status(b, name)
+    }
 }

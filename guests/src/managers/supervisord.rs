@@ -10,6 +10,7 @@ use crate::model::{Mode, Process, System};
 use crate::shell::{join, quote};
 
 use super::deploy::{argv, daemon_waiter, wait_until, Backend, GuestFile, RenderError};
+use super::registry::ManagerBackend;
 
 fn base(b: &Backend) -> String {
     format!("{}/supervisord", b.profile.lib_dir)
@@ -94,7 +95,7 @@ fn program(b: &Backend, p: &Process, priority: usize) -> Result<String, RenderEr
     Ok(s)
 }
 
-pub(super) fn render(b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
+fn render(b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
     let mut files = vec![GuestFile::text(conf(b), 0o644, main_conf(b))];
     for (i, p) in sys.processes.iter().enumerate() {
         files.push(GuestFile::text(format!("{}/conf.d/{}.conf", base(b), p.name), 0o644, program(b, p, 100 + 10 * i)?));
@@ -106,7 +107,7 @@ fn ctl(b: &Backend, args: &str) -> String {
     b.as_user(&format!("supervisorctl -c {} {args}", quote(&conf(b))))
 }
 
-pub(super) fn bootstrap(b: &Backend) -> Vec<String> {
+fn bootstrap(b: &Backend) -> Vec<String> {
     // supervisord daemonizes itself once its socket is up; it starts the
     // programs already in conf.d in priority order.
     vec![
@@ -115,7 +116,7 @@ pub(super) fn bootstrap(b: &Backend) -> Vec<String> {
     ]
 }
 
-pub(super) fn activate(b: &Backend, sys: &System) -> Vec<String> {
+fn activate(b: &Backend, sys: &System) -> Vec<String> {
     let mut cmds = vec![ctl(b, "update")];
     for p in &sys.processes {
         cmds.push(wait_until(&format!("{} >/dev/null 2>&1", status(b, &p.name)), 60, &format!("{} to be RUNNING", p.name)));
@@ -123,14 +124,48 @@ pub(super) fn activate(b: &Backend, sys: &System) -> Vec<String> {
     cmds
 }
 
-pub(super) fn start(b: &Backend, name: &str) -> String {
+fn start(b: &Backend, name: &str) -> String {
     ctl(b, &format!("start {}", quote(name)))
 }
 
-pub(super) fn stop(b: &Backend, name: &str) -> String {
+fn stop(b: &Backend, name: &str) -> String {
     ctl(b, &format!("stop {}", quote(name)))
 }
 
-pub(super) fn status(b: &Backend, name: &str) -> String {
+fn status(b: &Backend, name: &str) -> String {
     format!("out=$({}); echo \"$out\"; case $out in *RUNNING*) exit 0;; esac; exit 3", ctl(b, &format!("status {}", quote(name))))
+}
+
+/// The supervisord backend.
+#[derive(Debug)]
+pub struct Supervisord;
+
+impl ManagerBackend for Supervisord {
+    fn name(&self) -> &'static str {
+        "supervisord"
+    }
+    fn prefers(&self) -> Mode {
+        Mode::Foreground
+    }
+    fn override_hint(&self) -> &'static str {
+        "a [program:x] option name"
+    }
+    fn render(&self, b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
+        render(b, sys)
+    }
+    fn bootstrap(&self, b: &Backend) -> Vec<String> {
+        bootstrap(b)
+    }
+    fn activate(&self, b: &Backend, sys: &System) -> Vec<String> {
+        activate(b, sys)
+    }
+    fn start(&self, b: &Backend, name: &str) -> String {
+        start(b, name)
+    }
+    fn stop(&self, b: &Backend, name: &str) -> String {
+        stop(b, name)
+    }
+    fn status(&self, b: &Backend, name: &str) -> String {
+        status(b, name)
+    }
 }

@@ -8,6 +8,9 @@ use crate::model::{Mode, Process, System};
 use crate::shell::quote;
 
 use super::deploy::{argv, wait_until, Backend, GuestFile, RenderError};
+use super::registry::ManagerBackend;
+use super::registry::systemd_boot_wait;
+use crate::init::Init;
 
 fn unit_dir(b: &Backend) -> String {
     match &b.profile.user {
@@ -94,7 +97,7 @@ fn unit(b: &Backend, p: &Process) -> Result<String, RenderError> {
     Ok(u)
 }
 
-pub(super) fn render(b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
+fn render(b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
     let dir = unit_dir(b);
     sys.processes.iter().map(|p| Ok(GuestFile::text(format!("{dir}/{}.service", p.name), 0o644, unit(b, p)?))).collect()
 }
@@ -106,7 +109,7 @@ fn ctl(b: &Backend, args: &str) -> String {
     }
 }
 
-pub(super) fn bootstrap(b: &Backend) -> Vec<String> {
+fn bootstrap(b: &Backend) -> Vec<String> {
     let Some(u) = &b.profile.user else { return Vec::new() };
     // Lingering makes logind start user@UID.service (`systemd --user`)
     // without a login session; systemctl --user reaches it on
@@ -117,21 +120,62 @@ pub(super) fn bootstrap(b: &Backend) -> Vec<String> {
     ]
 }
 
-pub(super) fn activate(b: &Backend, sys: &System) -> Vec<String> {
+fn activate(b: &Backend, sys: &System) -> Vec<String> {
     let names: Vec<String> = sys.processes.iter().map(|p| quote(&format!("{}.service", p.name))).collect();
     vec![ctl(b, "daemon-reload"), ctl(b, &format!("enable --quiet {}", names.join(" "))), ctl(b, &format!("start {}", names.join(" ")))]
 }
 
-pub(super) fn start(b: &Backend, name: &str) -> String {
+fn start(b: &Backend, name: &str) -> String {
     ctl(b, &format!("start {}", quote(&format!("{name}.service"))))
 }
 
-pub(super) fn stop(b: &Backend, name: &str) -> String {
+fn stop(b: &Backend, name: &str) -> String {
     ctl(b, &format!("stop {}", quote(&format!("{name}.service"))))
 }
 
-pub(super) fn status(b: &Backend, name: &str) -> String {
+fn status(b: &Backend, name: &str) -> String {
     ctl(b, &format!("is-active {}", quote(&format!("{name}.service"))))
+}
+
+
+/// The systemd backend.
+#[derive(Debug)]
+pub struct Systemd;
+
+impl ManagerBackend for Systemd {
+    fn name(&self) -> &'static str {
+        "systemd"
+    }
+    fn prefers(&self) -> Mode {
+        Mode::Foreground
+    }
+    fn needs_init(&self) -> Option<Init> {
+        Some(Init::Systemd)
+    }
+    fn override_hint(&self) -> &'static str {
+        "Section.Key, e.g. Service.LimitNOFILE (sections Unit, Service, Install)"
+    }
+    fn render(&self, b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
+        render(b, sys)
+    }
+    fn boot_wait(&self, _b: &Backend) -> Option<String> {
+        Some(systemd_boot_wait())
+    }
+    fn bootstrap(&self, b: &Backend) -> Vec<String> {
+        bootstrap(b)
+    }
+    fn activate(&self, b: &Backend, sys: &System) -> Vec<String> {
+        activate(b, sys)
+    }
+    fn start(&self, b: &Backend, name: &str) -> String {
+        start(b, name)
+    }
+    fn stop(&self, b: &Backend, name: &str) -> String {
+        stop(b, name)
+    }
+    fn status(&self, b: &Backend, name: &str) -> String {
+        status(b, name)
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use crate::model::{Mode, Process, System};
 use crate::shell::{join, quote};
 
 use super::deploy::{argv, Backend, GuestFile, RenderError};
+use super::registry::ManagerBackend;
 
 fn script_dir(b: &Backend) -> String {
     match &b.profile.user {
@@ -89,7 +90,7 @@ fn script(b: &Backend, p: &Process) -> String {
     s
 }
 
-pub(super) fn render(b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
+fn render(b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
     let dir = script_dir(b);
     let mut files = Vec::new();
     let count = sys.processes.len();
@@ -112,18 +113,46 @@ fn run(b: &Backend, name: &str, verb: &str) -> String {
     b.as_user(&format!("{}/{} {verb}", script_dir(b), quote(name)))
 }
 
-pub(super) fn activate(b: &Backend, sys: &System) -> Vec<String> {
+fn activate(b: &Backend, sys: &System) -> Vec<String> {
     sys.processes.iter().map(|p| run(b, &p.name, "start")).collect()
 }
 
-pub(super) fn start(b: &Backend, name: &str) -> String {
+fn start(b: &Backend, name: &str) -> String {
     run(b, name, "start")
 }
 
-pub(super) fn stop(b: &Backend, name: &str) -> String {
+fn stop(b: &Backend, name: &str) -> String {
     run(b, name, "stop")
 }
 
-pub(super) fn status(b: &Backend, name: &str) -> String {
+fn status(b: &Backend, name: &str) -> String {
     run(b, name, "status")
+}
+
+/// The sysvinit backend.
+#[derive(Debug)]
+pub struct Sysvinit;
+
+impl ManagerBackend for Sysvinit {
+    fn name(&self) -> &'static str {
+        "sysvinit"
+    }
+    fn prefers(&self) -> Mode {
+        Mode::Daemon
+    }
+    fn render(&self, b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
+        render(b, sys)
+    }
+    fn activate(&self, b: &Backend, sys: &System) -> Vec<String> {
+        activate(b, sys)
+    }
+    fn start(&self, b: &Backend, name: &str) -> String {
+        start(b, name)
+    }
+    fn stop(&self, b: &Backend, name: &str) -> String {
+        stop(b, name)
+    }
+    fn status(&self, b: &Backend, name: &str) -> String {
+        status(b, name)
+    }
 }

@@ -1,9 +1,10 @@
 //! Debian 12 (bookworm), built by xdriver from Debian's packages: one image
 //! per init system, booted by direct kernel boot.
 
-use crate::model::Manager;
+use crate::init::Init;
+use crate::managers::Manager;
 
-use super::profile::{GuestOs, Images};
+use super::profile::{Family, GuestOs, Images};
 
 /// Debian 12 built from Debian's packages.
 #[derive(Debug)]
@@ -24,16 +25,16 @@ impl GuestOs for Debian12 {
     }
 }
 
-/// The image of a Debian recipe that carries `manager`: the managers that
-/// must be PID 1 boot the image whose init they are; sysvinit, s6 and
-/// supervisord (which xdriver brings up itself) share the sysvinit image.
+/// The image of a Debian recipe that carries `manager`: a manager that
+/// must be PID 1 (or the rc system) boots the image of its init; the
+/// others (which xdriver brings up itself) share the sysvinit image.
 pub(super) fn built_image(recipe: &str, manager: Manager) -> Result<String, String> {
-    let init = match manager {
-        Manager::Systemd => "systemd",
-        Manager::Openrc => "openrc",
-        Manager::Runit => "runit",
-        Manager::Sysvinit | Manager::S6 | Manager::Supervisord => "sysvinit",
-        Manager::Bsdrc => return Err("bsdrc needs FreeBSD's rc.subr".into()),
-    };
+    if manager.family() != Family::Linux {
+        return Err(format!("{manager} runs on {} guests only", manager.family().name()));
+    }
+    let init = manager.needs_init().unwrap_or(Init::Sysvinit);
+    if !Init::ALL.contains(&init) {
+        return Err(format!("{manager} needs {init}, which no {recipe} image has"));
+    }
     Ok(format!("{recipe}-{init}"))
 }

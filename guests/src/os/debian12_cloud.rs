@@ -4,9 +4,24 @@
 //! once with a NoCloud seed.
 
 use crate::init::Init;
-use crate::model::Manager;
+use crate::managers::Manager;
 
 use super::profile::{Firmware, GuestOs, Images};
+
+/// The managers a systemd cloud image carries: systemd as PID 1, and s6
+/// and supervisord, which xdriver brings up (their packages must be in
+/// the image: Debian's own genericcloud image has neither).
+const CARRIES: &[&str] = &["systemd", "s6", "supervisord"];
+
+/// `image` if `manager` is one the image `carries` (its `init` as PID 1
+/// or one xdriver brings up), else why not.
+pub(super) fn carried(image: &str, manager: Manager, init: Init, carries: &[&str]) -> Result<String, String> {
+    match manager.needs_init() {
+        Some(needed) if needed != init => Err(format!("{manager} needs {needed} as the init; this image's is {init}")),
+        _ if !carries.contains(&manager.name()) => Err(format!("{manager} is not in this image (it carries {})", carries.join(", "))),
+        _ => Ok(image.to_string()),
+    }
+}
 
 /// An imported Debian 12 cloud image.
 #[derive(Debug)]
@@ -22,13 +37,12 @@ impl GuestOs for Debian12Cloud {
     fn images(&self) -> Images {
         Images::Imported { init: Init::Systemd, firmware: Firmware::Bios, example_file: "debian-12-genericcloud-amd64.qcow2", docs: "docs/images.md" }
     }
+    fn has_9p(&self) -> bool {
+        // Debian's cloud kernel (linux-image-cloud-amd64) has virtio-fs
+        // but no 9p: shares go over virtio-fs.
+        false
+    }
     fn image_for(&self, manager: Manager) -> Result<String, String> {
-        match manager {
-            // systemd is PID 1; s6 and supervisord are brought up by
-            // xdriver (their packages must be in the image).
-            Manager::Systemd | Manager::S6 | Manager::Supervisord => Ok(self.name().into()),
-            Manager::Sysvinit | Manager::Openrc | Manager::Runit => Err(format!("{manager} is not the init of a systemd cloud image")),
-            Manager::Bsdrc => Err("bsdrc needs FreeBSD's rc.subr".into()),
-        }
+        carried(self.name(), manager, Init::Systemd, CARRIES)
     }
 }

@@ -1,7 +1,7 @@
 //! Debian 12 with Debian's Nix (`nix-bin`): a Nix-enabled OS that is not
 //! NixOS; the host's store is registered in its Nix database.
 
-use crate::model::Manager;
+use crate::managers::Manager;
 
 use super::debian12::built_image;
 use super::profile::{GuestOs, Images};

@@ -8,7 +8,8 @@
 //! obtained on the machines xdriver is developed on.
 
 use crate::init::Init;
-use crate::model::{Group, Manager, Profile, User};
+use crate::managers::Manager;
+use crate::model::{Group, Profile, User};
 use crate::shell::quote;
 
 use super::profile::{Family, Firmware, GuestOs, Images, ShareKind, StoreMount};
@@ -61,14 +62,14 @@ impl GuestOs for Freebsd {
         Some("no FreeBSD image can be obtained on the machines xdriver is developed on")
     }
     fn image_for(&self, manager: Manager) -> Result<String, String> {
-        match manager {
-            Manager::Bsdrc => Ok(self.name().into()),
-            _ => Err(format!("{manager} is not packaged by xdriver for FreeBSD (bsdrc is FreeBSD's own)")),
-        }
+        super::debian12_cloud::carried(self.name(), manager, Init::Bsdinit, &["bsdrc"])
     }
     fn has_virtiofs(&self) -> bool {
         // No virtio-fs driver in FreeBSD 14.x/15.x; p9fs(4) is 9p.
         false
+    }
+    fn has_9p(&self) -> bool {
+        true
     }
     fn as_user(&self, profile: &Profile, cmd: &str) -> String {
         let Some(u) = &profile.user else { return cmd.to_string() };
@@ -94,7 +95,7 @@ impl GuestOs for Freebsd {
         // sockstat exits 0 either way: test for output (-q: no header).
         format!("sockstat -4 -6 -l -P tcp -p {port} -q | grep -q .")
     }
-    fn mount_share(&self, tag: &str, guest: &str, writable: bool, _msize: u32) -> String {
+    fn mount_share(&self, tag: &str, guest: &str, writable: bool, _kind: ShareKind) -> String {
         let mode = if writable { "rw" } else { "ro" };
         format!(
             "kldstat -q -m virtio_p9fs || kldload virtio_p9fs; mkdir -p {g} && {{ mount -t p9fs | grep -q ' on {g} ' || mount -t p9fs -o {mode} {tag} {g}; }}",

@@ -45,13 +45,13 @@ pub(super) fn port_open(port: u16) -> String {
     format!("ss -Htln 'sport = :{port}' | grep -q .")
 }
 
-pub(super) fn mount_share(tag: &str, guest: &str, writable: bool, msize: u32) -> String {
+pub(super) fn mount_share(tag: &str, guest: &str, writable: bool, kind: ShareKind) -> String {
     let mode = if writable { "rw" } else { "ro" };
-    format!(
-        "mkdir -p {g} && {{ mountpoint -q {g} || mount -t 9p -o trans=virtio,version=9p2000.L,msize={msize},cache=loose,{mode} {tag} {g}; }}",
-        g = quote(guest),
-        tag = quote(tag)
-    )
+    let mount = match kind {
+        ShareKind::NineP { msize } => format!("mount -t 9p -o trans=virtio,version=9p2000.L,msize={msize},cache=loose,{mode}"),
+        ShareKind::Virtiofs => format!("mount -t virtiofs -o {mode}"),
+    };
+    format!("mkdir -p {g} && {{ mountpoint -q {g} || {mount} {tag} {g}; }}", g = quote(guest), tag = quote(tag))
 }
 
 /// The share read-only at [`STORE_LOWER`], an overlay with a tmpfs upper

@@ -5,7 +5,7 @@
 //! developed on.
 
 use crate::init::Init;
-use crate::model::Manager;
+use crate::managers::Manager;
 
 use super::profile::{Firmware, GuestOs, Images};
 
@@ -27,11 +27,7 @@ impl GuestOs for Nixos {
         Some("no NixOS image or nixpkgs can be obtained on the machines xdriver is developed on")
     }
     fn image_for(&self, manager: Manager) -> Result<String, String> {
-        match manager {
-            Manager::Systemd | Manager::S6 | Manager::Supervisord => Ok(self.name().into()),
-            Manager::Bsdrc => Err("bsdrc needs FreeBSD's rc.subr".into()),
-            _ => Err(format!("{manager} is not the init of NixOS")),
-        }
+        super::debian12_cloud::carried(self.name(), manager, Init::Systemd, &["systemd", "s6", "supervisord"])
     }
     fn has_nix(&self) -> bool {
         true

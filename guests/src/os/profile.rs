@@ -8,7 +8,8 @@ use std::str::FromStr;
 use serde::Serialize;
 
 use crate::init::Init;
-use crate::model::{Group, Manager, Profile, User};
+use crate::managers::Manager;
+use crate::model::{Group, Profile, User};
 
 use super::{debian12, debian12_cloud, debian12_nix, freebsd, linux, nixos};
 
@@ -20,6 +21,16 @@ pub enum Family {
     Linux,
     /// FreeBSD (pw, sockstat, rc.subr).
     Freebsd,
+}
+
+impl Family {
+    /// The family's name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Linux => "Linux",
+            Family::Freebsd => "FreeBSD",
+        }
+    }
 }
 
 /// The firmware an imported image's own boot loader is started by.
@@ -136,6 +147,11 @@ pub trait GuestOs: Sync + Send + fmt::Debug {
     fn has_virtiofs(&self) -> bool {
         true
     }
+    /// Whether the guest kernel has 9p over virtio (shares use virtio-fs
+    /// where it has not).
+    fn has_9p(&self) -> bool {
+        true
+    }
     /// `cmd` (a shell command line) run as the profile's user, with its
     /// HOME (and its XDG_RUNTIME_DIR where there is one); unchanged when
     /// privileged.
@@ -158,9 +174,9 @@ pub trait GuestOs: Sync + Send + fmt::Debug {
     fn port_open(&self, port: u16) -> String {
         linux::port_open(port)
     }
-    /// Mounts the 9p share `tag` at `guest` (idempotent).
-    fn mount_share(&self, tag: &str, guest: &str, writable: bool, msize: u32) -> String {
-        linux::mount_share(tag, guest, writable, msize)
+    /// Mounts the share `tag` (9p or virtio-fs) at `guest` (idempotent).
+    fn mount_share(&self, tag: &str, guest: &str, writable: bool, kind: ShareKind) -> String {
+        linux::mount_share(tag, guest, writable, kind)
     }
     /// Mounts the store share read-only with a writable layer over it
     /// (idempotent); prints `guest-has-nix` when the guest has `nix-store`.
@@ -345,15 +361,15 @@ mod tests {
     #[test]
     fn every_manager_has_an_image_or_a_reason_on_every_os() {
         for o in Os::all() {
-            for m in Manager::ALL {
+            for m in Manager::all() {
                 match o.image_for(m) {
                     Ok(img) => assert!(img.starts_with(o.name()), "{o}/{m}: image {img}"),
                     Err(why) => assert!(!why.is_empty(), "{o}/{m}"),
                 }
             }
         }
-        assert_eq!(Os::FREEBSD.image_for(Manager::Bsdrc).expect("bsdrc runs on FreeBSD"), "freebsd");
-        assert!(Os::DEBIAN_12.image_for(Manager::Bsdrc).is_err());
+        assert_eq!(Os::FREEBSD.image_for(Manager::BSDRC).expect("bsdrc runs on FreeBSD"), "freebsd");
+        assert!(Os::DEBIAN_12.image_for(Manager::BSDRC).is_err());
         assert_eq!(Os::DEBIAN_12_NIX.image_for(Manager::S6).expect("s6"), "debian-12-nix-sysvinit");
     }
 

@@ -13,7 +13,7 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use xdriver::qemu::{kernel_cmdline, Accel, Boot, QemuSpec};
+use xdriver::vm::qemu::{kernel_cmdline, Accel, Boot, QemuSpec};
 use xdriver::vm::{Channel, Vm};
 use xdriver_guests::Init;
 use xdriver_tests::{config, image};
@@ -55,7 +55,7 @@ fn plain_qemu_to_banner(init: Init) -> f64 {
         },
         disk: overlay,
         run_dir: dir.path().to_path_buf(),
-        shares: vec![],
+        shares: Vec::new(),
         forwards: vec![],
         store: None,
         seed: None,
@@ -125,7 +125,7 @@ fn io_script(dir: &str) -> String {
 }
 
 async fn store_io(runs: usize) {
-    use xdriver::store::{find_virtiofsd, ShareFs, StoreShare};
+    use xdriver::vm::nix_store::{find_virtiofsd, ShareFs, StoreShare};
     let data = store_data();
     let host = data.path().to_path_buf();
     println!("store benchmark: TCG, 2 vCPUs, systemd guest; {} runs, medians in ms (cold guest page cache; all runs listed)", runs);
@@ -195,7 +195,7 @@ async fn russh_connect_latency(vm: &Vm, n: usize) -> f64 {
     let mut v = Vec::new();
     for _ in 0..n {
         let t = Instant::now();
-        let s = xdriver::ssh::Ssh::connect(vm.ssh_port, vm.host_key(), vm.client_key(), Duration::from_secs(60)).await.expect("connect");
+        let s = xdriver::vm::ssh::Ssh::connect(vm.ssh_port, vm.host_key(), vm.client_key(), Duration::from_secs(60)).await.expect("connect");
         let out = s.exec("true", &[], None).await.expect("exec");
         assert!(out.success());
         v.push(t.elapsed().as_secs_f64() * 1000.0);

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::qemu::NINEP_MSIZE;
+use crate::vm::qemu::NINEP_MSIZE;
 use xdriver_guests::{ShareKind, StoreMount};
 
 /// The mount tag of the store share.
@@ -223,14 +223,25 @@ impl Virtiofsd {
     /// as `nobody` in its own namespaces (read-only sharing needs no
     /// privilege); otherwise as the current user.
     pub async fn start(binary: &Path, share: &Path, dir: &Path) -> Result<Virtiofsd, String> {
+        Virtiofsd::start_named(binary, share, dir, "virtiofsd", false, true).await
+    }
+
+    /// As [`Virtiofsd::start`], with the socket and log named after `name`
+    /// (several per VM); `writable` serves the directory read-write;
+    /// `as_nobody` (when xdriver is root) drops to `nobody`, which a user's
+    /// share under a private home directory could not be read as, so
+    /// shares keep the current user.
+    pub async fn start_named(binary: &Path, share: &Path, dir: &Path, name: &str, writable: bool, as_nobody: bool) -> Result<Virtiofsd, String> {
         // xdriver binds the socket in the run directory and hands virtiofsd
         // the listening descriptor (--fd), so virtiofsd needs no access to
         // the run directory.
-        let socket = dir.join("virtiofsd.sock");
+        let socket = dir.join(format!("{name}.sock"));
         let listener = std::os::unix::net::UnixListener::bind(&socket).map_err(|e| format!("{}: {e}", socket.display()))?;
         let sock_fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
-        let log = std::fs::File::create(dir.join("virtiofsd.log")).map_err(|e| format!("virtiofsd.log: {e}"))?;
-        let root = unsafe { libc::geteuid() } == 0;
+        let log_path = dir.join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+        // SAFETY: geteuid cannot fail.
+        let root = unsafe { libc::geteuid() } == 0 && as_nobody;
         // As nobody, the binary's own path may be out of reach (e.g.
         // ~/.cargo/bin under root's 0700 home): open it here and execute
         // the open file through /proc/self/fd, as fexecve does.
@@ -242,7 +253,7 @@ impl Virtiofsd {
             .arg(format!("--fd={sock_fd}"))
             .arg("--shared-dir")
             .arg(share)
-            .args(["--readonly", "--sandbox", "namespace", "--cache", "auto", "--log-level", "warn"])
+            .args(if writable { &["--sandbox", "namespace", "--cache", "auto", "--log-level", "warn"][..] } else { &["--readonly", "--sandbox", "namespace", "--cache", "auto", "--log-level", "warn"][..] })
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -273,7 +284,7 @@ impl Virtiofsd {
         // Give it a moment to fail on bad options or an unreadable directory.
         tokio::time::sleep(Duration::from_millis(50)).await;
         if let Ok(Some(st)) = child.try_wait() {
-            let log = std::fs::read_to_string(dir.join("virtiofsd.log")).unwrap_or_default();
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             return Err(format!("virtiofsd exited ({st}) at once: {}", log.trim()));
         }
         Ok(Virtiofsd { child, socket, user })

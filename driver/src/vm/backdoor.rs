@@ -26,7 +26,7 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch};
 
-use crate::output::{Output, Sink};
+use crate::vm::output::{Output, Sink};
 
 /// Backdoor failures.
 #[derive(Debug, thiserror::Error)]

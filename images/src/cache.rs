@@ -1,4 +1,4 @@
-//! The image store: built images under the user's cache directory, one
+//! The image cache: built and imported images under the user's cache directory, one
 //! directory per (image, recipe hash), built under a lock and moved into
 //! place only once complete, so an interrupted build never leaves an entry
 //! a later run would use.
@@ -10,9 +10,9 @@ use crate::lock::{FileLock, LockError};
 use crate::manifest::Manifest;
 use crate::recipe::{ImageName, Recipe, RecipeError};
 
-/// Store failures.
+/// Image cache failures.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub enum CacheError {
     /// No usable cache directory.
     #[error("no cache directory: set XDRIVER_CACHE_DIR, XDG_CACHE_HOME or HOME")]
     NoCacheDir,
@@ -47,8 +47,8 @@ pub enum StoreError {
     },
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io { path: path.into(), source }
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
+    move |source| CacheError::Io { path: path.into(), source }
 }
 
 /// A built image in the store.
@@ -88,9 +88,9 @@ pub struct GcReport {
     pub freed_bytes: u64,
 }
 
-/// The store.
+/// The image cache.
 #[derive(Debug, Clone)]
-pub struct Store {
+pub struct ImageCache {
     root: PathBuf,
 }
 
@@ -102,21 +102,21 @@ fn dir_size(p: &Path) -> u64 {
     std::fs::read_dir(p).map(|rd| rd.filter_map(|e| e.ok()).map(|e| dir_size(&e.path())).sum()).unwrap_or(0)
 }
 
-impl Store {
+impl ImageCache {
     /// The default store: `$XDRIVER_CACHE_DIR`, else `$XDG_CACHE_HOME/xdriver`,
     /// else `~/.cache/xdriver`.
-    pub fn open_default() -> Result<Store, StoreError> {
+    pub fn open_default() -> Result<ImageCache, CacheError> {
         let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
         let root = env("XDRIVER_CACHE_DIR")
             .or_else(|| env("XDG_CACHE_HOME").map(|p| p.join("xdriver")))
             .or_else(|| env("HOME").map(|p| p.join(".cache/xdriver")))
-            .ok_or(StoreError::NoCacheDir)?;
-        Ok(Store::at(root))
+            .ok_or(CacheError::NoCacheDir)?;
+        Ok(ImageCache::at(root))
     }
 
     /// A store rooted at `root`.
-    pub fn at(root: impl Into<PathBuf>) -> Store {
-        Store { root: root.into() }
+    pub fn at(root: impl Into<PathBuf>) -> ImageCache {
+        ImageCache { root: root.into() }
     }
 
     /// The root directory.
@@ -133,7 +133,7 @@ impl Store {
     }
 
     /// The entry for `name` built from the current recipe, if present.
-    pub fn lookup(&self, name: &ImageName) -> Result<Option<Entry>, StoreError> {
+    pub fn lookup(&self, name: &ImageName) -> Result<Option<Entry>, CacheError> {
         let recipe = Recipe::load(&name.recipe)?;
         let dir = self.images_dir().join(Self::key(name, &recipe.hash(name.init)));
         Ok(Manifest::read(&dir.join("manifest.json")).ok().map(|manifest| Entry { dir, manifest, current: true }))
@@ -142,7 +142,7 @@ impl Store {
     /// Returns the image, building it first if needed. Concurrent callers
     /// (threads or processes) build it once: the others wait on the lock.
     /// `progress` is true to draw per-stage progress bars on a terminal.
-    pub fn ensure(&self, name: &ImageName, progress: bool) -> Result<Entry, StoreError> {
+    pub fn ensure(&self, name: &ImageName, progress: bool) -> Result<Entry, CacheError> {
         if let Some(e) = self.lookup(name)? {
             return Ok(e);
         }
@@ -173,7 +173,7 @@ impl Store {
                 let log = logs.join(format!("build-{key}.log"));
                 let _ = std::fs::rename(tmp.join("build.log"), &log);
                 let _ = std::fs::remove_dir_all(&tmp);
-                return Err(StoreError::Build { name: name.to_string(), log, source });
+                return Err(CacheError::Build { name: name.to_string(), log, source });
             }
         };
         let dir = images.join(&key);
@@ -182,7 +182,7 @@ impl Store {
     }
 
     /// Every complete entry, current or stale, sorted by name.
-    pub fn list(&self) -> Result<Vec<Entry>, StoreError> {
+    pub fn list(&self) -> Result<Vec<Entry>, CacheError> {
         let images = self.images_dir();
         let mut out = Vec::new();
         let Ok(rd) = std::fs::read_dir(&images) else { return Ok(out) };
@@ -202,7 +202,7 @@ impl Store {
     }
 
     /// Removes every entry of the image called `name`.
-    pub fn remove(&self, name: &str) -> Result<Vec<PathBuf>, StoreError> {
+    pub fn remove(&self, name: &str) -> Result<Vec<PathBuf>, CacheError> {
         let mut removed = Vec::new();
         for e in self.list()?.into_iter().filter(|e| e.manifest.name == name) {
             let key = e.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -211,14 +211,14 @@ impl Store {
             removed.push(e.dir);
         }
         if removed.is_empty() {
-            return Err(StoreError::NotFound(name.into()));
+            return Err(CacheError::NotFound(name.into()));
         }
         Ok(removed)
     }
 
     /// Removes stale entries (built from an older recipe or builder),
     /// leftovers of interrupted builds, and kernels no entry uses.
-    pub fn gc(&self) -> Result<GcReport, StoreError> {
+    pub fn gc(&self) -> Result<GcReport, CacheError> {
         let mut report = GcReport::default();
         let drop_dir = |p: PathBuf, report: &mut GcReport| {
             // Never delete through a mount: an interrupted build's rootfs can

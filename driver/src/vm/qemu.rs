@@ -108,7 +108,16 @@ impl Share {
     }
 }
 
-/// How the shared store is attached (see [`crate::store`]).
+/// A share as QEMU attaches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareDevice {
+    /// The share.
+    pub share: Share,
+    /// The socket of the virtiofsd serving it; None: QEMU's own 9p server.
+    pub virtiofs: Option<PathBuf>,
+}
+
+/// How the shared store is attached (see [`crate::vm::nix_store`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreDevice {
     /// vhost-user-fs to a running virtiofsd's socket; guest RAM becomes a
@@ -147,8 +156,8 @@ pub struct QemuSpec {
     pub disk: PathBuf,
     /// The run directory holding the sockets and logs.
     pub run_dir: PathBuf,
-    /// 9p shares.
-    pub shares: Vec<Share>,
+    /// Shares, each over 9p or (for guests without 9p) virtio-fs.
+    pub shares: Vec<ShareDevice>,
     /// Guest TCP ports forwarded from an ephemeral 127.0.0.1 port.
     pub forwards: Vec<u16>,
     /// The shared store, if any.
@@ -170,7 +179,8 @@ impl QemuSpec {
             Accel::Kvm => push(&["-machine", "pc", "-accel", "kvm", "-cpu", "host"]),
         }
         push(&["-smp", &self.cpus.to_string(), "-m", &self.mem_mib.to_string()]);
-        if let Some(StoreDevice::Virtiofs { .. }) = &self.store {
+        // vhost-user devices (virtio-fs) need guest RAM in shared memory.
+        if matches!(self.store, Some(StoreDevice::Virtiofs { .. })) || self.shares.iter().any(|d| d.virtiofs.is_some()) {
             push(&[
                 "-object",
                 &format!("memory-backend-memfd,id=mem,size={}M,share=on", self.mem_mib),
@@ -228,28 +238,34 @@ impl QemuSpec {
             "virtserialport,chardev=backdoor,name=org.xdriver.backdoor",
         ]);
         push(&["-chardev", &format!("socket,id=qmp,path={}", rd("qmp.sock")), "-mon", "chardev=qmp,mode=control"]);
-        for (i, s) in self.shares.iter().enumerate() {
-            let mut v = format!(
-                "local,path={},mount_tag={},security_model=none,id={}",
-                s.host.display(),
-                Share::tag(i),
-                Share::tag(i)
-            );
-            if !s.writable {
-                v.push_str(",readonly=on");
+        for (i, d) in self.shares.iter().enumerate() {
+            let tag = Share::tag(i);
+            match &d.virtiofs {
+                Some(socket) => push(&[
+                    "-chardev",
+                    &format!("socket,id={tag},path={}", socket.display()),
+                    "-device",
+                    &format!("vhost-user-fs-pci,chardev={tag},tag={tag}"),
+                ]),
+                None => {
+                    let mut v = format!("local,path={},mount_tag={tag},security_model=none,id={tag}", d.share.host.display());
+                    if !d.share.writable {
+                        v.push_str(",readonly=on");
+                    }
+                    push(&["-virtfs", &v]);
+                }
             }
-            push(&["-virtfs", &v]);
         }
         match &self.store {
             Some(StoreDevice::Virtiofs { socket }) => push(&[
                 "-chardev",
-                &format!("socket,id={},path={}", crate::store::STORE_TAG, socket.display()),
+                &format!("socket,id={},path={}", crate::vm::nix_store::STORE_TAG, socket.display()),
                 "-device",
-                &format!("vhost-user-fs-pci,chardev={t},tag={t}", t = crate::store::STORE_TAG),
+                &format!("vhost-user-fs-pci,chardev={t},tag={t}", t = crate::vm::nix_store::STORE_TAG),
             ]),
             Some(StoreDevice::NineP { host }) => push(&[
                 "-virtfs",
-                &format!("local,path={},mount_tag={t},security_model=none,id={t},readonly=on", host.display(), t = crate::store::STORE_TAG),
+                &format!("local,path={},mount_tag={t},security_model=none,id={t},readonly=on", host.display(), t = crate::vm::nix_store::STORE_TAG),
             ]),
             None => {}
         }
@@ -300,7 +316,7 @@ mod tests {
             },
             disk: "/run/x/overlay.qcow2".into(),
             run_dir: "/run/x".into(),
-            shares: vec![Share { host: "/srv".into(), guest: "/mnt".into(), writable: false }],
+            shares: vec![ShareDevice { share: Share { host: "/srv".into(), guest: "/mnt".into(), writable: false }, virtiofs: None }],
             forwards: vec![22],
             store: None,
             seed: None,
@@ -338,6 +354,16 @@ mod tests {
         let a = s.args().join(" ");
         assert!(!a.contains("memory-backend"), "{a}");
         assert!(a.contains("-virtfs local,path=/nix/store,mount_tag=xdstore,security_model=none,id=xdstore,readonly=on"), "{a}");
+    }
+
+    #[test]
+    fn shares_go_over_virtiofs_for_guests_without_9p() {
+        let mut s = spec();
+        s.shares[0].virtiofs = Some("/run/x/virtiofsd-xdshare0.sock".into());
+        let a = s.args().join(" ");
+        assert!(!a.contains("-virtfs"), "{a}");
+        assert!(a.contains("-chardev socket,id=xdshare0,path=/run/x/virtiofsd-xdshare0.sock -device vhost-user-fs-pci,chardev=xdshare0,tag=xdshare0"), "{a}");
+        assert!(a.contains("memory-backend-memfd"), "{a}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::qemu::Accel;
+use crate::vm::qemu::Accel;
 
 /// What the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -58,7 +58,7 @@ pub fn probe_kernel() -> Vec<u8> {
 /// Boots the probe kernel with `accel`; Ok(elapsed) if the marker arrived
 /// within `deadline`, Err(what happened) otherwise. QEMU is killed either way.
 pub async fn probe(qemu: &str, accel: Accel, deadline: Duration) -> Result<Duration, String> {
-    let dir = crate::rundir::RunDir::create("accel-probe").map_err(|e| e.to_string())?;
+    let dir = crate::vm::rundir::RunDir::create("accel-probe").map_err(|e| e.to_string())?;
     let kernel = dir.join("probe.bin");
     let out = dir.join("debugcon.log");
     std::fs::write(&kernel, probe_kernel()).map_err(|e| e.to_string())?;

@@ -14,7 +14,7 @@ use russh::{ChannelMsg, Sig};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
-use crate::output::{Output, Sink};
+use crate::vm::output::{Output, Sink};
 use xdriver_guests::shell::quote;
 
 /// SSH failures.

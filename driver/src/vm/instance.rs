@@ -16,14 +16,14 @@ use tokio::sync::watch;
 use xdriver_guests::{Init, Os};
 use xdriver_images::Entry;
 
-use crate::backdoor::{Backdoor, BackdoorError};
-use crate::console::{tail_lines, Console, ConsoleTimeout};
-use crate::output::{Output, Sink};
-use crate::qemu::{kernel_cmdline, Accel, Boot, Firmware, QemuSpec, Share, StoreDevice, NINEP_MSIZE, OVMF_CODE, OVMF_VARS};
-use crate::store::{guest_mount_script, host_nix_db, ShareFs, StoreShare, Virtiofsd};
-use crate::qmp::{Qmp, QmpError};
-use crate::rundir::RunDir;
-use crate::ssh::{ClientKey, Ssh, SshError};
+use crate::vm::backdoor::{Backdoor, BackdoorError};
+use crate::vm::console::{tail_lines, Console, ConsoleTimeout};
+use crate::vm::output::{Output, Sink};
+use crate::vm::qemu::{kernel_cmdline, Accel, Boot, Firmware, QemuSpec, Share, ShareDevice, StoreDevice, NINEP_MSIZE, OVMF_CODE, OVMF_VARS};
+use crate::vm::nix_store::{guest_mount_script, host_nix_db, ShareFs, StoreShare, Virtiofsd};
+use crate::vm::qmp::{Qmp, QmpError};
+use crate::vm::rundir::RunDir;
+use crate::vm::ssh::{ClientKey, Ssh, SshError};
 use xdriver_guests::shell::quote;
 
 /// Which channel runs a command.
@@ -259,6 +259,8 @@ pub struct Vm {
     pub backdoor_ready_after: Duration,
     /// The store's virtiofsd (virtiofs only); killed with the VM.
     virtiofsd: Option<Virtiofsd>,
+    /// The shares' virtiofsds (guests without 9p); killed with the VM.
+    _share_daemons: Vec<Virtiofsd>,
 }
 
 impl Vm {
@@ -305,7 +307,7 @@ impl Vm {
             (Some((kernel, initrd)), _) => Boot::Kernel { kernel, initrd, cmdline: kernel_cmdline(&m.init_path, &key_b64, &cfg.extra_cmdline) },
             (None, Some(imp)) => {
                 if cfg.disk == DiskUse::Image {
-                    return Err(VmError::Prepare(format!("image {} is imported: boot a prepared disk of it (crate::prepare)", m.name)));
+                    return Err(VmError::Prepare(format!("image {} is imported: boot a prepared disk of it (crate::vm::prepare)", m.name)));
                 }
                 let firmware = match imp.firmware {
                     xdriver_guests::Firmware::Bios => Firmware::Bios,
@@ -341,6 +343,27 @@ impl Vm {
                 Some(StoreDevice::Virtiofs { socket })
             }
         };
+        // Shares over 9p, or over virtio-fs (a virtiofsd each) for guests
+        // whose kernel has no 9p.
+        let mut share_devices = Vec::new();
+        let mut share_daemons = Vec::new();
+        for (i, sh) in cfg.shares.iter().enumerate() {
+            if os.has_9p() {
+                share_devices.push(ShareDevice { share: sh.clone(), virtiofs: None });
+                continue;
+            }
+            let bin = crate::vm::nix_store::find_virtiofsd().ok_or_else(|| {
+                VmError::Prepare(format!(
+                    "{os} guests have no 9p, so shares need virtio-fs: install virtiofsd (`cargo install virtiofsd`, or set XDRIVER_VIRTIOFSD)"
+                ))
+            })?;
+            let name = format!("virtiofsd-{}", Share::tag(i));
+            let d = Virtiofsd::start_named(&bin, &sh.host, run.path(), &name, sh.writable, false)
+                .await
+                .map_err(|e| VmError::Prepare(format!("virtiofsd for {}: {e}", sh.host.display())))?;
+            share_devices.push(ShareDevice { share: sh.clone(), virtiofs: Some(d.socket.clone()) });
+            share_daemons.push(d);
+        }
         let spec = QemuSpec {
             binary: cfg.qemu.clone(),
             name: cfg.name.clone(),
@@ -350,7 +373,7 @@ impl Vm {
             boot,
             disk,
             run_dir: run.path().to_path_buf(),
-            shares: cfg.shares.clone(),
+            shares: share_devices,
             forwards: vec![22],
             store,
             seed,
@@ -429,6 +452,7 @@ impl Vm {
             host_key,
             backdoor_ready_after: Duration::ZERO,
             virtiofsd,
+            _share_daemons: share_daemons,
         };
         vm.qmp.execute(qapi::qmp::cont {}).await?;
         let t0 = Instant::now();
@@ -516,7 +540,8 @@ impl Vm {
 
     async fn mount_share(&self, index: usize, s: &Share) -> Result<(), VmError> {
         // Idempotent, so it can be repeated if the backdoor restarts under it.
-        let cmd = self.os.mount_share(&Share::tag(index), &s.guest, s.writable, NINEP_MSIZE);
+        let kind = if self.os.has_9p() { xdriver_guests::ShareKind::NineP { msize: NINEP_MSIZE } } else { xdriver_guests::ShareKind::Virtiofs };
+        let cmd = self.os.mount_share(&Share::tag(index), &s.guest, s.writable, kind);
         let out = self.setup_exec(&cmd).await?;
         if !out.success() {
             return Err(VmError::Share { host: s.host.clone(), guest: s.guest.clone(), detail: out.stderr_str().trim().into() });
@@ -524,7 +549,7 @@ impl Vm {
         Ok(())
     }
 
-    /// Mounts the shared store and its overlay (see [`crate::store`]).
+    /// Mounts the shared store and its overlay (see [`crate::vm::nix_store`]).
     async fn mount_store(&self, s: &StoreShare) -> Result<(), VmError> {
         let script = guest_mount_script(s).map_err(|detail| VmError::Share { host: s.host.clone(), guest: s.guest.clone(), detail })?;
         let out = self.setup_exec(&script).await?;

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use xdriver_guests::{backdoor_script, Os};
-use xdriver_images::{Entry, FileLock, Seed, Store};
+use xdriver_images::{Entry, FileLock, Seed, ImageCache};
 
 use crate::error_chain::chain_error;
-use crate::qemu::Accel;
+use crate::vm::qemu::Accel;
 use crate::vm::{Channel, DiskUse, Stopped, Vm, VmConfig};
 
 /// Bumped when the preparation changes in a way its inputs do not show.
@@ -130,7 +130,7 @@ fn os_of(entry: &Entry) -> Result<Os, PrepareError> {
 /// first if needed. Concurrent callers prepare it once (a lock per image
 /// and preparation); an interrupted preparation leaves nothing that a
 /// later run would use.
-pub async fn ensure(store: &Store, entry: &Entry, accel: Accel, mem_mib: u32) -> Result<Prepared, PrepareError> {
+pub async fn ensure(cache: &ImageCache, entry: &Entry, accel: Accel, mem_mib: u32) -> Result<Prepared, PrepareError> {
     if entry.manifest.import.is_none() {
         return Err(PrepareError::NotImported(entry.manifest.name.clone()));
     }
@@ -139,7 +139,7 @@ pub async fn ensure(store: &Store, entry: &Entry, accel: Accel, mem_mib: u32) ->
     if let Some(p) = read(entry, &key) {
         return Ok(p);
     }
-    let lock_path = store.root().join("locks").join(format!("{}-prepared-{key}.lock", entry_key(entry)));
+    let lock_path = cache.root().join("locks").join(format!("{}-prepared-{key}.lock", entry_key(entry)));
     let _lock = tokio::task::spawn_blocking(move || FileLock::acquire(&lock_path))
         .await
         .map_err(|e| PrepareError::Io { path: PathBuf::from("lock"), source: std::io::Error::other(e) })??;

@@ -1,0 +1,100 @@
+//! An image xdriver did not build: a Debian 12 cloud image made the way
+//! Debian ships one (images/vendor/debian-12-cloud.sh: its own kernel and
+//! boot loaders, cloud-init, nothing of xdriver's), imported by
+//! `bash scripts/cloud-image` as `debian-12-cloud` (SeaBIOS) and
+//! `debian-12-cloud-uefi` (OVMF). Each is prepared once with xdriver's
+//! NoCloud seed; cells boot overlays of the prepared disk.
+
+use std::path::PathBuf;
+
+use xdriver_tests::run_xdriver as xdriver;
+use xdriver_tests::{example, Run};
+
+fn image_dir(name: &str) -> PathBuf {
+    let work = tempfile::tempdir().expect("tempdir");
+    let list = xdriver(&["image", "list", "--json"], work.path());
+    let v: serde_json::Value = serde_json::from_str(&list.stdout).expect("json");
+    let e = v
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["manifest"]["name"] == name))
+        .unwrap_or_else(|| panic!("no image {name}: run `bash scripts/cloud-image` first (scripts/test does)"));
+    PathBuf::from(e["dir"].as_str().expect("dir"))
+}
+
+fn webapps(extra: &[&str]) -> Run {
+    let work = tempfile::tempdir().expect("tempdir");
+    let spec = example("webapps");
+    let mut args = vec!["test", spec.to_str().expect("utf-8"), "--accel", "tcg", "--os", "debian-12-cloud", "--no-progress"];
+    args.extend_from_slice(extra);
+    xdriver(&args, work.path())
+}
+
+fn assert_all_pass(run: &Run, cells: usize, label: &str) {
+    assert_eq!(run.code, 0, "{label}:\n{}\n{}", run.stdout, run.stderr);
+    for m in ["systemd", "s6", "supervisord"] {
+        for p in ["privileged", "unprivileged"] {
+            assert!(run.stdout.contains(&format!("PASS  debian-12-cloud/{m}/{p}")), "{label}: {m}/{p}\n{}", run.stdout);
+        }
+    }
+    assert!(run.stdout.contains(&format!("{cells} cells: {cells} passed")), "{label}:\n{}", run.stdout);
+}
+
+#[test]
+fn cloud_init_consumed_the_seed_once_and_the_prepared_disk_boots_by_bios() {
+    let work = tempfile::tempdir().expect("tempdir");
+    // The first use prepares (unless another test did already); later
+    // boots use the prepared disk and never run cloud-init again.
+    let first = xdriver(&["run", "--image", "debian-12-cloud", "--accel", "tcg", "--channel", "backdoor", "--", "true"], work.path());
+    assert_eq!(first.code, 0, "{}\n{}", first.stdout, first.stderr);
+    let dir = image_dir("debian-12-cloud");
+    let prepared: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("image dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("prepared-") && n.to_string_lossy().ends_with(".json")))
+        .collect();
+    assert_eq!(prepared.len(), 1, "{prepared:?}");
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&prepared[0]).expect("read")).expect("json");
+    let key = meta["key"].as_str().expect("key");
+    assert!(meta["host_key"].as_str().is_some_and(|k| k.starts_with("ssh-ed25519 ")), "{meta}");
+
+    let cmd = "cat /var/lib/cloud/data/instance-id; cat /var/lib/cloud/instance/datasource; echo; \
+               test -e /etc/cloud/cloud-init.disabled && echo cloud-init-disabled; readlink -f /bin/sh; \
+               grep -c 'running .init-local.' /var/log/cloud-init.log; cat /proc/cmdline";
+    let run = xdriver(&["run", "--image", "debian-12-cloud", "--accel", "tcg", "--channel", "backdoor", "--", cmd], work.path());
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(!run.stderr.contains("preparing"), "prepared twice:\n{}", run.stderr);
+    let out: Vec<&str> = run.stdout.lines().collect();
+    // cloud-init read xdriver's seed (its instance-id) from a vfat NoCloud
+    // volume, once: a single init-local stage in its log.
+    assert_eq!(out[0], format!("xdriver-{key}"), "{}", run.stdout);
+    assert!(out[1].contains("DataSourceNoCloud") && out[1].contains("seed=/dev/vdb"), "{}", run.stdout);
+    assert!(run.stdout.contains("cloud-init-disabled"), "{}", run.stdout);
+    // The backdoor runs under dash, the image's /bin/sh.
+    assert!(run.stdout.contains("/usr/bin/dash"), "{}", run.stdout);
+    assert!(out.iter().any(|l| l.trim() == "1"), "cloud-init ran more than once:\n{}", run.stdout);
+    // The image's own boot loader started its own kernel.
+    assert!(run.stdout.contains("root=UUID=") && !run.stdout.contains("xdriver.ssh_key"), "{}", run.stdout);
+    // SSH: the cell's own key, installed over the backdoor; a background
+    // child holding stdout does not hold the command.
+    let ssh = xdriver(&["run", "--image", "debian-12-cloud", "--accel", "tcg", "--", "sh -c 'sleep 300 & echo started'"], work.path());
+    assert_eq!((ssh.code, ssh.stdout.as_str()), (0, "started\n"), "{}", ssh.stderr);
+}
+
+#[test]
+fn the_webapps_example_passes_on_the_cloud_image_booted_by_bios() {
+    let run = webapps(&["--manager", "systemd,s6,supervisord"]);
+    assert_all_pass(&run, 6, "BIOS");
+}
+
+#[test]
+fn the_webapps_example_passes_on_the_cloud_image_booted_by_uefi() {
+    let run = webapps(&["--manager", "systemd,s6,supervisord", "--image", "debian-12-cloud=debian-12-cloud-uefi"]);
+    assert_all_pass(&run, 6, "UEFI");
+    let check = tempfile::tempdir().expect("tempdir");
+    let efi = xdriver(
+        &["run", "--image", "debian-12-cloud-uefi", "--accel", "tcg", "--channel", "backdoor", "--", "test -d /sys/firmware/efi && echo booted-by-uefi"],
+        check.path(),
+    );
+    assert_eq!((efi.code, efi.stdout.as_str()), (0, "booted-by-uefi\n"), "{}", efi.stderr);
+}
