@@ -159,11 +159,23 @@ pub(super) async fn main(cmd: ImageCommand) -> Result<i32, CliError> {
             Ok(exit::SUCCESS)
         }
         ImageCommand::Gc => {
-            let r = cache()?.gc().map_err(|e| CliError::infra(&e))?;
+            let cache = cache()?;
+            let r = cache.gc().map_err(|e| CliError::infra(&e))?;
             for d in &r.removed {
                 eprintln!("removed {}", d.display());
             }
-            eprintln!("freed {}", human(r.freed_bytes));
+            // Prepared disks of an earlier preparation (another key), and
+            // leftovers of interrupted ones whose lock is free.
+            let mut freed = r.freed_bytes;
+            for e in cache.list().map_err(|e| CliError::infra(&e))?.iter().filter(|e| e.manifest.import.is_some()) {
+                for p in crate::vm::prepare::stale_files(&cache, e).map_err(|e| CliError::infra(&e))? {
+                    freed += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                    if std::fs::remove_file(&p).is_ok() {
+                        eprintln!("removed {}", p.display());
+                    }
+                }
+            }
+            eprintln!("freed {}", human(freed));
             Ok(exit::SUCCESS)
         }
     }

@@ -742,7 +742,8 @@ impl Vm {
         }
     }
 
-    async fn wait_exit(&self, timeout: Duration) -> bool {
+    /// Waits up to `timeout` for QEMU to exit; true if it did.
+    pub async fn wait_exit(&self, timeout: Duration) -> bool {
         let mut ex = self.exited.clone();
         let exited = tokio::time::timeout(timeout, ex.wait_for(Option::is_some)).await.is_ok();
         exited

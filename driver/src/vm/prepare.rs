@@ -126,6 +126,30 @@ fn os_of(entry: &Entry) -> Result<Os, PrepareError> {
     entry.manifest.os.parse().map_err(|e: xdriver_guests::UnknownOs| PrepareError::Os { image: entry.manifest.name.clone(), detail: e.to_string() })
 }
 
+/// Files of `entry`'s earlier preparations (another key than today's) and
+/// of interrupted ones (nobody holds their lock), for `image gc`.
+pub fn stale_files(cache: &ImageCache, entry: &Entry) -> Result<Vec<PathBuf>, PrepareError> {
+    let key = prepare_key(entry, os_of(entry)?);
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&entry.dir).map_err(io(&entry.dir))?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let stale = if let Some(rest) = name.strip_prefix("prepared-") {
+            !rest.starts_with(&format!("{key}."))
+        } else if let Some(rest) = name.strip_prefix(".prepared-").or_else(|| name.strip_prefix(".seed-")) {
+            // `.prepared-<key>-<pid>.qcow2`: only if nobody prepares it now.
+            let k = rest.split('-').next().unwrap_or_default();
+            let lock = cache.root().join("locks").join(format!("{}-prepared-{k}.lock", entry_key(entry)));
+            FileLock::try_acquire(&lock)?.is_some()
+        } else {
+            false
+        };
+        if stale {
+            out.push(e.path());
+        }
+    }
+    Ok(out)
+}
+
 /// Returns the prepared disk of the imported image `entry`, preparing it
 /// first if needed. Concurrent callers prepare it once (a lock per image
 /// and preparation); an interrupted preparation leaves nothing that a
@@ -175,6 +199,8 @@ pub async fn ensure(cache: &ImageCache, entry: &Entry, accel: Accel, mem_mib: u3
     let host_key = match result {
         Ok(k) => k,
         Err(e) => {
+            // The disk goes; its first boot's serial log stays for the
+            // post-mortem (named in the error).
             cleanup(&[&tmp_disk]);
             return Err(e);
         }
@@ -187,6 +213,7 @@ pub async fn ensure(cache: &ImageCache, entry: &Entry, accel: Accel, mem_mib: u3
         prepared_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
     };
     std::fs::rename(&tmp_disk, &prepared.disk).map_err(io(&prepared.disk))?;
+    let _ = std::fs::rename(tmp_disk.with_extension("serial.log"), prepared.disk.with_extension("serial.log"));
     let meta = entry.dir.join(format!("prepared-{key}.json"));
     std::fs::write(&meta, serde_json::to_string_pretty(&prepared).expect("serializes")).map_err(io(&meta))?;
     tracing::info!(image = %entry.manifest.name, key, seconds = prepared.seconds, "image prepared");
@@ -222,8 +249,22 @@ async fn boot_and_prepare(entry: &Entry, os: Os, accel: Accel, mem_mib: u32, dis
         vm.keep_run_dir();
         return Err(fail(format!("no ed25519 SSH host key in the guest (got {host_key:?})")));
     }
+    // The first boot's serial log is kept beside the prepared disk (the
+    // firmware's, the loader's and cloud-init's output).
+    vm.keep_run_dir();
     let run_dir = vm.run_dir().to_path_buf();
-    match vm.shutdown().await {
+    // Power off without stopping services (a clean shutdown took 12 s of
+    // the first boot under TCG); the normal shutdown if that does not end
+    // QEMU.
+    let now = format!("(sleep 0.5; {}) >/dev/null 2>&1 </dev/null &", os.poweroff_now());
+    let asked = vm.exec(Channel::Backdoor, &now, &[], Duration::from_secs(10), None).await.is_ok();
+    let stopped = if asked && vm.wait_exit(Duration::from_secs(30)).await { Stopped::GuestPoweroff } else { vm.shutdown().await };
+    let log = disk.with_extension("serial.log");
+    let _ = std::fs::copy(run_dir.join("serial.log"), &log);
+    if matches!(stopped, Stopped::GuestPoweroff | Stopped::Acpi | Stopped::AlreadyExited) {
+        let _ = std::fs::remove_dir_all(&run_dir);
+    }
+    match stopped {
         Stopped::GuestPoweroff | Stopped::Acpi | Stopped::AlreadyExited => Ok(host_key),
         // Writes may still be in QEMU's cache (cache=unsafe): a disk from
         // a VM that had to be killed is not kept.

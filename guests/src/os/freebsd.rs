@@ -118,6 +118,10 @@ impl GuestOs for Freebsd {
              if command -v nix-store >/dev/null; then echo guest-has-nix; fi"
         ))
     }
+    fn poweroff_now(&self) -> &'static str {
+        // halt(8): -q without shutting processes down, -p power off.
+        "sync; halt -q -p"
+    }
     fn poweroff(&self, _init: Init) -> String {
         "shutdown -p now".into()
     }

@@ -103,7 +103,13 @@ pub(super) fn prepare_user_data(backdoor: &str) -> String {
     format!(
         "#cloud-config\n\
          # Written by xdriver: prepares this image once (the prepared disk is\n\
-         # cached; cloud-init is disabled afterwards).\n\
+         # cached; cloud-init is disabled afterwards). No default user: the\n\
+         # unprivileged profile's user takes uid 1000, as in nix-processmgmt.\n\
+         users: []\n\
+         # One host key (the one xdriver pins), and no locale to generate:\n\
+         # both cost tens of seconds of the first boot under TCG.\n\
+         ssh_genkeytypes: [ed25519]\n\
+         locale: C.UTF-8\n\
          write_files:\n\
          \x20 - path: {path}\n\
          \x20   permissions: '0755'\n\
