@@ -279,6 +279,21 @@ fn make_disk(src_name: &Path, unpacked: &Path, disk: &Path) -> Result<(String, D
     Ok((format.into(), DiskInfo { file: "disk.qcow2".into(), virtual_mib: virtual_bytes / (1 << 20), file_bytes }))
 }
 
+/// Moves a finished temporary entry into place, or removes it if the work
+/// in it failed (nothing of a failed import is left behind).
+fn commit(tmp: &Path, dir: &Path, result: Result<Manifest, ImportError>) -> Result<Manifest, ImportError> {
+    match result {
+        Ok(m) => {
+            std::fs::rename(tmp, dir).map_err(io(dir))?;
+            Ok(m)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(tmp);
+            Err(e)
+        }
+    }
+}
+
 impl ImageCache {
     /// The imported image called `name`, if there is one.
     pub fn imported(&self, name: &str) -> Option<Entry> {
@@ -365,14 +380,7 @@ impl ImageCache {
             std::fs::write(tmp.join("manifest.json"), json).map_err(io(&tmp))?;
             Ok(manifest)
         })();
-        let manifest = match result {
-            Ok(m) => m,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&tmp);
-                return Err(e);
-            }
-        };
-        std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
+        let manifest = commit(&tmp, &dir, result)?;
         // One image per name: an earlier import under this name goes.
         let mut replaced = Vec::new();
         for old in self.list().unwrap_or_default() {
@@ -484,14 +492,7 @@ impl ImageCache {
             }
             Ok(manifest)
         })();
-        let manifest = match result {
-            Ok(m) => m,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&tmp);
-                return Err(e);
-            }
-        };
-        std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
+        let manifest = commit(&tmp, &dir, result)?;
         Ok(Imported { entry: Entry { dir, manifest, current: true }, new: true, replaced: Vec::new() })
     }
 }

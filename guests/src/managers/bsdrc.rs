@@ -86,32 +86,11 @@ fn script(b: &Backend, p: &Process) -> String {
     s
 }
 
-fn render(b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
-    let dir = rc_dir(b);
-    Ok(sys.processes.iter().map(|p| GuestFile::text(format!("{dir}/{}", p.name), 0o755, script(b, p))).collect())
-}
-
 fn run(b: &Backend, name: &str, verb: &str) -> String {
     match &b.profile.user {
         None => format!("service {} {verb}", quote(name)),
         Some(_) => b.as_user(&format!("{}/{} {verb}", rc_dir(b), quote(name))),
     }
-}
-
-fn activate(b: &Backend, sys: &System) -> Vec<String> {
-    sys.processes.iter().map(|p| run(b, &p.name, "onestart")).collect()
-}
-
-fn start(b: &Backend, name: &str) -> String {
-    run(b, name, "onestart")
-}
-
-fn stop(b: &Backend, name: &str) -> String {
-    run(b, name, "onestop")
-}
-
-fn status(b: &Backend, name: &str) -> String {
-    run(b, name, "onestatus")
 }
 
 /// The bsdrc backend.
@@ -132,18 +111,19 @@ impl ManagerBackend for Bsdrc {
         Family::Freebsd
     }
     fn render(&self, b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
-        render(b, sys)
+        let dir = rc_dir(b);
+        Ok(sys.processes.iter().map(|p| GuestFile::text(format!("{dir}/{}", p.name), 0o755, script(b, p))).collect())
     }
     fn activate(&self, b: &Backend, sys: &System) -> Vec<String> {
-        activate(b, sys)
+        sys.processes.iter().map(|p| run(b, &p.name, "onestart")).collect()
     }
     fn start(&self, b: &Backend, name: &str) -> String {
-        start(b, name)
+        run(b, name, "onestart")
     }
     fn stop(&self, b: &Backend, name: &str) -> String {
-        stop(b, name)
+        run(b, name, "onestop")
     }
     fn status(&self, b: &Backend, name: &str) -> String {
-        status(b, name)
+        run(b, name, "onestatus")
     }
 }

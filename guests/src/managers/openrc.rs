@@ -71,33 +71,6 @@ fn script(b: &Backend, p: &Process) -> String {
     s
 }
 
-fn render(b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
-    let mut files = Vec::new();
-    for p in &sys.processes {
-        files.push(GuestFile::text(format!("/etc/init.d/{}", p.name), 0o755, script(b, p)));
-        files.push(GuestFile::symlink(format!("/etc/runlevels/default/{}", p.name), format!("/etc/init.d/{}", p.name)));
-    }
-    Ok(files)
-}
-
-fn activate(b: &Backend, sys: &System) -> Vec<String> {
-    sys.processes.iter().map(|p| start(b, &p.name)).collect()
-}
-
-fn start(_b: &Backend, name: &str) -> String {
-    format!("rc-service {} start", quote(name))
-}
-
-fn stop(_b: &Backend, name: &str) -> String {
-    // --nodeps: stop this service only; by default OpenRC also stops every
-    // service that `need`s it (no other manager does).
-    format!("/etc/init.d/{} --nodeps stop", quote(name))
-}
-
-fn status(_b: &Backend, name: &str) -> String {
-    format!("rc-service {} status", quote(name))
-}
-
 /// The openrc backend.
 #[derive(Debug)]
 pub struct Openrc;
@@ -116,18 +89,25 @@ impl ManagerBackend for Openrc {
         Some(Init::Openrc)
     }
     fn render(&self, b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
-        render(b, sys)
+        let mut files = Vec::new();
+        for p in &sys.processes {
+            files.push(GuestFile::text(format!("/etc/init.d/{}", p.name), 0o755, script(b, p)));
+            files.push(GuestFile::symlink(format!("/etc/runlevels/default/{}", p.name), format!("/etc/init.d/{}", p.name)));
+        }
+        Ok(files)
     }
     fn activate(&self, b: &Backend, sys: &System) -> Vec<String> {
-        activate(b, sys)
+        sys.processes.iter().map(|p| self.start(b, &p.name)).collect()
     }
-    fn start(&self, b: &Backend, name: &str) -> String {
-        start(b, name)
+    fn start(&self, _b: &Backend, name: &str) -> String {
+        format!("rc-service {} start", quote(name))
     }
-    fn stop(&self, b: &Backend, name: &str) -> String {
-        stop(b, name)
+    fn stop(&self, _b: &Backend, name: &str) -> String {
+        // --nodeps: stop this service only; by default OpenRC also stops every
+        // service that `need`s it (no other manager does).
+        format!("/etc/init.d/{} --nodeps stop", quote(name))
     }
-    fn status(&self, b: &Backend, name: &str) -> String {
-        status(b, name)
+    fn status(&self, _b: &Backend, name: &str) -> String {
+        format!("rc-service {} status", quote(name))
     }
 }

@@ -42,46 +42,6 @@ fn run_script(b: &Backend, p: &Process) -> String {
     s
 }
 
-fn render(b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
-    let dir = sv_dir(b);
-    Ok(sys.processes.iter().map(|p| GuestFile::text(format!("{dir}/{}/run", p.name), 0o755, run_script(b, p))).collect())
-}
-
-fn bootstrap(b: &Backend) -> Vec<String> {
-    let Some(u) = &b.profile.user else { return Vec::new() };
-    let scan = quote(&scan_dir(b));
-    vec![
-        b.as_user(&format!("mkdir -p {scan} && (setsid runsvdir -P {scan} </dev/null >/dev/null 2>&1 &)")),
-        wait_until(&format!("pgrep -u {} -x runsvdir >/dev/null", quote(&u.name)), 30, "the user's runsvdir"),
-    ]
-}
-
-fn activate(b: &Backend, sys: &System) -> Vec<String> {
-    let (sv, scan) = (sv_dir(b), scan_dir(b));
-    let mut cmds = link_services(b, sys, &sv, &scan);
-    for p in &sys.processes {
-        // runsvdir looks for new services at least every 5 s.
-        cmds.push(wait_until(&format!("test -e {}", quote(&format!("{scan}/{}/supervise/ok", p.name))), 30, &format!("runsv of {}", p.name)));
-        cmds.push(start(b, &p.name));
-    }
-    cmds
-}
-
-fn start(b: &Backend, name: &str) -> String {
-    b.as_user(&format!("sv -w 60 start {}", quote(&format!("{}/{name}", scan_dir(b)))))
-}
-
-fn stop(b: &Backend, name: &str) -> String {
-    b.as_user(&format!("sv -w 60 stop {}", quote(&format!("{}/{name}", scan_dir(b)))))
-}
-
-fn status(b: &Backend, name: &str) -> String {
-    b.as_user(&format!(
-        "out=$(sv status {}); echo \"$out\"; case $out in run:*) exit 0;; esac; exit 3",
-        quote(&format!("{}/{name}", scan_dir(b)))
-    ))
-}
-
 /// The runit backend.
 #[derive(Debug)]
 pub struct Runit;
@@ -97,21 +57,37 @@ impl ManagerBackend for Runit {
         Some(Init::Runit)
     }
     fn render(&self, b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
-        render(b, sys)
+        let dir = sv_dir(b);
+        Ok(sys.processes.iter().map(|p| GuestFile::text(format!("{dir}/{}/run", p.name), 0o755, run_script(b, p))).collect())
     }
     fn bootstrap(&self, b: &Backend) -> Vec<String> {
-        bootstrap(b)
+        let Some(u) = &b.profile.user else { return Vec::new() };
+        let scan = quote(&scan_dir(b));
+        vec![
+            b.as_user(&format!("mkdir -p {scan} && (setsid runsvdir -P {scan} </dev/null >/dev/null 2>&1 &)")),
+            wait_until(&format!("pgrep -u {} -x runsvdir >/dev/null", quote(&u.name)), 30, "the user's runsvdir"),
+        ]
     }
     fn activate(&self, b: &Backend, sys: &System) -> Vec<String> {
-        activate(b, sys)
+        let (sv, scan) = (sv_dir(b), scan_dir(b));
+        let mut cmds = link_services(b, sys, &sv, &scan);
+        for p in &sys.processes {
+            // runsvdir looks for new services at least every 5 s.
+            cmds.push(wait_until(&format!("test -e {}", quote(&format!("{scan}/{}/supervise/ok", p.name))), 30, &format!("runsv of {}", p.name)));
+            cmds.push(self.start(b, &p.name));
+        }
+        cmds
     }
     fn start(&self, b: &Backend, name: &str) -> String {
-        start(b, name)
+        b.as_user(&format!("sv -w 60 start {}", quote(&format!("{}/{name}", scan_dir(b)))))
     }
     fn stop(&self, b: &Backend, name: &str) -> String {
-        stop(b, name)
+        b.as_user(&format!("sv -w 60 stop {}", quote(&format!("{}/{name}", scan_dir(b)))))
     }
     fn status(&self, b: &Backend, name: &str) -> String {
-        status(b, name)
+        b.as_user(&format!(
+            "out=$(sv status {}); echo \"$out\"; case $out in run:*) exit 0;; esac; exit 3",
+            quote(&format!("{}/{name}", scan_dir(b)))
+        ))
     }
 }

@@ -50,56 +50,6 @@ fn svwait_up(dir: &str) -> String {
     format!("if [ -e {d}/notification-fd ]; then s6-svwait -U -t 60000 {d}; else s6-svwait -u -t 60000 {d}; fi")
 }
 
-fn render(b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
-    let dir = sv_dir(b);
-    let mut files = Vec::new();
-    for p in &sys.processes {
-        files.push(GuestFile::text(format!("{dir}/{}/run", p.name), 0o755, run_script(b, p)));
-        files.push(GuestFile::text(format!("{dir}/{}/type", p.name), 0o644, "longrun\n"));
-        if p.notify && b.mode(p) == Mode::Foreground {
-            files.push(GuestFile::text(format!("{dir}/{}/notification-fd", p.name), 0o644, format!("{NOTIFY_FD}\n")));
-        }
-    }
-    Ok(files)
-}
-
-fn bootstrap(b: &Backend) -> Vec<String> {
-    let scan = quote(&scan_dir(b));
-    let log = quote(&format!("{}/s6-svscan.log", b.profile.log_dir));
-    vec![
-        b.as_user(&format!("mkdir -p {scan} && (setsid s6-svscan {scan} </dev/null >>{log} 2>&1 &)")),
-        wait_until(&format!("test -p {}/.s6-svscan/control", scan_dir(b)), 30, "s6-svscan"),
-    ]
-}
-
-fn activate(b: &Backend, sys: &System) -> Vec<String> {
-    let (sv, scan) = (sv_dir(b), scan_dir(b));
-    let mut cmds = link_services(b, sys, &sv, &scan);
-    cmds.push(b.as_user(&format!("s6-svscanctl -a {}", quote(&scan))));
-    for p in &sys.processes {
-        cmds.push(wait_until(&format!("s6-svok {}", quote(&format!("{scan}/{}", p.name))), 30, &format!("s6-supervise of {}", p.name)));
-        cmds.push(b.as_user(&svwait_up(&format!("{scan}/{}", p.name))));
-    }
-    cmds
-}
-
-fn start(b: &Backend, name: &str) -> String {
-    let d = quote(&format!("{}/{name}", scan_dir(b)));
-    b.as_user(&format!("s6-svc -u {d} && {}", svwait_up(&format!("{}/{name}", scan_dir(b)))))
-}
-
-fn stop(b: &Backend, name: &str) -> String {
-    let d = quote(&format!("{}/{name}", scan_dir(b)));
-    b.as_user(&format!("s6-svc -d {d} && s6-svwait -D -t 60000 {d}"))
-}
-
-fn status(b: &Backend, name: &str) -> String {
-    let d = quote(&format!("{}/{name}", scan_dir(b)));
-    b.as_user(&format!(
-        "s6-svstat {d}; if [ -e {d}/notification-fd ]; then [ \"$(s6-svstat -o up,ready {d})\" = 'true true' ]; else [ \"$(s6-svstat -o up {d})\" = true ]; fi"
-    ))
-}
-
 /// The s6 backend.
 #[derive(Debug)]
 pub struct S6;
@@ -112,21 +62,47 @@ impl ManagerBackend for S6 {
         Mode::Foreground
     }
     fn render(&self, b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
-        render(b, sys)
+        let dir = sv_dir(b);
+        let mut files = Vec::new();
+        for p in &sys.processes {
+            files.push(GuestFile::text(format!("{dir}/{}/run", p.name), 0o755, run_script(b, p)));
+            files.push(GuestFile::text(format!("{dir}/{}/type", p.name), 0o644, "longrun\n"));
+            if p.notify && b.mode(p) == Mode::Foreground {
+                files.push(GuestFile::text(format!("{dir}/{}/notification-fd", p.name), 0o644, format!("{NOTIFY_FD}\n")));
+            }
+        }
+        Ok(files)
     }
     fn bootstrap(&self, b: &Backend) -> Vec<String> {
-        bootstrap(b)
+        let scan = quote(&scan_dir(b));
+        let log = quote(&format!("{}/s6-svscan.log", b.profile.log_dir));
+        vec![
+            b.as_user(&format!("mkdir -p {scan} && (setsid s6-svscan {scan} </dev/null >>{log} 2>&1 &)")),
+            wait_until(&format!("test -p {}/.s6-svscan/control", scan_dir(b)), 30, "s6-svscan"),
+        ]
     }
     fn activate(&self, b: &Backend, sys: &System) -> Vec<String> {
-        activate(b, sys)
+        let (sv, scan) = (sv_dir(b), scan_dir(b));
+        let mut cmds = link_services(b, sys, &sv, &scan);
+        cmds.push(b.as_user(&format!("s6-svscanctl -a {}", quote(&scan))));
+        for p in &sys.processes {
+            cmds.push(wait_until(&format!("s6-svok {}", quote(&format!("{scan}/{}", p.name))), 30, &format!("s6-supervise of {}", p.name)));
+            cmds.push(b.as_user(&svwait_up(&format!("{scan}/{}", p.name))));
+        }
+        cmds
     }
     fn start(&self, b: &Backend, name: &str) -> String {
-        start(b, name)
+        let d = quote(&format!("{}/{name}", scan_dir(b)));
+        b.as_user(&format!("s6-svc -u {d} && {}", svwait_up(&format!("{}/{name}", scan_dir(b)))))
     }
     fn stop(&self, b: &Backend, name: &str) -> String {
-        stop(b, name)
+        let d = quote(&format!("{}/{name}", scan_dir(b)));
+        b.as_user(&format!("s6-svc -d {d} && s6-svwait -D -t 60000 {d}"))
     }
     fn status(&self, b: &Backend, name: &str) -> String {
-        status(b, name)
+        let d = quote(&format!("{}/{name}", scan_dir(b)));
+        b.as_user(&format!(
+            "s6-svstat {d}; if [ -e {d}/notification-fd ]; then [ \"$(s6-svstat -o up,ready {d})\" = 'true true' ]; else [ \"$(s6-svstat -o up {d})\" = true ]; fi"
+        ))
     }
 }

@@ -95,45 +95,8 @@ fn program(b: &Backend, p: &Process, priority: usize) -> Result<String, RenderEr
     Ok(s)
 }
 
-fn render(b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
-    let mut files = vec![GuestFile::text(conf(b), 0o644, main_conf(b))];
-    for (i, p) in sys.processes.iter().enumerate() {
-        files.push(GuestFile::text(format!("{}/conf.d/{}.conf", base(b), p.name), 0o644, program(b, p, 100 + 10 * i)?));
-    }
-    Ok(files)
-}
-
 fn ctl(b: &Backend, args: &str) -> String {
     b.as_user(&format!("supervisorctl -c {} {args}", quote(&conf(b))))
-}
-
-fn bootstrap(b: &Backend) -> Vec<String> {
-    // supervisord daemonizes itself once its socket is up; it starts the
-    // programs already in conf.d in priority order.
-    vec![
-        b.as_user(&format!("mkdir -p {}/conf.d && supervisord -c {}", quote(&base(b)), quote(&conf(b)))),
-        wait_until(&format!("{} >/dev/null 2>&1", ctl(b, "pid")), 30, "supervisord"),
-    ]
-}
-
-fn activate(b: &Backend, sys: &System) -> Vec<String> {
-    let mut cmds = vec![ctl(b, "update")];
-    for p in &sys.processes {
-        cmds.push(wait_until(&format!("{} >/dev/null 2>&1", status(b, &p.name)), 60, &format!("{} to be RUNNING", p.name)));
-    }
-    cmds
-}
-
-fn start(b: &Backend, name: &str) -> String {
-    ctl(b, &format!("start {}", quote(name)))
-}
-
-fn stop(b: &Backend, name: &str) -> String {
-    ctl(b, &format!("stop {}", quote(name)))
-}
-
-fn status(b: &Backend, name: &str) -> String {
-    format!("out=$({}); echo \"$out\"; case $out in *RUNNING*) exit 0;; esac; exit 3", ctl(b, &format!("status {}", quote(name))))
 }
 
 /// The supervisord backend.
@@ -151,21 +114,34 @@ impl ManagerBackend for Supervisord {
         "a [program:x] option name"
     }
     fn render(&self, b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
-        render(b, sys)
+        let mut files = vec![GuestFile::text(conf(b), 0o644, main_conf(b))];
+        for (i, p) in sys.processes.iter().enumerate() {
+            files.push(GuestFile::text(format!("{}/conf.d/{}.conf", base(b), p.name), 0o644, program(b, p, 100 + 10 * i)?));
+        }
+        Ok(files)
     }
     fn bootstrap(&self, b: &Backend) -> Vec<String> {
-        bootstrap(b)
+        // supervisord daemonizes itself once its socket is up; it starts the
+        // programs already in conf.d in priority order.
+        vec![
+            b.as_user(&format!("mkdir -p {}/conf.d && supervisord -c {}", quote(&base(b)), quote(&conf(b)))),
+            wait_until(&format!("{} >/dev/null 2>&1", ctl(b, "pid")), 30, "supervisord"),
+        ]
     }
     fn activate(&self, b: &Backend, sys: &System) -> Vec<String> {
-        activate(b, sys)
+        let mut cmds = vec![ctl(b, "update")];
+        for p in &sys.processes {
+            cmds.push(wait_until(&format!("{} >/dev/null 2>&1", self.status(b, &p.name)), 60, &format!("{} to be RUNNING", p.name)));
+        }
+        cmds
     }
     fn start(&self, b: &Backend, name: &str) -> String {
-        start(b, name)
+        ctl(b, &format!("start {}", quote(name)))
     }
     fn stop(&self, b: &Backend, name: &str) -> String {
-        stop(b, name)
+        ctl(b, &format!("stop {}", quote(name)))
     }
     fn status(&self, b: &Backend, name: &str) -> String {
-        status(b, name)
+        format!("out=$({}); echo \"$out\"; case $out in *RUNNING*) exit 0;; esac; exit 3", ctl(b, &format!("status {}", quote(name))))
     }
 }

@@ -97,46 +97,12 @@ fn unit(b: &Backend, p: &Process) -> Result<String, RenderError> {
     Ok(u)
 }
 
-fn render(b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
-    let dir = unit_dir(b);
-    sys.processes.iter().map(|p| Ok(GuestFile::text(format!("{dir}/{}.service", p.name), 0o644, unit(b, p)?))).collect()
-}
-
 fn ctl(b: &Backend, args: &str) -> String {
     match &b.profile.user {
         None => format!("systemctl {args}"),
         Some(_) => b.as_user(&format!("systemctl --user {args}")),
     }
 }
-
-fn bootstrap(b: &Backend) -> Vec<String> {
-    let Some(u) = &b.profile.user else { return Vec::new() };
-    // Lingering makes logind start user@UID.service (`systemd --user`)
-    // without a login session; systemctl --user reaches it on
-    // $XDG_RUNTIME_DIR/systemd/private.
-    vec![
-        format!("loginctl enable-linger {}", quote(&u.name)),
-        wait_until(&format!("test -S /run/user/{}/systemd/private", u.uid), 60, "systemd --user"),
-    ]
-}
-
-fn activate(b: &Backend, sys: &System) -> Vec<String> {
-    let names: Vec<String> = sys.processes.iter().map(|p| quote(&format!("{}.service", p.name))).collect();
-    vec![ctl(b, "daemon-reload"), ctl(b, &format!("enable --quiet {}", names.join(" "))), ctl(b, &format!("start {}", names.join(" ")))]
-}
-
-fn start(b: &Backend, name: &str) -> String {
-    ctl(b, &format!("start {}", quote(&format!("{name}.service"))))
-}
-
-fn stop(b: &Backend, name: &str) -> String {
-    ctl(b, &format!("stop {}", quote(&format!("{name}.service"))))
-}
-
-fn status(b: &Backend, name: &str) -> String {
-    ctl(b, &format!("is-active {}", quote(&format!("{name}.service"))))
-}
-
 
 /// The systemd backend.
 #[derive(Debug)]
@@ -156,25 +122,34 @@ impl ManagerBackend for Systemd {
         "Section.Key, e.g. Service.LimitNOFILE (sections Unit, Service, Install)"
     }
     fn render(&self, b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
-        render(b, sys)
+        let dir = unit_dir(b);
+        sys.processes.iter().map(|p| Ok(GuestFile::text(format!("{dir}/{}.service", p.name), 0o644, unit(b, p)?))).collect()
     }
     fn boot_wait(&self, _b: &Backend) -> Option<String> {
         Some(systemd_boot_wait())
     }
     fn bootstrap(&self, b: &Backend) -> Vec<String> {
-        bootstrap(b)
+        let Some(u) = &b.profile.user else { return Vec::new() };
+        // Lingering makes logind start user@UID.service (`systemd --user`)
+        // without a login session; systemctl --user reaches it on
+        // $XDG_RUNTIME_DIR/systemd/private.
+        vec![
+            format!("loginctl enable-linger {}", quote(&u.name)),
+            wait_until(&format!("test -S /run/user/{}/systemd/private", u.uid), 60, "systemd --user"),
+        ]
     }
     fn activate(&self, b: &Backend, sys: &System) -> Vec<String> {
-        activate(b, sys)
+        let names: Vec<String> = sys.processes.iter().map(|p| quote(&format!("{}.service", p.name))).collect();
+        vec![ctl(b, "daemon-reload"), ctl(b, &format!("enable --quiet {}", names.join(" "))), ctl(b, &format!("start {}", names.join(" ")))]
     }
     fn start(&self, b: &Backend, name: &str) -> String {
-        start(b, name)
+        ctl(b, &format!("start {}", quote(&format!("{name}.service"))))
     }
     fn stop(&self, b: &Backend, name: &str) -> String {
-        stop(b, name)
+        ctl(b, &format!("stop {}", quote(&format!("{name}.service"))))
     }
     fn status(&self, b: &Backend, name: &str) -> String {
-        status(b, name)
+        ctl(b, &format!("is-active {}", quote(&format!("{name}.service"))))
     }
 }
 

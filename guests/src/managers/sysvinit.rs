@@ -90,43 +90,8 @@ fn script(b: &Backend, p: &Process) -> String {
     s
 }
 
-fn render(b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
-    let dir = script_dir(b);
-    let mut files = Vec::new();
-    let count = sys.processes.len();
-    for (i, p) in sys.processes.iter().enumerate() {
-        files.push(GuestFile::text(format!("{dir}/{}", p.name), 0o755, script(b, p)));
-        if b.profile.user.is_none() {
-            // Boot order: dependencies first; stop order reversed.
-            for lvl in ["2", "3", "4", "5"] {
-                files.push(GuestFile::symlink(format!("/etc/rc{lvl}.d/S{:02}{}", 20 + i, p.name), format!("../init.d/{}", p.name)));
-            }
-            for lvl in ["0", "1", "6"] {
-                files.push(GuestFile::symlink(format!("/etc/rc{lvl}.d/K{:02}{}", 20 + count - i, p.name), format!("../init.d/{}", p.name)));
-            }
-        }
-    }
-    Ok(files)
-}
-
 fn run(b: &Backend, name: &str, verb: &str) -> String {
     b.as_user(&format!("{}/{} {verb}", script_dir(b), quote(name)))
-}
-
-fn activate(b: &Backend, sys: &System) -> Vec<String> {
-    sys.processes.iter().map(|p| run(b, &p.name, "start")).collect()
-}
-
-fn start(b: &Backend, name: &str) -> String {
-    run(b, name, "start")
-}
-
-fn stop(b: &Backend, name: &str) -> String {
-    run(b, name, "stop")
-}
-
-fn status(b: &Backend, name: &str) -> String {
-    run(b, name, "status")
 }
 
 /// The sysvinit backend.
@@ -141,18 +106,33 @@ impl ManagerBackend for Sysvinit {
         Mode::Daemon
     }
     fn render(&self, b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
-        render(b, sys)
+        let dir = script_dir(b);
+        let mut files = Vec::new();
+        let count = sys.processes.len();
+        for (i, p) in sys.processes.iter().enumerate() {
+            files.push(GuestFile::text(format!("{dir}/{}", p.name), 0o755, script(b, p)));
+            if b.profile.user.is_none() {
+                // Boot order: dependencies first; stop order reversed.
+                for lvl in ["2", "3", "4", "5"] {
+                    files.push(GuestFile::symlink(format!("/etc/rc{lvl}.d/S{:02}{}", 20 + i, p.name), format!("../init.d/{}", p.name)));
+                }
+                for lvl in ["0", "1", "6"] {
+                    files.push(GuestFile::symlink(format!("/etc/rc{lvl}.d/K{:02}{}", 20 + count - i, p.name), format!("../init.d/{}", p.name)));
+                }
+            }
+        }
+        Ok(files)
     }
     fn activate(&self, b: &Backend, sys: &System) -> Vec<String> {
-        activate(b, sys)
+        sys.processes.iter().map(|p| run(b, &p.name, "start")).collect()
     }
     fn start(&self, b: &Backend, name: &str) -> String {
-        start(b, name)
+        run(b, name, "start")
     }
     fn stop(&self, b: &Backend, name: &str) -> String {
-        stop(b, name)
+        run(b, name, "stop")
     }
     fn status(&self, b: &Backend, name: &str) -> String {
-        status(b, name)
+        run(b, name, "status")
     }
 }
