@@ -19,15 +19,14 @@ pub const BACKDOOR_READY: &str = "XDRIVER-BACKDOOR-READY 1";
 const BACKDOOR_SH: &str = include_str!("../files/backdoor.sh");
 
 /// The backdoor script for `os`: the POSIX shell body with the OS's own
-/// parts (finding the port, base64, file sizes, sessions) spliced in.
+/// parts (finding the port, base64, file sizes) spliced in.
 pub fn backdoor_script(os: &dyn GuestOs) -> String {
     let part = format!(
-        "# --- {} ---\n{}{}{}{}# ---\n",
+        "# --- {} ---\n{}{}{}# ---\n",
         os.name(),
         os.backdoor_port(),
         os.backdoor_base64(),
         os.backdoor_fsize(),
-        os.backdoor_session()
     );
     BACKDOOR_SH.replacen("#@OS@\n", &part, 1)
 }
@@ -264,7 +263,7 @@ mod tests {
         for os in Os::all() {
             let s = backdoor_script(&*os);
             assert!(s.starts_with("#!/bin/sh\n") && !s.contains("#@OS@"), "{os}");
-            for f in ["port=", "b64enc()", "b64dec()", "fsize()", "killtree()", "newsession="] {
+            for f in ["port=", "b64enc()", "b64dec()", "fsize()", "killtree()"] {
                 assert!(s.contains(f), "{os}: no {f}");
             }
             // dash parses it (sh -n: syntax only).

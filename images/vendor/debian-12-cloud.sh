@@ -8,7 +8,8 @@
 #     ext4 root found by UUID; SYSLINUX boots it under BIOS and a GRUB EFI
 #     image (EFI/BOOT/BOOTX64.EFI) under UEFI, both with the kernel on the
 #     serial console as Debian's cloud images have it;
-#   - systemd, cloud-init, openssh-server, ifupdown with DHCP, sudo;
+#   - systemd (with logind's PAM module, for user managers), cloud-init,
+#     openssh-server, ifupdown with DHCP, sudo;
 #   - and, beyond Debian's image, the Debian packages the webapps example
 #     needs in the guest (nginx-light, s6, supervisor, curl, iproute2),
 #     their own services disabled at boot, as a user's image would be.
@@ -35,7 +36,7 @@ esp_uuid=1234-5678
 
 echo "debian-12-cloud: mmdebstrap" >&2
 mmdebstrap --variant=apt --mode=root --format=directory --quiet \
-  --include=linux-image-cloud-amd64,initramfs-tools,systemd-sysv,udev,dbus,cloud-init,openssh-server,ifupdown,isc-dhcp-client,sudo,curl,iproute2,procps,netcat-openbsd,less,nginx-light,s6,supervisor \
+  --include=linux-image-cloud-amd64,initramfs-tools,systemd-sysv,udev,dbus,libpam-systemd,cloud-init,openssh-server,ifupdown,isc-dhcp-client,sudo,curl,iproute2,procps,netcat-openbsd,less,nginx-light,s6,supervisor \
   --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
   --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
   --dpkgopt='path-exclude=/usr/share/info/*' --dpkgopt='path-exclude=/usr/share/locale/*' \

@@ -124,15 +124,16 @@ async fn console_text_waits_see_boot_messages_and_time_out_cleanly() {
     vm.shutdown().await;
 }
 
-/// The backdoor runs each command as `eval` in a forked subshell: what a
-/// separate bash gave for free must still hold.
+/// The backdoor (dash here) runs each command, sourced from a file, in a
+/// forked subshell: what a separate shell gave for free must still hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backdoor_commands_keep_their_bytes_status_and_deadline() {
     let vm = boot(Init::Sysvinit, "bdsem", vec![]).await;
     let bd = |cmd: &'static str, timeout: Duration| vm.exec(Channel::Backdoor, cmd, &[], timeout, None);
     // Bytes the framing must carry: quotes, backslashes, tabs, newlines,
     // UTF-8, percent signs.
-    let odd = bd("printf '%s|' 'a b' \"q'uote\" 'back\\slash' $'tab\\there' 'ünï ✓' '100%' '\\x41'; echo", T).await.expect("exec");
+    // (Commands run in the backdoor's POSIX sh: dash here.)
+    let odd = bd("printf '%s|' 'a b' \"q'uote\" 'back\\slash' \"$(printf 'tab\\there')\" 'ünï ✓' '100%' '\\x41'; echo", T).await.expect("exec");
     assert_eq!(odd.stdout_str(), "a b|q'uote|back\\slash|tab\there|ünï ✓|100%|\\x41|\n", "{odd:?}");
     let multi = bd("x=1\nif [ $x = 1 ]; then\n  echo one\nfi\nexit 3", T).await.expect("exec");
     assert_eq!((multi.status, multi.stdout_str().as_str()), (3, "one\n"));

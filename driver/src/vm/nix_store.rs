@@ -119,6 +119,11 @@ impl StorePlan {
     /// The share for a guest OS, and why that transport.
     pub fn share_for(&self, os: xdriver_guests::Os) -> Result<(StoreShare, String), String> {
         let (fs, why) = decide(self.choice, os.has_virtiofs(), self.virtiofsd.as_deref())?;
+        if fs == ShareFs::NineP && !os.has_9p() {
+            return Err(format!(
+                "{os} guests have no 9p, so the store needs virtio-fs: install virtiofsd (`cargo install virtiofsd`, or set XDRIVER_VIRTIOFSD) and do not pass --share-fs 9p"
+            ));
+        }
         let guest = self.host.to_string_lossy().into_owned();
         let virtiofsd = if fs == ShareFs::Virtiofs { self.virtiofsd.clone() } else { None };
         Ok((StoreShare { host: self.host.clone(), guest, fs, virtiofsd, os }, why))
@@ -339,6 +344,15 @@ mod tests {
         assert!(!f.contains("overlay") && !f.contains("mountpoint"), "Linux-only commands in {f}");
         let e = guest_mount_script(&StoreShare { os: xdriver_guests::Os::FREEBSD, ..share(ShareFs::Virtiofs) }).expect_err("no virtio-fs");
         assert!(e.contains("no virtio-fs"), "{e}");
+    }
+
+    #[test]
+    fn guests_without_9p_need_virtiofs() {
+        let plan = StorePlan { host: "/nix/store".into(), choice: ShareFsChoice::NineP, virtiofsd: None };
+        let e = plan.share_for(xdriver_guests::Os::DEBIAN_12_CLOUD).expect_err("no 9p there");
+        assert!(e.contains("no 9p"), "{e}");
+        let plan = StorePlan { host: "/nix/store".into(), choice: ShareFsChoice::Auto, virtiofsd: Some("/usr/bin/virtiofsd".into()) };
+        assert_eq!(plan.share_for(xdriver_guests::Os::DEBIAN_12_CLOUD).expect("virtiofs").0.fs, ShareFs::Virtiofs);
     }
 
     #[test]

@@ -171,11 +171,4 @@ port=/dev/vtcon/org.xdriver.backdoor
          sync\n\
          cat /etc/ssh/ssh_host_ed25519_key.pub\n"
     }
-    fn backdoor_session(&self) -> &'static str {
-        // FreeBSD's base has no setsid(1): the deadline walks the
-        // command's process tree with pgrep -P instead.
-        r#"newsession=
-killtree() { for c in $(pgrep -P "$2"); do killtree "$1" "$c"; done; kill -s "$1" "$2" 2>/dev/null; }
-"#
-    }
 }

@@ -88,11 +88,6 @@ b64dec() { base64 -d; }
 pub(super) const FSIZE: &str = r#"fsize() { stat -c %s "$1"; }
 "#;
 
-/// util-linux's setsid(1) puts the command in a session (and process
-/// group) of its own, which the deadline then ends as a whole.
-pub(super) const SESSION: &str = r#"newsession=setsid
-killtree() { kill -s "$1" -- "-$2" 2>/dev/null || kill -s "$1" "$2" 2>/dev/null; }
-"#;
 
 /// cloud-config for a systemd Linux cloud image: the backdoor as a file
 /// and a unit that starts it early at every boot (as xdriver's own images

@@ -232,12 +232,6 @@ pub trait GuestOs: Sync + Send + fmt::Debug {
             crate::shell::quote(key)
         )
     }
-    /// Shell setting `newsession` (a command prefix that starts a command
-    /// in a session of its own, or empty) and defining `killtree SIG PID`
-    /// (signals the command and everything it started).
-    fn backdoor_session(&self) -> &'static str {
-        linux::SESSION
-    }
 }
 
 /// Every OS xdriver knows, in matrix order.
