@@ -53,13 +53,18 @@ fn cloud_init_consumed_the_seed_once_and_the_prepared_disk_boots_by_bios() {
     let run = xdriver(&["run", "--image", "debian-12-cloud", "--accel", "tcg", "--", cmd], work.path());
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let dir = image_dir("debian-12-cloud");
-    let prepared: Vec<PathBuf> = std::fs::read_dir(&dir)
+    // The preparation this xdriver made or used: the newest (a developer's
+    // cache may still hold an older one until `image gc`).
+    let mut prepared: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&dir)
         .expect("image dir")
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("prepared-") && n.to_string_lossy().ends_with(".json")))
+        .map(|p| (std::fs::metadata(&p).and_then(|m| m.modified()).expect("mtime"), p))
         .collect();
-    assert_eq!(prepared.len(), 1, "{prepared:?}");
+    prepared.sort();
+    let prepared: Vec<PathBuf> = prepared.into_iter().rev().map(|(_, p)| p).collect();
+    assert!(!prepared.is_empty(), "no prepared disk in {}", dir.display());
     let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&prepared[0]).expect("read")).expect("json");
     let key = meta["key"].as_str().expect("key");
     assert!(meta["host_key"].as_str().is_some_and(|k| k.starts_with("ssh-ed25519 ")), "{meta}");
