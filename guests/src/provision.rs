@@ -22,8 +22,9 @@ const BACKDOOR_SH: &str = include_str!("../files/backdoor.sh");
 /// parts (finding the port, base64, file sizes) spliced in.
 pub fn backdoor_script(os: &dyn GuestOs) -> String {
     let part = format!(
-        "# --- {} ---\n{}{}{}# ---\n",
+        "# --- {} ---\n{}{}{}{}# ---\n",
         os.name(),
+        os.backdoor_env(),
         os.backdoor_port(),
         os.backdoor_base64(),
         os.backdoor_fsize(),

@@ -23,6 +23,8 @@ pub const LIBRARY: &[(&str, &str)] = &[
     ("test-service.nix", include_str!("../../../nix/test-service.nix")),
     ("profiles.json", include_str!("../../../nix/profiles.json")),
     ("registry.json", include_str!("../../../nix/registry.json")),
+    ("nixos-module.nix", include_str!("../../../nix/nixos-module.nix")),
+    ("backdoor-nixos.sh", include_str!("../../../nix/backdoor-nixos.sh")),
 ];
 
 /// What nix/registry.json must hold: the OS and manager registries' names,
@@ -264,6 +266,25 @@ mod tests {
         let shipped: Value = serde_json::from_str(include_str!("../../../nix/registry.json")).expect("registry.json parses");
         let want = registry_json();
         assert_eq!(shipped, want, "nix/registry.json is out of date; it must be:\n{}", serde_json::to_string_pretty(&want).expect("json"));
+    }
+
+    #[test]
+    fn the_nixos_modules_backdoor_is_the_nixos_profiles() {
+        let want = xdriver_guests::backdoor_script(&*Os::NIXOS);
+        if include_str!("../../../nix/backdoor-nixos.sh") != want {
+            let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/backdoor-nixos.sh");
+            std::fs::write(&out, &want).expect("write");
+            panic!("nix/backdoor-nixos.sh is out of date; the current script is in {}", out.display());
+        }
+    }
+
+    #[test]
+    fn the_nixos_module_parses() {
+        let out = std::process::Command::new("nix-instantiate")
+            .args(["--parse", concat!(env!("CARGO_MANIFEST_DIR"), "/../nix/nixos-module.nix")])
+            .output()
+            .expect("nix-instantiate runs (Debian's nix-bin)");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
 
     #[test]

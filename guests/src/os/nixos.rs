@@ -1,8 +1,9 @@
-//! NixOS: systemd, and Nix to register the host's store in. Images come
-//! from xdriver's NixOS module (nix/nixos-module.nix) or, where the image
-//! has cloud-init, from the NoCloud preparation every imported image gets.
-//! Unverified: no NixOS image can be obtained on the machines xdriver is
-//! developed on.
+//! NixOS: systemd, and Nix to register the host's store in. An image is
+//! imported either with xdriver's NixOS module (nix/nixos-module.nix: the
+//! backdoor as a systemd service, sshd, the serial console; the NoCloud
+//! seed then finds nothing to do) or, where the image has cloud-init, as
+//! any cloud image. Unverified: no NixOS image or nixpkgs can be obtained
+//! on the machines xdriver is developed on.
 
 use crate::init::Init;
 use crate::managers::Manager;
@@ -31,5 +32,10 @@ impl GuestOs for Nixos {
     }
     fn has_nix(&self) -> bool {
         true
+    }
+    fn backdoor_env(&self) -> &'static str {
+        // NixOS keeps its commands in the system profile, setuid wrappers
+        // in /run/wrappers.
+        "export PATH=/run/wrappers/bin:/run/current-system/sw/bin:$PATH\n"
     }
 }

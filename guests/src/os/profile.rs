@@ -199,6 +199,11 @@ pub trait GuestOs: Sync + Send + fmt::Debug {
     fn backdoor_base64(&self) -> &'static str {
         linux::BASE64
     }
+    /// Shell run first in the backdoor's OS part, e.g. to extend `PATH`
+    /// (empty by default).
+    fn backdoor_env(&self) -> &'static str {
+        ""
+    }
     /// Shell defining `fsize FILE` (its size in bytes) for the backdoor.
     fn backdoor_fsize(&self) -> &'static str {
         linux::FSIZE
