@@ -137,9 +137,11 @@ impl Compression {
     }
 }
 
-/// Whether `head` (the first 512 bytes of a file) is a tar archive.
-pub fn is_tar(head: &[u8]) -> bool {
-    head.len() >= 262 && &head[257..262] == b"ustar"
+/// Whether the file at `path` is a tar archive (the `ustar` magic of its
+/// first header; only its first 512 bytes are read).
+pub fn is_tar(path: &Path) -> Result<bool, ImportError> {
+    let h = head(path)?;
+    Ok(h.len() >= 262 && &h[257..262] == b"ustar")
 }
 
 fn check_name(name: &str) -> Result<(), ImportError> {

@@ -103,8 +103,7 @@ pub(super) async fn main(cmd: ImageCommand) -> Result<i32, CliError> {
                     if os.is_some() || firmware.is_some() || sha256.is_some() {
                         return Err(CliError::usage("importing an exported tar takes no --os, --firmware or --sha256 (the tar's manifest has them)"));
                     }
-                    let head = std::fs::read(&tar).map(|b| b.into_iter().take(512).collect::<Vec<u8>>()).map_err(|e| CliError::usage(format!("{}: {e}", tar.display())))?;
-                    if !xdriver_images::is_tar(&head) {
+                    if !xdriver_images::is_tar(&tar).map_err(|e| CliError::usage(crate::cli::chain_error(&e)))? {
                         return Err(CliError::usage(format!(
                             "{}: not a tar from `xdriver image export`; to import a disk image give a name first: xdriver image import NAME FILE --os OS",
                             tar.display()
