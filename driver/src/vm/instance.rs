@@ -129,10 +129,12 @@ pub struct VmConfig {
     pub cpus: u32,
     /// RAM.
     pub mem_mib: u32,
-    /// 9p shares, mounted once the backdoor is up.
+    /// Shares (9p, or virtio-fs for guests without 9p), mounted once the
+    /// backdoor is up.
     pub shares: Vec<Share>,
     /// Whether to connect SSH. The handshake runs in the background from
-    /// the start; [`Vm::start`] does not wait for it, [`Vm::ssh`] does.
+    /// the start (for imported images: once the backdoor has installed the
+    /// run's key); [`Vm::start`] does not wait for it, [`Vm::ssh`] does.
     pub ssh: bool,
     /// Deadline for the guest to come up (the backdoor; SSH separately).
     pub boot_timeout: Duration,
