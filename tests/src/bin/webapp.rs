@@ -102,7 +102,9 @@ fn notify_ready() {
     if let Ok(path) = std::env::var("NOTIFY_SOCKET") {
         let sock = std::os::unix::net::UnixDatagram::unbound();
         if let Ok(sock) = sock {
-            // Abstract sockets start with '@'.
+            // Abstract sockets start with '@' (Linux only; systemd is
+            // Linux's, so elsewhere NOTIFY_SOCKET is a path if set at all).
+            #[cfg(target_os = "linux")]
             let res = if let Some(name) = path.strip_prefix('@') {
                 use std::os::linux::net::SocketAddrExt;
                 std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
@@ -110,6 +112,8 @@ fn notify_ready() {
             } else {
                 sock.send_to(b"READY=1\n", &path)
             };
+            #[cfg(not(target_os = "linux"))]
+            let res = sock.send_to(b"READY=1\n", &path);
             if let Err(e) = res {
                 eprintln!("xdriver-webapp: sd_notify: {e}");
             }
