@@ -172,3 +172,26 @@ port=/dev/vtcon/org.xdriver.backdoor
          cat /etc/ssh/ssh_host_ed25519_key.pub\n"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provision::backdoor_script;
+
+    #[test]
+    fn the_nuageinit_script_and_the_rc_script_parse_and_install_the_backdoor() {
+        let user_data = Freebsd.prepare_user_data(&backdoor_script(&Freebsd));
+        assert!(user_data.starts_with("#!/bin/sh\n"), "nuageinit runs a #! user-data as a script");
+        for (what, text) in [("user-data", user_data.as_str()), ("rc.d script", RC_SCRIPT), ("finish", Freebsd.prepare_finish())] {
+            let out = std::process::Command::new("dash").args(["-n", "-c", text]).output().expect("dash");
+            assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        // The heredocs end where they should: the whole backdoor and the
+        // whole rc.d script are inside them.
+        assert!(user_data.contains("/dev/vtcon/org.xdriver.backdoor"), "{user_data}");
+        assert!(user_data.contains("\nXDRIVER_BACKDOOR_EOF\n") && user_data.contains("\nXDRIVER_RC_EOF\n"));
+        assert!(user_data.contains("sysrc xdriver_backdoor_enable=YES") && user_data.contains("virtio_console_load=YES"));
+        assert!(RC_SCRIPT.contains("command_args=\"-f -P ${pidfile} -r -R 1 /bin/sh /usr/local/libexec/xdriver/backdoor\""));
+        assert!(Freebsd.prepare_finish().trim_end().ends_with("cat /etc/ssh/ssh_host_ed25519_key.pub"));
+    }
+}
