@@ -132,6 +132,28 @@ impl ImageCache {
         format!("{name}-{}", &hash[..12])
     }
 
+    /// The lock file that guards work on the cache key `key` (an entry's
+    /// directory name, or a name derived from it).
+    pub fn lock_path(&self, key: &str) -> PathBuf {
+        self.root.join("locks").join(format!("{key}.lock"))
+    }
+
+    /// A fresh temporary directory (`.tmp-<key>-<pid>`) for work on `key`,
+    /// which the caller has locked; leftovers of interrupted work on the
+    /// same key go first (nobody else can be writing them).
+    pub(crate) fn fresh_tmp(&self, key: &str) -> Result<PathBuf, CacheError> {
+        let images = self.images_dir();
+        std::fs::create_dir_all(&images).map_err(io(&images))?;
+        for e in std::fs::read_dir(&images).map_err(io(&images))?.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&format!(".tmp-{key}-")) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let tmp = images.join(format!(".tmp-{key}-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        Ok(tmp)
+    }
+
     /// The entry for `name` built from the current recipe, if present.
     pub fn lookup(&self, name: &ImageName) -> Result<Option<Entry>, CacheError> {
         let recipe = Recipe::load(&name.recipe)?;
@@ -149,21 +171,11 @@ impl ImageCache {
         let recipe = Recipe::load(&name.recipe)?;
         let hash = recipe.hash(name.init);
         let key = Self::key(name, &hash);
-        let _lock = FileLock::acquire(&self.root.join("locks").join(format!("{key}.lock")))?;
+        let _lock = FileLock::acquire(&self.lock_path(&key))?;
         if let Some(e) = self.lookup(name)? {
             return Ok(e);
         }
-        let images = self.images_dir();
-        std::fs::create_dir_all(&images).map_err(io(&images))?;
-        // Leftovers of an interrupted build of this key: we hold its lock,
-        // so nobody is still writing them.
-        for e in std::fs::read_dir(&images).map_err(io(&images))?.flatten() {
-            if e.file_name().to_string_lossy().starts_with(&format!(".tmp-{key}-")) {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-        let tmp = images.join(format!(".tmp-{key}-{}", std::process::id()));
-        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        let tmp = self.fresh_tmp(&key)?;
         let kernels = self.root.join("kernels");
         let manifest = match build_image(&recipe, name, &hash, &tmp, &kernels, progress) {
             Ok(m) => m,
@@ -176,7 +188,7 @@ impl ImageCache {
                 return Err(CacheError::Build { name: name.to_string(), log, source });
             }
         };
-        let dir = images.join(&key);
+        let dir = self.images_dir().join(&key);
         std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
         Ok(Entry { dir, manifest, current: true })
     }
@@ -206,7 +218,7 @@ impl ImageCache {
         let mut removed = Vec::new();
         for e in self.list()?.into_iter().filter(|e| e.manifest.name == name) {
             let key = e.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let _lock = FileLock::acquire(&self.root.join("locks").join(format!("{key}.lock")))?;
+            let _lock = FileLock::acquire(&self.lock_path(&key))?;
             std::fs::remove_dir_all(&e.dir).map_err(io(&e.dir))?;
             removed.push(e.dir);
         }
@@ -242,7 +254,7 @@ impl ImageCache {
                 let Some(rest) = name.strip_prefix(".tmp-") else { continue };
                 // `.tmp-<key>-<pid>`: only if nobody holds the key's lock.
                 let key = rest.rsplit_once('-').map(|(k, _)| k).unwrap_or(rest);
-                if let Some(_l) = FileLock::try_acquire(&self.root.join("locks").join(format!("{key}.lock")))? {
+                if let Some(_l) = FileLock::try_acquire(&self.lock_path(key))? {
                     drop_dir(e.path(), &mut report);
                 }
             }

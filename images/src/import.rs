@@ -18,7 +18,7 @@ use xdriver_guests::{Firmware, Images, Os};
 
 use crate::lock::{FileLock, LockError};
 use crate::manifest::{DiskInfo, ImportInfo, Manifest, MANIFEST_SCHEMA};
-use crate::cache::{Entry, ImageCache};
+use crate::cache::{CacheError, Entry, ImageCache};
 
 /// Import and export failures.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +73,9 @@ pub enum ImportError {
     /// A lock failed.
     #[error(transparent)]
     Lock(#[from] LockError),
+    /// The image cache failed.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
     /// File I/O.
     #[error("{path}")]
     Io {
@@ -97,6 +100,21 @@ pub struct Imported {
     pub new: bool,
     /// Entries of the same name that the import replaced.
     pub replaced: Vec<PathBuf>,
+}
+
+/// Where an import stands once it holds its key's lock.
+enum Begun {
+    /// The entry is there already.
+    Done(Box<Imported>),
+    /// Work to do, in `tmp`, to be moved to `dir`.
+    Work {
+        /// Held until the entry is in place.
+        _lock: FileLock,
+        /// The entry's directory.
+        dir: PathBuf,
+        /// The temporary directory.
+        tmp: PathBuf,
+    },
 }
 
 /// How the input is compressed (found from its first bytes, not its name).
@@ -303,20 +321,19 @@ impl ImageCache {
     }
 
     fn lock(&self, key: &str) -> Result<FileLock, ImportError> {
-        Ok(FileLock::acquire(&self.root().join("locks").join(format!("{key}.lock")))?)
+        Ok(FileLock::acquire(&self.lock_path(key))?)
     }
 
-    fn fresh_tmp(&self, key: &str) -> Result<PathBuf, ImportError> {
-        let images = self.root().join("images");
-        std::fs::create_dir_all(&images).map_err(io(&images))?;
-        for e in std::fs::read_dir(&images).map_err(io(&images))?.flatten() {
-            if e.file_name().to_string_lossy().starts_with(&format!(".tmp-{key}-")) {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
+    /// Takes `key`'s lock and says whether its entry is already there (the
+    /// import is then a no-op); else the work goes to a fresh `.tmp-*`.
+    fn begin(&self, key: &str) -> Result<Begun, ImportError> {
+        let dir = self.root().join("images").join(key);
+        let lock = self.lock(key)?;
+        if let Ok(manifest) = Manifest::read(&dir.join("manifest.json")) {
+            return Ok(Begun::Done(Box::new(Imported { entry: Entry { dir, manifest, current: true }, new: false, replaced: Vec::new() })));
         }
-        let tmp = images.join(format!(".tmp-{key}-{}", std::process::id()));
-        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-        Ok(tmp)
+        let tmp = self.fresh_tmp(key)?;
+        Ok(Begun::Work { _lock: lock, dir, tmp })
     }
 
     /// Imports a vendor's disk image as `name` for `os`. `firmware`
@@ -344,12 +361,10 @@ impl ImageCache {
         }
         let key_hash = hex::encode(Sha256::digest(format!("{sum}\n{}\n{}\n", os.name(), firmware.name())));
         let key = format!("{name}-{}", &key_hash[..12]);
-        let dir = self.root().join("images").join(&key);
-        let _lock = self.lock(&key)?;
-        if let Ok(manifest) = Manifest::read(&dir.join("manifest.json")) {
-            return Ok(Imported { entry: Entry { dir, manifest, current: true }, new: false, replaced: Vec::new() });
-        }
-        let tmp = self.fresh_tmp(&key)?;
+        let (_lock, dir, tmp) = match self.begin(&key)? {
+            Begun::Done(imported) => return Ok(*imported),
+            Begun::Work { _lock, dir, tmp } => (_lock, dir, tmp),
+        };
         let result = (|| {
             let c = Compression::sniff(&head(file)?);
             let unpacked = tmp.join("unpacked");
@@ -448,12 +463,10 @@ impl ImageCache {
             }
             top
         };
-        let dir = self.root().join("images").join(&key);
-        let _lock = self.lock(&key)?;
-        if let Ok(manifest) = Manifest::read(&dir.join("manifest.json")) {
-            return Ok(Imported { entry: Entry { dir, manifest, current: true }, new: false, replaced: Vec::new() });
-        }
-        let tmp = self.fresh_tmp(&key)?;
+        let (_lock, dir, tmp) = match self.begin(&key)? {
+            Begun::Done(imported) => return Ok(*imported),
+            Begun::Work { _lock, dir, tmp } => (_lock, dir, tmp),
+        };
         let result = (|| {
             let f = File::open(file).map_err(io(file))?;
             let len = f.metadata().map_err(io(file))?.len();

@@ -138,7 +138,7 @@ pub fn stale_files(cache: &ImageCache, entry: &Entry) -> Result<Vec<PathBuf>, Pr
         } else if let Some(rest) = name.strip_prefix(".prepared-").or_else(|| name.strip_prefix(".seed-")) {
             // `.prepared-<key>-<pid>.qcow2`: only if nobody prepares it now.
             let k = rest.split('-').next().unwrap_or_default();
-            let lock = cache.root().join("locks").join(format!("{}-prepared-{k}.lock", entry_key(entry)));
+            let lock = cache.lock_path(&format!("{}-prepared-{k}", entry_key(entry)));
             FileLock::try_acquire(&lock)?.is_some()
         } else {
             false
@@ -163,7 +163,7 @@ pub async fn ensure(cache: &ImageCache, entry: &Entry, accel: Accel, mem_mib: u3
     if let Some(p) = read(entry, &key) {
         return Ok(p);
     }
-    let lock_path = cache.root().join("locks").join(format!("{}-prepared-{key}.lock", entry_key(entry)));
+    let lock_path = cache.lock_path(&format!("{}-prepared-{key}", entry_key(entry)));
     let _lock = tokio::task::spawn_blocking(move || FileLock::acquire(&lock_path))
         .await
         .map_err(|e| PrepareError::Io { path: PathBuf::from("lock"), source: std::io::Error::other(e) })??;
