@@ -6,22 +6,12 @@
 use crate::init::Init;
 use crate::managers::Manager;
 
-use super::profile::{Firmware, GuestOs, Images};
+use super::profile::{carried, Firmware, GuestOs, Images};
 
 /// The managers a systemd cloud image carries: systemd as PID 1, and s6
 /// and supervisord, which xdriver brings up (their packages must be in
 /// the image: Debian's own genericcloud image has neither).
 const CARRIES: &[&str] = &["systemd", "s6", "supervisord"];
-
-/// `image` if `manager` is one the image `carries` (its `init` as PID 1
-/// or one xdriver brings up), else why not.
-pub(super) fn carried(image: &str, manager: Manager, init: Init, carries: &[&str]) -> Result<String, String> {
-    match manager.needs_init() {
-        Some(needed) if needed != init => Err(format!("{manager} needs {needed} as the init; this image's is {init}")),
-        _ if !carries.contains(&manager.name()) => Err(format!("{manager} is not in this image (it carries {})", carries.join(", "))),
-        _ => Ok(image.to_string()),
-    }
-}
 
 /// An imported Debian 12 cloud image.
 #[derive(Debug)]

@@ -62,7 +62,7 @@ impl GuestOs for Freebsd {
         Some("no FreeBSD image can be obtained on the machines xdriver is developed on")
     }
     fn image_for(&self, manager: Manager) -> Result<String, String> {
-        super::debian12_cloud::carried(self.name(), manager, Init::Bsdinit, &["bsdrc"])
+        super::profile::carried(self.name(), manager, Init::Bsdinit, &["bsdrc"])
     }
     fn has_virtiofs(&self) -> bool {
         // No virtio-fs driver in FreeBSD 14.x/15.x; p9fs(4) is 9p.

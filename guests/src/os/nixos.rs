@@ -28,7 +28,7 @@ impl GuestOs for Nixos {
         Some("no NixOS image or nixpkgs can be obtained on the machines xdriver is developed on")
     }
     fn image_for(&self, manager: Manager) -> Result<String, String> {
-        super::debian12_cloud::carried(self.name(), manager, Init::Systemd, &["systemd", "s6", "supervisord"])
+        super::profile::carried(self.name(), manager, Init::Systemd, &["systemd", "s6", "supervisord"])
     }
     fn has_nix(&self) -> bool {
         true

@@ -239,6 +239,16 @@ pub trait GuestOs: Sync + Send + fmt::Debug {
     }
 }
 
+/// `image` if `manager` is one the image `carries` (its `init` as PID 1
+/// or one xdriver brings up), else why not.
+pub(super) fn carried(image: &str, manager: Manager, init: Init, carries: &[&str]) -> Result<String, String> {
+    match manager.needs_init() {
+        Some(needed) if needed != init => Err(format!("{manager} needs {needed} as the init; this image's is {init}")),
+        _ if !carries.contains(&manager.name()) => Err(format!("{manager} is not in this image (it carries {})", carries.join(", "))),
+        _ => Ok(image.to_string()),
+    }
+}
+
 /// Every OS xdriver knows, in matrix order.
 pub static REGISTRY: &[&dyn GuestOs] = &[
     &debian12::Debian12,
