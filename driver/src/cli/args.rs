@@ -24,7 +24,7 @@ const EXIT_CODES: &str = "Exit codes: 0 success; `run` passes on the command's o
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Build, list and remove guest images.
+    /// Build, import, export, list and remove guest images.
     #[command(subcommand)]
     Image(ImageCommand),
     /// Boot a fresh VM, run a command (or a shell) as root, shut down.
@@ -212,7 +212,7 @@ pub enum ImageCommand {
         #[arg(long)]
         json: bool,
     },
-    /// List built images.
+    /// List the images in the cache (built and imported).
     List {
         /// As JSON (the manifests, with dir and current).
         #[arg(long)]
@@ -223,7 +223,7 @@ pub enum ImageCommand {
         /// Image name, e.g. debian-12-systemd.
         name: String,
     },
-    /// Remove stale entries, interrupted builds and unused kernels.
+    /// Remove stale entries, interrupted builds and imports, unused kernels and stale prepared disks.
     Gc,
     /// Import a vendor's disk image (qcow2 or raw; plain, .xz, .zst or
     /// .gz) as NAME for an OS, or an image `xdriver image export` wrote
