@@ -50,10 +50,18 @@ w=/run
 w=${XDRIVER_BACKDOOR_DIR:-$w/xdriver-backdoor}
 rm -rf "$w"; mkdir -p -m 0700 "$w"
 # Signals a process and everything below it (pgrep -P: Linux's procps and
-# FreeBSD's base both have it); children first, so none is reparented away.
+# FreeBSD's base both have it). The whole tree is stopped first (listed
+# twice, for a child forked while the first list was made), then signalled,
+# then continued: no process sees a child die and carries on (a shell
+# would run the next line) before its own signal arrives.
+pidtree() {
+  printf '%s ' "$1"
+  for c in $(pgrep -P "$1" 2>/dev/null); do pidtree "$c"; done
+}
 killtree() {
-  for c in $(pgrep -P "$2" 2>/dev/null); do killtree "$1" "$c"; done
-  kill -s "$1" "$2" 2>/dev/null
+  kt=$(pidtree "$2"); kill -s STOP $kt 2>/dev/null
+  kt=$(pidtree "$2"); kill -s STOP $kt 2>/dev/null
+  kill -s "$1" $kt 2>/dev/null; kill -s CONT $kt 2>/dev/null
 }
 # Emit what a stream file gained since offset $3; sets $off to the new end.
 emit() {
