@@ -30,7 +30,15 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 #@OS@
 # For running the script off a VM (driver/tests/backdoor_sh.rs): a pty as
 # the port, a directory of its own.
-[ -n "${XDRIVER_BACKDOOR_PORT:-}" ] && port=$XDRIVER_BACKDOOR_PORT
+# Otherwise the OS part's find_port, tried every 0.1 s for up to 30 s: the
+# port's driver may come up after this shell (an exit here would cost the
+# init's restart delay, 5 s and more).
+if [ -n "${XDRIVER_BACKDOOR_PORT:-}" ]; then
+  port=$XDRIVER_BACKDOOR_PORT
+else
+  i=0; find_port
+  while [ -z "$port" ] && [ "$i" -lt 300 ]; do sleep 0.1; i=$((i + 1)); find_port; done
+fi
 [ -n "$port" ] || { echo "xdriver backdoor: no org.xdriver.backdoor port" >/dev/console; sleep 5; exit 1; }
 # One open, read-write: a virtio-serial port refuses a second open (EBUSY).
 exec 0<>"$port" 1>&0 2>/dev/null || { echo "xdriver backdoor: cannot open $port" >/dev/console; sleep 5; exit 1; }
@@ -108,7 +116,7 @@ while :; do
     trap - HUP
     exec 4>&-
     xdriver_command=$g/cmd.$id
-    unset tag id tmo stream cmd input n g w port out err in off sz pid fl rc
+    unset tag id tmo stream cmd input n g w port out err in off sz pid fl rc i d port_probed
     cd /root && . "$xdriver_command"
   ) <"$in" >"$out" 2>"$err" &
   pid=$!; fl=

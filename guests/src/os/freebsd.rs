@@ -131,8 +131,10 @@ impl GuestOs for Freebsd {
         // sys/dev/virtio/console/virtio_console.c). It is a tty: raw, no
         // echo, so the line discipline passes bytes through unchanged.
         r#"kldstat -q -m virtio_console || kldload virtio_console 2>/dev/null
-port=/dev/vtcon/org.xdriver.backdoor
-[ -c "$port" ] && stty -f "$port" raw -echo 2>/dev/null || port=
+find_port() {
+  port=/dev/vtcon/org.xdriver.backdoor
+  [ -c "$port" ] && stty -f "$port" raw -echo 2>/dev/null || port=
+}
 "#
     }
     fn backdoor_base64(&self) -> &'static str {

@@ -71,12 +71,19 @@ pub(super) fn mount_store(s: &StoreMount) -> String {
     )
 }
 
-/// The port's node from the names virtio-serial gives its ports in /sys.
-pub(super) const BACKDOOR_PORT: &str = r#"port=
-for d in /sys/class/virtio-ports/*; do
-  n=; read -r n <"$d/name" 2>/dev/null
-  [ "$n" = org.xdriver.backdoor ] && port=/dev/${d##*/}
-done
+/// `find_port`: the port's node from the names virtio-serial gives its
+/// ports in /sys (empty until the driver is there). On a distribution
+/// kernel virtio_console is a module that udev's coldplug loads seconds
+/// into the boot, so the first miss loads it here.
+pub(super) const BACKDOOR_PORT: &str = r#"find_port() {
+  port=
+  for d in /sys/class/virtio-ports/*; do
+    [ -e "$d/name" ] || continue
+    n=; read -r n <"$d/name"
+    [ "$n" = org.xdriver.backdoor ] && [ -c "/dev/${d##*/}" ] && port=/dev/${d##*/}
+  done
+  if [ -z "$port" ] && [ -z "${port_probed-}" ]; then port_probed=1; modprobe -q virtio_console 2>/dev/null; fi
+}
 "#;
 
 /// coreutils' base64 (busybox's takes the same flags).

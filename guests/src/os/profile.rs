@@ -188,9 +188,11 @@ pub trait GuestOs: Sync + Send + fmt::Debug {
     fn poweroff(&self, init: Init) -> String {
         init.poweroff_command().to_string()
     }
-    /// Shell that sets `$port` to the device node of the virtio-serial port
-    /// named `org.xdriver.backdoor` (empty if there is none), for the
-    /// POSIX backdoor script.
+    /// Shell defining `find_port`, which sets `$port` to the device node of
+    /// the virtio-serial port named `org.xdriver.backdoor` (empty if there
+    /// is none yet), for the POSIX backdoor script; the script calls it
+    /// every 0.1 s until the port is there (up to 30 s). It may load the
+    /// port's driver on a miss.
     fn backdoor_port(&self) -> &'static str {
         linux::BACKDOOR_PORT
     }
