@@ -141,13 +141,27 @@ pub(super) fn prepare_user_data(backdoor: &str) -> String {
 
 /// The end of a Linux preparation: cloud-init finished and disabled (so
 /// no later boot of the prepared disk runs it again or renews the host
-/// keys), key-only root login, the host key printed.
+/// keys), key-only root login, the host key printed. Under systemd, the
+/// prepared copy also drops what a test VM never uses and pays for at
+/// every boot or during a test: generators for disks, encryption,
+/// hibernation, boot counting, offline updates and the kernel command
+/// line's debugging options (each one a process start while nothing else
+/// can start), cloud-init's (it is disabled), and the periodic maintenance
+/// timers (apt, man-db, e2scrub, fstrim). The sysv and rc-local generators
+/// stay: the image's own services may need them.
 pub(super) const PREPARE_FINISH: &str = "cloud-init status --wait >/dev/null 2>&1 || true
 touch /etc/cloud/cloud-init.disabled
 mkdir -p /etc/ssh/sshd_config.d
 printf 'PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUseDNS no\nMaxSessions 64\nMaxStartups 64:30:128\n' > /etc/ssh/sshd_config.d/00-xdriver.conf
 test -s /etc/ssh/ssh_host_ed25519_key.pub || ssh-keygen -A >/dev/null
 systemctl enable ssh.service >/dev/null 2>&1 || true
+if [ -d /run/systemd/system ]; then
+  mkdir -p /etc/systemd/system-generators
+  for g in cloud-init-generator systemd-gpt-auto-generator systemd-cryptsetup-generator systemd-veritysetup-generator systemd-integritysetup-generator systemd-hibernate-resume-generator systemd-bless-boot-generator systemd-system-update-generator systemd-run-generator systemd-debug-generator; do
+    ln -sf /dev/null /etc/systemd/system-generators/$g
+  done
+  systemctl mask apt-daily.timer apt-daily-upgrade.timer man-db.timer e2scrub_all.timer fstrim.timer dpkg-db-backup.timer >/dev/null 2>&1 || true
+fi
 sync
 cat /etc/ssh/ssh_host_ed25519_key.pub
 ";
