@@ -64,8 +64,11 @@ impl FromStr for ProfileKind {
 pub struct ProfileUser {
     /// Login name.
     pub name: String,
-    /// Numeric uid (also its group's gid).
+    /// Numeric uid.
     pub uid: u32,
+    /// Primary group (`users`, as in nix-processmgmt's unprivileged
+    /// profile).
+    pub group: String,
     /// Home directory.
     pub home: String,
 }
@@ -100,13 +103,14 @@ impl Profile {
         Profile::with_state_dir(ProfileKind::Privileged, None, "/var", "/tmp")
     }
 
-    /// The unprivileged profile for user `name` (uid `uid`): stateDir
-    /// `/home/<name>/var`, user changes disabled.
+    /// The unprivileged profile for user `name` (uid `uid`, group `users`,
+    /// shell /bin/sh, as nix-processmgmt's): stateDir `/home/<name>/var`,
+    /// user changes disabled.
     pub fn unprivileged(name: &str, uid: u32) -> Profile {
         let home = format!("/home/{name}");
         let state = format!("{home}/var");
         let tmp = format!("{state}/tmp");
-        let user = ProfileUser { name: name.into(), uid, home };
+        let user = ProfileUser { name: name.into(), uid, group: "users".into(), home };
         Profile::with_state_dir(ProfileKind::Unprivileged, Some(user), &state, &tmp)
     }
 

@@ -144,7 +144,7 @@ impl CellResult {
         }
     }
 
-    fn record(&mut self, group: &str, step: &str, status: StepStatus, duration: Duration, message: Option<String>) {
+    pub(crate) fn record(&mut self, group: &str, step: &str, status: StepStatus, duration: Duration, message: Option<String>) {
         let d = duration.as_secs_f64();
         if self.groups.last().is_none_or(|g| g.name != group) {
             self.groups.push(GroupResult { name: group.into(), status: StepStatus::NotRun, duration_s: 0.0, steps: Vec::new() });
@@ -537,6 +537,14 @@ async fn deploy_and_steps(
         if ph != phase {
             progress.phase(cell, ph);
             phase = ph;
+        }
+        if let crate::spec::Action::Python(script) = &s.action {
+            // Its calls are the steps: the script's own step is replaced.
+            result.steps_total -= 1;
+            if let Err(o) = super::python::run(m, script, &result.dir.clone(), opts, s.timeout, s.timeout, result).await {
+                failure = Some(o);
+            }
+            continue;
         }
         let t = Instant::now();
         let (timeout, cut) = opts.clamp(s.timeout);

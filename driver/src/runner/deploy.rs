@@ -46,7 +46,7 @@ pub fn plan(backend: &Backend, sys: &System) -> Result<DeployPlan, RenderError> 
     let dirs: Vec<String> = profile.dirs().iter().map(|d| quote(d)).collect();
     prepare.push(cmd("prepare", format!("mkdir -p {}", dirs.join(" "))));
     if let Some(u) = &profile.user {
-        prepare.push(cmd("prepare", format!("chown -R {n}:{n} {}", quote(&profile.state_dir), n = quote(&u.name))));
+        prepare.push(cmd("prepare", format!("chown -R {n}:{g} {}", quote(&profile.state_dir), n = quote(&u.name), g = quote(&u.group))));
     } else {
         prepare.push(cmd("prepare", format!("chmod 1777 {}", quote(&profile.tmp_dir))));
     }
@@ -66,7 +66,7 @@ pub fn plan(backend: &Backend, sys: &System) -> Result<DeployPlan, RenderError> 
     files.extend(backend.render(sys)?);
     let mut run = Vec::new();
     if let Some(u) = &profile.user {
-        run.push(cmd("prepare", format!("chown -R {n}:{n} {}", quote(&u.home), n = quote(&u.name))));
+        run.push(cmd("prepare", format!("chown -R {n}:{g} {}", quote(&u.home), n = quote(&u.name), g = quote(&u.group))));
     }
     for p in &sys.processes {
         if let Some(init) = &p.initialize {

@@ -90,7 +90,7 @@ impl<'a> Machine<'a> {
     }
 
     /// Repeats `cmd` until its status satisfies `want`, or the deadline.
-    async fn poll(&mut self, context: &str, cmd: &str, want_success: bool, timeout: Duration, what: &str) -> Result<(), StepError> {
+    async fn poll(&mut self, context: &str, cmd: &str, want_success: bool, timeout: Duration, what: &str) -> Result<Output, StepError> {
         let start = Instant::now();
         let mut delay = Duration::from_millis(200);
         let mut last: Output;
@@ -102,7 +102,7 @@ impl<'a> Machine<'a> {
             tries += 1;
             if out.success() == want_success {
                 self.transcript.push(context, cmd, Some(out.status), out.stdout_str(), out.stderr_str(), start.elapsed());
-                return Ok(());
+                return Ok(out);
             }
             last = out;
             if start.elapsed() + delay >= timeout {
@@ -121,44 +121,49 @@ impl<'a> Machine<'a> {
 
     /// Performs one step.
     pub async fn step(&mut self, context: &str, action: &Action, timeout: Duration) -> Result<(), StepError> {
+        self.step_output(context, action, timeout).await.map(drop)
+    }
+
+    /// Performs one step; a step that ran a command gives its output.
+    pub async fn step_output(&mut self, context: &str, action: &Action, timeout: Duration) -> Result<Option<Output>, StepError> {
         match action {
-            Action::Succeed(c) => self.succeed(context, c, timeout).await.map(drop),
+            Action::Succeed(c) => self.succeed(context, c, timeout).await.map(Some),
             Action::Fail(c) => {
                 let out = self.run(context, c, &[], timeout).await?;
                 if out.success() {
                     Err(StepError::Failed(format!("expected failure, but {}", describe(c, &out))))
                 } else {
-                    Ok(())
+                    Ok(Some(out))
                 }
             }
-            Action::Execute(c) => self.run(context, c, &[], timeout).await.map(drop).map_err(StepError::from),
-            Action::WaitUntilSucceeds(c) => self.poll(context, c, true, timeout, &format!("`{c}` to succeed")).await,
-            Action::WaitUntilFails(c) => self.poll(context, c, false, timeout, &format!("`{c}` to fail")).await,
+            Action::Execute(c) => self.run(context, c, &[], timeout).await.map(Some).map_err(StepError::from),
+            Action::WaitUntilSucceeds(c) => self.poll(context, c, true, timeout, &format!("`{c}` to succeed")).await.map(Some),
+            Action::WaitUntilFails(c) => self.poll(context, c, false, timeout, &format!("`{c}` to fail")).await.map(Some),
             Action::WaitForOpenPort(p) => {
                 let c = self.os().port_open(*p);
-                self.poll(context, &c, true, timeout, &format!("TCP port {p} to be open")).await
+                self.poll(context, &c, true, timeout, &format!("TCP port {p} to be open")).await.map(|_| None)
             }
             Action::WaitForClosedPort(p) => {
                 let c = self.os().port_open(*p);
-                self.poll(context, &c, false, timeout, &format!("TCP port {p} to be closed")).await
+                self.poll(context, &c, false, timeout, &format!("TCP port {p} to be closed")).await.map(|_| None)
             }
             Action::WaitForFile(f) => {
                 let c = format!("test -e {}", xdriver_guests::shell::quote(f));
-                self.poll(context, &c, true, timeout, &format!("file {f}")).await
+                self.poll(context, &c, true, timeout, &format!("file {f}")).await.map(|_| None)
             }
             Action::WaitForService(s) => {
                 let c = self.backend.status(s);
-                self.poll(context, &c, true, timeout, &format!("{} to report `{s}` running", self.backend.manager)).await
+                self.poll(context, &c, true, timeout, &format!("{} to report `{s}` running", self.backend.manager)).await.map(|_| None)
             }
-            Action::StartService(s) => self.succeed(context, &self.backend.start(s), timeout).await.map(drop),
-            Action::StopService(s) => self.succeed(context, &self.backend.stop(s), timeout).await.map(drop),
+            Action::StartService(s) => self.succeed(context, &self.backend.start(s), timeout).await.map(Some),
+            Action::StopService(s) => self.succeed(context, &self.backend.stop(s), timeout).await.map(Some),
             Action::WaitForConsoleText(re) => {
                 let rx = regex::bytes::Regex::new(re).map_err(|e| StepError::Failed(format!("invalid regex: {e}")))?;
                 let t = Instant::now();
                 match self.vm.wait_for_console_text(&rx, timeout).await {
                     Ok(m) => {
                         self.transcript.push(context, &format!("wait_for_console_text({re:?})"), Some(0), m, String::new(), t.elapsed());
-                        Ok(())
+                        Ok(None)
                     }
                     Err(VmError::Console { source, serial }) => {
                         Err(StepError::Failed(format!("{source}; last console lines:\n{}", tail(&serial, 5))))
@@ -172,7 +177,7 @@ impl<'a> Machine<'a> {
                 let r = ssh.copy_to(source, target).await;
                 let label = format!("copy_to_vm({}, {target})", source.display());
                 self.transcript.push(context, &label, Some(i32::from(r.is_err())), String::new(), r.as_ref().err().map(|e| e.to_string()).unwrap_or_default(), t.elapsed());
-                r.map_err(|e| StepError::Failed(format!("{label}: {e}")))
+                r.map(|_| None).map_err(|e| StepError::Failed(format!("{label}: {e}")))
             }
             Action::CopyFromVm { source, target } => {
                 let t = Instant::now();
@@ -182,12 +187,15 @@ impl<'a> Machine<'a> {
                 let r = ssh.copy_from(source, &dest).await;
                 let label = format!("copy_from_vm({source}, {target})");
                 self.transcript.push(context, &label, Some(i32::from(r.is_err())), String::new(), r.as_ref().err().map(|e| e.to_string()).unwrap_or_default(), t.elapsed());
-                r.map(drop).map_err(|e| StepError::Failed(format!("{label}: {e}")))
+                r.map(|_| None).map_err(|e| StepError::Failed(format!("{label}: {e}")))
             }
             Action::Sleep(s) => {
                 tokio::time::sleep(Duration::from_secs_f64(*s)).await;
-                Ok(())
+                Ok(None)
             }
+            // Run by runner::python, which has the cell's results to record
+            // its calls in.
+            Action::Python(_) => Err(StepError::Failed("a Python script cannot run inside another step".into())),
         }
     }
 }

@@ -4,6 +4,7 @@
 mod cell;
 mod deploy;
 mod machine;
+pub mod python;
 pub mod progress;
 mod transcript;
 

@@ -56,6 +56,15 @@ impl Locator {
         Locator { file: file.to_path_buf(), source: source.to_string() }
     }
 
+    /// The line of the first content line of the string value at `offset`:
+    /// a TOML multi-line string that opens with a newline starts on the
+    /// next line.
+    pub fn first_content_line(&self, offset: usize) -> usize {
+        let (line, _) = line_col(&self.source, offset);
+        let rest = self.source.get(offset..).unwrap_or("");
+        line + usize::from(rest.starts_with("'''\n") || rest.starts_with("\"\"\"\n"))
+    }
+
     /// An error at byte span `span` (its start).
     pub fn at(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> SpecError {
         let (line, col) = line_col(&self.source, span.start);

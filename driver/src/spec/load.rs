@@ -26,22 +26,62 @@ pub struct Spec {
     pub instance_steps: Option<InstanceSteps>,
 }
 
+/// What one of testService's hooks gave for a group: steps, or Python for
+/// the NixOS test driver's `machine` (as nix-processmgmt's hooks give).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Hook {
+    /// Step tables, as in a TOML spec's `[tests]`.
+    Steps(Vec<super::schema::StepDef>),
+    /// Python source.
+    Python(String),
+}
+
+impl Default for Hook {
+    fn default() -> Self {
+        Hook::Steps(Vec::new())
+    }
+}
+
+impl Hook {
+    /// Whether it is Python.
+    pub fn is_python(&self) -> bool {
+        matches!(self, Hook::Python(_))
+    }
+}
+
 /// The steps of a Nix spec, computed per instance by Nix.
 #[derive(Debug, Default, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceSteps {
+    /// xdriver's own steps before everything (e.g. systemPackages on PATH).
+    #[serde(skip)]
+    pub setup: Vec<super::schema::StepDef>,
     /// Once, first.
     #[serde(default)]
-    pub initial_tests: Vec<super::schema::StepDef>,
+    pub initial_tests: Hook,
     /// Per instance.
     #[serde(default)]
-    pub readiness: std::collections::BTreeMap<String, Vec<super::schema::StepDef>>,
+    pub readiness: std::collections::BTreeMap<String, Hook>,
     /// Per instance.
     #[serde(default)]
-    pub tests: std::collections::BTreeMap<String, Vec<super::schema::StepDef>>,
+    pub tests: std::collections::BTreeMap<String, Hook>,
     /// Once, last.
     #[serde(default)]
-    pub post_tests: Vec<super::schema::StepDef>,
+    pub post_tests: Hook,
+    /// Where each hook was written (`file:line`), for Python tracebacks.
+    #[serde(default)]
+    pub origins: std::collections::BTreeMap<String, String>,
+}
+
+impl InstanceSteps {
+    /// Whether any hook gave Python (then the cell runs one Python script).
+    pub fn any_python(&self) -> bool {
+        self.initial_tests.is_python()
+            || self.post_tests.is_python()
+            || self.readiness.values().any(Hook::is_python)
+            || self.tests.values().any(Hook::is_python)
+    }
 }
 
 impl Spec {

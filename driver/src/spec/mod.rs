@@ -12,11 +12,11 @@ mod steps;
 mod template;
 
 pub use error::{line_col, Locator, SpecError};
-pub use load::{expand_env, InstanceSteps, Spec, SPEC_FILE_NAME};
+pub use load::{expand_env, Hook, InstanceSteps, Spec, SPEC_FILE_NAME};
 pub use matrix::{image_for, Cell, Selection};
 pub use resolve::{base_params, conflicts, CellCtx, Resolved};
 pub use schema::SpecFile;
-pub use steps::{Action, Step};
+pub use steps::{Action, PyScript, PySegment, Step};
 
 #[cfg(test)]
 mod tests;

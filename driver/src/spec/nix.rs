@@ -234,7 +234,7 @@ fn cell(file: &Path, attr: String, v: Value) -> Result<NixSpecCell, SpecError> {
             .collect::<Vec<_>>()
             .join("; ");
         let step = super::schema::StepDef { name: Some("systemPackages on PATH".into()), succeed: Some(cmd), ..Default::default() };
-        steps.initial_tests.insert(0, step);
+        steps.setup.push(step);
     }
     spec.instance_steps = Some(steps);
     Ok(NixSpecCell { attr, os, manager, profile, spec, realise: c.realise })

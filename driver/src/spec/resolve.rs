@@ -67,7 +67,7 @@ pub fn base_params(spec: &Spec, cell: &CellCtx) -> Map<String, Value> {
     m.insert("profile".into(), json!(p.kind.name()));
     if let Some(u) = &p.user {
         m.insert("callingUser".into(), json!(u.name));
-        m.insert("callingGroup".into(), json!(u.name));
+        m.insert("callingGroup".into(), json!(u.group));
     }
     for (k, v) in &spec.file.params {
         m.insert(k.clone(), serde_json::to_value(v).unwrap_or(Value::Null));

@@ -275,6 +275,9 @@ pub struct TestsDef {
     /// Once, at the end.
     #[serde(default)]
     pub post_tests: Vec<Spanned<StepDef>>,
+    /// A test script in Python for the NixOS test driver's `machine`, run
+    /// after the steps.
+    pub python: Option<Spanned<String>>,
 }
 
 /// `copy_to_vm` / `copy_from_vm`.

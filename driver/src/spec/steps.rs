@@ -6,18 +6,74 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use toml::Spanned;
 
 use super::error::SpecError;
-use super::load::Spec;
+use super::load::{Hook, Spec};
 use super::resolve::Resolved;
 use super::schema::StepDef;
 use super::template::Templates;
 
+/// A test script in Python for the NixOS test driver's `machine` (see
+/// `runner::python`), made of segments that each came from one place.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PyScript {
+    /// The whole script.
+    pub text: String,
+    /// Where its lines came from, in order.
+    pub segments: Vec<PySegment>,
+}
+
+/// Lines of a [`PyScript`] from one hook or spec key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PySegment {
+    /// Its first line in the script (1-based).
+    pub start: usize,
+    /// How many lines.
+    pub lines: usize,
+    /// The step group its calls are recorded under (`readiness/nginx`, …).
+    pub group: String,
+    /// Where it was written: `file:line` of its first line when known
+    /// exactly (`base_line` set), else of the hook that gave it.
+    pub origin: String,
+    /// The spec file's line of the segment's first line, when known.
+    pub base_line: Option<usize>,
+}
+
+impl PyScript {
+    /// Appends `text` (a newline added if missing) as a segment.
+    pub fn push(&mut self, text: &str, group: &str, origin: &str, base_line: Option<usize>) {
+        if text.trim().is_empty() {
+            return;
+        }
+        let start = self.text.lines().count() + 1;
+        self.text.push_str(text);
+        if !text.ends_with('\n') {
+            self.text.push('\n');
+        }
+        let lines = self.text.lines().count() + 1 - start;
+        self.segments.push(PySegment { start, lines, group: group.into(), origin: origin.into(), base_line });
+    }
+
+    /// Appends rendered steps as calls of the harness's `_xdriver_step_json`
+    /// (the step's name, its action as JSON, its timeout), so steps and
+    /// Python make up one script.
+    pub fn push_steps(&mut self, steps: &[Step], group: &str, origin: &str) {
+        // A JSON string is a valid Python string literal.
+        let lit = |v: &str| serde_json::to_string(v).unwrap_or_default();
+        let mut text = String::new();
+        for s in steps {
+            let action = serde_json::to_string(&s.action).unwrap_or_default();
+            text.push_str(&format!("_xdriver_step_json({}, {}, {})\n", lit(&s.name), lit(&action), s.timeout.as_secs_f64()));
+        }
+        self.push(&text, group, origin, None);
+    }
+}
+
 /// One Machine API call.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     /// Run; must exit 0.
@@ -60,6 +116,8 @@ pub enum Action {
     },
     /// Wait.
     Sleep(f64),
+    /// A Python test script for the NixOS test driver's `machine`.
+    Python(PyScript),
 }
 
 impl Action {
@@ -81,6 +139,7 @@ impl Action {
             Action::CopyToVm { source, target } => format!("copy_to_vm({:?}, {target:?})", source.display().to_string()),
             Action::CopyFromVm { source, target } => format!("copy_from_vm({source:?}, {target:?})"),
             Action::Sleep(s) => format!("sleep({s})"),
+            Action::Python(p) => format!("python script ({} lines)", p.text.lines().count()),
         }
     }
 }
@@ -117,14 +176,22 @@ impl Spec {
         if let Some(per) = &self.instance_steps {
             // A Nix spec: the same groups in the same order, computed by Nix.
             let whole = |defs: &[StepDef]| defs.iter().map(|d| Spanned::new(0..0, d.clone())).collect::<Vec<_>>();
-            self.expand(&t, &whole(&per.initial_tests), &sys_ctx, "initialTests", &mut out)?;
+            if per.any_python() {
+                return self.nix_python(&t, per, &sys_ctx);
+            }
+            let steps_of = |h: &Hook| match h {
+                Hook::Steps(v) => whole(v),
+                Hook::Python(_) => Vec::new(),
+            };
+            self.expand(&t, &whole(&per.setup), &sys_ctx, "initialTests", &mut out)?;
+            self.expand(&t, &steps_of(&per.initial_tests), &sys_ctx, "initialTests", &mut out)?;
             for (group, map) in [("readiness", &per.readiness), ("tests", &per.tests)] {
                 for p in &r.system.processes {
-                    let defs = map.get(&p.name).map(|d| whole(d)).unwrap_or_default();
+                    let defs = map.get(&p.name).map(steps_of).unwrap_or_default();
                     self.expand(&t, &defs, &sys_ctx, &format!("{group}/{}", p.name), &mut out)?;
                 }
             }
-            self.expand(&t, &whole(&per.post_tests), &sys_ctx, "postTests", &mut out)?;
+            self.expand(&t, &steps_of(&per.post_tests), &sys_ctx, "postTests", &mut out)?;
             return Ok(out);
         }
         let tests = &self.file.tests;
@@ -140,7 +207,46 @@ impl Spec {
             }
         }
         self.expand(&t, &tests.post_tests, &sys_ctx, "postTests", &mut out)?;
+        if let Some(py) = &tests.python {
+            let base = self.loc.first_content_line(py.span().start);
+            let mut script = PyScript { text: String::new(), segments: Vec::new() };
+            script.push(py.get_ref(), "python", &format!("{}:{base}", self.path.display()), Some(base));
+            let timeout = Duration::from_secs(self.file.timeouts.step);
+            out.push(Step { group: "python".into(), name: "[tests] python".into(), action: Action::Python(script), timeout });
+        }
         Ok(out)
+    }
+
+    /// One Python script for a Nix cell whose hooks give Python, joined in
+    /// nix-processmgmt's order: `start_all()`, initialTests, readiness for
+    /// every instance (in attribute-name order), tests for every instance,
+    /// postTests. Hooks that give steps become calls in it.
+    fn nix_python(&self, t: &Templates, per: &super::load::InstanceSteps, sys_ctx: &Value) -> Result<Vec<Step>, SpecError> {
+        let mut script = PyScript { text: String::new(), segments: Vec::new() };
+        let origin = |key: &str| per.origins.get(key).cloned().unwrap_or_default();
+        let add = |script: &mut PyScript, hook: &Hook, group: &str, key: &str| -> Result<(), SpecError> {
+            match hook {
+                Hook::Python(text) => script.push(text, group, &origin(key), None),
+                Hook::Steps(defs) => {
+                    let mut steps = Vec::new();
+                    let defs: Vec<_> = defs.iter().map(|d| Spanned::new(0..0, d.clone())).collect();
+                    self.expand(t, &defs, sys_ctx, group, &mut steps)?;
+                    script.push_steps(&steps, group, &origin(key));
+                }
+            }
+            Ok(())
+        };
+        script.push("start_all()\n", "initialTests", "", None);
+        add(&mut script, &Hook::Steps(per.setup.clone()), "initialTests", "systemPackages")?;
+        add(&mut script, &per.initial_tests, "initialTests", "initialTests")?;
+        for (key, map) in [("readiness", &per.readiness), ("tests", &per.tests)] {
+            for (name, hook) in map {
+                add(&mut script, hook, &format!("{key}/{name}"), key)?;
+            }
+        }
+        add(&mut script, &per.post_tests, "postTests", "postTests")?;
+        let timeout = Duration::from_secs(self.file.timeouts.step);
+        Ok(vec![Step { group: "python".into(), name: "testScript".into(), action: Action::Python(script), timeout }])
     }
 
     fn expand(&self, t: &Templates, defs: &[Spanned<StepDef>], ctx: &Value, group: &str, out: &mut Vec<Step>) -> Result<(), SpecError> {

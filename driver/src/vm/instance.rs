@@ -782,6 +782,15 @@ impl Vm {
         Stopped::Killed
     }
 
+    /// Powers the guest off from inside (its OS's power-off command, in the
+    /// background) and waits up to `timeout` for QEMU to exit; true if it
+    /// did. The VM stays usable as a value (for its logs).
+    pub async fn poweroff(&self, timeout: Duration) -> Result<bool, VmError> {
+        let poweroff = format!("({}) >/dev/null 2>&1 </dev/null &", self.os.poweroff(self.init));
+        self.backdoor.exec(&poweroff, &[], Duration::from_secs(5), None).await?;
+        Ok(self.wait_exit(timeout).await)
+    }
+
     /// Presses the ACPI power button (QMP `system_powerdown`) and waits up to
     /// `timeout` for QEMU to exit; true if it did (the guest powered off).
     /// xdriver's images power off on it (busybox acpid, every init).

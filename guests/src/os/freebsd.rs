@@ -89,7 +89,12 @@ impl GuestOs for Freebsd {
     fn add_profile_user(&self, profile: &Profile) -> Option<String> {
         let u = profile.user.as_ref()?;
         let n = quote(&u.name);
-        Some(format!("pw usershow {n} >/dev/null 2>&1 || pw useradd -n {n} -u {uid} -m -d {h} -s /bin/sh", uid = u.uid, h = quote(&u.home)))
+        Some(format!(
+            "pw groupshow {g} >/dev/null 2>&1 || pw groupadd {g}; pw usershow {n} >/dev/null 2>&1 || pw useradd -n {n} -u {uid} -g {g} -m -d {h} -s /bin/sh",
+            uid = u.uid,
+            g = quote(&u.group),
+            h = quote(&u.home)
+        ))
     }
     fn port_open(&self, port: u16) -> String {
         // sockstat exits 0 either way: test for output (-q: no header).

@@ -38,7 +38,7 @@ pub(super) fn add_user(u: &User) -> String {
 pub(super) fn add_profile_user(profile: &Profile) -> Option<String> {
     let u = profile.user.as_ref()?;
     let n = quote(&u.name);
-    Some(format!("getent passwd {n} >/dev/null || useradd -m -u {uid} -U -d {h} -s /bin/sh {n}", uid = u.uid, h = quote(&u.home)))
+    Some(format!("getent passwd {n} >/dev/null || useradd -m -u {uid} -g {g} -d {h} -s /bin/sh {n}", uid = u.uid, g = quote(&u.group), h = quote(&u.home)))
 }
 
 pub(super) fn port_open(port: u16) -> String {

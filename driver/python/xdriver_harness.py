@@ -1,0 +1,447 @@
+# xdriver's Python harness: runs a test script written for the NixOS test
+# driver against one cell's VM. It is a look-alike of that driver's script
+# API (the `machine` object, `start_all`, `subtest`, `retry`, `t`, ...), not
+# the driver itself: every call is a request to the xdriver process that
+# started this one, which runs it on the VM and records it as a step.
+#
+# Channels: requests go out on what was stdout, replies come in on what was
+# stdin, one JSON object per line. The script's own stdout (print) goes to
+# stderr, which xdriver keeps as the cell's python.log.
+#
+# Usage (by xdriver): python3 xdriver_harness.py SCRIPT.py SEGMENTS.json
+
+import contextlib
+import json
+import os
+import sys
+import time
+import traceback
+import unittest
+
+_rpc_out = os.fdopen(os.dup(1), "w", encoding="utf-8")
+_rpc_in = os.fdopen(os.dup(0), "r", encoding="utf-8")
+os.dup2(2, 1)
+_null = os.open(os.devnull, os.O_RDONLY)
+os.dup2(_null, 0)
+sys.stdout.reconfigure(line_buffering=True)
+
+SCRIPT = os.path.abspath(sys.argv[1])
+with open(sys.argv[2], encoding="utf-8") as f:
+    META = json.load(f)
+SEGMENTS = META["segments"]
+
+
+def _segment(line):
+    """The segment (group, line within it, origin) a script line came from."""
+    for s in SEGMENTS:
+        if s["start"] <= line < s["start"] + s["lines"]:
+            return s["group"], line - s["start"] + 1, s["origin"]
+    return "script", line, ""
+
+
+def _script_line():
+    """The innermost line of the test script on the current stack."""
+    f = sys._getframe(1)
+    while f is not None:
+        if f.f_code.co_filename == SCRIPT:
+            return f.f_lineno
+        f = f.f_back
+    return 0
+
+
+class TestScriptError(Exception):
+    """Not a test failure and not a driver bug (as in the NixOS driver)."""
+
+
+class RequestedAssertionFailed(TestScriptError):
+    """A machine call's check failed (succeed, fail, the waits, retry, t)."""
+
+
+class MachineError(Exception):
+    """The VM or a channel broke, or a call cannot be done on this cell."""
+
+
+def _call(op, **args):
+    args["op"] = op
+    args["line"] = _script_line()
+    _rpc_out.write(json.dumps(args) + "\n")
+    _rpc_out.flush()
+    reply = _rpc_in.readline()
+    if not reply:
+        raise MachineError("xdriver closed the channel (the run's deadline, or xdriver stopped)")
+    r = json.loads(reply)
+    if "error" in r:
+        if r.get("kind") == "failed":
+            raise RequestedAssertionFailed(r["error"])
+        raise MachineError(r["error"])
+    return r.get("value")
+
+
+def _secs(t):
+    """Seconds from a number or a datetime.timedelta (newer scripts)."""
+    if t is None:
+        return None
+    if hasattr(t, "total_seconds"):
+        return t.total_seconds()
+    return float(t)
+
+
+def _step(call, action, timeout=None):
+    return _call("step", call=call, action=action, timeout=_secs(timeout))
+
+
+_LOCAL = ("localhost", "127.0.0.1", "::1")
+
+
+class Machine:
+    """The NixOS test driver's Machine, for one xdriver cell's VM."""
+
+    def __init__(self, name):
+        self.name = name
+        self.booted = True
+        self.connected = True
+
+    def __repr__(self):
+        return f"<Machine '{self.name}'>"
+
+    # Running commands: bash, `set -euo pipefail`, working directory /tmp,
+    # stdout returned (stderr goes to the transcript), as in the NixOS driver.
+    def execute(self, command, check_return=True, check_output=True, timeout=900):
+        r = _call("exec", command=command, timeout=_secs(timeout), expect=None, call=f"execute({command!r})")
+        if not check_output:
+            return (-2, "")
+        if not check_return:
+            return (-1, r["stdout"])
+        return (r["status"], r["stdout"])
+
+    def succeed(self, *commands, timeout=None):
+        output = ""
+        for command in commands:
+            r = _call("exec", command=command, timeout=_secs(timeout), expect="success", call=f"succeed({command!r})")
+            if r["status"] != 0:
+                print(f"output: {r['stdout']}")
+                raise RequestedAssertionFailed(f"command `{command}` failed (exit code {r['status']})")
+            output += r["stdout"]
+        return output
+
+    def fail(self, *commands, timeout=None):
+        output = ""
+        for command in commands:
+            r = _call("exec", command=command, timeout=_secs(timeout), expect="failure", call=f"fail({command!r})")
+            if r["status"] == 0:
+                raise RequestedAssertionFailed(f"command `{command}` unexpectedly succeeded")
+            output += r["stdout"]
+        return output
+
+    def wait_until_succeeds(self, command, timeout=900):
+        return _step(f"wait_until_succeeds({command!r})", {"wait_until_succeeds": command}, timeout)["stdout"]
+
+    def wait_until_fails(self, command, timeout=900):
+        return _step(f"wait_until_fails({command!r})", {"wait_until_fails": command}, timeout)["stdout"]
+
+    def sleep(self, secs):
+        self.succeed(f"sleep {_secs(secs):g}")
+
+    # Waiting on the guest.
+    # On localhost the guest OS's own port check (no nc needed); elsewhere
+    # `nc -z ADDR PORT`, as in the NixOS driver.
+    def wait_for_open_port(self, port, addr="localhost", timeout=900):
+        if addr in _LOCAL:
+            _step(f"wait_for_open_port({port})", {"wait_for_open_port": int(port)}, timeout)
+        else:
+            _step(f"wait_for_open_port({port}, {addr!r})", {"wait_until_succeeds": f"nc -z {addr} {int(port)}"}, timeout)
+
+    def wait_for_closed_port(self, port, addr="localhost", timeout=900):
+        if addr in _LOCAL:
+            _step(f"wait_for_closed_port({port})", {"wait_for_closed_port": int(port)}, timeout)
+        else:
+            _step(f"wait_for_closed_port({port}, {addr!r})", {"wait_until_fails": f"nc -z {addr} {int(port)}"}, timeout)
+
+    def wait_for_open_unix_socket(self, addr, is_datagram=False, timeout=900):
+        flags = "-uU" if is_datagram else "-U"
+        cmd = f"test -S {addr} && {{ ! command -v nc >/dev/null 2>&1 || nc -z {flags} {addr}; }}"
+        _step(f"wait_for_open_unix_socket({addr!r})", {"wait_until_succeeds": cmd}, timeout)
+
+    def wait_for_file(self, filename, timeout=900):
+        # Unquoted, as in the NixOS driver: globs and variables expand.
+        _step(f"wait_for_file({filename!r})", {"wait_until_succeeds": f"test -e {filename}"}, timeout)
+
+    def wait_for_console_text(self, regex, timeout=None):
+        _step(f"wait_for_console_text({regex!r})", {"wait_for_console_text": regex}, timeout if timeout is not None else 900)
+
+    def get_console_log(self):
+        return _call("console_log")
+
+    # Services: mapped to the cell's process manager. A unit name means the
+    # instance of that name (".service" and nix-processmgmt's "nix-process-"
+    # prefix are dropped).
+    @staticmethod
+    def _instance(unit):
+        for suffix in (".service",):
+            if unit.endswith(suffix):
+                unit = unit[: -len(suffix)]
+        if unit.startswith("nix-process-"):
+            unit = unit[len("nix-process-"):]
+        return unit
+
+    def wait_for_unit(self, unit, user=None, timeout=900):
+        _step(f"wait_for_unit({unit!r})", {"wait_for_service": self._instance(unit)}, timeout)
+
+    def start_job(self, jobname, user=None):
+        try:
+            _step(f"start_job({jobname!r})", {"start_service": self._instance(jobname)})
+            return (0, "")
+        except RequestedAssertionFailed as e:
+            return (1, str(e))
+
+    def stop_job(self, jobname, user=None):
+        try:
+            _step(f"stop_job({jobname!r})", {"stop_service": self._instance(jobname)})
+            return (0, "")
+        except RequestedAssertionFailed as e:
+            return (1, str(e))
+
+    def systemctl(self, q, user=None):
+        if META.get("manager") != "systemd":
+            raise MachineError(f"systemctl({q!r}): this cell's process manager is {META.get('manager')}, not systemd "
+                               "(use wait_for_unit/start_job/stop_job, which map to every manager)")
+        if user is not None:
+            q = q.replace("'", "\\'")
+            return self.execute(f"su -l {user} --shell /bin/sh -c $'XDG_RUNTIME_DIR=/run/user/`id -u` systemctl --user {q}'")
+        return self.execute(f"systemctl {q}")
+
+    # Screen, keyboard, console, monitor.
+    def screenshot(self, filename):
+        _call("screenshot", filename=filename, call=f"screenshot({filename!r})")
+
+    def send_monitor_command(self, command):
+        return _call("hmp", command=command, call=f"send_monitor_command({command!r})")
+
+    def send_key(self, key, delay=0.01, log=True):
+        _call("hmp", command=f"sendkey {_KEYS.get(key, key)}", call=f"send_key({key!r})", quiet=not log)
+        if delay:
+            time.sleep(delay)
+
+    def send_chars(self, chars, delay=0.01):
+        for c in chars:
+            self.send_key(c, delay, log=False)
+
+    def send_console(self, chars):
+        _call("send_console", chars=chars, call=f"send_console({chars!r})")
+
+    # The network: block/unblock take the VM's NIC down and up (xdriver has
+    # one, the user-mode NIC; the NixOS driver's block() leaves that one up
+    # and takes the test VLAN down). forward_port listens on 127.0.0.1 only.
+    def block(self):
+        _call("hmp", command="set_link nic0 off", call="block()")
+
+    def unblock(self):
+        _call("hmp", command="set_link nic0 on", call="unblock()")
+
+    def forward_port(self, host_port=8080, guest_port=80):
+        _call("hmp", command=f"hostfwd_add net0 tcp:127.0.0.1:{int(host_port)}-:{int(guest_port)}",
+              call=f"forward_port({host_port}, {guest_port})")
+
+    # Lifecycle.
+    def start(self, allow_reboot=False):
+        _call("start", call="start()")
+
+    def shutdown(self):
+        _call("shutdown", call="shutdown()")
+        self.booted = self.connected = False
+
+    def crash(self):
+        _call("crash", call="crash()")
+        self.booted = self.connected = False
+
+    def reboot(self):
+        _call("reboot", call="reboot()")
+
+    def wait_for_shutdown(self):
+        _call("wait_for_shutdown", call="wait_for_shutdown()")
+        self.booted = self.connected = False
+
+    def is_up(self):
+        return self.booted and self.connected
+
+    # Files.
+    def copy_from_host(self, source, target):
+        _call("copy_from_host", source=os.path.abspath(str(source)), target=str(target),
+              call=f"copy_from_host({str(source)!r}, {str(target)!r})")
+
+    def copy_from_host_via_shell(self, source, target):
+        self.copy_from_host(source, target)
+
+    def copy_from_vm(self, source, target_dir=""):
+        _step(f"copy_from_vm({source!r}, {target_dir!r})", {"copy_from_vm": {"source": str(source), "target": str(target_dir) or "."}})
+
+    copy_from_machine = copy_from_vm
+
+    # xdriver's own steps, for a test that wants them by name.
+    def wait_for_service(self, instance, timeout=900):
+        _step(f"wait_for_service({instance!r})", {"wait_for_service": instance}, timeout)
+
+    def log(self, msg):
+        log.log(msg)
+
+    @contextlib.contextmanager
+    def nested(self, msg, attrs=None):
+        with log.nested(msg):
+            yield
+
+
+# The NixOS driver's key names for characters (send_chars).
+_KEYS = {
+    "\n": "ret", " ": "spc", "\t": "tab", "-": "minus", "=": "equal", ",": "comma", ".": "dot",
+    "/": "slash", ";": "semicolon", "'": "apostrophe", "\\": "backslash", "[": "bracket_left",
+    "]": "bracket_right", "`": "grave_accent", "_": "shift-minus", "+": "shift-equal",
+    "!": "shift-1", "@": "shift-2", "#": "shift-3", "$": "shift-4", "%": "shift-5", "^": "shift-6",
+    "&": "shift-7", "*": "shift-8", "(": "shift-9", ")": "shift-0", ":": "shift-semicolon",
+    '"': "shift-apostrophe", "<": "shift-comma", ">": "shift-dot", "?": "shift-slash",
+    "|": "shift-backslash", "{": "shift-bracket_left", "}": "shift-bracket_right", "~": "shift-grave_accent",
+}
+_KEYS.update({c: f"shift-{c.lower()}" for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"})
+
+
+class _Log:
+    def log(self, msg):
+        print(msg, file=sys.stderr)
+        _call("log", message=str(msg))
+
+    info = log
+    warning = log
+    error = log
+
+    @contextlib.contextmanager
+    def nested(self, msg, attrs=None):
+        self.log(msg)
+        yield
+
+    def subtest(self, name):
+        return subtest(name)
+
+
+log = _Log()
+machine = Machine(META.get("machine", "machine"))
+machines = [machine]
+
+
+def start_all():
+    """The cell's VM is up and deployed before the script runs."""
+    _call("start", call="start_all()")
+
+
+def join_all():
+    machine.wait_for_shutdown()
+
+
+def serial_stdout_on():
+    pass
+
+
+def serial_stdout_off():
+    pass
+
+
+@contextlib.contextmanager
+def subtest(name):
+    _call("subtest", name=name, phase="start")
+    try:
+        yield
+    except Exception as e:
+        log.log(f'Test "{name}" failed with error: "{e}"')
+        raise
+    _call("subtest", name=name, phase="end")
+
+
+def retry(fn, timeout=900, timeout_seconds=None):
+    """Calls fn(False) once a second until it is true, then fn(True) once."""
+    budget = _secs(timeout_seconds if timeout_seconds is not None else timeout)
+    start = time.monotonic()
+    while time.monotonic() - start < budget:
+        if fn(False):
+            return
+        time.sleep(1)
+    elapsed = time.monotonic() - start
+    if not fn(True):
+        raise RequestedAssertionFailed(f"action timed out after {elapsed:.2f} seconds (timeout={budget:g})")
+
+
+class _AssertionTester(unittest.TestCase):
+    failureException = RequestedAssertionFailed
+
+    def runTest(self):
+        pass
+
+
+t = _AssertionTester()
+
+
+def _symbols():
+    s = {
+        "machine": machine, "machines": machines, "start_all": start_all, "join_all": join_all,
+        "subtest": subtest, "retry": retry, "log": log, "t": t, "os": os,
+        "serial_stdout_on": serial_stdout_on, "serial_stdout_off": serial_stdout_off,
+        "Machine": Machine, "RequestedAssertionFailed": RequestedAssertionFailed,
+        "TestScriptError": TestScriptError, "MachineError": MachineError,
+        "_xdriver_step": _step,
+        "_xdriver_step_json": lambda call, action, timeout: _step(call, json.loads(action), timeout),
+    }
+    s[machine.name] = machine
+    return s
+
+
+def _failure_text(e):
+    """The traceback through the script only, each line with where it came from."""
+    lines = ["Traceback (most recent call last):"]
+    for fs in traceback.extract_tb(e.__traceback__):
+        if fs.filename != SCRIPT:
+            continue
+        group, k, origin = _segment(fs.lineno)
+        where = f"{group}, its line {k}" + (f"; written at {origin}" if origin else "")
+        lines.append(f"  script line {fs.lineno} ({where})")
+        if fs.line:
+            lines.append(f"    {fs.line}")
+    if isinstance(e, SyntaxError) and e.filename == SCRIPT and e.lineno:
+        group, k, origin = _segment(e.lineno)
+        lines.append(f"  script line {e.lineno} ({group}, its line {k}" + (f"; written at {origin}" if origin else "") + ")")
+        if e.text:
+            lines.append(f"    {e.text.rstrip()}")
+    lines.append(f"{type(e).__name__}: {e}")
+    return "\n".join(lines)
+
+
+def _line_of(e):
+    if isinstance(e, SyntaxError) and e.filename == SCRIPT and e.lineno:
+        return e.lineno
+    line = 0
+    for fs in traceback.extract_tb(e.__traceback__):
+        if fs.filename == SCRIPT:
+            line = fs.lineno
+    return line
+
+
+def main():
+    with open(SCRIPT, encoding="utf-8") as f:
+        source = f.read()
+    try:
+        code = compile(source, SCRIPT, "exec")
+        exec(code, _symbols())
+    except BaseException as e:  # noqa: B036 -- every way out is reported
+        traceback.print_exc()
+        kind = "failed" if isinstance(e, (RequestedAssertionFailed, AssertionError)) else "error"
+        if isinstance(e, MachineError):
+            kind = "infra"
+        try:
+            _rpc_out.write(json.dumps({"op": "failed", "kind": kind, "type": type(e).__name__, "message": str(e),
+                                       "line": _line_of(e), "traceback": _failure_text(e)}) + "\n")
+            _rpc_out.flush()
+        except OSError:
+            pass
+        sys.exit(1)
+    _rpc_out.write(json.dumps({"op": "done", "line": 0}) + "\n")
+    _rpc_out.flush()
+
+
+if __name__ == "__main__":
+    main()

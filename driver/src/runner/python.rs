@@ -1,0 +1,337 @@
+//! Test scripts in Python, the NixOS test driver's way: the host's
+//! `python3` runs the script with xdriver's harness
+//! (`driver/python/xdriver_harness.py`), whose `machine` sends every call
+//! here as one line of JSON; each is run on the cell's VM and recorded as
+//! a step of the group its script line came from.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use super::cell::{CellResult, Outcome, RunOptions, StepStatus, DEADLINE};
+use super::machine::{describe, Machine, StepError};
+use crate::error_chain::chain_error;
+use crate::spec::{Action, PyScript};
+use crate::vm::Channel;
+
+/// The harness, written next to the script in the cell's results.
+pub const HARNESS: &str = include_str!("../../python/xdriver_harness.py");
+
+/// The shell line that runs a script's command as the NixOS driver does:
+/// bash with `set -euo pipefail`, in /tmp, with root's HOME (POSIX sh with
+/// `set -eu` where there is no bash).
+pub fn bash_command(cmd: &str) -> String {
+    let q = xdriver_guests::shell::quote(&format!("set -euo pipefail; {cmd}"));
+    let qs = xdriver_guests::shell::quote(&format!("set -eu; {cmd}"));
+    format!("cd /tmp || exit 1; export USER=root HOME=/root; if command -v bash >/dev/null 2>&1; then exec bash -c {q}; else exec sh -c {qs}; fi")
+}
+
+/// The group a script line's calls are recorded under.
+fn group_of(script: &PyScript, line: usize) -> String {
+    script
+        .segments
+        .iter()
+        .find(|s| s.start <= line && line < s.start + s.lines)
+        .map(|s| s.group.clone())
+        .unwrap_or_else(|| "python".into())
+}
+
+/// A step's deadline from the script (seconds or null), cut to the run's.
+fn deadline(v: &Value, default: Duration, opts: &RunOptions) -> (Duration, bool) {
+    let want = v.as_f64().filter(|s| *s > 0.0).map(Duration::from_secs_f64).unwrap_or(default);
+    opts.clamp(want)
+}
+
+/// What one call gave: the reply for the script, and how it is recorded.
+struct Done {
+    reply: Value,
+    status: StepStatus,
+    message: Option<String>,
+}
+
+impl Done {
+    fn ok(value: Value) -> Done {
+        Done { reply: json!({ "value": value }), status: StepStatus::Pass, message: None }
+    }
+    fn failed(reason: String) -> Done {
+        Done { reply: json!({ "error": reason, "kind": "failed" }), status: StepStatus::Fail, message: Some(reason) }
+    }
+    fn infra(reason: String) -> Done {
+        Done { reply: json!({ "error": reason, "kind": "infra" }), status: StepStatus::Error, message: Some(reason) }
+    }
+}
+
+/// Runs `script` against the cell's VM, recording each call in `result`.
+/// The script, the harness, its segment table and `python.log` (the
+/// script's own output and any traceback) stay in `dir`.
+pub async fn run(
+    m: &mut Machine<'_>,
+    script: &PyScript,
+    dir: &Path,
+    opts: &RunOptions,
+    default_timeout: Duration,
+    command_timeout: Duration,
+    result: &mut CellResult,
+) -> Result<(), Outcome> {
+    let err = |reason: String| Outcome::Error { reason };
+    let script_path = dir.join("test-script.py");
+    let meta_path = dir.join("test-script.json");
+    let harness_path = dir.join("xdriver_harness.py");
+    let meta = json!({ "segments": script.segments, "manager": m.backend.manager.name(), "os": m.os().name(), "machine": "machine" });
+    for (p, text) in [(&script_path, script.text.clone()), (&meta_path, meta.to_string()), (&harness_path, HARNESS.to_string())] {
+        std::fs::write(p, text).map_err(|e| err(format!("writing {}: {e}", p.display())))?;
+    }
+    let log = std::fs::File::create(dir.join("python.log")).map_err(|e| err(format!("python.log: {e}")))?;
+    let mut child = tokio::process::Command::new("python3")
+        .arg("-u")
+        .arg(&harness_path)
+        .arg(&script_path)
+        .arg(&meta_path)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| err(format!("cannot start python3 for the test script (is it installed?): {e}")))?;
+    let mut to_py = child.stdin.take().expect("piped");
+    let mut from_py = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let mut done = false;
+    let mut failure: Option<Outcome> = None;
+    // The reason of the last call that failed, by script line: the
+    // traceback that follows it gets the command's output appended.
+    let mut last_fail: Option<(usize, String)> = None;
+    loop {
+        let (left, _) = opts.clamp(Duration::from_secs(7 * 24 * 3600));
+        let line = match tokio::time::timeout(left, from_py.next_line()).await {
+            Err(_) => {
+                failure = Some(Outcome::Fail { group: "python".into(), step: "testScript".into(), reason: format!("{DEADLINE} while the script ran") });
+                break;
+            }
+            Ok(Ok(Some(l))) => l,
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => {
+                failure = Some(err(format!("reading from python3: {e}")));
+                break;
+            }
+        };
+        let req: Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(e) => {
+                failure = Some(err(format!("python3 sent something that is not a request ({e}): {line}")));
+                break;
+            }
+        };
+        let op = req["op"].as_str().unwrap_or_default().to_string();
+        let at = req["line"].as_u64().unwrap_or(0) as usize;
+        let group = group_of(script, at);
+        match op.as_str() {
+            "done" => {
+                done = true;
+                continue;
+            }
+            "failed" => {
+                let mut reason = req["traceback"].as_str().unwrap_or("the script failed").to_string();
+                if let Some((l, why)) = &last_fail {
+                    if *l == at {
+                        reason.push_str(&format!("\n{why}"));
+                    }
+                }
+                let kind = req["kind"].as_str().unwrap_or("failed");
+                let already = last_fail.as_ref().is_some_and(|(l, _)| *l == at);
+                if !already {
+                    let status = if kind == "infra" { StepStatus::Error } else { StepStatus::Fail };
+                    let name = format!("script line {at}: {}", req["type"].as_str().unwrap_or("error"));
+                    result.steps_total += 1;
+                    result.record(&group, &name, status, Duration::ZERO, Some(reason.clone()));
+                }
+                failure = Some(if kind == "infra" { err(reason) } else { Outcome::Fail { group: group.clone(), step: format!("script line {at}"), reason } });
+                continue;
+            }
+            _ => {}
+        }
+        let call = req["call"].as_str().unwrap_or(&op).to_string();
+        let started = Instant::now();
+        let d = perform(m, &op, &req, &group, dir, opts, default_timeout, command_timeout).await;
+        let quiet = matches!(op.as_str(), "log" | "console_log") || req["quiet"].as_bool() == Some(true) || (op == "subtest" && req["phase"] == "start");
+        if !quiet {
+            result.steps_total += 1;
+            if d.status == StepStatus::Pass {
+                result.steps_passed += 1;
+            }
+            result.record(&group, &call, d.status, started.elapsed(), d.message.clone());
+        }
+        if d.status != StepStatus::Pass {
+            last_fail = Some((at, d.message.clone().unwrap_or_default()));
+        }
+        let mut text = d.reply.to_string();
+        text.push('\n');
+        if to_py.write_all(text.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    drop(to_py);
+    let status = match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+        Ok(Ok(s)) => Some(s),
+        _ => {
+            let _ = child.kill().await;
+            None
+        }
+    };
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    if !done {
+        let log = std::fs::read_to_string(dir.join("python.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+        return Err(err(format!(
+            "python3 ended ({}) before the script did; python.log ends:\n{}",
+            status.map(|s| s.to_string()).unwrap_or_else(|| "killed".into()),
+            tail.join("\n")
+        )));
+    }
+    Ok(())
+}
+
+/// Does one call.
+#[allow(clippy::too_many_arguments)]
+async fn perform(m: &mut Machine<'_>, op: &str, req: &Value, group: &str, dir: &Path, opts: &RunOptions, default_timeout: Duration, command_timeout: Duration) -> Done {
+    let s = |k: &str| req[k].as_str().unwrap_or_default().to_string();
+    match op {
+        "exec" => {
+            let command = s("command");
+            let (timeout, cut) = deadline(&req["timeout"], command_timeout, opts);
+            let t = Instant::now();
+            match m.vm.exec(Channel::Backdoor, &bash_command(&command), &[], timeout, None).await {
+                Ok(out) => {
+                    m.transcript.push(group, &command, Some(out.status), out.stdout_str(), out.stderr_str(), t.elapsed());
+                    let reply = json!({ "status": out.status, "stdout": out.stdout_str() });
+                    let bad = match req["expect"].as_str() {
+                        Some("success") => !out.success(),
+                        Some("failure") => out.success(),
+                        _ => false,
+                    };
+                    if bad {
+                        let mut why = describe(&command, &out);
+                        if cut {
+                            why = format!("{DEADLINE}; {why}");
+                        }
+                        Done { reply: json!({ "value": reply }), status: StepStatus::Fail, message: Some(why) }
+                    } else {
+                        Done::ok(reply)
+                    }
+                }
+                Err(e) => {
+                    m.transcript.push(group, &command, None, String::new(), e.to_string(), t.elapsed());
+                    Done::infra(chain_error(&e))
+                }
+            }
+        }
+        "step" => {
+            let action: Action = match serde_json::from_value(req["action"].clone()) {
+                Ok(Action::Python(_)) | Err(_) => return Done::infra(format!("not a step xdriver knows: {}", req["action"])),
+                Ok(a) => a,
+            };
+            let (timeout, cut) = deadline(&req["timeout"], default_timeout, opts);
+            match m.step_output(group, &action, timeout).await {
+                Ok(out) => Done::ok(json!({ "stdout": out.map(|o| o.stdout_str()).unwrap_or_default() })),
+                Err(StepError::Failed(r)) => Done::failed(if cut { format!("{DEADLINE} during this step; {r}") } else { r }),
+                Err(StepError::Infra(e)) => Done::infra(chain_error(&e)),
+            }
+        }
+        "console_log" => {
+            let log = std::fs::read(m.vm.run_dir().join("serial.log")).unwrap_or_default();
+            Done::ok(json!(String::from_utf8_lossy(&log).replace('\r', "")))
+        }
+        "screenshot" => {
+            let mut name = s("filename");
+            if !name.contains('.') {
+                name.push_str(".png");
+            }
+            let path = if name.contains('/') { std::path::PathBuf::from(&name) } else { dir.join(&name) };
+            match m.vm.screendump(&path).await {
+                Ok(()) => Done::ok(json!(path.display().to_string())),
+                Err(e) => Done::infra(format!("screenshot {}: {}", path.display(), chain_error(&e))),
+            }
+        }
+        "hmp" => match m.vm.qmp.hmp(&s("command")).await {
+            Ok(text) => Done::ok(json!(text)),
+            Err(e) => Done::infra(format!("monitor command `{}`: {e}", s("command"))),
+        },
+        "send_console" => match m.vm.console.send(s("chars").as_bytes()).await {
+            Ok(()) => Done::ok(Value::Null),
+            Err(e) => Done::infra(format!("send_console: {e}")),
+        },
+        "start" => {
+            if m.vm.is_running() {
+                Done::ok(Value::Null)
+            } else {
+                Done::infra("start(): this cell's VM has stopped, and xdriver does not start it again within a cell (not supported yet)".into())
+            }
+        }
+        "shutdown" => match m.vm.poweroff(Duration::from_secs(120)).await {
+            Ok(true) => Done::ok(Value::Null),
+            Ok(false) => Done::infra("shutdown(): the guest did not power off within 120 s".into()),
+            Err(e) => Done::infra(format!("shutdown(): {}", chain_error(&e))),
+        },
+        "crash" => {
+            let _ = m.vm.qmp.execute(qapi::qmp::quit {}).await;
+            if m.vm.wait_exit(Duration::from_secs(10)).await {
+                Done::ok(Value::Null)
+            } else {
+                Done::infra("crash(): QEMU did not exit after QMP quit".into())
+            }
+        }
+        "wait_for_shutdown" => {
+            let (timeout, _) = opts.clamp(Duration::from_secs(900));
+            if m.vm.wait_exit(timeout).await {
+                Done::ok(Value::Null)
+            } else {
+                Done::failed(format!("wait_for_shutdown(): the VM still ran after {:.0} s", timeout.as_secs_f64()))
+            }
+        }
+        "reboot" => Done::infra("reboot(): not supported by xdriver yet (its VMs run with -no-reboot, and a cell boots once)".into()),
+        "copy_from_host" => copy_from_host(m, &s("source"), &s("target"), group, opts).await,
+        "log" => {
+            tracing::info!(target: "xdriver::script", "{}", s("message"));
+            Done::ok(Value::Null)
+        }
+        "subtest" => Done::ok(Value::Null),
+        other => Done::infra(format!("the harness asked for `{other}`, which xdriver does not know")),
+    }
+}
+
+/// Copies a host file or directory to `target` in the guest (through the
+/// backdoor, as a tar stream or the file's bytes).
+async fn copy_from_host(m: &mut Machine<'_>, source: &str, target: &str, group: &str, opts: &RunOptions) -> Done {
+    use xdriver_guests::shell::quote;
+    let src = Path::new(source);
+    let (bytes, cmd) = if src.is_dir() {
+        let mut b = tar::Builder::new(Vec::new());
+        if let Err(e) = b.append_dir_all(".", src) {
+            return Done::failed(format!("copy_from_host: {source}: {e}"));
+        }
+        match b.into_inner() {
+            Ok(v) => (v, format!("mkdir -p {t} && tar -x -C {t}", t = quote(target))),
+            Err(e) => return Done::failed(format!("copy_from_host: {source}: {e}")),
+        }
+    } else {
+        match std::fs::read(src) {
+            Ok(v) => {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(src).map(|md| md.permissions().mode() & 0o7777).unwrap_or(0o644);
+                (v, format!("mkdir -p \"$(dirname {t})\" && cat > {t} && chmod {mode:o} {t}", t = quote(target)))
+            }
+            Err(e) => return Done::failed(format!("copy_from_host: {source}: {e}")),
+        }
+    };
+    let (timeout, _) = opts.clamp(Duration::from_secs(300));
+    match m.run(group, &cmd, &bytes, timeout).await {
+        Ok(out) if out.success() => Done::ok(Value::Null),
+        Ok(out) => Done::failed(format!("copy_from_host({source}, {target}): {}", describe(&cmd, &out))),
+        Err(e) => Done::infra(chain_error(&e)),
+    }
+}
