@@ -1,24 +1,31 @@
-# testService, after nix-processmgmt's: one processes model tested under
-# several process managers, profiles and guest OSes. The result has one
-# attribute per cell, `<profile>.<processManager>.<os>`; each cell is plain
-# data (`_type = "xdriver-cell"`) that xdriver runs, e.g.
+# testService, called the way nix-processmgmt's is: one processes model
+# tested under several process managers, profiles and guest OSes. The result
+# has one attribute per cell, `<profile>.<processManager>.<os>`; each cell
+# is plain data (`_type = "xdriver-cell"`) that xdriver runs, e.g.
 #   xdriver test default.nix -A nginx-reverse-proxy-hostbased.privileged.sysvinit
-{ lib }:
+# A look-alike of nix-processmgmt's nixproc/test-driver/agnostic.nix: the
+# same parameters and calling conventions, run by xdriver instead of the
+# NixOS test driver.
+{ lib, pkgs ? null, system ? builtins.currentSystem }:
 
 { name
 , description ? ""
   # The processes model: a function of the cell's parameters returning
-  # { <instance> = { <attributes…>; pkg = createManagedProcess {…}; }; }
+  # { <instance> = { <attributes…>; pkg = createManagedProcess {…}; }; }.
+  # It gets builtins.intersectAttrs (builtins.functionArgs f) of pkgs,
+  # system, processManager, the profile's parameters, createManagedProcess
+  # and extraParams, as in nix-processmgmt.
 , exprFile
-  # Parameters for the model and every step function besides the cell's own.
+  # Parameters for the model besides the cell's own.
 , extraParams ? { }
-  # Machine API steps (attribute sets, keys as in a TOML spec's [tests]).
-  # readiness and tests: { instanceName, instance, … }: [ steps ] per instance;
-  # initialTests and postTests: { processes, … }: [ steps ] once.
-, readiness ? ({ ... }: [ ])
-, tests ? ({ ... }: [ ])
-, initialTests ? ({ ... }: [ ])
-, postTests ? ({ ... }: [ ])
+  # Python for the NixOS test driver's `machine` (as in nix-processmgmt), or
+  # lists of Machine API steps (attribute sets, keys as in a TOML spec's
+  # [tests]). readiness gets { instanceName, instance } // params, tests
+  # also processManager, initialTests and postTests params // { processes }.
+, readiness ? null
+, tests ? null
+, initialTests ? null
+, postTests ? null
 , processManagers ? (builtins.fromJSON (builtins.readFile ./registry.json)).defaultProcessManagers
 , profiles ? [ "privileged" "unprivileged" ]
 , oses ? [ "debian-12" ]
@@ -31,12 +38,16 @@
 , shares ? [ ]
   # Seconds: { step; command; boot; }.
 , timeouts ? { }
-}:
+}@args:
 
 let
-  inherit (builtins) attrNames concatMap fromJSON getContext isAttrs isList listToAttrs mapAttrs readFile removeAttrs toJSON;
+  inherit (builtins) attrNames concatMap fromJSON functionArgs getContext intersectAttrs isAttrs isFunction isList isString listToAttrs mapAttrs readFile removeAttrs toJSON unsafeGetAttrPos;
 
   profileParams = fromJSON (readFile ./profiles.json);
+
+  # Where a hook was written, for Python tracebacks.
+  origin = n: let p = unsafeGetAttrPos n args; in if p == null then null else "${p.file}:${toString p.line}";
+  origins = lib.compact (listToAttrs (map (n: { name = n; value = origin n; }) [ "readiness" "tests" "initialTests" "postTests" "systemPackages" ]));
 
   # An instance as tests see it: its attributes without `pkg`, and other
   # instances it refers to the same way (one level, as in a TOML spec).
@@ -48,18 +59,27 @@ let
     else v;
   attrsOf = n: inst: mapAttrs (_: refs) (plain n inst);
 
+  # A hook's result: Python source, a list of steps, or nothing.
+  hook = what: v:
+    if v == null then [ ]
+    else if isString v || isList v then v
+    else throw "${name}: ${what} must give Python (a string) or a list of steps";
+  call = what: f: a: if f == null then [ ] else hook what (f a);
+
   mkCell = os: processManager: profile:
     let
       params = profileParams.${profile} // { inherit processManager os profile; } // extraParams;
-      model = import exprFile (params // { inherit (lib) createManagedProcess; });
+      modelFun = import exprFile;
+      pool = { inherit pkgs system processManager; inherit (lib) createManagedProcess; } // profileParams.${profile} // extraParams;
+      model = if isFunction modelFun then modelFun (intersectAttrs (functionArgs modelFun) pool) else modelFun;
       instances = mapAttrs
         (n: inst:
           if !(isInstance inst) then throw "${name}: instance `${n}` of ${toString exprFile} has no `pkg` (a createManagedProcess result)"
-          else if (inst.pkg._type or null) != "xdriver-process" then throw "${name}: the `pkg` of instance `${n}` is not a createManagedProcess result"
+          else if (inst.pkg._type or null) != "xdriver-process" then throw "${name}: the `pkg` of instance `${n}` is not a createManagedProcess result (of xdriver's library: point `nix-processmgmt` at <xdriver>)"
           else attrsOf n inst // { process = inst.pkg.process; })
         model;
-      forInstance = f: mapAttrs (n: inst: f (params // { instanceName = n; instance = removeAttrs instances.${n} [ "process" ]; })) model;
-      processes = mapAttrs (n: i: removeAttrs i [ "process" ]) instances;
+      forInstance = what: f: extra: mapAttrs (n: inst: call "${what} (instance ${n})" f ({ instanceName = n; instance = model.${n}; } // extra // params)) model;
+      processes = model;
       cell = lib.compact {
         _type = "xdriver-cell";
         inherit name description os profile shares timeouts systemPackages;
@@ -67,10 +87,11 @@ let
         params = extraParams;
         instances = instances;
         steps = {
-          initial_tests = initialTests (params // { inherit processes; });
-          readiness = forInstance readiness;
-          tests = forInstance tests;
-          post_tests = postTests (params // { inherit processes; });
+          initial_tests = call "initialTests" initialTests (params // { inherit processes; });
+          readiness = forInstance "readiness" readiness { };
+          tests = forInstance "tests" tests { inherit processManager; };
+          post_tests = call "postTests" postTests (params // { inherit processes; });
+          inherit origins;
         };
         nixos_config = nixosConfig;
       };

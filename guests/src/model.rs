@@ -144,6 +144,8 @@ impl Profile {
 pub struct Group {
     /// Name.
     pub name: String,
+    /// Fixed gid (default: the OS picks a system gid).
+    pub gid: Option<u32>,
 }
 
 /// A user to create.
@@ -159,6 +161,10 @@ pub struct User {
     pub home: Option<String>,
     /// Whether to create the home directory.
     pub create_home: bool,
+    /// Fixed uid (default: the OS picks a system uid).
+    pub uid: Option<u32>,
+    /// Login shell (default: /usr/sbin/nologin).
+    pub shell: Option<String>,
 }
 
 /// Users and groups a process needs (ignored when user changes are

@@ -88,7 +88,7 @@ fn nix_errors_come_with_nixs_message_and_location() {
     // A misspelt process attribute: createManagedProcess names it and says where.
     let model = write(
         "model.nix",
-        "{ createManagedProcess, ... }:\n{\n  a = {\n    port = 1;\n    pkg = createManagedProcess {\n      instanceName = \"a\";\n      foregroundProcess = \"/bin/true\";\n    };\n  };\n}\n",
+        "{ createManagedProcess, ... }:\n{\n  a = {\n    port = 1;\n    pkg = createManagedProcess {\n      instanceName = \"a\";\n      foregroundProces = \"/bin/true\";\n    };\n  };\n}\n",
     );
     let spec = write(
         "spec.nix",
@@ -97,7 +97,7 @@ fn nix_errors_come_with_nixs_message_and_location() {
     let r = xdriver(&["plan", &spec], d.path());
     assert_eq!(r.code, 2);
     assert!(
-        r.stderr.contains("createManagedProcess: unknown attribute `foregroundProcess`") && r.stderr.contains(&format!("{model}:7")),
+        r.stderr.contains("createManagedProcess: unknown attribute `foregroundProces`") && r.stderr.contains(&format!("{model}:7")),
         "{}",
         r.stderr
     );

@@ -19,6 +19,15 @@ use super::load::{InstanceSteps, Spec};
 /// xdriver's Nix library, as shipped (written out for `-I xdriver=…`).
 pub const LIBRARY: &[(&str, &str)] = &[
     ("default.nix", include_str!("../../../nix/default.nix")),
+    ("eval.nix", include_str!("../../../nix/eval.nix")),
+    ("pkgs.nix", include_str!("../../../nix/pkgs.nix")),
+    (
+        "nixproc/create-managed-process/universal/create-managed-process-universal.nix",
+        include_str!("../../../nix/nixproc/create-managed-process/universal/create-managed-process-universal.nix"),
+    ),
+    ("nixproc/create-managed-process/agnostic/create-managed-process.nix", include_str!("../../../nix/nixproc/create-managed-process/agnostic/create-managed-process.nix")),
+    ("nixproc/test-driver/universal.nix", include_str!("../../../nix/nixproc/test-driver/universal.nix")),
+    ("nixproc/derive-dysnomia-process-type.nix", include_str!("../../../nix/nixproc/derive-dysnomia-process-type.nix")),
     ("lib.nix", include_str!("../../../nix/lib.nix")),
     ("test-service.nix", include_str!("../../../nix/test-service.nix")),
     ("profiles.json", include_str!("../../../nix/profiles.json")),
@@ -109,11 +118,20 @@ fn err(file: &Path, message: impl Into<String>) -> SpecError {
     SpecError { file: file.to_path_buf(), at: None, message: message.into(), line_text: String::new() }
 }
 
+/// `s` as a Nix string literal.
+fn nix_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default().replace("${", "\\${")
+}
+
 /// Writes the library to a fresh directory for `-I xdriver=<dir>`.
 pub fn write_library() -> std::io::Result<tempfile::TempDir> {
     let dir = tempfile::Builder::new().prefix("xdriver-nix-").tempdir()?;
     for (name, text) in LIBRARY {
-        std::fs::write(dir.path().join(name), text)?;
+        let path = dir.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(path, text)?;
     }
     Ok(dir)
 }
@@ -131,7 +149,12 @@ pub fn evaluate(file: &Path, how: &NixArgs) -> Result<Vec<NixSpecCell>, SpecErro
     cmd.args(["--eval", "--strict", "--json", "--read-write-mode"])
         .arg("-I")
         .arg(format!("xdriver={}", lib.path().display()))
-        .arg(&file)
+        .arg("-I")
+        .arg(format!("nix-processmgmt={}", lib.path().display()))
+        // eval.nix calls the file's function, supplying what a
+        // nix-processmgmt-style test file takes without a default.
+        .arg("-E")
+        .arg(format!("import <xdriver/eval.nix> (/. + {})", nix_string(&file.display().to_string())))
         // nix-instantiate --eval calls the file's function (with its
         // defaults) only when some --arg is given; a function ignores
         // arguments it does not take.

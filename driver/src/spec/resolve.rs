@@ -325,7 +325,8 @@ impl Spec {
         let mut credentials = Credentials::default();
         if !cell.profile.force_disable_user_change {
             for g in &def.credentials.groups {
-                credentials.groups.push(Group { name: r(g, &ctx_map)? });
+                let (name, gid) = g.parts();
+                credentials.groups.push(Group { name: r(name, &ctx_map)?, gid });
             }
             for u in &def.credentials.users {
                 credentials.users.push(User {
@@ -334,6 +335,8 @@ impl Spec {
                     description: r(&u.description, &ctx_map)?,
                     home: u.home.as_ref().map(|h| r(h, &ctx_map)).transpose()?,
                     create_home: u.create_home,
+                    uid: u.uid,
+                    shell: u.shell.as_ref().map(|s| r(s, &ctx_map)).transpose()?,
                 });
             }
         }

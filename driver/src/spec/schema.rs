@@ -190,12 +190,37 @@ pub struct ProcessDef {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialsDef {
-    /// Group names.
+    /// Groups: names, or `{ name, gid }` tables.
     #[serde(default)]
-    pub groups: Vec<String>,
+    pub groups: Vec<GroupDef>,
     /// Users.
     #[serde(default)]
     pub users: Vec<UserDef>,
+}
+
+/// A group to create: its name, or a table with a fixed gid.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum GroupDef {
+    /// Just the name.
+    Name(String),
+    /// Name and gid.
+    Table {
+        /// Name.
+        name: String,
+        /// Fixed gid.
+        gid: Option<u32>,
+    },
+}
+
+impl GroupDef {
+    /// The group's name and gid.
+    pub fn parts(&self) -> (&str, Option<u32>) {
+        match self {
+            GroupDef::Name(n) => (n, None),
+            GroupDef::Table { name, gid } => (name, *gid),
+        }
+    }
 }
 
 /// A user to create.
@@ -214,6 +239,10 @@ pub struct UserDef {
     /// Create the home directory.
     #[serde(default)]
     pub create_home: bool,
+    /// Fixed uid.
+    pub uid: Option<u32>,
+    /// Login shell (default: none, /usr/sbin/nologin).
+    pub shell: Option<String>,
 }
 
 /// A configuration file from a template.

@@ -112,6 +112,9 @@ impl ManagerBackend for Bsdrc {
     }
     fn render(&self, b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
         let dir = rc_dir(b);
+        for p in &sys.processes {
+            super::deploy::check_extra_vars(b, p, "rc.subr takes script variables, e.g. sig_stop")?;
+        }
         Ok(sys.processes.iter().map(|p| GuestFile::text(format!("{dir}/{}", p.name), 0o755, script(b, p))).collect())
     }
     fn activate(&self, b: &Backend, sys: &System) -> Vec<String> {

@@ -53,6 +53,25 @@ pub enum RenderError {
     },
 }
 
+/// Refuses every override key of `p`'s `extra` that `known` does not
+/// accept (a backend's manager-specific keys).
+pub(crate) fn check_extra(b: &Backend, p: &crate::model::Process, known: &[&str], hint: &'static str) -> Result<(), RenderError> {
+    match p.extra.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(RenderError::BadExtra { instance: p.name.clone(), manager: b.manager, key: k.clone(), hint }),
+        None => Ok(()),
+    }
+}
+
+/// Refuses an override key of `p`'s `extra` that is not a shell variable
+/// name (OpenRC's and rc.subr's scripts take their settings as variables).
+pub(crate) fn check_extra_vars(b: &Backend, p: &crate::model::Process, hint: &'static str) -> Result<(), RenderError> {
+    let ok = |k: &str| k.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    match p.extra.keys().find(|k| !ok(k)) {
+        Some(k) => Err(RenderError::BadExtra { instance: p.name.clone(), manager: b.manager, key: k.clone(), hint }),
+        None => Ok(()),
+    }
+}
+
 /// One manager for one OS and profile: renders and controls deployments.
 #[derive(Debug, Clone)]
 pub struct Backend {

@@ -91,6 +91,7 @@ impl ManagerBackend for Openrc {
     fn render(&self, b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
         let mut files = Vec::new();
         for p in &sys.processes {
+            super::deploy::check_extra_vars(b, p, "OpenRC takes script variables, e.g. retry or output_log")?;
             files.push(GuestFile::text(format!("/etc/init.d/{}", p.name), 0o755, script(b, p)));
             files.push(GuestFile::symlink(format!("/etc/runlevels/default/{}", p.name), format!("/etc/init.d/{}", p.name)));
         }

@@ -9,7 +9,7 @@
 use crate::model::{Mode, Process, System};
 use crate::shell::quote;
 
-use super::deploy::{argv, link_services, cd_umask, daemon_waiter, exports, wait_until, wrapped, Backend, GuestFile, RenderError};
+use super::deploy::{argv, check_extra, link_services, cd_umask, daemon_waiter, exports, wait_until, wrapped, Backend, GuestFile, RenderError};
 use super::registry::ManagerBackend;
 use crate::init::Init;
 
@@ -58,6 +58,9 @@ impl ManagerBackend for Runit {
     }
     fn render(&self, b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
         let dir = sv_dir(b);
+        for p in &sys.processes {
+            check_extra(b, p, &[], "runit has no manager-specific keys")?;
+        }
         Ok(sys.processes.iter().map(|p| GuestFile::text(format!("{dir}/{}/run", p.name), 0o755, run_script(b, p))).collect())
     }
     fn bootstrap(&self, b: &Backend) -> Vec<String> {

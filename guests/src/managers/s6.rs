@@ -8,7 +8,7 @@
 use crate::model::{Mode, Process, System};
 use crate::shell::quote;
 
-use super::deploy::{argv, link_services, cd_umask, daemon_waiter, exports, wait_until, wrapped, Backend, GuestFile, RenderError};
+use super::deploy::{argv, check_extra, link_services, cd_umask, daemon_waiter, exports, wait_until, wrapped, Backend, GuestFile, RenderError};
 use super::registry::ManagerBackend;
 
 const NOTIFY_FD: u32 = 3;
@@ -65,6 +65,7 @@ impl ManagerBackend for S6 {
         let dir = sv_dir(b);
         let mut files = Vec::new();
         for p in &sys.processes {
+            check_extra(b, p, &[], "s6 has no manager-specific keys")?;
             files.push(GuestFile::text(format!("{dir}/{}/run", p.name), 0o755, run_script(b, p)));
             files.push(GuestFile::text(format!("{dir}/{}/type", p.name), 0o644, "longrun\n"));
             if p.notify && b.mode(p) == Mode::Foreground {

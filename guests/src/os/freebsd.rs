@@ -77,14 +77,17 @@ impl GuestOs for Freebsd {
     }
     fn add_group(&self, g: &Group) -> String {
         let n = quote(&g.name);
-        format!("pw groupshow {n} >/dev/null 2>&1 || pw groupadd -n {n}")
+        let gid = g.gid.map(|id| format!(" -g {id}")).unwrap_or_default();
+        format!("pw groupshow {n} >/dev/null 2>&1 || pw groupadd -n {n}{gid}")
     }
     fn add_user(&self, u: &User) -> String {
         let n = quote(&u.name);
         let home = quote(u.home.as_deref().unwrap_or("/nonexistent"));
         let group = u.group.as_ref().map(|g| format!(" -g {}", quote(g))).unwrap_or_default();
         let mk = if u.create_home { " -m" } else { "" };
-        format!("pw usershow {n} >/dev/null 2>&1 || pw useradd -n {n}{group}{mk} -d {home} -s /usr/sbin/nologin -c {}", quote(&u.description))
+        let uid = u.uid.map(|id| format!(" -u {id}")).unwrap_or_default();
+        let shell = quote(u.shell.as_deref().unwrap_or("/usr/sbin/nologin"));
+        format!("pw usershow {n} >/dev/null 2>&1 || pw useradd -n {n}{uid}{group}{mk} -d {home} -s {shell} -c {}", quote(&u.description))
     }
     fn add_profile_user(&self, profile: &Profile) -> Option<String> {
         let u = profile.user.as_ref()?;

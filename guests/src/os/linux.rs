@@ -24,7 +24,8 @@ pub(super) fn as_user(profile: &Profile, cmd: &str) -> String {
 
 pub(super) fn add_group(g: &Group) -> String {
     let n = quote(&g.name);
-    format!("getent group {n} >/dev/null || groupadd --system {n}")
+    let gid = g.gid.map(|id| format!(" -g {id}")).unwrap_or_default();
+    format!("getent group {n} >/dev/null || groupadd --system{gid} {n}")
 }
 
 pub(super) fn add_user(u: &User) -> String {
@@ -32,7 +33,9 @@ pub(super) fn add_user(u: &User) -> String {
     let home = quote(u.home.as_deref().unwrap_or("/nonexistent"));
     let group = u.group.as_ref().map(|g| format!(" -g {}", quote(g))).unwrap_or_else(|| " -U".into());
     let mk = if u.create_home { " -m" } else { " -M" };
-    format!("getent passwd {n} >/dev/null || useradd --system{group}{mk} -d {home} -s /usr/sbin/nologin -c {} {n}", quote(&u.description))
+    let uid = u.uid.map(|id| format!(" -u {id}")).unwrap_or_default();
+    let shell = quote(u.shell.as_deref().unwrap_or("/usr/sbin/nologin"));
+    format!("getent passwd {n} >/dev/null || useradd --system{uid}{group}{mk} -d {home} -s {shell} -c {} {n}", quote(&u.description))
 }
 
 pub(super) fn add_profile_user(profile: &Profile) -> Option<String> {
