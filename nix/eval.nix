@@ -22,7 +22,11 @@ let
   };
   userArgs = removeAttrs given [ "xdriverAutoCall" ];
   fargs = functionArgs f;
-  needed = listToAttrs (map (n: { name = n; value = pool.${n}; }) (filter (n: !fargs.${n} && pool ? ${n}) (attrNames fargs)));
+  # Without <nixpkgs> on NIX_PATH, a `pkgs ? import <nixpkgs> {…}` default
+  # cannot evaluate: xdriver's small pkgs is passed instead.
+  hasNixpkgs = builtins.any (e: e.prefix == "nixpkgs") builtins.nixPath;
+  wanted = n: pool ? ${n} && (!fargs.${n} || (n == "pkgs" && !hasNixpkgs));
+  needed = listToAttrs (map (n: { name = n; value = pool.${n}; }) (filter wanted (attrNames fargs)));
 in
 if !(isFunction f) then f
 else if fargs == { } then f userArgs

@@ -8,7 +8,7 @@
 # NixOS test driver.
 { lib, pkgs ? null, system ? builtins.currentSystem }:
 
-{ name
+{ name ? null
 , description ? ""
   # The processes model: a function of the cell's parameters returning
   # { <instance> = { <attributes…>; pkg = createManagedProcess {…}; }; }.
@@ -41,6 +41,9 @@
 }@args:
 
 let
+  # nix-processmgmt's testService took no name before September 2023: the
+  # test's directory names it then.
+  testName = if name != null then name else baseNameOf (dirOf exprFile);
   inherit (builtins) attrNames concatMap fromJSON functionArgs getContext intersectAttrs isAttrs isFunction isList isString listToAttrs mapAttrs readFile removeAttrs toJSON unsafeGetAttrPos;
 
   profileParams = fromJSON (readFile ./profiles.json);
@@ -63,7 +66,7 @@ let
   hook = what: v:
     if v == null then [ ]
     else if isString v || isList v then v
-    else throw "${name}: ${what} must give Python (a string) or a list of steps";
+    else throw "${testName}: ${what} must give Python (a string) or a list of steps";
   call = what: f: a: if f == null then [ ] else hook what (f a);
 
   mkCell = os: processManager: profile:
@@ -74,15 +77,16 @@ let
       model = if isFunction modelFun then modelFun (intersectAttrs (functionArgs modelFun) pool) else modelFun;
       instances = mapAttrs
         (n: inst:
-          if !(isInstance inst) then throw "${name}: instance `${n}` of ${toString exprFile} has no `pkg` (a createManagedProcess result)"
-          else if (inst.pkg._type or null) != "xdriver-process" then throw "${name}: the `pkg` of instance `${n}` is not a createManagedProcess result (of xdriver's library: point `nix-processmgmt` at <xdriver>)"
+          if !(isInstance inst) then throw "${testName}: instance `${n}` of ${toString exprFile} has no `pkg` (a createManagedProcess result)"
+          else if (inst.pkg._type or null) != "xdriver-process" then throw "${testName}: the `pkg` of instance `${n}` is not a createManagedProcess result (of xdriver's library: point `nix-processmgmt` at <xdriver>)"
           else attrsOf n inst // { process = inst.pkg.process; })
         model;
       forInstance = what: f: extra: mapAttrs (n: inst: call "${what} (instance ${n})" f ({ instanceName = n; instance = model.${n}; } // extra // params)) model;
       processes = model;
       cell = lib.compact {
         _type = "xdriver-cell";
-        inherit name description os profile shares timeouts systemPackages;
+        name = testName;
+        inherit description os profile shares timeouts systemPackages;
         manager = processManager;
         params = extraParams;
         instances = instances;

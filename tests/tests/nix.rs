@@ -13,7 +13,7 @@ use xdriver_tests::{example, Run};
 fn the_webapps_system_in_nix_has_the_same_plan_as_in_toml() {
     let here = tempfile::tempdir().expect("tempdir");
     let toml = example("webapps");
-    let nix = example("webapps-nix");
+    let nix = example("webapps-nix-steps");
     for json in [false, true] {
         let mut a = vec!["plan", toml.to_str().expect("utf-8")];
         let mut b = vec!["plan", nix.to_str().expect("utf-8")];

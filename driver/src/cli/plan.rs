@@ -206,6 +206,18 @@ pub fn render_text(c: &Cell, p: Option<&Prepared>) -> String {
     }
     s.push_str("\n--- steps\n");
     for st in &p.steps {
+        if let crate::spec::Action::Python(py) = &st.action {
+            // Each call's own timeout applies (default: this one for waits).
+            s.push_str(&format!("[{}] {} (Python for the NixOS test driver's `machine`; waits default to {} s):\n", st.group, st.name, st.timeout.as_secs()));
+            for seg in &py.segments {
+                let origin = if seg.origin.is_empty() { String::new() } else { format!(", from {}", seg.origin) };
+                s.push_str(&format!("  # {}{origin}\n", seg.group));
+                for line in py.text.lines().skip(seg.start - 1).take(seg.lines) {
+                    s.push_str(&format!("  {line}\n"));
+                }
+            }
+            continue;
+        }
         s.push_str(&format!("[{}] {} (timeout {} s)\n", st.group, st.name, st.timeout.as_secs()));
     }
     s.push('\n');

@@ -77,6 +77,7 @@ pub async fn run(
     result: &mut CellResult,
 ) -> Result<(), Outcome> {
     let err = |reason: String| Outcome::Error { reason };
+    let dir = &std::path::absolute(dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
     let script_path = dir.join("test-script.py");
     let meta_path = dir.join("test-script.json");
     let harness_path = dir.join("xdriver_harness.py");

@@ -285,7 +285,10 @@ impl Spec {
         };
         let pid_file = match &def.pid_file {
             Some(p) => r(p, &ctx_map)?,
-            None if user.is_some() => format!("{}/{name}.pid", cell.profile.tmp_dir),
+            // As nix-processmgmt's determinePIDFilesDir: a process that
+            // names a user gets its pidfile in tmpDir, even when user
+            // changes are disabled.
+            None if def.user.is_some() => format!("{}/{name}.pid", cell.profile.tmp_dir),
             None => format!("{}/{name}.pid", cell.profile.runtime_dir),
         };
         let log_file = format!("{}/{name}.log", cell.profile.log_dir);

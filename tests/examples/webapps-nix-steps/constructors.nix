@@ -11,8 +11,9 @@ in
   # The test webapp: foreground, or a daemon with -D that writes PID_FILE.
   webapp = { port, instanceSuffix ? "", instanceName ? "webapp${instanceSuffix}" }:
     let
-      # The pidfile a manager expects of a process that changes user.
-      pidFile = "${if forceDisableUserChange then runtimeDir else tmpDir}/${instanceName}.pid";
+      # Where xdriver (as nix-processmgmt) puts the pidfile of a process
+      # that names a user.
+      pidFile = "${tmpDir}/${instanceName}.pid";
     in
     createManagedProcess {
       inherit instanceName pidFile;
