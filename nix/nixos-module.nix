@@ -50,6 +50,9 @@
 
     services.openssh = {
       enable = true;
+      # xdriver's own sshd is off 22 (xdriver_guests::SSH_PORT): the
+      # guest's ports belong to the test.
+      ports = [ 10022 ];
       settings = {
         PermitRootLogin = "prohibit-password";
         PasswordAuthentication = false;

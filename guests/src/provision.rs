@@ -9,6 +9,10 @@ use crate::Init;
 
 /// Where the backdoor script lives in the guest.
 pub const BACKDOOR_PATH: &str = "/usr/lib/xdriver/backdoor";
+/// The guest port of xdriver's own sshd: not 22, so the guest's ports stay
+/// free for the service under test (nix-processmgmt-services' sshd test
+/// runs its own sshd on 22 and 23, unprivileged on 2222 and 2223).
+pub const SSH_PORT: u16 = 10022;
 /// What busybox's acpid runs when the ACPI power button is pressed.
 pub const ACPI_POWER_HANDLER: &str = "/etc/acpi/PWRF/00000080";
 /// How each init starts busybox's acpid (in the foreground, supervised).
@@ -95,6 +99,8 @@ pub fn provision(init: Init, hostname: &str) -> Vec<FsEntry> {
              # kernel command line); one pinned host key. No PAM: a PAM session\n\
              # would start a logind session and root's systemd --user on the\n\
              # first login, seconds of CPU under TCG that no test needs.\n\
+             # Port 10022 (xdriver_guests::SSH_PORT): 22 is the test's.\n\
+             Port 10022\n\
              PermitRootLogin prohibit-password\n\
              PasswordAuthentication no\n\
              KbdInteractiveAuthentication no\n\
@@ -252,6 +258,24 @@ mod tests {
             assert_eq!(mode & 0o111, 0o111, "{init}: handler not executable");
             assert!(contents.starts_with("#!/bin/sh\n") && contents.contains(init.poweroff_command()), "{init}: {contents}");
         }
+    }
+
+    #[test]
+    fn every_sshd_config_xdriver_writes_uses_its_port() {
+        let port = format!("Port {SSH_PORT}");
+        for init in crate::init::Init::ALL {
+            let sshd = provision(init, "x").into_iter().find_map(|e| match e {
+                FsEntry::File { path, contents, .. } if path == "/etc/ssh/sshd_config.d/xdriver.conf" => Some(contents),
+                _ => None,
+            });
+            assert!(sshd.expect("sshd config").contains(&format!("\n{port}\n")), "built {init:?} images");
+        }
+        for os in Os::all() {
+            if matches!(os.images(), crate::os::Images::Imported { .. }) {
+                assert!(os.prepare_finish().contains(&port), "{os}: prepared images");
+            }
+        }
+        assert!(include_str!("../../nix/nixos-module.nix").contains(&format!("ports = [ {SSH_PORT} ]")), "the NixOS module");
     }
 
     #[test]

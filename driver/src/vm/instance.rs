@@ -376,7 +376,7 @@ impl Vm {
             disk,
             run_dir: run.path().to_path_buf(),
             shares: share_devices,
-            forwards: vec![22],
+            forwards: vec![xdriver_guests::SSH_PORT],
             store,
             seed,
         };
@@ -436,7 +436,7 @@ impl Vm {
         let console = Console::start(serial);
         let backdoor = Backdoor::start(bd);
         let qmp = Qmp::handshake(qmp_sock).await?;
-        let ssh_port = qmp.forwarded_port(22).await?;
+        let ssh_port = qmp.forwarded_port(xdriver_guests::SSH_PORT).await?;
         let mut vm = Vm {
             name: cfg.name.clone(),
             run,

@@ -155,7 +155,7 @@ pub(super) fn prepare_user_data(backdoor: &str) -> String {
 pub(super) const PREPARE_FINISH: &str = "cloud-init status --wait >/dev/null 2>&1 || true
 touch /etc/cloud/cloud-init.disabled
 mkdir -p /etc/ssh/sshd_config.d
-printf 'PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUseDNS no\nMaxSessions 64\nMaxStartups 64:30:128\n' > /etc/ssh/sshd_config.d/00-xdriver.conf
+printf 'Port 10022\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUseDNS no\nMaxSessions 64\nMaxStartups 64:30:128\n' > /etc/ssh/sshd_config.d/00-xdriver.conf
 test -s /etc/ssh/ssh_host_ed25519_key.pub || ssh-keygen -A >/dev/null
 systemctl enable ssh.service >/dev/null 2>&1 || true
 if [ -d /run/systemd/system ]; then

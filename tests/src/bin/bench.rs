@@ -72,7 +72,7 @@ fn plain_qemu_to_banner(init: Init) -> f64 {
             "-netdev" => {
                 it.next();
                 args.push(a);
-                args.push(format!("user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22"));
+                args.push(format!("user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:{}", xdriver_guests::SSH_PORT));
             }
             _ => args.push(a),
         }
