@@ -35,7 +35,12 @@ def _segment(line):
     """The segment (group, line within it, origin) a script line came from."""
     for s in SEGMENTS:
         if s["start"] <= line < s["start"] + s["lines"]:
-            return s["group"], line - s["start"] + 1, s["origin"]
+            k = line - s["start"] + 1
+            origin = s["origin"]
+            if s.get("base_line") and ":" in origin:
+                # Known exactly: the spec file's line of this very line.
+                origin = f"{origin.rsplit(':', 1)[0]}:{s['base_line'] + k - 1}"
+            return s["group"], k, origin
     return "script", line, ""
 
 
@@ -91,6 +96,13 @@ def _step(call, action, timeout=None):
 
 
 _LOCAL = ("localhost", "127.0.0.1", "::1")
+
+
+def _monitor(command, call):
+    """A monitor command that prints nothing when it works."""
+    out = _call("hmp", command=command, call=call)
+    if out and out.strip():
+        raise MachineError(f"{call}: the monitor said: {out.strip()}")
 
 
 class Machine:
@@ -233,14 +245,13 @@ class Machine:
     # one, the user-mode NIC; the NixOS driver's block() leaves that one up
     # and takes the test VLAN down). forward_port listens on 127.0.0.1 only.
     def block(self):
-        _call("hmp", command="set_link nic0 off", call="block()")
+        _monitor("set_link nic0 off", "block()")
 
     def unblock(self):
-        _call("hmp", command="set_link nic0 on", call="unblock()")
+        _monitor("set_link nic0 on", "unblock()")
 
     def forward_port(self, host_port=8080, guest_port=80):
-        _call("hmp", command=f"hostfwd_add net0 tcp:127.0.0.1:{int(host_port)}-:{int(guest_port)}",
-              call=f"forward_port({host_port}, {guest_port})")
+        _monitor(f"hostfwd_add net0 tcp:127.0.0.1:{int(host_port)}-:{int(guest_port)}", f"forward_port({host_port}, {guest_port})")
 
     # Lifecycle.
     def start(self, allow_reboot=False):

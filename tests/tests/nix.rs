@@ -1,8 +1,9 @@
 //! The Nix front end through the real binary: the seed's webapps system
-//! written in Nix means the same as the TOML example (identical plans),
-//! passes on real Debian cells with the webapp built by the host's Nix and
-//! run from /nix/store over 9p and virtiofs, and Nix's own errors reach
-//! the user with their location.
+//! written in Nix with step lists means the same as the TOML example
+//! (identical plans); the seed's own Nix text (Python tests) passes on
+//! every Debian cell with the webapp built by the host's Nix and run from
+//! /nix/store over 9p and virtiofs; Nix's own errors reach the user with
+//! their location.
 
 use std::path::Path;
 
@@ -37,36 +38,48 @@ fn the_webapps_system_in_nix_has_the_same_plan_as_in_toml() {
     assert_eq!(one.stdout, toml_one.stdout);
 }
 
-fn run_nix_cells(extra: &[&str]) -> (Run, tempfile::TempDir) {
+fn run_seed(extra: &[&str]) -> (Run, tempfile::TempDir) {
     let work = tempfile::tempdir().expect("tempdir");
     let nix = example("webapps-nix");
-    let mut args = vec!["test", nix.to_str().expect("utf-8"), "--accel", "tcg", "--arg", "webappFromStore", "true", "--no-progress"];
+    let mut args = vec!["test", nix.to_str().expect("utf-8"), "--accel", "tcg", "--no-progress"];
     args.extend_from_slice(extra);
     let run = xdriver(&args, work.path());
     (run, work)
 }
 
+/// The seed's own text (tests/examples/webapps-nix): its composition, its
+/// test file whose readiness and tests are Python for `machine`, its
+/// processes-advanced.nix, and constructors that import nix-processmgmt's
+/// universal createManagedProcess, on every Debian cell, the webapp built
+/// by the host's Nix and run from /nix/store over 9p.
 #[test]
-fn nix_cells_pass_with_the_webapp_from_the_host_store_over_9p() {
-    let (run, work) = run_nix_cells(&["-A", "nginx-reverse-proxy-hostbased", "--manager", "sysvinit", "--share-fs", "9p", "--jobs", "2"]);
+fn the_seeds_nix_files_pass_on_every_debian_cell_with_the_webapp_from_the_host_store_over_9p() {
+    let (run, work) = run_seed(&["-A", "nginx-reverse-proxy-hostbased", "--share-fs", "9p", "--jobs", "2"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert!(run.stderr.contains("store /nix/store shared into debian-12 guests over 9p (--share-fs 9p)"), "{}", run.stderr);
-    assert!(run.stderr.contains("realising"), "the webapp derivation was not realised:\n{}", run.stderr);
-    for p in ["privileged", "unprivileged"] {
-        assert!(run.stdout.contains(&format!("PASS  debian-12/sysvinit/{p}")), "{}", run.stdout);
+    for m in ["systemd", "sysvinit", "openrc", "runit", "s6", "supervisord"] {
+        for p in ["privileged", "unprivileged"] {
+            assert!(run.stdout.contains(&format!("PASS  debian-12/{m}/{p}")), "{m}/{p}: {}", run.stdout);
+        }
     }
+    let cell = work.path().join("xdriver-results/nginx-reverse-proxy-hostbased/debian-12-sysvinit-privileged");
+    // The seed's Python ran: one step per call, in nix-processmgmt's order.
+    let result: serde_json::Value = serde_json::from_slice(&std::fs::read(cell.join("result.json")).expect("result.json")).expect("json");
+    let groups: Vec<&str> = result["groups"].as_array().expect("groups").iter().map(|g| g["name"].as_str().unwrap_or_default()).collect();
+    assert_eq!(&groups[1..4], ["initialTests", "readiness/nginx", "readiness/nginx2"], "{groups:?}");
+    let script = std::fs::read_to_string(cell.join("test-script.py")).expect("test-script.py");
+    assert!(script.contains("machine.wait_for_open_port(80)") && script.contains("curl --fail -H 'Host: webapp6.local' http://localhost:81 | grep ': 5005'"), "{script}");
     // The services ran the webapp from /nix/store, built by the host.
-    let script = std::fs::read_to_string(
-        work.path().join("xdriver-results/nginx-reverse-proxy-hostbased/debian-12-sysvinit-privileged/configs/etc/init.d/webapp1"),
-    )
-    .expect("rendered init script");
-    let bin = script.split_whitespace().find(|w| w.starts_with("/nix/store/") && w.contains("-xdriver-webapp/bin/")).expect("store path");
+    let init = std::fs::read_to_string(cell.join("configs/etc/init.d/webapp1")).expect("rendered init script");
+    let bin = init.split_whitespace().find(|w| w.starts_with("/nix/store/") && w.contains("-xdriver-webapp/bin/")).expect("store path");
     assert!(Path::new(bin.trim_matches(|c| c == '"' || c == '\'')).is_file(), "{bin} not built on the host");
+    // nix-processmgmt's runlevels override reached the sysvinit backend.
+    assert!(init.contains("# Default-Start:     3 4 5"), "{init}");
 }
 
 #[test]
-fn nix_cells_pass_with_the_webapp_from_the_host_store_over_virtiofs() {
-    let (run, _work) = run_nix_cells(&["-A", "nginx-reverse-proxy-hostbased.privileged.systemd", "--share-fs", "virtiofs"]);
+fn the_seeds_nix_files_pass_with_the_store_over_virtiofs() {
+    let (run, _work) = run_seed(&["-A", "nginx-reverse-proxy-hostbased.privileged.systemd", "--share-fs", "virtiofs"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert!(run.stderr.contains("over virtiofs (--share-fs virtiofs"), "{}", run.stderr);
     assert!(run.stdout.contains("PASS  debian-12/systemd/privileged"), "{}", run.stdout);
