@@ -62,7 +62,7 @@ fn profiles_shape_the_model() {
     assert_eq!(front.foreground.as_ref().map(|a| a[1].as_str()), Some("8080"));
     assert_eq!(front.user, None, "user changes are disabled");
     assert!(front.credentials.users.is_empty());
-    assert_eq!(front.pid_file, "/home/u/var/run/front.pid");
+    assert_eq!(front.pid_file, "/home/u/var/tmp/front.pid", "a process that names a user keeps its pidfile in tmpDir, as in nix-processmgmt");
     assert_eq!(front.environment.get("EXTRA").map(String::as_str), Some("1"));
     assert_eq!(front.extra.get("Service.LimitNOFILE").map(String::as_str), Some("99"));
 }
