@@ -255,6 +255,7 @@ impl Spec {
         let name = raw.name.get_ref().clone();
         let span = raw.span.clone();
         let mut def = raw.def.clone();
+        derive_commands(&mut def).map_err(|e| self.loc.at(span.clone(), format!("instance `{name}`: {e}")))?;
         if let Some(o) = def.overrides.get(cell.manager.name()).cloned() {
             def.foreground = o.foreground.or(def.foreground);
             def.daemon = o.daemon.or(def.daemon);
@@ -472,6 +473,47 @@ fn short(v: &Value) -> String {
         Some((cut, _)) => format!("{}…", &s[..cut]),
         None => s,
     }
+}
+
+/// nix-processmgmt's command fields (`process`, `args`, `daemon_args`,
+/// `foreground_process`, …, `path`) turned into the `foreground` and
+/// `daemon` argv lists and PATH, with nix-processmgmt's defaults: both
+/// forms run `process`, the daemon with `args ++ daemon_extra_args`, the
+/// foreground form with `args ++ foreground_process_extra_args`.
+fn derive_commands(def: &mut ProcessDef) -> Result<(), String> {
+    let named = def.process.is_some() || def.daemon_process.is_some() || def.foreground_process.is_some();
+    let lists = [&def.args, &def.daemon_args, &def.daemon_extra_args, &def.foreground_process_args, &def.foreground_process_extra_args];
+    if !named && lists.iter().any(|l| l.is_some()) {
+        return Err("argument lists (`args`, `daemon_args`, …) need `process`, `daemon_process` or `foreground_process`".into());
+    }
+    if named {
+        let args = def.args.clone().unwrap_or_default();
+        let daemon_exe = def.daemon_process.clone().or_else(|| def.process.clone());
+        let fg_exe = def.foreground_process.clone().or_else(|| def.process.clone());
+        if let Some(exe) = daemon_exe {
+            if def.daemon.is_some() {
+                return Err("give `daemon` (an argv list) or `process`/`daemon_process`, not both".into());
+            }
+            let a = def.daemon_args.clone().unwrap_or_else(|| [args.clone(), def.daemon_extra_args.clone().unwrap_or_default()].concat());
+            def.daemon = Some([vec![exe], a].concat());
+        }
+        if let Some(exe) = fg_exe {
+            if def.foreground.is_some() {
+                return Err("give `foreground` (an argv list) or `process`/`foreground_process`, not both".into());
+            }
+            let a = def
+                .foreground_process_args
+                .clone()
+                .unwrap_or_else(|| [args, def.foreground_process_extra_args.clone().unwrap_or_default()].concat());
+            def.foreground = Some([vec![exe], a].concat());
+        }
+    }
+    if !def.path.is_empty() {
+        let mut dirs: Vec<String> = def.path.iter().map(|p| format!("{p}/bin")).collect();
+        dirs.extend(["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(String::from));
+        def.environment.entry("PATH".into()).or_insert_with(|| dirs.join(":"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -153,6 +153,27 @@ pub struct ProcessDef {
     pub foreground: Option<Vec<String>>,
     /// Command (argv) that daemonizes and writes `pid_file`.
     pub daemon: Option<Vec<String>>,
+    /// nix-processmgmt's form: the executable of both forms.
+    pub process: Option<String>,
+    /// nix-processmgmt's: arguments of both forms.
+    pub args: Option<Vec<String>>,
+    /// nix-processmgmt's: the daemon's executable (default `process`).
+    pub daemon_process: Option<String>,
+    /// nix-processmgmt's: the daemon's arguments (default `args` +
+    /// `daemon_extra_args`).
+    pub daemon_args: Option<Vec<String>>,
+    /// nix-processmgmt's: appended to `args` for the daemon.
+    pub daemon_extra_args: Option<Vec<String>>,
+    /// nix-processmgmt's: the foreground executable (default `process`).
+    pub foreground_process: Option<String>,
+    /// nix-processmgmt's: the foreground arguments (default `args` +
+    /// `foreground_process_extra_args`).
+    pub foreground_process_args: Option<Vec<String>>,
+    /// nix-processmgmt's: appended to `args` for the foreground form.
+    pub foreground_process_extra_args: Option<Vec<String>>,
+    /// nix-processmgmt's: directories whose `bin/` go first on PATH.
+    #[serde(default)]
+    pub path: Vec<String>,
     /// Pidfile; default `<runtimeDir>/<instance>.pid`, or
     /// `<tmpDir>/<instance>.pid` when the process changes user.
     pub pid_file: Option<String>,

@@ -114,3 +114,37 @@ fn cells_follow_the_matrix_and_skip_with_reasons() {
         ]
     );
 }
+
+#[test]
+fn nix_processmgmts_command_fields_derive_both_forms() {
+    let s = spec(
+        r#"
+name = "t"
+[instances.sshd]
+port = 2222
+process.process = "/usr/sbin/sshd"
+process.args = ["-p", "{{ port }}", "-f", "/etc/x"]
+process.foreground_process_extra_args = ["-D"]
+process.path = ["/opt/tools"]
+[instances.web]
+process.process = "/bin/web"
+process.daemon_args = ["-D"]
+"#,
+    );
+    let r = s.resolve(&cell(Manager::SYSVINIT, false)).expect("resolves");
+    let p = |n: &str| r.system.processes.iter().find(|p| p.name == n).expect("process").clone();
+    let sshd = p("sshd");
+    assert_eq!(sshd.foreground.as_deref().map(|a| a.join(" ")), Some("/usr/sbin/sshd -p 2222 -f /etc/x -D".into()));
+    assert_eq!(sshd.daemon.as_deref().map(|a| a.join(" ")), Some("/usr/sbin/sshd -p 2222 -f /etc/x".into()), "daemonArgs = args ++ daemonExtraArgs");
+    assert!(sshd.environment["PATH"].starts_with("/opt/tools/bin:/usr/local/sbin"), "{:?}", sshd.environment);
+    let web = p("web");
+    assert_eq!(web.daemon.as_deref().map(|a| a.join(" ")), Some("/bin/web -D".into()));
+    assert_eq!(web.foreground.as_deref().map(|a| a.join(" ")), Some("/bin/web".into()));
+    // Both forms of one command are refused, with where and what.
+    let both = spec("name = \"t\"\n[instances.a]\nprocess.process = \"/bin/a\"\nprocess.daemon = [\"/bin/a\", \"-D\"]\n");
+    let e = both.resolve(&cell(Manager::SYSVINIT, false)).expect_err("refused").to_string();
+    assert!(e.contains("instance `a`: give `daemon` (an argv list) or `process`/`daemon_process`, not both") && e.contains("t.toml:2"), "{e}");
+    let args_only = spec("name = \"t\"\n[instances.a]\nprocess.args = [\"x\"]\nprocess.foreground = [\"/bin/a\"]\n");
+    let e = args_only.resolve(&cell(Manager::SYSVINIT, false)).expect_err("refused").to_string();
+    assert!(e.contains("need `process`"), "{e}");
+}
