@@ -49,3 +49,27 @@ fn a_python_script_drives_the_machine_api_and_a_failing_line_is_reported_where_i
         assert!(results.join("debian-12-sysvinit-privileged").join(f).is_file(), "{f}");
     }
 }
+
+/// The VM-level actions as TOML steps (tests/examples/steps): a port
+/// forwarded from the host, the screen saved, the NIC down (the guest sees
+/// no carrier) and up again, keys typed, and the cell ended by a power-off
+/// from inside (sysvinit) or by QEMU stopping at once (systemd).
+#[test]
+fn toml_steps_block_forward_screenshot_type_shutdown_and_crash() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let spec = example("steps");
+    let run = xdriver(&["test", spec.to_str().expect("utf-8"), "--accel", "tcg", "--no-progress", "--jobs", "2"], work.path());
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    for m in ["systemd", "sysvinit"] {
+        assert!(run.stdout.contains(&format!("PASS  debian-12/{m}/privileged")), "{}", run.stdout);
+        let cell = work.path().join(format!("xdriver-results/steps/debian-12-{m}-privileged"));
+        let png = std::fs::read(cell.join("screen.png")).expect("screen.png");
+        assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+        let log = std::fs::read_to_string(cell.join("commands.log")).expect("commands.log");
+        for call in ["forward_port(0, 5301)", "block()", "unblock()", "send_chars(\"Hello, tty1!\\n\")"] {
+            assert!(log.contains(call), "{m}: no {call} in commands.log:\n{log}");
+        }
+        let last = if m == "sysvinit" { "shutdown()" } else { "crash()" };
+        assert!(log.contains(last), "{m}: {last} not run");
+    }
+}

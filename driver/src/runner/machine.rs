@@ -119,6 +119,18 @@ impl<'a> Machine<'a> {
         )))
     }
 
+    /// A monitor command that prints nothing when it works.
+    async fn monitor(&mut self, context: &str, label: &str, cmd: &str) -> Result<Option<Output>, StepError> {
+        let out = self.vm.qmp.hmp(cmd).await.map_err(|e| StepError::Infra(e.into()))?;
+        let ok = out.trim().is_empty();
+        self.transcript.push(context, label, Some(i32::from(!ok)), String::new(), out.clone(), Duration::ZERO);
+        if ok {
+            Ok(None)
+        } else {
+            Err(StepError::Failed(format!("{label}: the monitor said: {}", out.trim())))
+        }
+    }
+
     /// Performs one step.
     pub async fn step(&mut self, context: &str, action: &Action, timeout: Duration) -> Result<(), StepError> {
         self.step_output(context, action, timeout).await.map(drop)
@@ -193,9 +205,74 @@ impl<'a> Machine<'a> {
                 tokio::time::sleep(Duration::from_secs_f64(*s)).await;
                 Ok(None)
             }
+            Action::Block => self.monitor(context, "block()", "set_link nic0 off").await,
+            Action::Unblock => self.monitor(context, "unblock()", "set_link nic0 on").await,
+            Action::ForwardPort { host_port, guest_port } => {
+                self.monitor(context, &action.display(), &format!("hostfwd_add net0 tcp:127.0.0.1:{host_port}-:{guest_port}")).await
+            }
+            Action::SendChars(text) => {
+                for c in text.chars() {
+                    let key = key_name(c).ok_or_else(|| StepError::Failed(format!("send_chars: no key for {c:?}")))?;
+                    self.vm.qmp.hmp(&format!("sendkey {key}")).await.map_err(|e| StepError::Infra(e.into()))?;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                self.transcript.push(context, &action.display(), Some(0), String::new(), String::new(), Duration::ZERO);
+                Ok(None)
+            }
+            Action::Screenshot(name) => {
+                let file = if name.contains('.') { name.clone() } else { format!("{name}.png") };
+                let path = self.artifacts.join(&file);
+                self.vm.screendump(&path).await?;
+                self.transcript.push(context, &action.display(), Some(0), path.display().to_string(), String::new(), Duration::ZERO);
+                Ok(None)
+            }
+            Action::Shutdown => {
+                let t = Instant::now();
+                let off = self.vm.poweroff(timeout).await?;
+                self.transcript.push(context, "shutdown()", Some(i32::from(!off)), String::new(), String::new(), t.elapsed());
+                if off {
+                    Ok(None)
+                } else {
+                    Err(StepError::Failed(format!("shutdown(): the guest did not power off within {:.0} s", timeout.as_secs_f64())))
+                }
+            }
+            Action::Crash => {
+                let _ = self.vm.qmp.execute(qapi::qmp::quit {}).await;
+                let gone = self.vm.wait_exit(Duration::from_secs(10)).await;
+                self.transcript.push(context, "crash()", Some(i32::from(!gone)), String::new(), String::new(), Duration::ZERO);
+                if gone {
+                    Ok(None)
+                } else {
+                    Err(StepError::Failed("crash(): QEMU did not exit after QMP quit".into()))
+                }
+            }
             // Run by runner::python, which has the cell's results to record
             // its calls in.
             Action::Python(_) => Err(StepError::Failed("a Python script cannot run inside another step".into())),
         }
     }
+}
+
+/// The QEMU `sendkey` name of a character (as the NixOS driver's
+/// `send_chars` maps them), if it has one.
+fn key_name(c: char) -> Option<String> {
+    const PLAIN: &[(char, &str)] = &[
+        ('\n', "ret"), (' ', "spc"), ('\t', "tab"), ('-', "minus"), ('=', "equal"), (',', "comma"), ('.', "dot"), ('/', "slash"),
+        (';', "semicolon"), ('\'', "apostrophe"), ('\\', "backslash"), ('[', "bracket_left"), (']', "bracket_right"), ('`', "grave_accent"),
+    ];
+    const SHIFTED: &[(char, &str)] = &[
+        ('_', "minus"), ('+', "equal"), ('!', "1"), ('@', "2"), ('#', "3"), ('$', "4"), ('%', "5"), ('^', "6"), ('&', "7"), ('*', "8"),
+        ('(', "9"), (')', "0"), (':', "semicolon"), ('"', "apostrophe"), ('<', "comma"), ('>', "dot"), ('?', "slash"), ('|', "backslash"),
+        ('{', "bracket_left"), ('}', "bracket_right"), ('~', "grave_accent"),
+    ];
+    if c.is_ascii_lowercase() || c.is_ascii_digit() {
+        return Some(c.to_string());
+    }
+    if c.is_ascii_uppercase() {
+        return Some(format!("shift-{}", c.to_ascii_lowercase()));
+    }
+    if let Some((_, k)) = PLAIN.iter().find(|(ch, _)| *ch == c) {
+        return Some((*k).to_string());
+    }
+    SHIFTED.iter().find(|(ch, _)| *ch == c).map(|(_, k)| format!("shift-{k}"))
 }

@@ -330,6 +330,16 @@ pub struct TestsDef {
     pub python: Option<Spanned<String>>,
 }
 
+/// `forward_port`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardDef {
+    /// Host port (0: QEMU picks a free one).
+    pub host_port: u16,
+    /// Guest port.
+    pub guest_port: u16,
+}
+
 /// `copy_to_vm` / `copy_from_vm`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -364,6 +374,20 @@ pub struct StepDef {
     pub wait_until_succeeds: Option<String>,
     /// Retry until it exits non-zero.
     pub wait_until_fails: Option<String>,
+    /// `true`: take the VM's NIC down.
+    pub block: Option<bool>,
+    /// `true`: bring the VM's NIC up.
+    pub unblock: Option<bool>,
+    /// `{ host_port, guest_port }`: a host port on 127.0.0.1 to the guest.
+    pub forward_port: Option<ForwardDef>,
+    /// File name under the cell's results (PNG; `.png` added).
+    pub screenshot: Option<String>,
+    /// Text typed on the VM's keyboard.
+    pub send_chars: Option<String>,
+    /// `true`: power the guest off from inside and wait for QEMU to exit.
+    pub shutdown: Option<bool>,
+    /// `true`: stop QEMU at once (QMP `quit`).
+    pub crash: Option<bool>,
     /// Port (integer or template).
     pub wait_for_open_port: Option<toml::Value>,
     /// Port (integer or template).

@@ -116,6 +116,25 @@ pub enum Action {
     },
     /// Wait.
     Sleep(f64),
+    /// The VM's NIC down.
+    Block,
+    /// The VM's NIC up.
+    Unblock,
+    /// A host port on 127.0.0.1 to a guest port.
+    ForwardPort {
+        /// Host port (0: QEMU picks).
+        host_port: u16,
+        /// Guest port.
+        guest_port: u16,
+    },
+    /// The screen as PNG under the cell's results.
+    Screenshot(String),
+    /// Text typed on the keyboard.
+    SendChars(String),
+    /// Power off from inside; wait for QEMU to exit.
+    Shutdown,
+    /// QMP `quit`.
+    Crash,
     /// A Python test script for the NixOS test driver's `machine`.
     Python(PyScript),
 }
@@ -140,6 +159,13 @@ impl Action {
             Action::CopyFromVm { source, target } => format!("copy_from_vm({source:?}, {target:?})"),
             Action::Sleep(s) => format!("sleep({s})"),
             Action::Python(p) => format!("python script ({} lines)", p.text.lines().count()),
+            Action::Block => "block()".into(),
+            Action::Unblock => "unblock()".into(),
+            Action::ForwardPort { host_port, guest_port } => format!("forward_port({host_port}, {guest_port})"),
+            Action::Screenshot(n) => format!("screenshot({n:?})"),
+            Action::SendChars(t) => format!("send_chars({t:?})"),
+            Action::Shutdown => "shutdown()".into(),
+            Action::Crash => "crash()".into(),
         }
     }
 }
@@ -351,6 +377,22 @@ impl Spec {
         }
         if let Some(s) = d.sleep {
             found.push(Action::Sleep(s));
+        }
+        for (flag, a) in [(d.block, Action::Block), (d.unblock, Action::Unblock), (d.shutdown, Action::Shutdown), (d.crash, Action::Crash)] {
+            match flag {
+                Some(true) => found.push(a),
+                Some(false) => return Err(self.loc.at(span, format!("`{}` takes `true` (to leave it out, leave the step out)", a.display().trim_end_matches("()")))),
+                None => {}
+            }
+        }
+        if let Some(f) = &d.forward_port {
+            found.push(Action::ForwardPort { host_port: f.host_port, guest_port: f.guest_port });
+        }
+        if let Some(n) = &d.screenshot {
+            found.push(Action::Screenshot(r(n)?));
+        }
+        if let Some(t) = &d.send_chars {
+            found.push(Action::SendChars(r(t)?));
         }
         match found.len() {
             1 => Ok(found.remove(0)),
