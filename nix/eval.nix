@@ -24,8 +24,7 @@ let
   fargs = functionArgs f;
   # Without <nixpkgs> on NIX_PATH, a `pkgs ? import <nixpkgs> {…}` default
   # cannot evaluate: xdriver's small pkgs is passed instead.
-  hasNixpkgs = builtins.any (e: e.prefix == "nixpkgs") builtins.nixPath;
-  wanted = n: pool ? ${n} && (!fargs.${n} || (n == "pkgs" && !hasNixpkgs));
+  wanted = n: pool ? ${n} && (!fargs.${n} || (n == "pkgs" && !xd.lib.hasNixpkgs));
   needed = listToAttrs (map (n: { name = n; value = pool.${n}; }) (filter wanted (attrNames fargs)));
 in
 if !(isFunction f) then f

@@ -160,6 +160,9 @@ in
 rec {
   inherit compact check nameOf smallLib;
 
+  # Whether <nixpkgs> is on NIX_PATH (then `pkgs` is nixpkgs).
+  hasNixpkgs = builtins.any (e: e.prefix == "nixpkgs") builtins.nixPath;
+
   # From xdriver's OS and manager registries (nix/registry.json, checked
   # against them by xdriver's tests).
   registry = builtins.fromJSON (builtins.readFile ./registry.json);

@@ -5,12 +5,12 @@
 # `pkgs.<package>` is then Nix's "attribute missing" error.
 { system ? builtins.currentSystem }:
 let
-  hasNixpkgs = builtins.any (e: e.prefix == "nixpkgs") builtins.nixPath;
+  xdLib = import ./lib.nix;
   small = {
-    lib = (import ./lib.nix).smallLib;
+    lib = xdLib.smallLib;
     inherit system;
     stdenv = { inherit system; isLinux = builtins.match ".*-linux" system != null; isDarwin = false; };
   };
 in
-if hasNixpkgs then import <nixpkgs> { inherit system; }
+if xdLib.hasNixpkgs then import <nixpkgs> { inherit system; }
 else small

@@ -98,13 +98,6 @@ def _step(call, action, timeout=None):
 _LOCAL = ("localhost", "127.0.0.1", "::1")
 
 
-def _monitor(command, call):
-    """A monitor command that prints nothing when it works."""
-    out = _call("hmp", command=command, call=call)
-    if out and out.strip():
-        raise MachineError(f"{call}: the monitor said: {out.strip()}")
-
-
 class Machine:
     """The NixOS test driver's Machine, for one xdriver cell's VM."""
 
@@ -224,19 +217,23 @@ class Machine:
 
     # Screen, keyboard, console, monitor.
     def screenshot(self, filename):
-        _call("screenshot", filename=filename, call=f"screenshot({filename!r})")
+        _step(f"screenshot({filename!r})", {"screenshot": str(filename)})
 
     def send_monitor_command(self, command):
         return _call("hmp", command=command, call=f"send_monitor_command({command!r})")
 
     def send_key(self, key, delay=0.01, log=True):
-        _call("hmp", command=f"sendkey {_KEYS.get(key, key)}", call=f"send_key({key!r})", quiet=not log)
+        # A character is typed as send_chars types it; anything else is a
+        # QEMU key name (e.g. "ctrl-alt-delete").
+        if len(key) == 1:
+            _step(f"send_key({key!r})", {"send_chars": key})
+        else:
+            _call("hmp", command=f"sendkey {key}", call=f"send_key({key!r})", quiet=not log)
         if delay:
             time.sleep(delay)
 
     def send_chars(self, chars, delay=0.01):
-        for c in chars:
-            self.send_key(c, delay, log=False)
+        _step(f"send_chars({chars!r})", {"send_chars": chars})
 
     def send_console(self, chars):
         _call("send_console", chars=chars, call=f"send_console({chars!r})")
@@ -245,24 +242,24 @@ class Machine:
     # one, the user-mode NIC; the NixOS driver's block() leaves that one up
     # and takes the test VLAN down). forward_port listens on 127.0.0.1 only.
     def block(self):
-        _monitor("set_link nic0 off", "block()")
+        _step("block()", "block")
 
     def unblock(self):
-        _monitor("set_link nic0 on", "unblock()")
+        _step("unblock()", "unblock")
 
     def forward_port(self, host_port=8080, guest_port=80):
-        _monitor(f"hostfwd_add net0 tcp:127.0.0.1:{int(host_port)}-:{int(guest_port)}", f"forward_port({host_port}, {guest_port})")
+        _step(f"forward_port({host_port}, {guest_port})", {"forward_port": {"host_port": int(host_port), "guest_port": int(guest_port)}})
 
     # Lifecycle.
     def start(self, allow_reboot=False):
         _call("start", call="start()")
 
     def shutdown(self):
-        _call("shutdown", call="shutdown()")
+        _step("shutdown()", "shutdown")
         self.booted = self.connected = False
 
     def crash(self):
-        _call("crash", call="crash()")
+        _step("crash()", "crash")
         self.booted = self.connected = False
 
     def reboot(self):
@@ -299,19 +296,6 @@ class Machine:
     def nested(self, msg, attrs=None):
         with log.nested(msg):
             yield
-
-
-# The NixOS driver's key names for characters (send_chars).
-_KEYS = {
-    "\n": "ret", " ": "spc", "\t": "tab", "-": "minus", "=": "equal", ",": "comma", ".": "dot",
-    "/": "slash", ";": "semicolon", "'": "apostrophe", "\\": "backslash", "[": "bracket_left",
-    "]": "bracket_right", "`": "grave_accent", "_": "shift-minus", "+": "shift-equal",
-    "!": "shift-1", "@": "shift-2", "#": "shift-3", "$": "shift-4", "%": "shift-5", "^": "shift-6",
-    "&": "shift-7", "*": "shift-8", "(": "shift-9", ")": "shift-0", ":": "shift-semicolon",
-    '"': "shift-apostrophe", "<": "shift-comma", ">": "shift-dot", "?": "shift-slash",
-    "|": "shift-backslash", "{": "shift-bracket_left", "}": "shift-bracket_right", "~": "shift-grave_accent",
-}
-_KEYS.update({c: f"shift-{c.lower()}" for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"})
 
 
 class _Log:

@@ -541,7 +541,7 @@ async fn deploy_and_steps(
         if let crate::spec::Action::Python(script) = &s.action {
             // Its calls are the steps: the script's own step is replaced.
             result.steps_total -= 1;
-            if let Err(o) = super::python::run(m, script, &result.dir.clone(), opts, s.timeout, s.timeout, result).await {
+            if let Err(o) = super::python::run(m, script, opts, s.timeout, result).await {
                 failure = Some(o);
             }
             continue;

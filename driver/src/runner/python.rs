@@ -64,20 +64,13 @@ impl Done {
     }
 }
 
-/// Runs `script` against the cell's VM, recording each call in `result`.
-/// The script, the harness, its segment table and `python.log` (the
-/// script's own output and any traceback) stay in `dir`.
-pub async fn run(
-    m: &mut Machine<'_>,
-    script: &PyScript,
-    dir: &Path,
-    opts: &RunOptions,
-    default_timeout: Duration,
-    command_timeout: Duration,
-    result: &mut CellResult,
-) -> Result<(), Outcome> {
+/// Runs `script` against the cell's VM, recording each call in `result`;
+/// `timeout` is a call's default deadline. The script, the harness, its
+/// segment table and `python.log` (the script's own output and any
+/// traceback) stay in the cell's results.
+pub async fn run(m: &mut Machine<'_>, script: &PyScript, opts: &RunOptions, timeout: Duration, result: &mut CellResult) -> Result<(), Outcome> {
     let err = |reason: String| Outcome::Error { reason };
-    let dir = &std::path::absolute(dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
+    let dir = &std::path::absolute(m.artifacts).map_err(|e| err(format!("{}: {e}", m.artifacts.display())))?;
     let script_path = dir.join("test-script.py");
     let meta_path = dir.join("test-script.json");
     let harness_path = dir.join("xdriver_harness.py");
@@ -136,14 +129,13 @@ pub async fn run(
             }
             "failed" => {
                 let mut reason = req["traceback"].as_str().unwrap_or("the script failed").to_string();
-                if let Some((l, why)) = &last_fail {
-                    if *l == at {
-                        reason.push_str(&format!("\n{why}"));
-                    }
+                // A call on this line failed and was recorded already.
+                let recorded = last_fail.as_ref().filter(|(l, _)| *l == at);
+                if let Some((_, why)) = recorded {
+                    reason.push_str(&format!("\n{why}"));
                 }
                 let kind = req["kind"].as_str().unwrap_or("failed");
-                let already = last_fail.as_ref().is_some_and(|(l, _)| *l == at);
-                if !already {
+                if recorded.is_none() {
                     let status = if kind == "infra" { StepStatus::Error } else { StepStatus::Fail };
                     let name = format!("script line {at}: {}", req["type"].as_str().unwrap_or("error"));
                     result.steps_total += 1;
@@ -156,7 +148,7 @@ pub async fn run(
         }
         let call = req["call"].as_str().unwrap_or(&op).to_string();
         let started = Instant::now();
-        let d = perform(m, &op, &req, &group, dir, opts, default_timeout, command_timeout).await;
+        let d = perform(m, &op, &req, &group, opts, timeout).await;
         let quiet = matches!(op.as_str(), "log" | "console_log") || req["quiet"].as_bool() == Some(true) || (op == "subtest" && req["phase"] == "start");
         if !quiet {
             result.steps_total += 1;
@@ -198,13 +190,12 @@ pub async fn run(
 }
 
 /// Does one call.
-#[allow(clippy::too_many_arguments)]
-async fn perform(m: &mut Machine<'_>, op: &str, req: &Value, group: &str, dir: &Path, opts: &RunOptions, default_timeout: Duration, command_timeout: Duration) -> Done {
+async fn perform(m: &mut Machine<'_>, op: &str, req: &Value, group: &str, opts: &RunOptions, default_timeout: Duration) -> Done {
     let s = |k: &str| req[k].as_str().unwrap_or_default().to_string();
     match op {
         "exec" => {
             let command = s("command");
-            let (timeout, cut) = deadline(&req["timeout"], command_timeout, opts);
+            let (timeout, cut) = deadline(&req["timeout"], default_timeout, opts);
             let t = Instant::now();
             match m.vm.exec(Channel::Backdoor, &bash_command(&command), &[], timeout, None).await {
                 Ok(out) => {
@@ -247,17 +238,6 @@ async fn perform(m: &mut Machine<'_>, op: &str, req: &Value, group: &str, dir: &
             let log = std::fs::read(m.vm.run_dir().join("serial.log")).unwrap_or_default();
             Done::ok(json!(String::from_utf8_lossy(&log).replace('\r', "")))
         }
-        "screenshot" => {
-            let mut name = s("filename");
-            if !name.contains('.') {
-                name.push_str(".png");
-            }
-            let path = if name.contains('/') { std::path::PathBuf::from(&name) } else { dir.join(&name) };
-            match m.vm.screendump(&path).await {
-                Ok(()) => Done::ok(json!(path.display().to_string())),
-                Err(e) => Done::infra(format!("screenshot {}: {}", path.display(), chain_error(&e))),
-            }
-        }
         "hmp" => match m.vm.qmp.hmp(&s("command")).await {
             Ok(text) => Done::ok(json!(text)),
             Err(e) => Done::infra(format!("monitor command `{}`: {e}", s("command"))),
@@ -271,19 +251,6 @@ async fn perform(m: &mut Machine<'_>, op: &str, req: &Value, group: &str, dir: &
                 Done::ok(Value::Null)
             } else {
                 Done::infra("start(): this cell's VM has stopped, and xdriver does not start it again within a cell (not supported yet)".into())
-            }
-        }
-        "shutdown" => match m.vm.poweroff(Duration::from_secs(120)).await {
-            Ok(true) => Done::ok(Value::Null),
-            Ok(false) => Done::infra("shutdown(): the guest did not power off within 120 s".into()),
-            Err(e) => Done::infra(format!("shutdown(): {}", chain_error(&e))),
-        },
-        "crash" => {
-            let _ = m.vm.qmp.execute(qapi::qmp::quit {}).await;
-            if m.vm.wait_exit(Duration::from_secs(10)).await {
-                Done::ok(Value::Null)
-            } else {
-                Done::infra("crash(): QEMU did not exit after QMP quit".into())
             }
         }
         "wait_for_shutdown" => {

@@ -190,6 +190,11 @@ mod secs {
     }
 }
 
+/// Steps computed by Nix have no place in a TOML file.
+fn unspanned(defs: &[StepDef]) -> Vec<Spanned<StepDef>> {
+    defs.iter().map(|d| Spanned::new(0..0, d.clone())).collect()
+}
+
 impl Spec {
     /// Every step of a cell, in execution order.
     pub fn steps(&self, r: &Resolved) -> Result<Vec<Step>, SpecError> {
@@ -201,15 +206,14 @@ impl Spec {
         let mut out = Vec::new();
         if let Some(per) = &self.instance_steps {
             // A Nix spec: the same groups in the same order, computed by Nix.
-            let whole = |defs: &[StepDef]| defs.iter().map(|d| Spanned::new(0..0, d.clone())).collect::<Vec<_>>();
             if per.any_python() {
                 return self.nix_python(&t, per, &sys_ctx);
             }
             let steps_of = |h: &Hook| match h {
-                Hook::Steps(v) => whole(v),
+                Hook::Steps(v) => unspanned(v),
                 Hook::Python(_) => Vec::new(),
             };
-            self.expand(&t, &whole(&per.setup), &sys_ctx, "initialTests", &mut out)?;
+            self.expand(&t, &unspanned(&per.setup), &sys_ctx, "initialTests", &mut out)?;
             self.expand(&t, &steps_of(&per.initial_tests), &sys_ctx, "initialTests", &mut out)?;
             for (group, map) in [("readiness", &per.readiness), ("tests", &per.tests)] {
                 for p in &r.system.processes {
@@ -255,8 +259,7 @@ impl Spec {
                 Hook::Python(text) => script.push(text, group, &origin(key), None),
                 Hook::Steps(defs) => {
                     let mut steps = Vec::new();
-                    let defs: Vec<_> = defs.iter().map(|d| Spanned::new(0..0, d.clone())).collect();
-                    self.expand(t, &defs, sys_ctx, group, &mut steps)?;
+                    self.expand(t, &unspanned(defs), sys_ctx, group, &mut steps)?;
                     script.push_steps(&steps, group, &origin(key));
                 }
             }

@@ -757,12 +757,7 @@ impl Vm {
         if !self.is_running() {
             return Stopped::AlreadyExited;
         }
-        let poweroff = format!("({}) >/dev/null 2>&1 </dev/null &", self.os.poweroff(self.init));
-        let asked = tokio::time::timeout(
-            Duration::from_secs(10),
-            self.backdoor.exec(&poweroff, &[], Duration::from_secs(5), None),
-        )
-        .await;
+        let asked = tokio::time::timeout(Duration::from_secs(10), self.ask_poweroff()).await;
         // OpenRC takes 16-18 s to power off under TCG on an idle host, and
         // twice that when two VMs share two cores.
         if matches!(asked, Ok(Ok(_))) && self.wait_exit(Duration::from_secs(90)).await {
@@ -786,9 +781,15 @@ impl Vm {
     /// background) and waits up to `timeout` for QEMU to exit; true if it
     /// did. The VM stays usable as a value (for its logs).
     pub async fn poweroff(&self, timeout: Duration) -> Result<bool, VmError> {
-        let poweroff = format!("({}) >/dev/null 2>&1 </dev/null &", self.os.poweroff(self.init));
-        self.backdoor.exec(&poweroff, &[], Duration::from_secs(5), None).await?;
+        self.ask_poweroff().await?;
         Ok(self.wait_exit(timeout).await)
+    }
+
+    /// Starts the guest OS's power-off command in the background, over the
+    /// backdoor (it returns before the guest goes down).
+    async fn ask_poweroff(&self) -> Result<Output, crate::vm::backdoor::BackdoorError> {
+        let poweroff = format!("({}) >/dev/null 2>&1 </dev/null &", self.os.poweroff(self.init));
+        self.backdoor.exec(&poweroff, &[], Duration::from_secs(5), None).await
     }
 
     /// Presses the ACPI power button (QMP `system_powerdown`) and waits up to
