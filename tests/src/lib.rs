@@ -54,6 +54,82 @@ pub fn example(name: &str) -> PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name)
 }
 
+/// A test's working directory: removed when the test passes, kept when it
+/// panics (its path and the guest logs of every failed cell are printed),
+/// so a CI failure leaves what is needed to understand it.
+pub struct Work(Option<tempfile::TempDir>);
+
+/// A fresh working directory for one test.
+pub fn workdir() -> Work {
+    Work(Some(tempfile::Builder::new().prefix("xdriver-test-").tempdir().expect("tempdir")))
+}
+
+impl Work {
+    /// The directory.
+    pub fn path(&self) -> &std::path::Path {
+        self.0.as_ref().expect("work dir").path()
+    }
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let Some(dir) = self.0.take() else { return };
+        let path = dir.keep();
+        eprintln!("xdriver-tests: the failed test's work dir is kept: {}", path.display());
+        print_failed_cells_logs(&path);
+    }
+}
+
+/// Prints the tail of every guest log of every cell whose result is not a
+/// pass or a skip, under `dir`'s results directories.
+fn print_failed_cells_logs(dir: &std::path::Path) {
+    let mut results = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n == "result.json") {
+                results.push(p);
+            }
+        }
+    }
+    for r in results {
+        let Ok(text) = std::fs::read_to_string(&r) else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+        let status = v["outcome"]["status"].as_str().unwrap_or("");
+        if matches!(status, "pass" | "skip") {
+            continue;
+        }
+        let cell = r.parent().expect("cell dir");
+        let mut logs = Vec::new();
+        let mut stack = vec![cell.join("guest-logs")];
+        while let Some(d) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&d) else { continue };
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    logs.push(p);
+                }
+            }
+        }
+        logs.sort();
+        for l in logs.iter().take(24) {
+            let text = String::from_utf8_lossy(&std::fs::read(l).unwrap_or_default()).into_owned();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(15)..];
+            eprintln!("--- {} (last {} lines)\n{}", l.display(), tail.len(), tail.join("\n"));
+        }
+    }
+}
+
 /// What a run of the `xdriver` binary gave.
 pub struct Run {
     /// Exit code (-1 if killed by a signal).

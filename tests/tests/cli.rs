@@ -15,7 +15,7 @@ fn xdriver() -> Command {
 
 #[test]
 fn usage_errors_exit_2_and_say_what_is_wrong() {
-    let cache = tempfile::tempdir().expect("tempdir");
+    let cache = xdriver_tests::workdir();
     let cases: &[(&[&str], &str)] = &[
         (&["run", "--image", "debian-12-upstart", "--", "true"], "unknown image `debian-12-upstart`"),
         (&["run", "--image", "debian-12-systemd", "--share", "/nonexistent-xd:/mnt", "--", "true"], "--share `/nonexistent-xd:/mnt`"),
@@ -45,7 +45,7 @@ fn help_documents_exit_codes() {
 #[test]
 fn run_passes_the_command_status_and_streams_output() {
     image(xdriver_guests::Init::Sysvinit);
-    let share = tempfile::tempdir().expect("tempdir");
+    let share = xdriver_tests::workdir();
     std::fs::write(share.path().join("f"), "shared\n").expect("write");
     for channel in ["ssh", "backdoor"] {
         let out = xdriver()
@@ -130,7 +130,7 @@ fn ctrl_c_stops_the_vm_and_exits_130() {
 
 #[test]
 fn one_build_for_concurrent_requests_and_interrupted_builds_leave_no_entry() {
-    let cache = tempfile::tempdir().expect("tempdir");
+    let cache = xdriver_tests::workdir();
     let build = || {
         xdriver()
             .args(["image", "build", "debian-12", "--init", "runit", "--json"])

@@ -11,7 +11,7 @@ use xdriver_tests::run_xdriver as xdriver;
 use xdriver_tests::{example, Run};
 
 fn image_dir(name: &str) -> PathBuf {
-    let work = tempfile::tempdir().expect("tempdir");
+    let work = xdriver_tests::workdir();
     let list = xdriver(&["image", "list", "--json"], work.path());
     let v: serde_json::Value = serde_json::from_str(&list.stdout).expect("json");
     let e = v
@@ -22,7 +22,7 @@ fn image_dir(name: &str) -> PathBuf {
 }
 
 fn webapps(extra: &[&str]) -> Run {
-    let work = tempfile::tempdir().expect("tempdir");
+    let work = xdriver_tests::workdir();
     let spec = example("webapps");
     let mut args = vec!["test", spec.to_str().expect("utf-8"), "--accel", "tcg", "--os", "debian-12-cloud", "--no-progress"];
     args.extend_from_slice(extra);
@@ -41,7 +41,7 @@ fn assert_all_pass(run: &Run, cells: usize, label: &str) {
 
 #[test]
 fn cloud_init_consumed_the_seed_once_and_the_prepared_disk_boots_by_bios() {
-    let work = tempfile::tempdir().expect("tempdir");
+    let work = xdriver_tests::workdir();
     // One boot over SSH (the cell's own key, installed over the backdoor;
     // the host key the preparation recorded), after the preparation if no
     // other test has prepared the image yet.
@@ -103,7 +103,7 @@ fn the_webapps_example_passes_on_the_cloud_image_booted_by_uefi() {
         assert!(run.stdout.contains(&format!("PASS  debian-12-cloud/{m}/unprivileged")), "UEFI {m}:\n{}", run.stdout);
     }
     assert!(run.stdout.contains("3 cells: 3 passed"), "{}", run.stdout);
-    let check = tempfile::tempdir().expect("tempdir");
+    let check = xdriver_tests::workdir();
     let efi = xdriver(
         &["run", "--image", "debian-12-cloud-uefi", "--accel", "tcg", "--channel", "backdoor", "--", "test -d /sys/firmware/efi && echo booted-by-uefi"],
         check.path(),

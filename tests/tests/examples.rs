@@ -12,11 +12,11 @@ use xdriver_tests::{webapp_dir, example, xdriver_bin};
 struct Run {
     code: i32,
     stdout: String,
-    results: tempfile::TempDir,
+    results: xdriver_tests::Work,
 }
 
 fn xdriver_test(example_name: &str, args: &[&str]) -> Run {
-    let results = tempfile::tempdir().expect("tempdir");
+    let results = xdriver_tests::workdir();
     let out = Command::new(xdriver_bin())
         .arg("test")
         .arg(example(example_name))

@@ -58,8 +58,8 @@ fn manifest(o: &Output) -> serde_json::Value {
 
 #[test]
 fn vendor_images_import_compressed_or_plain_once_and_bad_ones_leave_nothing() {
-    let work = tempfile::tempdir().expect("tempdir");
-    let cache = tempfile::tempdir().expect("tempdir");
+    let work = xdriver_tests::workdir();
+    let cache = xdriver_tests::workdir();
     let raw = raw_disk(work.path());
     let xz = compress("xz", &raw);
     let gz = compress("gzip", &raw);
@@ -116,8 +116,8 @@ fn vendor_images_import_compressed_or_plain_once_and_bad_ones_leave_nothing() {
 
 #[test]
 fn two_imports_at_once_do_the_work_once() {
-    let work = tempfile::tempdir().expect("tempdir");
-    let cache = tempfile::tempdir().expect("tempdir");
+    let work = xdriver_tests::workdir();
+    let cache = xdriver_tests::workdir();
     let raw = raw_disk(work.path());
     let spawn = || {
         Command::new(xdriver_bin())
@@ -139,8 +139,8 @@ fn two_imports_at_once_do_the_work_once() {
 
 #[test]
 fn export_and_import_move_an_image_between_caches() {
-    let work = tempfile::tempdir().expect("tempdir");
-    let (c1, c2) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let work = xdriver_tests::workdir();
+    let (c1, c2) = (xdriver_tests::workdir(), xdriver_tests::workdir());
     let raw = raw_disk(work.path());
     assert!(xdriver(c1.path(), &["image", "import", "freebsd", raw.to_str().expect("utf-8"), "--os", "freebsd"]).status.success());
     let tar = work.path().join("freebsd.tar");
@@ -156,7 +156,7 @@ fn export_and_import_move_an_image_between_caches() {
     let o = xdriver(c2.path(), &["image", "import", tar.to_str().expect("utf-8")]);
     assert!(o.status.success() && text(&o).contains("already imported"), "{}", text(&o));
     // A truncated tar is refused and leaves nothing.
-    let c3 = tempfile::tempdir().expect("tempdir");
+    let c3 = xdriver_tests::workdir();
     let bytes = std::fs::read(&tar).expect("read");
     let cut = work.path().join("cut.tar");
     std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).expect("write");

@@ -14,7 +14,7 @@ use xdriver_tests::{boot, sha256};
 const T: Duration = Duration::from_secs(120);
 
 async fn exercise(init: Init) {
-    let share_dir = tempfile::tempdir().expect("tempdir");
+    let share_dir = xdriver_tests::workdir();
     std::fs::write(share_dir.path().join("hello.txt"), format!("hello from the host to {init}\n")).expect("write");
     let share = Share { host: share_dir.path().to_path_buf(), guest: "/mnt/host".into(), writable: false };
     let vm = boot(init, "init", vec![share]).await;
@@ -47,7 +47,7 @@ async fn exercise(init: Init) {
     }
 
     // Copy a file and a directory in and out; checksums must match.
-    let local = tempfile::tempdir().expect("tempdir");
+    let local = xdriver_tests::workdir();
     let payload: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     let file = local.path().join("payload.bin");
     std::fs::write(&file, &payload).expect("write");
@@ -59,7 +59,7 @@ async fn exercise(init: Init) {
     let sum = vm.exec(Channel::Ssh, "sha256sum /root/in/payload.bin | cut -d' ' -f1; cat /root/in/tree/sub/a.txt", &[], T, None).await.expect("exec");
     assert_eq!(sum.stdout_str(), format!("{}\na\n", sha256(&payload)), "{init}: copy_to checksum");
     vm.exec(Channel::Ssh, "cp /root/in/payload.bin /root/in/back.bin", &[], T, None).await.expect("exec");
-    let back = tempfile::tempdir().expect("tempdir");
+    let back = xdriver_tests::workdir();
     let got = ssh.copy_from("/root/in/back.bin", back.path()).await.expect("copy_from file");
     assert_eq!(sha256(&std::fs::read(&got).expect("read")), sha256(&payload), "{init}: copy_from checksum");
     let tree = ssh.copy_from("/root/in/tree", back.path()).await.expect("copy_from dir");

@@ -32,7 +32,7 @@ fn chromium() -> PathBuf {
 
 /// The DOM after Chromium has loaded the page and run its script.
 fn rendered_dom(page: &Path, fragment: &str) -> String {
-    let profile = tempfile::tempdir().expect("tempdir");
+    let profile = xdriver_tests::workdir();
     let out = Command::new(chromium())
         .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"])
         .arg(format!("--user-data-dir={}", profile.path().display()))
@@ -47,7 +47,7 @@ fn rendered_dom(page: &Path, fragment: &str) -> String {
 
 #[test]
 fn two_failing_cells_at_once_with_reports() {
-    let work = tempfile::tempdir().expect("tempdir");
+    let work = xdriver_tests::workdir();
     let spec = example("chain");
     let run = test_chain(
         &[
@@ -176,7 +176,7 @@ fn two_failing_cells_at_once_with_reports() {
 
 #[test]
 fn boot_failures_are_retried_and_reported() {
-    let work = tempfile::tempdir().expect("tempdir");
+    let work = xdriver_tests::workdir();
     // 48 MiB is too little for the guest kernel to boot: each attempt fails
     // fast, for infrastructure reasons.
     let run = test_chain(
@@ -214,7 +214,7 @@ fn boot_failures_are_retried_and_reported() {
 
 #[test]
 fn fail_fast_starts_no_cell_after_a_failure() {
-    let work = tempfile::tempdir().expect("tempdir");
+    let work = xdriver_tests::workdir();
     // 48 MiB: the first cell's QEMU exits at once (an infrastructure error).
     let run = test_chain(
         &["--manager", "sysvinit,runit", "--profile", "privileged", "--mem-mib", "48", "--jobs", "1", "--fail-fast"],
@@ -229,7 +229,7 @@ fn fail_fast_starts_no_cell_after_a_failure() {
 #[test]
 fn progress_bars_on_a_terminal() {
     // `script` gives xdriver a terminal; the typescript holds what it drew.
-    let work = tempfile::tempdir().expect("tempdir");
+    let work = xdriver_tests::workdir();
     let spec = example("chain");
     let typescript = work.path().join("typescript");
     let cmd = format!(
@@ -265,7 +265,7 @@ fn the_run_deadline_cuts_a_step_and_fails_what_never_started() {
     // reaches that step well inside 150 s on any host that runs the rest
     // of the suite, and waits there until the deadline cuts it; the
     // second cell (one at a time) never starts.
-    let work = tempfile::tempdir().expect("tempdir");
+    let work = xdriver_tests::workdir();
     std::fs::write(
         work.path().join("xdriver.toml"),
         r#"name = "deadline"

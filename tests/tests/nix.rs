@@ -12,7 +12,7 @@ use xdriver_tests::{example, Run};
 
 #[test]
 fn the_webapps_system_in_nix_has_the_same_plan_as_in_toml() {
-    let here = tempfile::tempdir().expect("tempdir");
+    let here = xdriver_tests::workdir();
     let toml = example("webapps");
     let nix = example("webapps-nix-steps");
     for json in [false, true] {
@@ -38,8 +38,8 @@ fn the_webapps_system_in_nix_has_the_same_plan_as_in_toml() {
     assert_eq!(one.stdout, toml_one.stdout);
 }
 
-fn run_seed(extra: &[&str]) -> (Run, tempfile::TempDir) {
-    let work = tempfile::tempdir().expect("tempdir");
+fn run_seed(extra: &[&str]) -> (Run, xdriver_tests::Work) {
+    let work = xdriver_tests::workdir();
     let nix = example("webapps-nix");
     let mut args = vec!["test", nix.to_str().expect("utf-8"), "--accel", "tcg", "--no-progress"];
     args.extend_from_slice(extra);
@@ -92,7 +92,7 @@ fn the_seeds_nix_files_pass_with_the_store_over_virtiofs() {
 
 #[test]
 fn nix_errors_come_with_nixs_message_and_location() {
-    let d = tempfile::tempdir().expect("tempdir");
+    let d = xdriver_tests::workdir();
     let write = |name: &str, text: &str| {
         let p = d.path().join(name);
         std::fs::write(&p, text).expect("write");
@@ -142,7 +142,7 @@ fn system_packages_and_store_paths_of_a_nix_spec_reach_the_plan() {
     // A tool added to the store by the spec itself (`builtins.path` in
     // read-write evaluation) and listed in systemPackages: linked onto the
     // guest's PATH first, and used by a test step.
-    let d = tempfile::tempdir().expect("tempdir");
+    let d = xdriver_tests::workdir();
     std::fs::create_dir_all(d.path().join("tool/bin")).expect("mkdir");
     std::fs::write(d.path().join("tool/bin/xd-hello"), "#!/bin/sh\necho hello\n").expect("write");
     std::fs::write(

@@ -9,7 +9,7 @@ use xdriver_tests::example;
 
 #[test]
 fn a_python_script_drives_the_machine_api_and_a_failing_line_is_reported_where_it_was_written() {
-    let work = tempfile::tempdir().expect("tempdir");
+    let work = xdriver_tests::workdir();
     let spec = example("python");
     let run = xdriver(&["test", spec.to_str().expect("utf-8"), "--accel", "tcg", "--no-progress", "--jobs", "2"], work.path());
     // systemd passes; sysvinit fails on the script's last line.
@@ -56,7 +56,7 @@ fn a_python_script_drives_the_machine_api_and_a_failing_line_is_reported_where_i
 /// from inside (sysvinit) or by QEMU stopping at once (systemd).
 #[test]
 fn toml_steps_block_forward_screenshot_type_shutdown_and_crash() {
-    let work = tempfile::tempdir().expect("tempdir");
+    let work = xdriver_tests::workdir();
     let spec = example("steps");
     let run = xdriver(&["test", spec.to_str().expect("utf-8"), "--accel", "tcg", "--no-progress", "--jobs", "2"], work.path());
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);

@@ -34,7 +34,7 @@ port = 1000
 
 #[test]
 fn spec_errors_say_where_and_what() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = xdriver_tests::workdir();
     let cases: &[(&str, &str, &str)] = &[
         ("name = \"t\"\n[instances.a]\nport = \n", ":3:", "string values must be quoted"),
         (&GOOD.replace("process.foreground", "process.forground"), ":4:9:", "unknown field `forground`"),
@@ -75,8 +75,8 @@ fn plan_shows_configs_commands_and_steps_without_booting() {
 #[test]
 fn an_os_without_an_image_fails_its_cells_with_the_import_command() {
     let webapps = example("webapps");
-    let results = tempfile::tempdir().expect("tempdir");
-    let cache = tempfile::tempdir().expect("tempdir");
+    let results = xdriver_tests::workdir();
+    let cache = xdriver_tests::workdir();
     let out = Command::new(xdriver_bin())
         .args(["test", webapps.to_str().expect("utf-8"), "--os", "freebsd", "--manager", "bsdrc", "--accel", "tcg", "--results-dir"])
         .arg(results.path())
@@ -97,7 +97,7 @@ fn an_os_without_an_image_fails_its_cells_with_the_import_command() {
 #[test]
 fn a_run_of_skipped_cells_only_exits_4_and_keeps_their_earlier_results() {
     let webapps = example("webapps");
-    let results = tempfile::tempdir().expect("tempdir");
+    let results = xdriver_tests::workdir();
     // An earlier run's results for a cell that is skipped now.
     let earlier = results.path().join("nginx-reverse-proxy-hostbased/debian-12-bsdrc-privileged");
     std::fs::create_dir_all(&earlier).expect("mkdir");

@@ -88,7 +88,7 @@ async fn the_webapp_runs_from_the_host_store_over_virtiofs_and_9p() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_derivation_built_by_the_host_is_used_and_known_in_a_nix_guest() {
-    let expr = tempfile::tempdir().expect("tempdir");
+    let expr = xdriver_tests::workdir();
     let file = expr.path().join("hello.nix");
     std::fs::write(
         &file,
