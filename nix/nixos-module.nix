@@ -53,6 +53,9 @@
       # xdriver's own sshd is off 22 (xdriver_guests::SSH_PORT): the
       # guest's ports belong to the test.
       ports = [ 10022 ];
+      # The run's key goes to /etc/xdriver/authorized_keys (over the
+      # backdoor); root's ~/.ssh is the test's.
+      authorizedKeysFiles = [ "/etc/xdriver/authorized_keys" ];
       settings = {
         PermitRootLogin = "prohibit-password";
         PasswordAuthentication = false;

@@ -4,25 +4,30 @@
 # the driver itself: every call is a request to the xdriver process that
 # started this one, which runs it on the VM and records it as a step.
 #
-# Channels: requests go out on what was stdout, replies come in on what was
-# stdin, one JSON object per line. The script's own stdout (print) goes to
-# stderr, which xdriver keeps as the cell's python.log.
+# Channel: requests go out and replies come in over the Unix socket named
+# by XDRIVER_HARNESS_SOCKET, one JSON object per line. Running a script,
+# stdout and stderr are the cell's python.log. With --interactive, stdin and
+# stdout are xdriver's terminal and a Python prompt has `machine` ready.
 #
-# Usage (by xdriver): python3 xdriver_harness.py SCRIPT.py SEGMENTS.json
+# Usage (by xdriver): python3 xdriver_harness.py SCRIPT.py SEGMENTS.json [--interactive]
 
 import contextlib
 import json
 import os
+import socket
 import sys
 import time
 import traceback
 import unittest
 
-_rpc_out = os.fdopen(os.dup(1), "w", encoding="utf-8")
-_rpc_in = os.fdopen(os.dup(0), "r", encoding="utf-8")
-os.dup2(2, 1)
-_null = os.open(os.devnull, os.O_RDONLY)
-os.dup2(_null, 0)
+INTERACTIVE = "--interactive" in sys.argv[3:]
+_sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+_sock.connect(os.environ["XDRIVER_HARNESS_SOCKET"])
+_rpc_out = _sock.makefile("w", encoding="utf-8")
+_rpc_in = _sock.makefile("r", encoding="utf-8")
+if not INTERACTIVE:
+    _null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(_null, 0)
 sys.stdout.reconfigure(line_buffering=True)
 
 SCRIPT = os.path.abspath(sys.argv[1])
@@ -416,9 +421,35 @@ def _line_of(e):
     return line
 
 
+def _prompt(source):
+    """A Python prompt with the script's names, as the NixOS driver's
+    interactive mode: `test_script()` runs the cell's script."""
+    import code
+    try:
+        import readline  # noqa: F401 -- line editing and history at the prompt
+    except ImportError:
+        pass
+    symbols = _symbols()
+
+    def test_script():
+        exec(compile(source, SCRIPT, "exec"), symbols)
+
+    symbols["test_script"] = test_script
+    banner = (f"xdriver: {META['os']}/{META['manager']}: deployed; `machine` is ready "
+              f"(e.g. machine.succeed(\"uname -a\")).\n"
+              + ("test_script() runs the cell's test script. " if source.strip() else "")
+              + "Ctrl-D ends the session and stops the VM.")
+    code.interact(banner=banner, local=symbols, exitmsg="")
+
+
 def main():
     with open(SCRIPT, encoding="utf-8") as f:
         source = f.read()
+    if INTERACTIVE:
+        _prompt(source)
+        _rpc_out.write(json.dumps({"op": "done", "line": 0}) + "\n")
+        _rpc_out.flush()
+        return
     try:
         code = compile(source, SCRIPT, "exec")
         exec(code, _symbols())

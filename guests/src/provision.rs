@@ -95,12 +95,15 @@ pub fn provision(init: Init, hostname: &str) -> Vec<FsEntry> {
             "/etc/ssh/sshd_config.d/xdriver.conf",
             0o644,
             "# Written by xdriver: key-only root login with the per-run key\n\
-             # (the initramfs writes it to /root/.ssh/authorized_keys from the\n\
-             # kernel command line); one pinned host key. No PAM: a PAM session\n\
+             # (the initramfs writes it to /etc/xdriver/authorized_keys from the\n\
+             # kernel command line; root's ~/.ssh is the test's); one pinned host key. No PAM: a PAM session\n\
              # would start a logind session and root's systemd --user on the\n\
              # first login, seconds of CPU under TCG that no test needs.\n\
-             # Port 10022 (xdriver_guests::SSH_PORT): 22 is the test's.\n\
+             # Port 10022 (xdriver_guests::SSH_PORT) and its own pid file:\n\
+             # 22 and /run/sshd.pid are the test's (its own sshd instance).\n\
              Port 10022\n\
+             PidFile /run/xdriver-sshd.pid\n\
+             AuthorizedKeysFile /etc/xdriver/authorized_keys .ssh/authorized_keys\n\
              PermitRootLogin prohibit-password\n\
              PasswordAuthentication no\n\
              KbdInteractiveAuthentication no\n\
@@ -261,21 +264,27 @@ mod tests {
     }
 
     #[test]
-    fn every_sshd_config_xdriver_writes_uses_its_port() {
+    fn every_sshd_config_xdriver_writes_uses_its_port_and_keys_file() {
+        // Port 22 and root's ~/.ssh belong to the test (nix-processmgmt-services'
+        // sshd test runs sshd on 22 and makes /root/.ssh with `mkdir -m 700`).
         let port = format!("Port {SSH_PORT}");
+        let keys = "AuthorizedKeysFile /etc/xdriver/authorized_keys";
         for init in crate::init::Init::ALL {
             let sshd = provision(init, "x").into_iter().find_map(|e| match e {
                 FsEntry::File { path, contents, .. } if path == "/etc/ssh/sshd_config.d/xdriver.conf" => Some(contents),
                 _ => None,
             });
-            assert!(sshd.expect("sshd config").contains(&format!("\n{port}\n")), "built {init:?} images");
+            let sshd = sshd.expect("sshd config");
+            assert!(sshd.contains(&format!("\n{port}\n")) && sshd.contains(keys) && sshd.contains("PidFile /run/xdriver-sshd.pid"), "built {init:?} images");
         }
         for os in Os::all() {
             if matches!(os.images(), crate::os::Images::Imported { .. }) {
-                assert!(os.prepare_finish().contains(&port), "{os}: prepared images");
+                assert!(os.prepare_finish().contains(&port) && os.prepare_finish().contains(keys), "{os}: prepared images");
+                assert!(os.authorize_ssh_key("k").contains("/etc/xdriver/authorized_keys"), "{os}");
             }
         }
-        assert!(include_str!("../../nix/nixos-module.nix").contains(&format!("ports = [ {SSH_PORT} ]")), "the NixOS module");
+        let module = include_str!("../../nix/nixos-module.nix");
+        assert!(module.contains(&format!("ports = [ {SSH_PORT} ]")) && module.contains("authorizedKeysFiles = [ \"/etc/xdriver/authorized_keys\" ]"), "the NixOS module");
     }
 
     #[test]

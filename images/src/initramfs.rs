@@ -11,7 +11,8 @@ use crate::cpio::Cpio;
 /// configures eth0 here, before the init starts: the image's own network
 /// scripts then only bring up lo, so nothing in the boot waits for udev to
 /// settle before sshd can start (that wait was ~4 s of a systemd boot).
-/// `xdriver.ssh_key=BASE64` becomes root's authorized_keys.
+/// `xdriver.ssh_key=BASE64` becomes /etc/xdriver/authorized_keys, the file
+/// xdriver's sshd reads before root's own (root's ~/.ssh is the test's).
 pub const INIT_SCRIPT: &str = r#"#!/bin/busybox sh
 /bin/busybox mkdir -p /usr/bin /usr/sbin /sbin
 /bin/busybox --install -s
@@ -53,12 +54,13 @@ if [ ! -x "/newroot$init" ] && [ ! -L "/newroot$init" ]; then
   exec sh
 fi
 # The run's SSH client key (base64 of the OpenSSH public key): written to
-# root's authorized_keys on the VM's own copy-on-write overlay, so sshd
-# needs no helper process per login and the image holds no key.
+# /etc/xdriver/authorized_keys (sshd's AuthorizedKeysFile for root, besides
+# ~/.ssh, which stays the test's) on the VM's own copy-on-write overlay, so
+# sshd needs no helper process per login and the image holds no key.
 if [ -n "$sshkey" ] && [ "$rootflags" = rw ]; then
-  mkdir -p /newroot/root/.ssh && chmod 700 /newroot/root/.ssh
-  { echo "$sshkey" | base64 -d; echo; } >/newroot/root/.ssh/authorized_keys && chmod 600 /newroot/root/.ssh/authorized_keys ||
-    echo "xdriver-initramfs: cannot write root's authorized_keys"
+  mkdir -p /newroot/etc/xdriver && chmod 755 /newroot/etc/xdriver
+  { echo "$sshkey" | base64 -d; echo; } >/newroot/etc/xdriver/authorized_keys && chmod 600 /newroot/etc/xdriver/authorized_keys ||
+    echo "xdriver-initramfs: cannot write /etc/xdriver/authorized_keys"
 fi
 wait $later
 echo "xdriver-initramfs: switching to $init"

@@ -90,6 +90,33 @@ fn the_seeds_nix_files_pass_with_the_store_over_virtiofs() {
     assert!(run.stdout.contains("PASS  debian-12/systemd/privileged"), "{}", run.stdout);
 }
 
+/// A test in the style of nix-processmgmt-services' sshd test
+/// (tests/examples/sshd-nix): two sshd instances deployed by the cell's
+/// manager, a key made by initialTests and authorized for root (a fresh
+/// `mkdir -m 700 /root/.ssh`: xdriver's own key is elsewhere) or for
+/// `unprivileged`, and logins over SSH to each instance: privileged on 22
+/// (free: xdriver's sshd is on 10022) and 23 under sysvinit's daemons,
+/// unprivileged on 2222 and 2223 through `su` under runit.
+#[test]
+fn the_sshd_test_logs_in_to_two_sshd_instances_as_root_on_22_and_as_unprivileged() {
+    let work = xdriver_tests::workdir();
+    let spec = example("sshd-nix");
+    for (attr, cell) in [("privileged.sysvinit", "debian-12/sysvinit/privileged"), ("unprivileged.runit", "debian-12/runit/unprivileged")] {
+        let run = xdriver(&["test", spec.to_str().expect("utf-8"), "-A", attr, "--accel", "tcg", "--no-progress"], work.path());
+        assert_eq!(run.code, 0, "{attr}:\n{}\n{}", run.stdout, run.stderr);
+        assert!(run.stdout.contains(&format!("PASS  {cell}")), "{}", run.stdout);
+        let dir = work.path().join("xdriver-results/sshd").join(cell.replace('/', "-"));
+        let log = std::fs::read_to_string(dir.join("commands.log")).expect("commands.log");
+        let logins: Vec<&str> = log.lines().filter(|l| l.contains("$ ") && l.contains("ssh -i key")).collect();
+        assert_eq!(logins.len(), 2, "{logins:?}");
+        if attr.starts_with("privileged") {
+            assert!(logins[0].contains("StrictHostKeyChecking=no localhost") && logins[1].contains("-p 23 localhost"), "{logins:?}");
+        } else {
+            assert!(logins.iter().all(|l| l.contains("su unprivileged -c")) && logins[1].contains("-p 2223 "), "{logins:?}");
+        }
+    }
+}
+
 #[test]
 fn nix_errors_come_with_nixs_message_and_location() {
     let d = xdriver_tests::workdir();

@@ -73,3 +73,108 @@ fn toml_steps_block_forward_screenshot_type_shutdown_and_crash() {
         assert!(log.contains(last), "{m}: {last} not run");
     }
 }
+
+/// `--interactive`, the NixOS driver's interactive mode: the one selected
+/// cell is booted and deployed, then a Python prompt reads what it is
+/// given (here stdin, not a terminal) with `machine` ready, and
+/// `test_script()` runs the cell's script. The cell is a skip, not a pass,
+/// and the session exits 0.
+#[test]
+fn interactive_opens_a_python_prompt_with_machine_after_the_deploy() {
+    use std::io::Write;
+    let work = xdriver_tests::workdir();
+    let spec = example("python");
+    let mut child = std::process::Command::new(xdriver_tests::xdriver_bin())
+        .args(["test", spec.to_str().expect("utf-8"), "--accel", "tcg", "--manager", "systemd", "--interactive"])
+        .env("XDRIVER_WEBAPP_DIR", xdriver_tests::webapp_dir())
+        .current_dir(work.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("xdriver runs");
+    let lines = "print('GOT', machine.succeed('curl -sf localhost:5300/ | grep -c 5300').strip())\n\
+                 test_script()\n\
+                 print('SCRIPT-DONE')\n\
+                 machine.succeed('false')\n\
+                 print('STILL-HERE')\n";
+    child.stdin.take().expect("stdin").write_all(lines.as_bytes()).expect("write");
+    let out = child.wait_with_output().expect("xdriver ends");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("{stdout}\n{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    // The webapp answers with its port; the script ran and passed; a failed
+    // call at the prompt is an exception there, not the end of the session.
+    assert!(stdout.lines().any(|l| l.trim_start_matches(">>> ").starts_with("GOT ") && l.split_whitespace().last().and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n > 0)), "{stdout}");
+    assert!(stdout.contains("SCRIPT-DONE") && stdout.contains("STILL-HERE"), "{stdout}");
+    assert!(stderr.contains("RequestedAssertionFailed"), "{stderr}");
+    assert!(stdout.contains("SKIP  debian-12/systemd/privileged"), "{stdout}");
+    assert!(stdout.contains("interactive session"), "{stdout}");
+    // Two cells selected: a usage error, before anything boots.
+    let two = xdriver(&["test", spec.to_str().expect("utf-8"), "--interactive"], work.path());
+    assert_eq!(two.code, 2, "{}", two.stderr);
+    assert!(two.stderr.contains("--interactive needs exactly one cell to run; 2 are selected"), "{}", two.stderr);
+}
+
+/// `--keep`: the failed cell's VM stays up; xdriver prints an SSH command
+/// that reaches it (run here, from the host) and holds it until SIGTERM,
+/// then stops QEMU and exits with the tests' failure code.
+#[test]
+fn keep_holds_a_failed_cells_vm_reachable_over_ssh_until_sigterm() {
+    use std::io::BufRead;
+    let work = xdriver_tests::workdir();
+    let spec = example("python");
+    let mut child = std::process::Command::new(xdriver_tests::xdriver_bin())
+        .args(["test", spec.to_str().expect("utf-8"), "--accel", "tcg", "--manager", "sysvinit", "--keep"])
+        .env("XDRIVER_WEBAPP_DIR", xdriver_tests::webapp_dir())
+        .current_dir(work.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("xdriver runs");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let mut seen = Vec::new();
+    let (mut ssh, mut qemu_pid) = (None, None);
+    while ssh.is_none() {
+        let l = rx.recv_timeout(std::time::Duration::from_secs(400)).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("no ssh line:\n{}", seen.join("\n"))
+        });
+        if let Some(p) = l.split("QEMU pid ").nth(1) {
+            qemu_pid = p.split('.').next().and_then(|n| n.trim().parse::<i32>().ok());
+        }
+        if l.trim_start().starts_with("ssh -i ") {
+            ssh = Some(l.trim().to_string());
+        }
+        seen.push(l);
+    }
+    let qemu_pid = qemu_pid.expect("QEMU pid printed");
+    assert!(xdriver_tests::alive(qemu_pid));
+    let reached = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{} -o BatchMode=yes 'cat /proc/1/comm; ls /etc/init.d/web'", ssh.expect("ssh")))
+        .output()
+        .expect("ssh runs");
+    let text = String::from_utf8_lossy(&reached.stdout);
+    assert!(reached.status.success() && text.contains("init") && text.contains("/etc/init.d/web"), "{text}\n{}", String::from_utf8_lossy(&reached.stderr));
+    // SAFETY: a plain kill(2) of the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().expect("xdriver ends");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(100), "{stdout}\n{}", seen.join("\n"));
+    assert!(stdout.contains("FAIL  debian-12/sysvinit/privileged"), "{stdout}");
+    for _ in 0..100 {
+        if !xdriver_tests::alive(qemu_pid) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(!xdriver_tests::alive(qemu_pid), "QEMU {qemu_pid} still runs");
+}

@@ -117,6 +117,16 @@ pub struct TestArgs {
     /// Plain log lines instead of progress bars even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
+    /// Bring the one selected cell's VM up, deploy, and open a Python
+    /// prompt with `machine` ready instead of running the tests
+    /// (`test_script()` runs a Python test script); Ctrl-D stops the VM.
+    #[arg(long, conflicts_with_all = ["shard", "keep", "jobs"])]
+    pub interactive: bool,
+    /// Leave a failed cell's VM running and print how to reach it (SSH;
+    /// a Python prompt with `machine` when stdin is a terminal) until
+    /// Ctrl-C or Ctrl-D; other cells go on meanwhile.
+    #[arg(long)]
+    pub keep: bool,
     /// Accelerator and VM size.
     #[command(flatten)]
     pub vm: VmArgs,

@@ -1,6 +1,6 @@
 //! `xdriver run`: boot a fresh VM, run one command (or a shell), shut down.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use xdriver_images::ImageName;
@@ -14,9 +14,7 @@ use crate::vm::qemu::Share;
 use xdriver_guests::shell::quote;
 use crate::vm::{Channel, Vm, VmConfig};
 
-/// Set while a command handles SIGINT/SIGTERM itself (`--keep`), so the
-/// binary's global handler leaves the VM to it.
-pub static HANDLES_SIGNALS: AtomicBool = AtomicBool::new(false);
+use super::HANDLES_SIGNALS;
 
 fn shell_join(words: &[String]) -> String {
     // One word is taken as a shell command line; several are quoted argv.

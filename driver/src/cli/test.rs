@@ -61,6 +61,13 @@ pub(super) async fn main(args: TestArgs) -> Result<i32, CliError> {
     let cells = super::list::shard_of(cells, args.shard);
     let shares = runner::shares(&spec).map_err(|e| CliError { code: exit::USAGE, message: e.to_string() })?;
     let runnable = cells.iter().filter(|(c, _)| c.image.is_ok()).count();
+    if args.interactive && runnable != 1 {
+        let names: Vec<String> = cells.iter().filter(|(c, _)| c.image.is_ok()).map(|(c, _)| c.id()).collect();
+        return Err(CliError::usage(format!(
+            "--interactive needs exactly one cell to run; {runnable} are selected{} (pick one with --os/--manager/--profile, or -A in Nix)",
+            if names.is_empty() { String::new() } else { format!(": {}", names.join(", ")) }
+        )));
+    }
     let mut accel_choice = crate::vm::qemu::Accel::Tcg;
     if runnable > 0 {
         let cache = xdriver_images::ImageCache::open_default().map_err(|e| CliError::infra(&e))?;
@@ -96,6 +103,8 @@ pub(super) async fn main(args: TestArgs) -> Result<i32, CliError> {
         retries: args.retries,
         deadline,
         store,
+        interactive: args.interactive,
+        keep: args.keep,
     };
     eprintln!(
         "xdriver: {} — {} cells ({runnable} to run{}), {jobs} at a time ({why}); results in {}",
@@ -104,7 +113,9 @@ pub(super) async fn main(args: TestArgs) -> Result<i32, CliError> {
         args.shard.map(|s| format!(", shard {s}")).unwrap_or_default(),
         args.results_dir.join(&spec.file.name).display()
     );
-    let progress: Box<dyn Progress> = if args.no_progress { Box::new(progress::Lines::new()) } else { progress::for_terminal(runnable) };
+    // A prompt shares the terminal: no progress bars under it.
+    let plain = args.no_progress || args.interactive || args.keep;
+    let progress: Box<dyn Progress> = if plain { Box::new(progress::Lines::new()) } else { progress::for_terminal(runnable) };
     let progress = progress.as_ref();
     let permits = Semaphore::new(jobs);
     let stop = AtomicBool::new(false);
@@ -150,7 +161,12 @@ pub(super) async fn main(args: TestArgs) -> Result<i32, CliError> {
             }
         }
     }
-    let code = exit_code(&results);
+    let mut code = exit_code(&results);
+    if args.interactive && results.iter().any(|r| matches!(&r.outcome, Outcome::Skip { reason } if reason == runner::INTERACTIVE)) {
+        // The session is what was asked for; it is not a pass (the report
+        // says skip), nor a run that ran nothing.
+        code = exit::SUCCESS;
+    }
     if code == exit::NO_CELLS_RUN {
         eprintln!("xdriver: no cell ran (every selected cell was skipped); exit {}", exit::NO_CELLS_RUN);
     }

@@ -13,6 +13,7 @@ use xdriver_images::ImageName;
 
 use super::deploy::{self, DeployPlan};
 use super::progress::{Phase, Progress};
+use super::python;
 use super::machine::{describe, Machine, StepError};
 use super::transcript::Transcript;
 use crate::error_chain::chain_error;
@@ -173,6 +174,10 @@ pub struct RunOptions {
     pub deadline: Option<tokio::time::Instant>,
     /// The shared store, if any.
     pub store: Option<crate::vm::nix_store::StorePlan>,
+    /// `--interactive`: a Python prompt after the deploy instead of the tests.
+    pub interactive: bool,
+    /// `--keep`: a failed cell's VM stays up until its user lets it go.
+    pub keep: bool,
 }
 
 impl RunOptions {
@@ -205,6 +210,9 @@ impl RunOptions {
 
 /// What a failure during the run's deadline says first.
 pub const DEADLINE: &str = "the run's deadline (--timeout) expired";
+
+/// The skip reason of a cell whose tests gave way to a Python prompt.
+pub const INTERACTIVE: &str = "interactive session (--interactive): its tests did not run as a test";
 
 /// The profile a cell deploys with.
 pub fn profile(kind: ProfileKind) -> Profile {
@@ -463,6 +471,9 @@ async fn boot_and_test(
     }
     collect_guest_logs(&mut m, dir).await;
     let _ = m.transcript.save(dir);
+    if failed && opts.keep && m.vm.is_running() && !matches!(outcome, Outcome::Skip { .. }) {
+        hold(&mut m, cell, p, opts, result).await;
+    }
     drop(m);
     if failed {
         vm.keep_run_dir();
@@ -527,6 +538,13 @@ async fn deploy_and_steps(
         result.record("deploy", &label, status, t.elapsed(), message);
         failure = outcome;
     }
+    if opts.interactive && failure.is_none() {
+        // The NixOS driver's interactive mode: `machine` at a prompt, the
+        // script at hand as test_script().
+        let script = cell_script(p);
+        python::session(m, &script, opts, Duration::from_secs(120), result, python::Mode::Prompt).await?;
+        return Err(Outcome::Skip { reason: INTERACTIVE.into() });
+    }
     let mut phase = Phase::Deploy;
     for s in &p.steps {
         if failure.is_some() {
@@ -541,7 +559,7 @@ async fn deploy_and_steps(
         if let crate::spec::Action::Python(script) = &s.action {
             // Its calls are the steps: the script's own step is replaced.
             result.steps_total -= 1;
-            if let Err(o) = super::python::run(m, script, opts, s.timeout, result).await {
+            if let Err(o) = python::run(m, script, opts, s.timeout, result).await {
                 failure = Some(o);
             }
             continue;
@@ -569,6 +587,74 @@ async fn deploy_and_steps(
         Some(o) => Err(o),
         None => Ok(()),
     }
+}
+
+/// The cell's Python test script, if it has one (else an empty one).
+fn cell_script(p: &Prepared) -> crate::spec::PyScript {
+    p.steps
+        .iter()
+        .find_map(|s| match &s.action {
+            crate::spec::Action::Python(py) => Some(py.clone()),
+            _ => None,
+        })
+        .unwrap_or(crate::spec::PyScript { text: String::new(), segments: Vec::new() })
+}
+
+/// `--keep`: holds a failed cell's VM until its user lets it go: prints
+/// how to reach it, then a Python prompt with `machine` if stdin is a
+/// terminal, else waits for SIGINT/SIGTERM or the guest's own power-off.
+/// One cell holds the terminal at a time.
+async fn hold(m: &mut Machine<'_>, cell: &Cell, p: &Prepared, opts: &RunOptions, result: &mut CellResult) {
+    use std::io::IsTerminal;
+    use std::sync::atomic::Ordering;
+    static TERMINAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _terminal = TERMINAL.lock().await;
+    crate::cli::HANDLES_SIGNALS.store(true, Ordering::SeqCst);
+    let rd = m.vm.run_dir().to_path_buf();
+    let keyfile = rd.join("id_ed25519");
+    let key_ok = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&keyfile)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, m.vm.client_key().private_openssh().as_bytes()))
+            .is_ok()
+    };
+    let tty = std::io::stdin().is_terminal();
+    let mut text = format!("\nxdriver: {} failed; its VM is kept running (--keep), QEMU pid {}. Reach it with:\n", cell.id(), m.vm.pid());
+    if key_ok && m.vm.ssh_port != 0 {
+        text.push_str(&format!(
+            "  ssh -i {} -p {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@127.0.0.1\n",
+            keyfile.display(),
+            m.vm.ssh_port
+        ));
+    }
+    text.push_str(&format!("  serial log: {}/serial.log; results: {}\n", rd.display(), m.artifacts.display()));
+    if tty {
+        text.push_str("  Python: the prompt below has `machine`; Ctrl-D ends it and stops the VM.\n");
+    } else {
+        text.push_str(&format!("  Python: run it from a terminal for a prompt with `machine`.\nCtrl-C (or SIGTERM to {}) stops it.\n", std::process::id()));
+    }
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), text.as_bytes());
+    if tty {
+        let script = cell_script(p);
+        // Calls made at the prompt are recorded, but the cell stays failed.
+        let mut scratch = result.clone();
+        let _ = python::session(m, &script, opts, Duration::from_secs(120), &mut scratch, python::Mode::Prompt).await;
+    } else {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut ex = m.vm.qmp.subscribe();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
+            _ = async { while let Ok(ev) = ex.recv().await { if ev["event"] == "SHUTDOWN" { break; } } } => {},
+        }
+    }
+    eprintln!("xdriver: {}: letting the kept VM go", cell.id());
+    crate::cli::HANDLES_SIGNALS.store(false, Ordering::SeqCst);
 }
 
 fn outcome_reason(o: &Outcome) -> String {

@@ -64,11 +64,28 @@ impl Done {
     }
 }
 
+/// How the harness talks to its user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Runs the script; its output goes to `python.log`.
+    Script,
+    /// A Python prompt on xdriver's terminal with `machine` ready
+    /// (`--interactive`, `--keep`); `test_script()` runs the script.
+    Prompt,
+}
+
 /// Runs `script` against the cell's VM, recording each call in `result`;
 /// `timeout` is a call's default deadline. The script, the harness, its
 /// segment table and `python.log` (the script's own output and any
 /// traceback) stay in the cell's results.
 pub async fn run(m: &mut Machine<'_>, script: &PyScript, opts: &RunOptions, timeout: Duration, result: &mut CellResult) -> Result<(), Outcome> {
+    session(m, script, opts, timeout, result, Mode::Script).await
+}
+
+/// Runs the harness in `mode`. Requests and replies go over a Unix socket
+/// in the VM's run directory (short enough for a socket path), so the
+/// harness's stdin and stdout are free for a prompt.
+pub async fn session(m: &mut Machine<'_>, script: &PyScript, opts: &RunOptions, timeout: Duration, result: &mut CellResult, mode: Mode) -> Result<(), Outcome> {
     let err = |reason: String| Outcome::Error { reason };
     let dir = &std::path::absolute(m.artifacts).map_err(|e| err(format!("{}: {e}", m.artifacts.display())))?;
     let script_path = dir.join("test-script.py");
@@ -78,28 +95,45 @@ pub async fn run(m: &mut Machine<'_>, script: &PyScript, opts: &RunOptions, time
     for (p, text) in [(&script_path, script.text.clone()), (&meta_path, meta.to_string()), (&harness_path, HARNESS.to_string())] {
         std::fs::write(p, text).map_err(|e| err(format!("writing {}: {e}", p.display())))?;
     }
-    let log = std::fs::File::create(dir.join("python.log")).map_err(|e| err(format!("python.log: {e}")))?;
-    let mut child = tokio::process::Command::new("python3")
-        .arg("-u")
-        .arg(&harness_path)
-        .arg(&script_path)
-        .arg(&meta_path)
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| err(format!("cannot start python3 for the test script (is it installed?): {e}")))?;
-    let mut to_py = child.stdin.take().expect("piped");
-    let mut from_py = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let sock_path = m.vm.run_dir().join("harness.sock");
+    let _ = std::fs::remove_file(&sock_path);
+    let listener = tokio::net::UnixListener::bind(&sock_path).map_err(|e| err(format!("{}: {e}", sock_path.display())))?;
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.arg("-u").arg(&harness_path).arg(&script_path).arg(&meta_path).env("XDRIVER_HARNESS_SOCKET", &sock_path).kill_on_drop(true);
+    match mode {
+        Mode::Script => {
+            let log = std::fs::File::create(dir.join("python.log")).map_err(|e| err(format!("python.log: {e}")))?;
+            let log2 = log.try_clone().map_err(|e| err(format!("python.log: {e}")))?;
+            cmd.current_dir(dir).stdin(Stdio::null()).stdout(Stdio::from(log)).stderr(Stdio::from(log2));
+        }
+        Mode::Prompt => {
+            cmd.arg("--interactive").current_dir(dir).stdin(Stdio::inherit()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
+        }
+    }
+    let mut child = cmd.spawn().map_err(|e| err(format!("cannot start python3 for the test script (is it installed?): {e}")))?;
+    let stream = tokio::select! {
+        r = tokio::time::timeout(Duration::from_secs(60), listener.accept()) => match r {
+            Ok(Ok((s, _))) => s,
+            Ok(Err(e)) => return Err(err(format!("accepting the harness's connection: {e}"))),
+            Err(_) => return Err(err("python3 did not connect to xdriver within 60 s".into())),
+        },
+        st = child.wait() => {
+            let log = std::fs::read_to_string(dir.join("python.log")).unwrap_or_default();
+            return Err(err(format!("python3 ended ({}) before it connected to xdriver: {}", st.map(|s| s.to_string()).unwrap_or_default(), log.trim())));
+        }
+    };
+    drop(listener);
+    let _ = std::fs::remove_file(&sock_path);
+    let (rd, mut to_py) = stream.into_split();
+    let mut from_py = BufReader::new(rd).lines();
     let mut done = false;
     let mut failure: Option<Outcome> = None;
     // The reason of the last call that failed, by script line: the
     // traceback that follows it gets the command's output appended.
     let mut last_fail: Option<(usize, String)> = None;
     loop {
-        let (left, _) = opts.clamp(Duration::from_secs(7 * 24 * 3600));
+        // A prompt waits on its user, not on the run's deadline.
+        let (left, _) = if mode == Mode::Prompt { (Duration::from_secs(7 * 24 * 3600), false) } else { opts.clamp(Duration::from_secs(7 * 24 * 3600)) };
         let line = match tokio::time::timeout(left, from_py.next_line()).await {
             Err(_) => {
                 failure = Some(Outcome::Fail { group: "python".into(), step: "testScript".into(), reason: format!("{DEADLINE} while the script ran") });

@@ -177,6 +177,7 @@ find_port() {
         "sysrc sshd_enable=YES >/dev/null\n\
          grep -q '^PermitRootLogin' /etc/ssh/sshd_config || echo 'PermitRootLogin prohibit-password' >> /etc/ssh/sshd_config\n\
          grep -q '^Port 10022' /etc/ssh/sshd_config || echo 'Port 10022' >> /etc/ssh/sshd_config\n\
+         grep -q '^AuthorizedKeysFile /etc/xdriver' /etc/ssh/sshd_config || echo 'AuthorizedKeysFile /etc/xdriver/authorized_keys .ssh/authorized_keys' >> /etc/ssh/sshd_config\n\
          test -s /etc/ssh/ssh_host_ed25519_key.pub || ssh-keygen -A >/dev/null\n\
          service sshd restart >/dev/null 2>&1 || service sshd start >/dev/null 2>&1 || true\n\
          sync\n\

@@ -41,7 +41,10 @@ pub(super) fn add_user(u: &User) -> String {
 pub(super) fn add_profile_user(profile: &Profile) -> Option<String> {
     let u = profile.user.as_ref()?;
     let n = quote(&u.name);
-    Some(format!("getent passwd {n} >/dev/null || useradd -m -u {uid} -g {g} -d {h} -s /bin/sh {n}", uid = u.uid, g = quote(&u.group), h = quote(&u.home)))
+    // Password `*`: no password logs in, but the account is not locked
+    // (`!`), which sshd without PAM (a test's own sshd) would refuse even
+    // for a key.
+    Some(format!("getent passwd {n} >/dev/null || useradd -m -u {uid} -g {g} -d {h} -s /bin/sh -p '*' {n}", uid = u.uid, g = quote(&u.group), h = quote(&u.home)))
 }
 
 pub(super) fn port_open(port: u16) -> String {
@@ -155,7 +158,7 @@ pub(super) fn prepare_user_data(backdoor: &str) -> String {
 pub(super) const PREPARE_FINISH: &str = "cloud-init status --wait >/dev/null 2>&1 || true
 touch /etc/cloud/cloud-init.disabled
 mkdir -p /etc/ssh/sshd_config.d
-printf 'Port 10022\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUseDNS no\nMaxSessions 64\nMaxStartups 64:30:128\n' > /etc/ssh/sshd_config.d/00-xdriver.conf
+printf 'Port 10022\nPidFile /run/xdriver-sshd.pid\nAuthorizedKeysFile /etc/xdriver/authorized_keys .ssh/authorized_keys\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUseDNS no\nMaxSessions 64\nMaxStartups 64:30:128\n' > /etc/ssh/sshd_config.d/00-xdriver.conf
 test -s /etc/ssh/ssh_host_ed25519_key.pub || ssh-keygen -A >/dev/null
 systemctl enable ssh.service >/dev/null 2>&1 || true
 if [ -d /run/systemd/system ]; then

@@ -232,10 +232,12 @@ pub trait GuestOs: Sync + Send + fmt::Debug {
         // ext4 journal holds everything; QEMU writes its disk on exit).
         "sync; echo o > /proc/sysrq-trigger"
     }
-    /// Makes `key` (an OpenSSH public key line) root's only authorized key.
+    /// Makes `key` (an OpenSSH public key line) the only key in
+    /// /etc/xdriver/authorized_keys, the file xdriver's sshd reads for root
+    /// before root's own ~/.ssh (which stays the test's).
     fn authorize_ssh_key(&self, key: &str) -> String {
         format!(
-            "umask 077; mkdir -p /root/.ssh && printf '%s\\n' {} > /root/.ssh/authorized_keys",
+            "umask 077; mkdir -p /etc/xdriver && chmod 755 /etc/xdriver && printf '%s\\n' {} > /etc/xdriver/authorized_keys",
             crate::shell::quote(key)
         )
     }

@@ -13,6 +13,7 @@
 , tmpDir
 , forceDisableUserChange
 , processManager
+, spoolDir ? "${stateDir}/spool"
 , ids ? { }
 }:
 
@@ -24,5 +25,9 @@ in
 {
   nginxReverseProxyHostBased = import ./nginx-reverse-proxy-hostbased.nix {
     inherit createManagedProcess stateDir runtimeDir forceDisableUserChange pkgs;
+  };
+
+  sshd = import ./sshd.nix {
+    inherit createManagedProcess libDir runtimeDir tmpDir forceDisableUserChange pkgs;
   };
 }
