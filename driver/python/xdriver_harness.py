@@ -268,7 +268,7 @@ class Machine:
         self.booted = self.connected = False
 
     def reboot(self):
-        _call("reboot", call="reboot()")
+        _step("reboot()", "reboot")
 
     def wait_for_shutdown(self):
         _call("wait_for_shutdown", call="wait_for_shutdown()")

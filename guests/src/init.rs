@@ -62,6 +62,19 @@ impl Init {
             Init::Bsdinit => "shutdown -p now",
         }
     }
+
+    /// The command that reboots the guest through its init (returns
+    /// before the guest goes down).
+    pub fn reboot_command(self) -> &'static str {
+        match self {
+            Init::Systemd => "systemctl --no-block reboot",
+            Init::Sysvinit | Init::Openrc => "reboot",
+            // runit reboots, not halts, after stage 3 when /etc/runit/reboot
+            // is executable (Debian links it to /run/runit.reboot).
+            Init::Runit => "touch /run/runit.reboot /run/runit.stopit; chmod 100 /run/runit.reboot /run/runit.stopit; kill -CONT 1",
+            Init::Bsdinit => "shutdown -r now",
+        }
+    }
 }
 
 impl fmt::Display for Init {

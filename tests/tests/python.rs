@@ -55,7 +55,7 @@ fn a_python_script_drives_the_machine_api_and_a_failing_line_is_reported_where_i
 /// no carrier) and up again, keys typed, and the cell ended by a power-off
 /// from inside (sysvinit) or by QEMU stopping at once (systemd).
 #[test]
-fn toml_steps_block_forward_screenshot_type_shutdown_and_crash() {
+fn toml_steps_block_forward_screenshot_type_reboot_shutdown_and_crash() {
     let work = xdriver_tests::workdir();
     let spec = example("steps");
     let run = xdriver(&["test", spec.to_str().expect("utf-8"), "--accel", "tcg", "--no-progress", "--jobs", "2"], work.path());
@@ -66,7 +66,7 @@ fn toml_steps_block_forward_screenshot_type_shutdown_and_crash() {
         let png = std::fs::read(cell.join("screen.png")).expect("screen.png");
         assert!(png.starts_with(b"\x89PNG"), "not a PNG");
         let log = std::fs::read_to_string(cell.join("commands.log")).expect("commands.log");
-        for call in ["forward_port(0, 5301)", "block()", "unblock()", "send_chars(\"Hello, tty1!\\n\")"] {
+        for call in ["forward_port(0, 5301)", "block()", "unblock()", "send_chars(\"Hello, tty1!\\n\")", "reboot()"] {
             assert!(log.contains(call), "{m}: no {call} in commands.log:\n{log}");
         }
         let last = if m == "sysvinit" { "shutdown()" } else { "crash()" };

@@ -236,6 +236,12 @@ impl<'a> Machine<'a> {
                     Err(StepError::Failed(format!("shutdown(): the guest did not power off within {:.0} s", timeout.as_secs_f64())))
                 }
             }
+            Action::Reboot => {
+                let t = Instant::now();
+                self.vm.reboot(timeout).await?;
+                self.transcript.push(context, "reboot()", Some(0), String::new(), String::new(), t.elapsed());
+                Ok(None)
+            }
             Action::Crash => {
                 let _ = self.vm.qmp.execute(qapi::qmp::quit {}).await;
                 let gone = self.vm.wait_exit(Duration::from_secs(10)).await;

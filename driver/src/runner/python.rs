@@ -295,7 +295,6 @@ async fn perform(m: &mut Machine<'_>, op: &str, req: &Value, group: &str, opts: 
                 Done::failed(format!("wait_for_shutdown(): the VM still ran after {:.0} s", timeout.as_secs_f64()))
             }
         }
-        "reboot" => Done::infra("reboot(): not supported by xdriver yet (its VMs run with -no-reboot, and a cell boots once)".into()),
         "copy_from_host" => copy_from_host(m, &s("source"), &s("target"), group, opts).await,
         "log" => {
             tracing::info!(target: "xdriver::script", "{}", s("message"));

@@ -388,6 +388,8 @@ pub struct StepDef {
     pub shutdown: Option<bool>,
     /// `true`: stop QEMU at once (QMP `quit`).
     pub crash: Option<bool>,
+    /// `true`: reboot the guest through its init and wait until it is back.
+    pub reboot: Option<bool>,
     /// Port (integer or template).
     pub wait_for_open_port: Option<toml::Value>,
     /// Port (integer or template).

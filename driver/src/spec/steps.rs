@@ -135,6 +135,8 @@ pub enum Action {
     Shutdown,
     /// QMP `quit`.
     Crash,
+    /// Reboot through the init; wait until the guest is back.
+    Reboot,
     /// A Python test script for the NixOS test driver's `machine`.
     Python(PyScript),
 }
@@ -166,6 +168,7 @@ impl Action {
             Action::SendChars(t) => format!("send_chars({t:?})"),
             Action::Shutdown => "shutdown()".into(),
             Action::Crash => "crash()".into(),
+            Action::Reboot => "reboot()".into(),
         }
     }
 }
@@ -381,7 +384,7 @@ impl Spec {
         if let Some(s) = d.sleep {
             found.push(Action::Sleep(s));
         }
-        for (flag, a) in [(d.block, Action::Block), (d.unblock, Action::Unblock), (d.shutdown, Action::Shutdown), (d.crash, Action::Crash)] {
+        for (flag, a) in [(d.block, Action::Block), (d.unblock, Action::Unblock), (d.shutdown, Action::Shutdown), (d.crash, Action::Crash), (d.reboot, Action::Reboot)] {
             match flag {
                 Some(true) => found.push(a),
                 Some(false) => return Err(self.loc.at(span, format!("`{}` takes `true` (to leave it out, leave the step out)", a.display().trim_end_matches("()")))),

@@ -69,6 +69,9 @@ pub struct Backdoor {
     ready: watch::Receiver<u32>,
     closed: watch::Receiver<bool>,
     next_id: Mutex<u64>,
+    /// Set once the guest was reset: the next announcement is a new shell
+    /// even with the same pid (early boot pids repeat across boots).
+    forget: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Escapes a command for the guest's `printf '%b'`: plain ASCII letters,
@@ -110,6 +113,8 @@ impl Backdoor {
         let (ready_tx, ready) = watch::channel(0u32);
         let (closed_tx, closed) = watch::channel(false);
         let rt = route.clone();
+        let forget = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let forget_r = forget.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::with_capacity(1 << 20, r).lines();
             let mut instance: Option<String> = None;
@@ -120,6 +125,9 @@ impl Backdoor {
                     // "1 <pid>": the same pid again is a repeated
                     // announcement, not a new shell.
                     let id = rest.trim().to_string();
+                    if forget_r.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                        instance = None;
+                    }
                     if instance.as_deref() == Some(id.as_str()) {
                         tracing::debug!(%id, "backdoor announced itself again");
                         continue;
@@ -155,7 +163,7 @@ impl Backdoor {
             }
             let _ = closed_tx.send(true);
         });
-        Backdoor { writer: tokio::sync::Mutex::new(w), route, ready, closed, next_id: Mutex::new(0) }
+        Backdoor { writer: tokio::sync::Mutex::new(w), route, ready, closed, next_id: Mutex::new(0), forget }
     }
 
     /// Waits until the shell has announced itself.
@@ -169,6 +177,29 @@ impl Backdoor {
                 Err(_) => Err(BackdoorError::NotReady(timeout)),
             },
             _ = closed.wait_for(|c| *c) => Err(BackdoorError::Closed),
+        }
+    }
+
+    /// Takes the next announcement for a new shell even if its pid is the
+    /// last one's (call once the guest has been reset).
+    pub fn forget_shell(&self) {
+        self.forget.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many times a shell has announced itself (once per boot, plus
+    /// once per restart of the guest's backdoor service).
+    pub fn announcements(&self) -> u32 {
+        *self.ready.borrow()
+    }
+
+    /// Waits until a shell announces itself for more than the `n`th time.
+    pub async fn wait_announced_after(&self, n: u32, timeout: Duration) -> Result<(), BackdoorError> {
+        let mut r = self.ready.clone();
+        let res = tokio::time::timeout(timeout, r.wait_for(|k| *k > n)).await.map(|r| r.is_ok());
+        match res {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(BackdoorError::Closed),
+            Err(_) => Err(BackdoorError::NotReady(timeout)),
         }
     }
 

@@ -263,6 +263,9 @@ pub struct Vm {
     virtiofsd: Option<Virtiofsd>,
     /// The shares' virtiofsds (guests without 9p); killed with the VM.
     _share_daemons: Vec<Virtiofsd>,
+    /// What a boot mounts (again after a reboot).
+    shares: Vec<Share>,
+    store: Option<StoreShare>,
 }
 
 impl Vm {
@@ -455,6 +458,8 @@ impl Vm {
             backdoor_ready_after: Duration::ZERO,
             virtiofsd,
             _share_daemons: share_daemons,
+            shares: cfg.shares.clone(),
+            store: cfg.store.clone(),
         };
         vm.qmp.execute(qapi::qmp::cont {}).await?;
         let t0 = Instant::now();
@@ -783,6 +788,66 @@ impl Vm {
     pub async fn poweroff(&self, timeout: Duration) -> Result<bool, VmError> {
         self.ask_poweroff().await?;
         Ok(self.wait_exit(timeout).await)
+    }
+
+    /// Reboots the guest through its init and waits up to `timeout` for its
+    /// backdoor to announce itself again, then mounts the shares and the
+    /// store again. QEMU runs with -no-reboot, so the reboot action is
+    /// `reset` for the while (QMP `set-action`). The overlay (the guest's
+    /// disk) is kept; xdriver's own SSH connection is not made again.
+    pub async fn reboot(&self, timeout: Duration) -> Result<(), VmError> {
+        let t0 = Instant::now();
+        let mut events = self.qmp.subscribe();
+        self.qmp.set_reboot_action("reset").await?;
+        let cmd = format!("({}) >/dev/null 2>&1 </dev/null &", self.os.reboot(self.init));
+        let asked = self.backdoor.exec(&cmd, &[], Duration::from_secs(10), None).await;
+        let back = match asked {
+            Ok(_) => {
+                // QEMU says RESET when the guest's reboot reaches it; only
+                // then can an announcement be the next boot's shell.
+                let reset = async {
+                    loop {
+                        match events.recv().await {
+                            Ok(ev) if ev["event"] == "RESET" => return true,
+                            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return false,
+                        }
+                    }
+                };
+                let before = match self.until_exit("waiting for the guest to reboot", tokio::time::timeout(timeout, reset)).await? {
+                    Ok(true) => {
+                        self.backdoor.forget_shell();
+                        self.backdoor.announcements()
+                    }
+                    _ => {
+                        let _ = self.qmp.set_reboot_action("shutdown").await;
+                        return Err(VmError::BootTimeout { waited_for: "the guest to reset (QMP RESET) after its reboot command".into(), timeout, serial: self.serial_tail(30) });
+                    }
+                };
+                let wait = self.backdoor.wait_announced_after(before, timeout.saturating_sub(t0.elapsed()));
+                match self.until_exit("waiting for the guest to come back from its reboot", wait).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(BackdoorError::NotReady(t))) => Err(VmError::BootTimeout {
+                        waited_for: "the backdoor shell after the reboot".into(),
+                        timeout: t,
+                        serial: self.serial_tail(30),
+                    }),
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e.into()),
+        };
+        let restored = self.qmp.set_reboot_action("shutdown").await;
+        back?;
+        restored?;
+        for (i, s) in self.shares.iter().enumerate() {
+            self.mount_share(i, s).await?;
+        }
+        if let Some(st) = &self.store {
+            self.mount_store(st).await?;
+        }
+        Ok(())
     }
 
     /// Starts the guest OS's power-off command in the background, over the

@@ -156,6 +156,12 @@ impl Qmp {
         serde_json::from_value(ret).map_err(|e| QmpError::Protocol(format!("reply to {}: {e}", C::NAME)))
     }
 
+    /// What QEMU does when the guest reboots (QMP `set-action`): `reset`
+    /// (reboot) or `shutdown` (exit, as -no-reboot).
+    pub async fn set_reboot_action(&self, action: &str) -> Result<(), QmpError> {
+        self.raw("set-action", serde_json::json!({ "reboot": action }), Duration::from_secs(10)).await.map(|_| ())
+    }
+
     /// Runs a human monitor command and returns its text.
     pub async fn hmp(&self, command_line: &str) -> Result<String, QmpError> {
         self.execute(qapi::qmp::human_monitor_command { command_line: command_line.into(), cpu_index: None })

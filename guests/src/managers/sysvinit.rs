@@ -144,7 +144,16 @@ impl ManagerBackend for Sysvinit {
         Ok(files)
     }
     fn activate(&self, b: &Backend, sys: &System) -> Vec<String> {
-        sys.processes.iter().map(|p| run(b, &p.name, "start")).collect()
+        let mut cmds = Vec::new();
+        if b.profile.user.is_none() && !sys.processes.is_empty() {
+            // Debian boots runlevels makefile-style (startpar) from
+            // insserv's dependency files, not from the rcN.d links alone:
+            // registering the scripts is what starts them at the next boot.
+            let names: Vec<String> = sys.processes.iter().map(|p| quote(&p.name)).collect();
+            cmds.push(format!("if command -v insserv >/dev/null 2>&1; then insserv {}; fi", names.join(" ")));
+        }
+        cmds.extend(sys.processes.iter().map(|p| run(b, &p.name, "start")));
+        cmds
     }
     fn start(&self, b: &Backend, name: &str) -> String {
         run(b, name, "start")

@@ -133,6 +133,9 @@ impl GuestOs for Freebsd {
     fn poweroff(&self, _init: Init) -> String {
         "shutdown -p now".into()
     }
+    fn reboot(&self, _init: Init) -> String {
+        "shutdown -r now".into()
+    }
     fn backdoor_port(&self) -> &'static str {
         // virtio_console(4) makes /dev/ttyV<unit>.<port> and, for a named
         // port, the alias /dev/vtcon/<name> (vtcon_ctrl_port_name_event in

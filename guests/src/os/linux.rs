@@ -53,11 +53,17 @@ pub(super) fn port_open(port: u16) -> String {
 
 pub(super) fn mount_share(tag: &str, guest: &str, writable: bool, kind: ShareKind) -> String {
     let mode = if writable { "rw" } else { "ro" };
-    let mount = match kind {
-        ShareKind::NineP { msize } => format!("mount -t 9p -o trans=virtio,version=9p2000.L,msize={msize},cache=loose,{mode}"),
-        ShareKind::Virtiofs => format!("mount -t virtiofs -o {mode}"),
+    let (fs, opts) = match kind {
+        ShareKind::NineP { msize } => ("9p", format!("trans=virtio,version=9p2000.L,msize={msize},cache=loose,{mode}")),
+        ShareKind::Virtiofs => ("virtiofs", mode.to_string()),
     };
-    format!("mkdir -p {g} && {{ mountpoint -q {g} || {mount} {tag} {g}; }}", g = quote(guest), tag = quote(tag))
+    let mount = format!("mkdir -p {g} && {{ mountpoint -q {g} || mount -t {fs} -o {opts} {t} {g}; }}", g = quote(guest), t = quote(tag));
+    // Also in the overlay's /etc/fstab (nofail), so that after a reboot
+    // the share is there before the init starts services from it.
+    if guest.chars().any(|c| c.is_whitespace() || c == '\'') || tag.chars().any(|c| !c.is_ascii_alphanumeric()) {
+        return mount;
+    }
+    format!("{mount} && {{ grep -q '^{tag} ' /etc/fstab 2>/dev/null || echo '{tag} {guest} {fs} {opts},nofail 0 0' >> /etc/fstab; }}")
 }
 
 /// The share read-only at [`STORE_LOWER`], an overlay with a tmpfs upper

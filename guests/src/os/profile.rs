@@ -188,6 +188,10 @@ pub trait GuestOs: Sync + Send + fmt::Debug {
     fn poweroff(&self, init: Init) -> String {
         init.poweroff_command().to_string()
     }
+    /// The command that reboots the guest (returns before it goes down).
+    fn reboot(&self, init: Init) -> String {
+        init.reboot_command().to_string()
+    }
     /// Shell defining `find_port`, which sets `$port` to the device node of
     /// the virtio-serial port named `org.xdriver.backdoor` (empty if there
     /// is none yet), for the POSIX backdoor script; the script calls it
