@@ -359,6 +359,9 @@ pub fn build_image(
             }
         }
     }
+    // Root's ~/.ssh is the test's to make (an empty one left by package
+    // set-up goes; one with files stays).
+    let _ = std::fs::remove_dir(rootfs.join("root/.ssh"));
     let ssh_host_key = install_host_key(&rootfs)?;
     clear_root_password(&rootfs)?;
     for d in ["nix/store", "var/cache/apt/archives/partial"] {

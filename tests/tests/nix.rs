@@ -93,26 +93,36 @@ fn the_seeds_nix_files_pass_with_the_store_over_virtiofs() {
 /// A test in the style of nix-processmgmt-services' sshd test
 /// (tests/examples/sshd-nix): two sshd instances deployed by the cell's
 /// manager, a key made by initialTests and authorized for root (a fresh
-/// `mkdir -m 700 /root/.ssh`: xdriver's own key is elsewhere) or for
-/// `unprivileged`, and logins over SSH to each instance: privileged on 22
-/// (free: xdriver's sshd is on 10022) and 23 under sysvinit's daemons,
-/// unprivileged on 2222 and 2223 through `su` under runit.
+/// `mkdir -m 700 /root/.ssh`: xdriver's own key is elsewhere, and Debian's
+/// systemd no longer makes the directory at boot) or for `unprivileged`,
+/// and logins over SSH to each instance: privileged on 22 (free: xdriver's
+/// sshd is on 10022) and 23 under systemd and under sysvinit's daemons
+/// (their pid files beside xdriver's sshd's), unprivileged on 2222 and
+/// 2223 through `su` under runit.
 #[test]
 fn the_sshd_test_logs_in_to_two_sshd_instances_as_root_on_22_and_as_unprivileged() {
     let work = xdriver_tests::workdir();
     let spec = example("sshd-nix");
-    for (attr, cell) in [("privileged.sysvinit", "debian-12/sysvinit/privileged"), ("unprivileged.runit", "debian-12/runit/unprivileged")] {
-        let run = xdriver(&["test", spec.to_str().expect("utf-8"), "-A", attr, "--accel", "tcg", "--no-progress"], work.path());
-        assert_eq!(run.code, 0, "{attr}:\n{}\n{}", run.stdout, run.stderr);
-        assert!(run.stdout.contains(&format!("PASS  {cell}")), "{}", run.stdout);
-        let dir = work.path().join("xdriver-results/sshd").join(cell.replace('/', "-"));
-        let log = std::fs::read_to_string(dir.join("commands.log")).expect("commands.log");
-        let logins: Vec<&str> = log.lines().filter(|l| l.contains("$ ") && l.contains("ssh -i key")).collect();
-        assert_eq!(logins.len(), 2, "{logins:?}");
-        if attr.starts_with("privileged") {
-            assert!(logins[0].contains("StrictHostKeyChecking=no localhost") && logins[1].contains("-p 23 localhost"), "{logins:?}");
-        } else {
-            assert!(logins.iter().all(|l| l.contains("su unprivileged -c")) && logins[1].contains("-p 2223 "), "{logins:?}");
+    let runs: [(&[&str], &[&str]); 2] = [
+        (&["-A", "privileged", "--manager", "systemd,sysvinit", "--jobs", "2"], &["debian-12/systemd/privileged", "debian-12/sysvinit/privileged"]),
+        (&["-A", "unprivileged.runit"], &["debian-12/runit/unprivileged"]),
+    ];
+    for (extra, cells) in runs {
+        let mut args = vec!["test", spec.to_str().expect("utf-8"), "--accel", "tcg", "--no-progress"];
+        args.extend_from_slice(extra);
+        let run = xdriver(&args, work.path());
+        assert_eq!(run.code, 0, "{extra:?}:\n{}\n{}", run.stdout, run.stderr);
+        for cell in cells {
+            assert!(run.stdout.contains(&format!("PASS  {cell}")), "{}", run.stdout);
+            let dir = work.path().join("xdriver-results/sshd").join(cell.replace('/', "-"));
+            let log = std::fs::read_to_string(dir.join("commands.log")).expect("commands.log");
+            let logins: Vec<&str> = log.lines().filter(|l| l.contains("$ ") && l.contains("ssh -i key")).collect();
+            assert_eq!(logins.len(), 2, "{logins:?}");
+            if cell.ends_with("/privileged") {
+                assert!(logins[0].contains("StrictHostKeyChecking=no localhost") && logins[1].contains("-p 23 localhost"), "{logins:?}");
+            } else {
+                assert!(logins.iter().all(|l| l.contains("su unprivileged -c")) && logins[1].contains("-p 2223 "), "{logins:?}");
+            }
         }
     }
 }

@@ -167,6 +167,12 @@ mkdir -p /etc/ssh/sshd_config.d
 printf 'Port 10022\nPidFile /run/xdriver-sshd.pid\nAuthorizedKeysFile /etc/xdriver/authorized_keys .ssh/authorized_keys\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUseDNS no\nMaxSessions 64\nMaxStartups 64:30:128\n' > /etc/ssh/sshd_config.d/00-xdriver.conf
 test -s /etc/ssh/ssh_host_ed25519_key.pub || ssh-keygen -A >/dev/null
 systemctl enable ssh.service >/dev/null 2>&1 || true
+# Root's ~/.ssh is the test's to make: Debian's systemd makes one at every
+# boot (tmpfiles' provision.conf); an empty one goes.
+if [ -d /run/systemd/system ] && [ -e /usr/lib/tmpfiles.d/provision.conf ]; then
+  mkdir -p /etc/tmpfiles.d && ln -sf /dev/null /etc/tmpfiles.d/provision.conf
+fi
+rmdir /root/.ssh 2>/dev/null || true
 if [ -d /run/systemd/system ]; then
   mkdir -p /etc/systemd/system-generators
   for g in cloud-init-generator systemd-gpt-auto-generator systemd-cryptsetup-generator systemd-veritysetup-generator systemd-integritysetup-generator systemd-hibernate-resume-generator systemd-bless-boot-generator systemd-system-update-generator systemd-run-generator systemd-debug-generator; do
