@@ -257,7 +257,8 @@ class Machine:
 
     # Lifecycle.
     def start(self, allow_reboot=False):
-        _call("start", call="start()")
+        _step("start()", "start")
+        self.booted = self.connected = True
 
     def shutdown(self):
         _step("shutdown()", "shutdown")

@@ -52,10 +52,11 @@ fn a_python_script_drives_the_machine_api_and_a_failing_line_is_reported_where_i
 
 /// The VM-level actions as TOML steps (tests/examples/steps): a port
 /// forwarded from the host, the screen saved, the NIC down (the guest sees
-/// no carrier) and up again, keys typed, and the cell ended by a power-off
-/// from inside (sysvinit) or by QEMU stopping at once (systemd).
+/// no carrier) and up again, keys typed, a reboot, a power-off from inside
+/// (sysvinit) or QEMU stopping at once (systemd), and a new QEMU on the
+/// same disk.
 #[test]
-fn toml_steps_block_forward_screenshot_type_reboot_shutdown_and_crash() {
+fn toml_steps_block_forward_screenshot_type_reboot_shutdown_crash_and_start() {
     let work = xdriver_tests::workdir();
     let spec = example("steps");
     let run = xdriver(&["test", spec.to_str().expect("utf-8"), "--accel", "tcg", "--no-progress", "--jobs", "2"], work.path());
@@ -69,8 +70,9 @@ fn toml_steps_block_forward_screenshot_type_reboot_shutdown_and_crash() {
         for call in ["forward_port(0, 5301)", "block()", "unblock()", "send_chars(\"Hello, tty1!\\n\")", "reboot()"] {
             assert!(log.contains(call), "{m}: no {call} in commands.log:\n{log}");
         }
-        let last = if m == "sysvinit" { "shutdown()" } else { "crash()" };
-        assert!(log.contains(last), "{m}: {last} not run");
+        let stop = if m == "sysvinit" { "shutdown()" } else { "crash()" };
+        assert!(log.contains(stop), "{m}: {stop} not run");
+        assert!(log.contains("booted again on its disk"), "{m}: start() did not boot a new QEMU:\n{log}");
     }
 }
 

@@ -451,7 +451,7 @@ async fn boot_and_test(
             return (Outcome::Error { reason }, true);
         }
     };
-    let mut m = Machine { vm: &vm, backend: &p.backend, transcript: Transcript::default(), artifacts: dir };
+    let mut m = Machine { vm: &mut vm, backend: &p.backend, transcript: Transcript::default(), artifacts: dir };
     let outcome = deploy_and_steps(&mut m, cell, p, opts, result, progress).await.err().unwrap_or(Outcome::Pass);
     progress.phase(cell, Phase::Shutdown);
     let failed = !matches!(outcome, Outcome::Pass);
@@ -479,6 +479,8 @@ async fn boot_and_test(
         vm.keep_run_dir();
     }
     let _ = std::fs::copy(vm.run_dir().join("serial.log"), dir.join("serial.log"));
+    // A VM started again (`start`) keeps its first run's console too.
+    let _ = std::fs::copy(vm.run_dir().join("serial-earlier.log"), dir.join("serial-earlier.log"));
     let _ = vm.shutdown().await;
     (outcome, false)
 }

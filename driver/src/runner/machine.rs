@@ -30,8 +30,9 @@ impl From<VmError> for StepError {
 
 /// A VM driven for one cell.
 pub struct Machine<'a> {
-    /// The VM.
-    pub vm: &'a Vm,
+    /// The VM (replaced by a new QEMU on the same disk by `start` after a
+    /// stop).
+    pub vm: &'a mut Vm,
     /// The cell's manager backend.
     pub backend: &'a Backend,
     /// Every command run.
@@ -235,6 +236,14 @@ impl<'a> Machine<'a> {
                 } else {
                     Err(StepError::Failed(format!("shutdown(): the guest did not power off within {:.0} s", timeout.as_secs_f64())))
                 }
+            }
+            Action::Start => {
+                let t = Instant::now();
+                let was_running = self.vm.is_running();
+                self.vm.start_again().await?;
+                let note = if was_running { "already running" } else { "booted again on its disk" };
+                self.transcript.push(context, "start()", Some(0), note.into(), String::new(), t.elapsed());
+                Ok(None)
             }
             Action::Reboot => {
                 let t = Instant::now();

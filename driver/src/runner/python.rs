@@ -280,13 +280,6 @@ async fn perform(m: &mut Machine<'_>, op: &str, req: &Value, group: &str, opts: 
             Ok(()) => Done::ok(Value::Null),
             Err(e) => Done::infra(format!("send_console: {e}")),
         },
-        "start" => {
-            if m.vm.is_running() {
-                Done::ok(Value::Null)
-            } else {
-                Done::infra("start(): this cell's VM has stopped, and xdriver does not start it again within a cell (not supported yet)".into())
-            }
-        }
         "wait_for_shutdown" => {
             let (timeout, _) = opts.clamp(Duration::from_secs(900));
             if m.vm.wait_exit(timeout).await {

@@ -390,6 +390,8 @@ pub struct StepDef {
     pub crash: Option<bool>,
     /// `true`: reboot the guest through its init and wait until it is back.
     pub reboot: Option<bool>,
+    /// `true`: boot the VM again on its disk after a shutdown or crash.
+    pub start: Option<bool>,
     /// Port (integer or template).
     pub wait_for_open_port: Option<toml::Value>,
     /// Port (integer or template).

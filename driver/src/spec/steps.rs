@@ -137,6 +137,8 @@ pub enum Action {
     Crash,
     /// Reboot through the init; wait until the guest is back.
     Reboot,
+    /// Boot again on the same disk after a stop (no-op while running).
+    Start,
     /// A Python test script for the NixOS test driver's `machine`.
     Python(PyScript),
 }
@@ -169,6 +171,7 @@ impl Action {
             Action::Shutdown => "shutdown()".into(),
             Action::Crash => "crash()".into(),
             Action::Reboot => "reboot()".into(),
+            Action::Start => "start()".into(),
         }
     }
 }
@@ -384,7 +387,7 @@ impl Spec {
         if let Some(s) = d.sleep {
             found.push(Action::Sleep(s));
         }
-        for (flag, a) in [(d.block, Action::Block), (d.unblock, Action::Unblock), (d.shutdown, Action::Shutdown), (d.crash, Action::Crash), (d.reboot, Action::Reboot)] {
+        for (flag, a) in [(d.block, Action::Block), (d.unblock, Action::Unblock), (d.shutdown, Action::Shutdown), (d.crash, Action::Crash), (d.reboot, Action::Reboot), (d.start, Action::Start)] {
             match flag {
                 Some(true) => found.push(a),
                 Some(false) => return Err(self.loc.at(span, format!("`{}` takes `true` (to leave it out, leave the step out)", a.display().trim_end_matches("()")))),

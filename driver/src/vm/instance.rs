@@ -169,6 +169,14 @@ pub enum DiskUse {
         /// The seed image.
         seed: PathBuf,
     },
+    /// The overlay a stopped VM left (see [`Vm::start_again`]): moved into
+    /// the new run directory and booted as it is.
+    Continue {
+        /// The stopped VM's overlay.
+        overlay: PathBuf,
+        /// Its SSH host key.
+        host_key: String,
+    },
 }
 
 impl VmConfig {
@@ -266,6 +274,8 @@ pub struct Vm {
     /// What a boot mounts (again after a reboot).
     shares: Vec<Share>,
     store: Option<StoreShare>,
+    /// How it was started (to start it again on its disk).
+    config: VmConfig,
 }
 
 impl Vm {
@@ -283,12 +293,15 @@ impl Vm {
         let backing = match &cfg.disk {
             DiskUse::Image => Some(cfg.image.disk()),
             DiskUse::Prepared { disk, .. } => Some(disk.clone()),
-            DiskUse::Preparing { .. } => None,
+            DiskUse::Preparing { .. } | DiskUse::Continue { .. } => None,
         };
         let disk = match (&backing, &cfg.disk) {
             (None, DiskUse::Preparing { disk, .. }) => disk.clone(),
             _ => run.join("overlay.qcow2"),
         };
+        if let DiskUse::Continue { overlay, .. } = &cfg.disk {
+            std::fs::rename(overlay, &disk).map_err(|e| VmError::Prepare(format!("moving the stopped VM's overlay {}: {e}", overlay.display())))?;
+        }
         if let Some(backing) = &backing {
             let out = tokio::process::Command::new("qemu-img")
                 .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
@@ -327,7 +340,7 @@ impl Vm {
             (None, None) => return Err(VmError::Prepare(format!("image {}: its manifest has neither a kernel nor an import", m.name))),
         };
         let host_key = match &cfg.disk {
-            DiskUse::Prepared { host_key, .. } => host_key.clone(),
+            DiskUse::Prepared { host_key, .. } | DiskUse::Continue { host_key, .. } => host_key.clone(),
             _ => m.ssh_host_key.clone(),
         };
         let seed = match &cfg.disk {
@@ -460,6 +473,7 @@ impl Vm {
             _share_daemons: share_daemons,
             shares: cfg.shares.clone(),
             store: cfg.store.clone(),
+            config: cfg.clone(),
         };
         vm.qmp.execute(qapi::qmp::cont {}).await?;
         let t0 = Instant::now();
@@ -847,6 +861,25 @@ impl Vm {
         if let Some(st) = &self.store {
             self.mount_store(st).await?;
         }
+        Ok(())
+    }
+
+    /// Boots this VM again after its QEMU has stopped (a power-off or a
+    /// crash), on the same disk: a new QEMU on the old overlay, moved into
+    /// a new run directory (the first run's serial log goes along as
+    /// `serial-earlier.log`), with the same devices, shares and store. A
+    /// running VM is left as it is.
+    pub async fn start_again(&mut self) -> Result<(), VmError> {
+        if self.is_running() {
+            return Ok(());
+        }
+        let mut cfg = self.config.clone();
+        cfg.disk = DiskUse::Continue { overlay: self.run.join("overlay.qcow2"), host_key: self.host_key.clone() };
+        let earlier = std::fs::read(self.run.join("serial.log")).unwrap_or_default();
+        let new = Vm::start(cfg).await?;
+        let _ = std::fs::write(new.run.join("serial-earlier.log"), earlier);
+        let old = std::mem::replace(self, new);
+        drop(old);
         Ok(())
     }
 
