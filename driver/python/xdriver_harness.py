@@ -76,7 +76,17 @@ def _call(op, **args):
     args["line"] = _script_line()
     _rpc_out.write(json.dumps(args) + "\n")
     _rpc_out.flush()
-    reply = _rpc_in.readline()
+    # Ctrl-C at a prompt while a call runs: the call still ends in xdriver,
+    # and its reply must be read before the next call's.
+    interrupted = False
+    while True:
+        try:
+            reply = _rpc_in.readline()
+            break
+        except KeyboardInterrupt:
+            interrupted = True
+    if interrupted:
+        raise KeyboardInterrupt
     if not reply:
         raise MachineError("xdriver closed the channel (the run's deadline, or xdriver stopped)")
     r = json.loads(reply)

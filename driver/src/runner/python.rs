@@ -86,6 +86,18 @@ pub async fn run(m: &mut Machine<'_>, script: &PyScript, opts: &RunOptions, time
 /// in the VM's run directory (short enough for a socket path), so the
 /// harness's stdin and stdout are free for a prompt.
 pub async fn session(m: &mut Machine<'_>, script: &PyScript, opts: &RunOptions, timeout: Duration, result: &mut CellResult, mode: Mode) -> Result<(), Outcome> {
+    if mode == Mode::Prompt {
+        // Ctrl-C at the prompt is Python's KeyboardInterrupt, not the end
+        // of the run: the binary's handler leaves it alone meanwhile.
+        crate::cli::HANDLES_SIGNALS.store(true, std::sync::atomic::Ordering::SeqCst);
+        let r = run_session(m, script, opts, timeout, result, mode).await;
+        crate::cli::HANDLES_SIGNALS.store(false, std::sync::atomic::Ordering::SeqCst);
+        return r;
+    }
+    run_session(m, script, opts, timeout, result, mode).await
+}
+
+async fn run_session(m: &mut Machine<'_>, script: &PyScript, opts: &RunOptions, timeout: Duration, result: &mut CellResult, mode: Mode) -> Result<(), Outcome> {
     let err = |reason: String| Outcome::Error { reason };
     let dir = &std::path::absolute(m.artifacts).map_err(|e| err(format!("{}: {e}", m.artifacts.display())))?;
     let script_path = dir.join("test-script.py");
