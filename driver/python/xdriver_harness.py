@@ -339,7 +339,7 @@ machines = [machine]
 
 def start_all():
     """The cell's VM is up and deployed before the script runs."""
-    _call("start", call="start_all()")
+    _step("start_all()", "start")
 
 
 def join_all():

@@ -6,6 +6,7 @@
 
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,10 @@ struct Harness {
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        let _ = self.shell.kill();
+        // The script's whole process group: its watchdog and any command
+        // still running outlive the shell otherwise.
+        // SAFETY: kill(2) of the process group this harness made for it.
+        unsafe { libc::kill(-(self.shell.id() as i32), libc::SIGKILL) };
         let _ = self.shell.wait();
     }
 }
@@ -64,6 +68,7 @@ async fn start() -> Harness {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .process_group(0)
         .spawn()
         .expect("dash runs");
     // The slave stays open here so the pty keeps its raw settings.

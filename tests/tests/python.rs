@@ -96,8 +96,7 @@ fn interactive_opens_a_python_prompt_with_machine_after_the_deploy() {
         .spawn()
         .expect("xdriver runs");
     let lines = "print('GOT', machine.succeed('curl -sf localhost:5300/ | grep -c 5300').strip())\n\
-                 test_script()\n\
-                 print('SCRIPT-DONE')\n\
+                 test_script(); print('SCRIPT-DONE')\n\
                  machine.succeed('false')\n\
                  print('STILL-HERE')\n";
     child.stdin.take().expect("stdin").write_all(lines.as_bytes()).expect("write");
@@ -109,7 +108,9 @@ fn interactive_opens_a_python_prompt_with_machine_after_the_deploy() {
     // call at the prompt is an exception there, not the end of the session.
     assert!(stdout.lines().any(|l| l.trim_start_matches(">>> ").starts_with("GOT ") && l.split_whitespace().last().and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n > 0)), "{stdout}");
     assert!(stdout.contains("SCRIPT-DONE") && stdout.contains("STILL-HERE"), "{stdout}");
-    assert!(stderr.contains("RequestedAssertionFailed"), "{stderr}");
+    // Exactly one failure at the prompt: the deliberate one.
+    assert_eq!(stderr.matches("Traceback").count(), 1, "{stderr}");
+    assert!(stderr.contains("RequestedAssertionFailed: command `false` failed"), "{stderr}");
     assert!(stdout.contains("SKIP  debian-12/systemd/privileged"), "{stdout}");
     assert!(stdout.contains("interactive session"), "{stdout}");
     // Two cells selected: a usage error, before anything boots.
