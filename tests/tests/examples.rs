@@ -25,6 +25,11 @@ fn xdriver_test(example_name: &str, args: &[&str]) -> Run {
         // nextest already runs two tests at once: one VM per test keeps the
         // host at two 2-vCPU guests on two cores (more starve under TCG).
         .args(["--jobs", "1"])
+        // A guest that does not come up (once in a clean-clone run here: an
+        // RCU stall under TCG before the init ran) is booted again, as CI
+        // users run it; a failing test is never retried, and the report
+        // says how many tries a cell took.
+        .args(["--retries", "1"])
         .args(args)
         .env("XDRIVER_WEBAPP_DIR", webapp_dir())
         .output()
