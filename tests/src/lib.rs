@@ -83,10 +83,9 @@ impl Drop for Work {
     }
 }
 
-/// Prints the tail of every guest log of every cell whose result is not a
-/// pass or a skip, under `dir`'s results directories.
-fn print_failed_cells_logs(dir: &std::path::Path) {
-    let mut results = Vec::new();
+/// Every file under `dir`, at any depth (none if it cannot be read).
+pub fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         let Ok(rd) = std::fs::read_dir(&d) else { continue };
@@ -94,11 +93,18 @@ fn print_failed_cells_logs(dir: &std::path::Path) {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.file_name().is_some_and(|n| n == "result.json") {
-                results.push(p);
+            } else {
+                files.push(p);
             }
         }
     }
+    files
+}
+
+/// Prints the tail of every guest log of every cell whose result is not a
+/// pass or a skip, under `dir`'s results directories.
+fn print_failed_cells_logs(dir: &std::path::Path) {
+    let results = files_under(dir).into_iter().filter(|p| p.file_name().is_some_and(|n| n == "result.json"));
     for r in results {
         let Ok(text) = std::fs::read_to_string(&r) else { continue };
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
@@ -106,20 +112,7 @@ fn print_failed_cells_logs(dir: &std::path::Path) {
         if matches!(status, "pass" | "skip") {
             continue;
         }
-        let cell = r.parent().expect("cell dir");
-        let mut logs = Vec::new();
-        let mut stack = vec![cell.join("guest-logs")];
-        while let Some(d) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&d) else { continue };
-            for e in rd.flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else {
-                    logs.push(p);
-                }
-            }
-        }
+        let mut logs = files_under(&r.parent().expect("cell dir").join("guest-logs"));
         logs.sort();
         for l in logs.iter().take(24) {
             let text = String::from_utf8_lossy(&std::fs::read(l).unwrap_or_default()).into_owned();
@@ -143,12 +136,7 @@ pub struct Run {
 /// Runs `xdriver ARGS…` in `dir`, with the example webapp's directory in
 /// `XDRIVER_WEBAPP_DIR`, and echoes what it printed into the test's output.
 pub fn run_xdriver(args: &[&str], dir: &std::path::Path) -> Run {
-    let out = std::process::Command::new(xdriver_bin())
-        .args(args)
-        .env("XDRIVER_WEBAPP_DIR", webapp_dir())
-        .current_dir(dir)
-        .output()
-        .expect("xdriver runs");
+    let out = xdriver_command(args, dir).output().expect("xdriver runs");
     let r = Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -156,6 +144,14 @@ pub fn run_xdriver(args: &[&str], dir: &std::path::Path) -> Run {
     };
     eprintln!("$ xdriver {}\n{}\n{}", args.join(" "), r.stdout, r.stderr);
     r
+}
+
+/// `xdriver ARGS…` to run in `dir`, with the example webapp's directory in
+/// `XDRIVER_WEBAPP_DIR` (for tests that drive its stdio themselves).
+pub fn xdriver_command(args: &[&str], dir: &std::path::Path) -> std::process::Command {
+    let mut c = std::process::Command::new(xdriver_bin());
+    c.args(args).env("XDRIVER_WEBAPP_DIR", webapp_dir()).current_dir(dir);
+    c
 }
 
 /// The directory holding the built xdriver-webapp (next to `xdriver`).

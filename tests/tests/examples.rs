@@ -4,7 +4,6 @@
 //! (openrc's unprivileged cell is skipped with its reason), and the chain's
 //! deliberately broken test must be reported as a failure (exit 100).
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use xdriver_tests::{webapp_dir, example, xdriver_bin};
@@ -43,7 +42,7 @@ fn both_profiles_pass(example_name: &str, manager: &str) {
     let run = xdriver_test(example_name, &["--manager", manager]);
     if run.code != 0 {
         // Show the failing cells' transcripts in the test output.
-        for e in walk(run.results.path()).into_iter().filter(|p| p.ends_with("commands.log")) {
+        for e in xdriver_tests::files_under(run.results.path()).into_iter().filter(|p| p.ends_with("commands.log")) {
             eprintln!("=== {}\n{}", e.display(), std::fs::read_to_string(&e).unwrap_or_default());
         }
     }
@@ -67,19 +66,6 @@ fn both_profiles_pass(example_name: &str, manager: &str) {
             assert_eq!(std::fs::read(&got).ok().as_ref(), Some(&want), "{}: not the spec's file", got.display());
         }
     }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 macro_rules! cells {

@@ -86,10 +86,7 @@ fn interactive_opens_a_python_prompt_with_machine_after_the_deploy() {
     use std::io::Write;
     let work = xdriver_tests::workdir();
     let spec = example("python");
-    let mut child = std::process::Command::new(xdriver_tests::xdriver_bin())
-        .args(["test", spec.to_str().expect("utf-8"), "--accel", "tcg", "--manager", "systemd", "--interactive"])
-        .env("XDRIVER_WEBAPP_DIR", xdriver_tests::webapp_dir())
-        .current_dir(work.path())
+    let mut child = xdriver_tests::xdriver_command(&["test", spec.to_str().expect("utf-8"), "--accel", "tcg", "--manager", "systemd", "--interactive"], work.path())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -127,10 +124,7 @@ fn keep_holds_a_failed_cells_vm_reachable_over_ssh_until_sigterm() {
     use std::io::BufRead;
     let work = xdriver_tests::workdir();
     let spec = example("python");
-    let mut child = std::process::Command::new(xdriver_tests::xdriver_bin())
-        .args(["test", spec.to_str().expect("utf-8"), "--accel", "tcg", "--manager", "sysvinit", "--keep"])
-        .env("XDRIVER_WEBAPP_DIR", xdriver_tests::webapp_dir())
-        .current_dir(work.path())
+    let mut child = xdriver_tests::xdriver_command(&["test", spec.to_str().expect("utf-8"), "--accel", "tcg", "--manager", "sysvinit", "--keep"], work.path())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
