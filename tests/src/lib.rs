@@ -142,7 +142,8 @@ pub fn run_xdriver(args: &[&str], dir: &std::path::Path) -> Run {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     };
-    eprintln!("$ xdriver {}\n{}\n{}", args.join(" "), r.stdout, r.stderr);
+    // Progress (stderr) first, results (stdout) last.
+    eprintln!("$ xdriver {}\n{}\n{}", args.join(" "), r.stderr, r.stdout);
     r
 }
 

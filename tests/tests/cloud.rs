@@ -21,16 +21,22 @@ fn image_dir(name: &str) -> PathBuf {
     PathBuf::from(e["dir"].as_str().expect("dir"))
 }
 
-fn webapps(extra: &[&str]) -> Run {
+/// Runs the webapps example; the work dir (results, guest logs) goes with
+/// the run, so a failing assertion keeps it and prints the failed cells'
+/// guest logs.
+fn webapps(extra: &[&str]) -> (Run, xdriver_tests::Work) {
     let work = xdriver_tests::workdir();
     let spec = example("webapps");
     let mut args = vec!["test", spec.to_str().expect("utf-8"), "--accel", "tcg", "--os", "debian-12-cloud", "--no-progress"];
     args.extend_from_slice(extra);
-    xdriver(&args, work.path())
+    let run = xdriver(&args, work.path());
+    (run, work)
 }
 
 fn assert_all_pass(run: &Run, cells: usize, label: &str) {
-    assert_eq!(run.code, 0, "{label}:\n{}\n{}", run.stdout, run.stderr);
+    // The progress lines first, the results (with each failure's reason)
+    // last, where a shortened CI log still shows them.
+    assert_eq!(run.code, 0, "{label}:\n{}\n{}", run.stderr, run.stdout);
     for m in ["systemd", "s6", "supervisord"] {
         for p in ["privileged", "unprivileged"] {
             assert!(run.stdout.contains(&format!("PASS  debian-12-cloud/{m}/{p}")), "{label}: {m}/{p}\n{}", run.stdout);
@@ -89,7 +95,7 @@ fn cloud_init_consumed_the_seed_once_and_the_prepared_disk_boots_by_bios() {
 
 #[test]
 fn the_webapps_example_passes_on_the_cloud_image_booted_by_bios() {
-    let run = webapps(&["--manager", "systemd,s6,supervisord"]);
+    let (run, _work) = webapps(&["--manager", "systemd,s6,supervisord"]);
     assert_all_pass(&run, 6, "BIOS");
 }
 
@@ -97,8 +103,8 @@ fn the_webapps_example_passes_on_the_cloud_image_booted_by_bios() {
 fn the_webapps_example_passes_on_the_cloud_image_booted_by_uefi() {
     // Every manager, one profile (the boot path is what differs; BIOS runs
     // both profiles), to keep CI short.
-    let run = webapps(&["--manager", "systemd,s6,supervisord", "--profile", "unprivileged", "--image", "debian-12-cloud=debian-12-cloud-uefi"]);
-    assert_eq!(run.code, 0, "UEFI:\n{}\n{}", run.stdout, run.stderr);
+    let (run, _work) = webapps(&["--manager", "systemd,s6,supervisord", "--profile", "unprivileged", "--image", "debian-12-cloud=debian-12-cloud-uefi"]);
+    assert_eq!(run.code, 0, "UEFI:\n{}\n{}", run.stderr, run.stdout);
     for m in ["systemd", "s6", "supervisord"] {
         assert!(run.stdout.contains(&format!("PASS  debian-12-cloud/{m}/unprivileged")), "UEFI {m}:\n{}", run.stdout);
     }

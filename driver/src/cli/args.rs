@@ -347,6 +347,10 @@ pub struct VmArgs {
     /// is installed and the guest has virtio-fs, else 9p.
     #[arg(long, value_enum, default_value = "auto")]
     pub share_fs: crate::vm::nix_store::ShareFsChoice,
+    /// Boot every VM cold instead of restoring the RAM snapshot of its
+    /// image (the first boot of an image saves one; see docs/cli.md).
+    #[arg(long)]
+    pub cold: bool,
 }
 
 /// `xdriver doctor`

@@ -59,6 +59,7 @@ pub(super) async fn main(args: RunArgs) -> Result<i32, CliError> {
     cfg.cpus = args.vm.cpus;
     cfg.mem_mib = args.vm.mem_mib;
     cfg.shares = shares;
+    cfg.snapshots = !args.vm.cold;
     if let Some(plan) = crate::vm::nix_store::StorePlan::from_flags(args.vm.store.as_deref(), args.vm.no_store, args.vm.share_fs).map_err(CliError::usage)? {
         let os: xdriver_guests::Os = cfg.image.manifest.os.parse().map_err(|e| CliError { code: exit::INFRA, message: format!("image {}: its manifest names {e}", cfg.image.manifest.name) })?;
         let (share, why) = plan.share_for(os).map_err(CliError::usage)?;

@@ -105,6 +105,7 @@ pub(super) async fn main(args: TestArgs) -> Result<i32, CliError> {
         store,
         interactive: args.interactive,
         keep: args.keep,
+        snapshots: !args.vm.cold,
     };
     eprintln!(
         "xdriver: {} — {} cells ({runnable} to run{}), {jobs} at a time ({why}); results in {}",

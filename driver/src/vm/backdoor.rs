@@ -67,6 +67,7 @@ pub struct Backdoor {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
     route: Route,
     ready: watch::Receiver<u32>,
+    ready_tx: Arc<watch::Sender<u32>>,
     closed: watch::Receiver<bool>,
     next_id: Mutex<u64>,
     /// Set once the guest was reset: the next announcement is a new shell
@@ -111,6 +112,8 @@ impl Backdoor {
         let (r, w) = stream.into_split();
         let route: Route = Arc::default();
         let (ready_tx, ready) = watch::channel(0u32);
+        let ready_tx = Arc::new(ready_tx);
+        let ready_tx_r = ready_tx.clone();
         let (closed_tx, closed) = watch::channel(false);
         let rt = route.clone();
         let forget = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -142,7 +145,7 @@ impl Backdoor {
                             let _ = tx.send(Msg::Restarted);
                         }
                     }
-                    ready_tx.send_modify(|n| *n += 1);
+                    ready_tx_r.send_modify(|n| *n += 1);
                     continue;
                 }
                 let mut parts = line.splitn(3, ' ');
@@ -163,7 +166,7 @@ impl Backdoor {
             }
             let _ = closed_tx.send(true);
         });
-        Backdoor { writer: tokio::sync::Mutex::new(w), route, ready, closed, next_id: Mutex::new(0), forget }
+        Backdoor { writer: tokio::sync::Mutex::new(w), route, ready, ready_tx, closed, next_id: Mutex::new(0), forget }
     }
 
     /// Waits until the shell has announced itself.
@@ -178,6 +181,13 @@ impl Backdoor {
             },
             _ = closed.wait_for(|c| *c) => Err(BackdoorError::Closed),
         }
+    }
+
+    /// Counts the shell as announced without an announcement: a VM
+    /// restored from a snapshot has a shell that announced itself before
+    /// the save, and is not going to again.
+    pub fn assume_ready(&self) {
+        self.ready_tx.send_modify(|n| *n += 1);
     }
 
     /// Takes the next announcement for a new shell even if its pid is the

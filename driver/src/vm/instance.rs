@@ -19,7 +19,8 @@ use xdriver_images::Entry;
 use crate::vm::backdoor::{Backdoor, BackdoorError};
 use crate::vm::console::{tail_lines, Console, ConsoleTimeout};
 use crate::vm::output::{Output, Sink};
-use crate::vm::qemu::{kernel_cmdline, Accel, Boot, Firmware, QemuSpec, Share, ShareDevice, StoreDevice, NINEP_MSIZE, OVMF_CODE, OVMF_VARS};
+use crate::vm::qemu::{kernel_cmdline, Accel, Boot, Firmware, QemuSpec, RamFile, Share, ShareDevice, StoreDevice, NINEP_MSIZE, OVMF_CODE, OVMF_VARS};
+use crate::vm::snapshot::{self, Meta, Snapshot};
 use crate::vm::nix_store::{guest_mount_script, host_nix_db, ShareFs, StoreShare, Virtiofsd};
 use crate::vm::qmp::{Qmp, QmpError};
 use crate::vm::rundir::RunDir;
@@ -105,6 +106,26 @@ pub enum VmError {
     /// The SSH connection, set up in the background, failed.
     #[error("SSH to the guest could not be set up: {0}")]
     SshSetup(String),
+    /// A RAM snapshot could not be restored (the VM then boots cold).
+    #[error("restoring the RAM snapshot {snapshot}: {detail}")]
+    Restore {
+        /// The snapshot's directory.
+        snapshot: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+}
+
+/// How [`Vm::launch`] brings a VM up.
+#[derive(Debug, Clone)]
+enum Launch {
+    /// A cold boot.
+    Cold,
+    /// A cold boot whose RAM is the snapshot's file and whose disk is the
+    /// snapshot's, to be saved once it is up (no shares mounted, no SSH).
+    Save(Snapshot),
+    /// From the snapshot.
+    Restore(Snapshot),
 }
 
 /// How the background SSH set-up ended (kept so that every caller of
@@ -146,6 +167,10 @@ pub struct VmConfig {
     pub store: Option<StoreShare>,
     /// Which disk the VM boots (an imported image needs a prepared one).
     pub disk: DiskUse,
+    /// Start from a RAM snapshot of this VM's shape (made by the first VM
+    /// of that shape; see [`crate::vm::snapshot`]) where the VM can have
+    /// one: a fresh overlay of a built or prepared disk, without virtio-fs.
+    pub snapshots: bool,
 }
 
 /// The disk a VM boots.
@@ -195,6 +220,7 @@ impl VmConfig {
             qemu: "qemu-system-x86_64".into(),
             store: None,
             disk: DiskUse::Image,
+            snapshots: false,
         }
     }
 }
@@ -271,18 +297,125 @@ pub struct Vm {
     virtiofsd: Option<Virtiofsd>,
     /// The shares' virtiofsds (guests without 9p); killed with the VM.
     _share_daemons: Vec<Virtiofsd>,
+    /// How it boots.
+    boot: Boot,
     /// What a boot mounts (again after a reboot).
     shares: Vec<Share>,
     store: Option<StoreShare>,
     /// How it was started (to start it again on its disk).
     config: VmConfig,
+    /// The RAM snapshot it was restored from, if it was.
+    restored: Option<Snapshot>,
 }
 
 impl Vm {
     /// Boots a fresh VM of `cfg.image` on a new overlay and waits until its
     /// backdoor is ready and its shares are mounted. SSH (if asked) is set
     /// up in the background from the same moment; [`Vm::ssh`] waits for it.
+    ///
+    /// With [`VmConfig::snapshots`], a VM that can have a RAM snapshot
+    /// restores it instead of booting; the first VM of its shape boots,
+    /// saves it, and restores it. A snapshot that cannot be restored is
+    /// dropped and the VM boots cold, with a warning.
     pub async fn start(cfg: VmConfig) -> Result<Vm, VmError> {
+        let snap = match cfg.snapshots.then(|| snapshot_of(&cfg)) {
+            None => None,
+            Some(Ok(s)) => Some(s),
+            Some(Err(why)) => {
+                tracing::info!(vm = %cfg.name, %why, "cold boot: no RAM snapshot for this VM");
+                None
+            }
+        };
+        if let Some(snap) = snap {
+            if snap.meta().is_none() {
+                match snap.begin_save() {
+                    Ok(Some(lock)) => {
+                        if let Err(e) = Vm::save_snapshot(&cfg, &snap).await {
+                            tracing::warn!(vm = %cfg.name, snapshot = %snap.dir.display(), error = %e, "saving a RAM snapshot failed; booting cold");
+                            let _ = std::fs::remove_dir_all(&snap.dir);
+                        }
+                        drop(lock);
+                    }
+                    // Another VM is saving it: this one boots cold.
+                    Ok(None) => tracing::info!(vm = %cfg.name, "cold boot: the RAM snapshot of this shape is being saved by another VM"),
+                    Err(e) => tracing::warn!(vm = %cfg.name, error = %e, "cold boot: the RAM snapshot cannot be saved"),
+                }
+            }
+            if snap.meta().is_some() {
+                match Vm::launch(cfg.clone(), Launch::Restore(snap.clone())).await {
+                    Err(e @ VmError::Restore { .. }) => {
+                        tracing::warn!(vm = %cfg.name, error = %e, "dropping the RAM snapshot and booting cold");
+                        eprintln!("xdriver: warning: {e}; dropped it, booting cold");
+                        snap.discard();
+                    }
+                    other => return other,
+                }
+            }
+        }
+        Vm::launch(cfg, Launch::Cold).await
+    }
+
+    /// Boots a VM of `cfg`'s shape cold with its RAM in the snapshot's
+    /// file, waits until its init has started its services (xdriver's sshd
+    /// listens), and saves it.
+    async fn save_snapshot(cfg: &VmConfig, snap: &Snapshot) -> Result<(), VmError> {
+        let t0 = Instant::now();
+        let vm = Vm::launch(cfg.clone(), Launch::Save(snap.clone())).await?;
+        let boot_s = vm.backdoor_ready_after.as_secs_f64();
+        let t1 = Instant::now();
+        // Services still starting would go on starting in every restored
+        // VM: save once the last of xdriver's (its sshd) listens.
+        let probe = vm.os.port_open(xdriver_guests::SSH_PORT);
+        let settle_deadline = Instant::now() + cfg.boot_timeout.min(Duration::from_secs(90));
+        loop {
+            let out = vm.exec(Channel::Backdoor, &probe, &[], Duration::from_secs(10), None).await?;
+            if out.success() {
+                break;
+            }
+            if Instant::now() > settle_deadline {
+                tracing::warn!(vm = %vm.name, "saving the snapshot before the guest's sshd listens");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let settle_s = t1.elapsed().as_secs_f64();
+        let t2 = Instant::now();
+        vm.qmp.execute(qapi::qmp::stop {}).await?;
+        vm.qmp.save_state(&snap.state(), Duration::from_secs(120)).await?;
+        let save_s = t2.elapsed().as_secs_f64();
+        if let Boot::Disk { firmware: Firmware::Uefi { .. } } = vm.boot_kind() {
+            std::fs::copy(vm.run.join("OVMF_VARS.fd"), snap.vars()).map_err(|e| VmError::Prepare(format!("keeping the UEFI variables: {e}")))?;
+        }
+        let _ = std::fs::copy(vm.run.join("serial.log"), snap.serial_log());
+        let name = vm.name.clone();
+        // QEMU quits with the guest paused: its disk is as the RAM knows it.
+        vm.quit().await;
+        let shape = snapshot_shape(cfg).map_err(VmError::Prepare)?;
+        let meta = Meta {
+            format: snapshot::FORMAT,
+            key: shape.key(),
+            shape: shape.lines.join("\n"),
+            created: chrono_now(),
+            boot_s,
+            settle_s,
+            save_s,
+        };
+        snap.finish_save(&meta).map_err(VmError::Prepare)?;
+        tracing::info!(vm = %name, boot_s, settle_s, save_s, took = ?t0.elapsed(), snapshot = %snap.dir.display(), "RAM snapshot saved");
+        Ok(())
+    }
+
+    /// How the VM boots (kernel or firmware).
+    fn boot_kind(&self) -> Boot {
+        self.boot.clone()
+    }
+
+    /// The RAM snapshot this VM was restored from, if it was.
+    pub fn restored_from(&self) -> Option<&Snapshot> {
+        self.restored.as_ref()
+    }
+
+    async fn launch(cfg: VmConfig, mode: Launch) -> Result<Vm, VmError> {
         let called = Instant::now();
         let mut run = RunDir::create(&cfg.name).map_err(|e| VmError::Prepare(format!("run directory: {e}")))?;
         // Kept if starting fails (logs of a failed boot survive); released
@@ -290,13 +423,15 @@ impl Vm {
         run.keep();
         // The disk this VM boots: an overlay of the image's disk or of a
         // prepared disk, or (preparing) the prepared disk itself.
-        let backing = match &cfg.disk {
-            DiskUse::Image => Some(cfg.image.disk()),
-            DiskUse::Prepared { disk, .. } => Some(disk.clone()),
-            DiskUse::Preparing { .. } | DiskUse::Continue { .. } => None,
+        let backing = match (&mode, &cfg.disk) {
+            (Launch::Restore(s), _) => Some(s.disk()),
+            (_, DiskUse::Image) => Some(cfg.image.disk()),
+            (_, DiskUse::Prepared { disk, .. }) => Some(disk.clone()),
+            (_, DiskUse::Preparing { .. } | DiskUse::Continue { .. }) => None,
         };
-        let disk = match (&backing, &cfg.disk) {
-            (None, DiskUse::Preparing { disk, .. }) => disk.clone(),
+        let disk = match (&mode, &backing, &cfg.disk) {
+            (Launch::Save(s), _, _) => s.disk(),
+            (_, None, DiskUse::Preparing { disk, .. }) => disk.clone(),
             _ => run.join("overlay.qcow2"),
         };
         if let DiskUse::Continue { overlay, .. } = &cfg.disk {
@@ -331,7 +466,11 @@ impl Vm {
                     xdriver_guests::Firmware::Bios => Firmware::Bios,
                     xdriver_guests::Firmware::Uefi => {
                         let vars = run.join("OVMF_VARS.fd");
-                        std::fs::copy(OVMF_VARS, &vars).map_err(|e| VmError::Prepare(format!("UEFI needs OVMF (Debian's `ovmf` package): {OVMF_VARS}: {e}")))?;
+                        let template = match &mode {
+                            Launch::Restore(s) if s.vars().is_file() => s.vars(),
+                            _ => OVMF_VARS.into(),
+                        };
+                        std::fs::copy(&template, &vars).map_err(|e| VmError::Prepare(format!("UEFI needs OVMF (Debian's `ovmf` package): {OVMF_VARS}: {e}")))?;
                         Firmware::Uefi { code: OVMF_CODE.into(), vars }
                     }
                 };
@@ -347,7 +486,10 @@ impl Vm {
             DiskUse::Preparing { seed, .. } => Some(seed.clone()),
             _ => None,
         };
-        let key_over_backdoor = matches!(boot, Boot::Disk { .. });
+        // A restored guest's kernel command line is the saving VM's: it
+        // gets the key over the backdoor too.
+        let key_over_backdoor = matches!(boot, Boot::Disk { .. }) || matches!(mode, Launch::Restore(_));
+        let want_ssh = cfg.ssh && !matches!(mode, Launch::Save(_));
         let mut virtiofsd = None;
         let store = match &cfg.store {
             None => None,
@@ -395,7 +537,21 @@ impl Vm {
             forwards: vec![xdriver_guests::SSH_PORT],
             store,
             seed,
+            ram_file: match &mode {
+                Launch::Cold => None,
+                Launch::Save(s) => Some(RamFile { path: s.ram(), shared: true }),
+                Launch::Restore(s) => Some(RamFile { path: s.ram(), shared: false }),
+            },
+            incoming: matches!(mode, Launch::Restore(_)),
         };
+        let boot_kind = spec.boot.clone();
+        if let Launch::Restore(s) = &mode {
+            // The console from the saving VM's boot, then this VM's (QEMU
+            // appends to the log).
+            let mut log = std::fs::read(s.serial_log()).unwrap_or_default();
+            log.extend_from_slice(format!("\n[xdriver: restored from the RAM snapshot {}]\n", s.dir.display()).as_bytes());
+            std::fs::write(run.join("serial.log"), log).map_err(|e| VmError::Prepare(format!("serial log: {e}")))?;
+        }
         let listen = |f: &str| UnixListener::bind(run.join(f)).map_err(|e| VmError::Prepare(format!("socket {f}: {e}")));
         let (l_serial, l_backdoor, l_qmp) = (listen("serial.sock")?, listen("backdoor.sock")?, listen("qmp.sock")?);
         std::fs::write(run.join("qemu.cmdline"), format!("{} {}\n", spec.binary, spec.args().iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")))
@@ -474,7 +630,18 @@ impl Vm {
             shares: cfg.shares.clone(),
             store: cfg.store.clone(),
             config: cfg.clone(),
+            restored: None,
+            boot: boot_kind,
         };
+        if let Launch::Restore(s) = &mode {
+            let restore_err = |detail: String| VmError::Restore { snapshot: s.dir.clone(), detail };
+            match vm.until_exit("loading the RAM snapshot", vm.qmp.load_state(&s.state(), Duration::from_secs(60))).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(restore_err(e.to_string())),
+                Err(e) => return Err(restore_err(e.to_string())),
+            }
+            vm.restored = Some(s.clone());
+        }
         vm.qmp.execute(qapi::qmp::cont {}).await?;
         let t0 = Instant::now();
         tracing::info!(vm = %vm.name, accel = cfg.accel.name(), after = ?called.elapsed(), "VM started");
@@ -485,10 +652,34 @@ impl Vm {
         // ready as soon as the backdoor answers and the shares are mounted;
         // the first user of SSH waits for the rest. (An imported image gets
         // the key over the backdoor first, so its SSH starts after that.)
-        if cfg.ssh && !key_over_backdoor {
+        if want_ssh && !key_over_backdoor {
             vm.spawn_ssh(t0, cfg.boot_timeout);
         }
         let backdoor_side = async {
+            if let Launch::Restore(s) = &mode {
+                // The shell announced itself before the save.
+                vm.backdoor.assume_ready();
+                let epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                let key = if want_ssh { vm.os.authorize_ssh_key(&vm.key.public_openssh()) } else { "true".into() };
+                let script = snapshot::after_restore_script(&vm.os.set_clock(epoch), &key);
+                let mut seed = [0u8; 64];
+                getrandom(&mut seed);
+                let out = match vm.backdoor.exec(&script, &seed, Duration::from_secs(20), None).await {
+                    Ok(o) => o,
+                    Err(e) => return Err(VmError::Restore { snapshot: s.dir.clone(), detail: format!("the restored guest's backdoor: {e}") }),
+                };
+                if !out.success() {
+                    return Err(VmError::Restore { snapshot: s.dir.clone(), detail: format!("setting the clock, RNG and key after the restore: {}", out.stderr_str().trim()) });
+                }
+                let after = t0.elapsed();
+                for (i, sh) in cfg.shares.iter().enumerate() {
+                    vm.mount_share(i, sh).await?;
+                }
+                if let Some(st) = &cfg.store {
+                    vm.mount_store(st).await?;
+                }
+                return Ok(after);
+            }
             let ready = vm.backdoor.wait_ready(cfg.boot_timeout);
             match vm.until_exit("waiting for the backdoor shell", ready).await? {
                 Ok(()) => {}
@@ -502,7 +693,10 @@ impl Vm {
                 Err(e) => return Err(e.into()),
             }
             let after = t0.elapsed();
-            if cfg.ssh && key_over_backdoor {
+            if matches!(mode, Launch::Save(_)) {
+                return Ok(after);
+            }
+            if want_ssh && key_over_backdoor {
                 let out = vm.setup_exec(&vm.os.authorize_ssh_key(&vm.key.public_openssh())).await?;
                 if !out.success() {
                     return Err(VmError::SshSetup(format!("installing the run's key over the backdoor: {}", out.stderr_str().trim())));
@@ -528,7 +722,7 @@ impl Vm {
             }
             Err(e) => return Err(e),
         };
-        if cfg.ssh && key_over_backdoor {
+        if want_ssh && key_over_backdoor {
             vm.spawn_ssh(t0, cfg.boot_timeout);
         }
         // An SSH set-up that has already failed fails the start, as it
@@ -796,6 +990,21 @@ impl Vm {
         Stopped::Killed
     }
 
+    /// Ends QEMU without the guest's own power-off (QMP `quit`, then
+    /// SIGKILL), for a VM whose overlay is thrown away anyway: a test
+    /// cell's end, once its logs are collected.
+    pub async fn quit(self) -> Stopped {
+        if !self.is_running() {
+            return Stopped::AlreadyExited;
+        }
+        let _ = self.qmp.execute_within(qapi::qmp::quit {}, Duration::from_secs(5)).await;
+        if self.wait_exit(Duration::from_secs(5)).await {
+            return Stopped::Quit;
+        }
+        self.kill().await;
+        Stopped::Killed
+    }
+
     /// Powers the guest off from inside (its OS's power-off command, in the
     /// background) and waits up to `timeout` for QEMU to exit; true if it
     /// did. The VM stays usable as a value (for its logs).
@@ -936,4 +1145,65 @@ impl Drop for Vm {
             }
         }
     }
+}
+
+/// Fills `buf` from the kernel's random source.
+fn getrandom(buf: &mut [u8]) {
+    use std::io::Read;
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(buf);
+    }
+}
+
+/// Now, in RFC 3339 (UTC, seconds).
+fn chrono_now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// Everything that shapes `cfg`'s VM, or why it cannot have a snapshot.
+fn snapshot_shape(cfg: &VmConfig) -> Result<snapshot::Shape, String> {
+    let m = &cfg.image.manifest;
+    let os: Os = m.os.parse().map_err(|e| format!("image {}: {e}", m.name))?;
+    if cfg.store.as_ref().is_some_and(|s| s.fs == ShareFs::Virtiofs) {
+        return Err("the store is shared over virtio-fs, which QEMU 7.2 cannot migrate".into());
+    }
+    if !cfg.shares.is_empty() && !os.has_9p() {
+        return Err(format!("{os} guests take shares over virtio-fs, which QEMU 7.2 cannot migrate"));
+    }
+    let mut shape = snapshot::Shape::new(&cfg.qemu)?;
+    shape.add("image", cfg.image.dir.display());
+    match &cfg.disk {
+        DiskUse::Image => shape.add_file("disk", &cfg.image.disk())?,
+        DiskUse::Prepared { disk, host_key } => {
+            shape.add_file("prepared", disk)?;
+            shape.add("host-key", host_key);
+        }
+        DiskUse::Preparing { .. } => return Err("a preparation boots its own disk".into()),
+        DiskUse::Continue { .. } => return Err("a VM started again boots its own overlay".into()),
+    }
+    if let Some((kernel, initrd)) = cfg.image.kernel_initrd() {
+        shape.add_file("kernel", &kernel)?;
+        shape.add_file("initrd", &initrd)?;
+        shape.add("init", &m.init_path);
+    }
+    if let Some(imp) = &m.import {
+        shape.add("firmware", format!("{:?}", imp.firmware));
+    }
+    shape.add("cmdline-extra", cfg.extra_cmdline.join(" "));
+    shape.add("accel", cfg.accel.name());
+    shape.add("cpus", cfg.cpus);
+    shape.add("mem-mib", cfg.mem_mib);
+    for (i, s) in cfg.shares.iter().enumerate() {
+        shape.add("share", format!("{i} writable={}", s.writable));
+    }
+    if let Some(st) = &cfg.store {
+        shape.add("store", st.fs.name());
+    }
+    Ok(shape)
+}
+
+/// The snapshot `cfg`'s VM would restore, or why it has none.
+fn snapshot_of(cfg: &VmConfig) -> Result<Snapshot, String> {
+    let shape = snapshot_shape(cfg)?;
+    Ok(Snapshot::of(&cfg.image.dir, &shape))
 }

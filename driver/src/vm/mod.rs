@@ -13,6 +13,7 @@ pub mod prepare;
 pub mod qemu;
 pub mod qmp;
 pub mod rundir;
+pub mod snapshot;
 pub mod ssh;
 
 pub use instance::{kill_all, Channel, DiskUse, Stopped, Vm, VmConfig, VmError};

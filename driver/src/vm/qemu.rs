@@ -164,6 +164,22 @@ pub struct QemuSpec {
     pub store: Option<StoreDevice>,
     /// A NoCloud seed attached as a read-only raw disk (preparation only).
     pub seed: Option<PathBuf>,
+    /// Guest RAM in a file (RAM snapshots, see [`crate::vm::snapshot`]):
+    /// mapped shared while a snapshot is taken, so the migration stream
+    /// skips it (`x-ignore-shared`); mapped private (copy-on-write) when a
+    /// cell restores it.
+    pub ram_file: Option<RamFile>,
+    /// Start waiting for an incoming migration (`-incoming defer`).
+    pub incoming: bool,
+}
+
+/// Guest RAM backed by a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RamFile {
+    /// The file.
+    pub path: PathBuf,
+    /// MAP_SHARED (writes reach the file) instead of MAP_PRIVATE.
+    pub shared: bool,
 }
 
 impl QemuSpec {
@@ -179,8 +195,15 @@ impl QemuSpec {
             Accel::Kvm => push(&["-machine", "pc", "-accel", "kvm", "-cpu", "host"]),
         }
         push(&["-smp", &self.cpus.to_string(), "-m", &self.mem_mib.to_string()]);
+        if let Some(f) = &self.ram_file {
+            push(&[
+                "-object",
+                &format!("memory-backend-file,id=mem,size={}M,mem-path={},share={}", self.mem_mib, f.path.display(), if f.shared { "on" } else { "off" }),
+                "-numa",
+                "node,memdev=mem",
+            ]);
         // vhost-user devices (virtio-fs) need guest RAM in shared memory.
-        if matches!(self.store, Some(StoreDevice::Virtiofs { .. })) || self.shares.iter().any(|d| d.virtiofs.is_some()) {
+        } else if matches!(self.store, Some(StoreDevice::Virtiofs { .. })) || self.shares.iter().any(|d| d.virtiofs.is_some()) {
             push(&[
                 "-object",
                 &format!("memory-backend-memfd,id=mem,size={}M,share=on", self.mem_mib),
@@ -269,6 +292,9 @@ impl QemuSpec {
             ]),
             None => {}
         }
+        if self.incoming {
+            push(&["-incoming", "defer"]);
+        }
         a
     }
 }
@@ -320,6 +346,8 @@ mod tests {
             forwards: vec![22],
             store: None,
             seed: None,
+            ram_file: None,
+            incoming: false,
         }
     }
 
@@ -354,6 +382,20 @@ mod tests {
         let a = s.args().join(" ");
         assert!(!a.contains("memory-backend"), "{a}");
         assert!(a.contains("-virtfs local,path=/nix/store,mount_tag=xdstore,security_model=none,id=xdstore,readonly=on"), "{a}");
+    }
+
+    #[test]
+    fn a_snapshot_maps_guest_ram_from_a_file_shared_when_saving_and_private_when_restoring() {
+        let mut s = spec();
+        s.ram_file = Some(RamFile { path: "/c/snap/ram".into(), shared: true });
+        let a = s.args().join(" ");
+        assert!(a.contains("-m 1024 -object memory-backend-file,id=mem,size=1024M,mem-path=/c/snap/ram,share=on -numa node,memdev=mem"), "{a}");
+        assert!(!a.contains("-incoming"), "{a}");
+        s.ram_file = Some(RamFile { path: "/c/snap/ram".into(), shared: false });
+        s.incoming = true;
+        let a = s.args().join(" ");
+        assert!(a.contains("mem-path=/c/snap/ram,share=off"), "{a}");
+        assert!(a.ends_with("-incoming defer"), "{a}");
     }
 
     #[test]

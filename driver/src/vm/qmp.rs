@@ -162,6 +162,49 @@ impl Qmp {
         self.raw("set-action", serde_json::json!({ "reboot": action }), Duration::from_secs(10)).await.map(|_| ())
     }
 
+    /// Saves the stopped VM's device state to `path` as a migration
+    /// stream, without the RAM blocks that are shared files
+    /// (`x-ignore-shared`; see [`crate::vm::snapshot`]), and waits for it.
+    pub async fn save_state(&self, path: &std::path::Path, timeout: Duration) -> Result<(), QmpError> {
+        self.ignore_shared().await?;
+        let uri = format!("exec:cat > {}", xdriver_guests::shell::quote(&path.display().to_string()));
+        self.raw("migrate", serde_json::json!({ "uri": uri }), Duration::from_secs(10)).await?;
+        self.wait_migration("saving the VM state", timeout).await
+    }
+
+    /// Loads a stream [`Qmp::save_state`] wrote into a QEMU started with
+    /// `-incoming defer`, and waits for it (the VM stays paused).
+    pub async fn load_state(&self, path: &std::path::Path, timeout: Duration) -> Result<(), QmpError> {
+        self.ignore_shared().await?;
+        let uri = format!("exec:cat {}", xdriver_guests::shell::quote(&path.display().to_string()));
+        self.raw("migrate-incoming", serde_json::json!({ "uri": uri }), Duration::from_secs(10)).await?;
+        self.wait_migration("loading the VM state", timeout).await
+    }
+
+    async fn ignore_shared(&self) -> Result<(), QmpError> {
+        let caps = serde_json::json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] });
+        self.raw("migrate-set-capabilities", caps, Duration::from_secs(10)).await.map(|_| ())
+    }
+
+    /// Polls `query-migrate` until the migration has completed or failed.
+    async fn wait_migration(&self, what: &'static str, timeout: Duration) -> Result<(), QmpError> {
+        let t0 = std::time::Instant::now();
+        loop {
+            let info = self.raw("query-migrate", Value::Object(Default::default()), Duration::from_secs(10)).await?;
+            match info["status"].as_str().unwrap_or("") {
+                "completed" => return Ok(()),
+                "failed" | "cancelled" => {
+                    return Err(QmpError::Command { command: what, class: "MigrationFailed".into(), desc: info["error-desc"].as_str().unwrap_or("(no reason given)").to_string() })
+                }
+                _ => {}
+            }
+            if t0.elapsed() > timeout {
+                return Err(QmpError::Timeout(what, timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Runs a human monitor command and returns its text.
     pub async fn hmp(&self, command_line: &str) -> Result<String, QmpError> {
         self.execute(qapi::qmp::human_monitor_command { command_line: command_line.into(), cpu_index: None })

@@ -133,6 +133,10 @@ impl GuestOs for Freebsd {
     fn poweroff(&self, _init: Init) -> String {
         "shutdown -p now".into()
     }
+    fn set_clock(&self, epoch: u64) -> String {
+        // FreeBSD's date(1) takes the new time in the -f format.
+        format!("date -u -f %s {epoch}")
+    }
     fn reboot(&self, _init: Init) -> String {
         "shutdown -r now".into()
     }

@@ -245,6 +245,11 @@ pub trait GuestOs: Sync + Send + fmt::Debug {
             crate::shell::quote(key)
         )
     }
+    /// Sets the clock to `epoch` (seconds since 1970, UTC): a guest
+    /// restored from a RAM snapshot wakes up at the time of the save.
+    fn set_clock(&self, epoch: u64) -> String {
+        format!("date -u -s @{epoch}")
+    }
 }
 
 /// `image` if `manager` is one the image `carries` (its `init` as PID 1

@@ -59,6 +59,8 @@ fn plain_qemu_to_banner(init: Init) -> f64 {
         forwards: vec![],
         store: None,
         seed: None,
+        ram_file: None,
+        incoming: false,
     };
     // The same arguments minus -S and the driver's sockets.
     let mut args = Vec::new();
