@@ -60,7 +60,8 @@ pub(super) async fn main(args: RunArgs) -> Result<i32, CliError> {
     cfg.mem_mib = args.vm.mem_mib;
     cfg.shares = shares;
     cfg.snapshots = !args.vm.cold;
-    if let Some(plan) = crate::vm::nix_store::StorePlan::from_flags(args.vm.store.as_deref(), args.vm.no_store, args.vm.share_fs).map_err(CliError::usage)? {
+    if let Some(mut plan) = crate::vm::nix_store::StorePlan::from_flags(args.vm.store.as_deref(), args.vm.no_store, args.vm.share_fs).map_err(CliError::usage)? {
+        plan.snapshots = !args.vm.cold;
         let os: xdriver_guests::Os = cfg.image.manifest.os.parse().map_err(|e| CliError { code: exit::INFRA, message: format!("image {}: its manifest names {e}", cfg.image.manifest.name) })?;
         let (share, why) = plan.share_for(os).map_err(CliError::usage)?;
         eprintln!("xdriver: store {} over {} ({why})", share.host.display(), share.fs.name());
@@ -110,7 +111,9 @@ pub(super) async fn main(args: RunArgs) -> Result<i32, CliError> {
         vm.keep_run_dir();
     }
     let run_dir = vm.run_dir().to_path_buf();
-    let stopped = vm.shutdown().await;
+    // The overlay is thrown away, so QEMU just goes; with --keep-logs the
+    // overlay is kept, and the guest powers off so that it is clean.
+    let stopped = if args.keep_logs { vm.shutdown().await } else { vm.quit().await };
     tracing::info!(?stopped, "VM stopped");
     match status {
         Ok(code) => Ok(code),

@@ -82,7 +82,10 @@ pub(super) async fn main(args: TestArgs) -> Result<i32, CliError> {
         Some(j) => (j, "--jobs".to_string()),
         None => super::list::default_jobs(args.vm.mem_mib),
     };
-    let store = crate::vm::nix_store::StorePlan::from_flags(args.vm.store.as_deref(), args.vm.no_store, args.vm.share_fs).map_err(CliError::usage)?;
+    let mut store = crate::vm::nix_store::StorePlan::from_flags(args.vm.store.as_deref(), args.vm.no_store, args.vm.share_fs).map_err(CliError::usage)?;
+    if let Some(plan) = &mut store {
+        plan.snapshots = !args.vm.cold;
+    }
     if let Some(plan) = &store {
         // Say which transport each OS's guests get.
         let mut oses: Vec<xdriver_guests::Os> = cells.iter().filter(|(c, _)| c.image.is_ok()).map(|(c, _)| c.os).collect();

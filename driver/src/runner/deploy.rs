@@ -50,13 +50,13 @@ pub fn plan(backend: &Backend, sys: &System) -> Result<DeployPlan, RenderError> 
     } else {
         prepare.push(cmd("prepare", format!("chmod 1777 {}", quote(&profile.tmp_dir))));
     }
-    for p in &sys.processes {
-        for g in &p.credentials.groups {
-            prepare.push(cmd("prepare", os.add_group(g)));
-        }
-        for u in &p.credentials.users {
-            prepare.push(cmd("prepare", os.add_user(u)));
-        }
+    // Every group, then every user, in one command: each command is a
+    // round trip to the guest (a quarter to half a second under TCG).
+    let groups = sys.processes.iter().flat_map(|p| p.credentials.groups.iter().map(|g| os.add_group(g)));
+    let users = sys.processes.iter().flat_map(|p| p.credentials.users.iter().map(|u| os.add_user(u)));
+    let credentials: Vec<String> = groups.chain(users).map(|c| format!("{{ {c}; }}")).collect();
+    if !credentials.is_empty() {
+        prepare.push(cmd("prepare", credentials.join(" && ")));
     }
     let mut files: Vec<GuestFile> = sys
         .processes

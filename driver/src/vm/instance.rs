@@ -661,10 +661,11 @@ impl Vm {
                 vm.backdoor.assume_ready();
                 let epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
                 let key = if want_ssh { vm.os.authorize_ssh_key(&vm.key.public_openssh()) } else { "true".into() };
-                let script = snapshot::after_restore_script(&vm.os.set_clock(epoch), &key);
                 let mut seed = [0u8; 64];
                 getrandom(&mut seed);
-                let out = match vm.backdoor.exec(&script, &seed, Duration::from_secs(20), None).await {
+                let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
+                let script = snapshot::after_restore_script(&vm.os.set_clock(epoch), &vm.os.reseed_rng(&hex), &key);
+                let out = match vm.backdoor.exec(&script, &[], Duration::from_secs(20), None).await {
                     Ok(o) => o,
                     Err(e) => return Err(VmError::Restore { snapshot: s.dir.clone(), detail: format!("the restored guest's backdoor: {e}") }),
                 };

@@ -87,6 +87,10 @@ pub struct StorePlan {
     pub choice: ShareFsChoice,
     /// The virtiofsd found (unless 9p was asked for).
     pub virtiofsd: Option<PathBuf>,
+    /// VMs start from RAM snapshots: `auto` then takes 9p for guests that
+    /// have it (a RAM snapshot can hold an unmounted 9p device; QEMU 7.2
+    /// cannot migrate virtio-fs).
+    pub snapshots: bool,
 }
 
 impl StorePlan {
@@ -107,7 +111,7 @@ impl StorePlan {
             return Err(format!("--store {}: not a directory", host.display()));
         }
         let virtiofsd = if choice == ShareFsChoice::NineP { None } else { find_virtiofsd() };
-        let plan = StorePlan { host, choice, virtiofsd };
+        let plan = StorePlan { host, choice, virtiofsd, snapshots: false };
         // An explicit virtiofs without a virtiofsd is a usage error now,
         // not a failure in every cell later.
         if choice == ShareFsChoice::Virtiofs {
@@ -118,7 +122,11 @@ impl StorePlan {
 
     /// The share for a guest OS, and why that transport.
     pub fn share_for(&self, os: xdriver_guests::Os) -> Result<(StoreShare, String), String> {
-        let (fs, why) = decide(self.choice, os.has_virtiofs(), self.virtiofsd.as_deref())?;
+        let (fs, why) = if self.choice == ShareFsChoice::Auto && self.snapshots && os.has_9p() {
+            (ShareFs::NineP, "auto: 9p, which a RAM snapshot can hold (QEMU 7.2 cannot migrate virtio-fs; --cold boots with virtio-fs)".to_string())
+        } else {
+            decide(self.choice, os.has_virtiofs(), self.virtiofsd.as_deref())?
+        };
         if fs == ShareFs::NineP && !os.has_9p() {
             return Err(format!(
                 "{os} guests have no 9p, so the store needs virtio-fs: install virtiofsd (`cargo install virtiofsd`, or set XDRIVER_VIRTIOFSD) and do not pass --share-fs 9p"
@@ -348,19 +356,32 @@ mod tests {
 
     #[test]
     fn guests_without_9p_need_virtiofs() {
-        let plan = StorePlan { host: "/nix/store".into(), choice: ShareFsChoice::NineP, virtiofsd: None };
+        let plan = StorePlan { host: "/nix/store".into(), choice: ShareFsChoice::NineP, virtiofsd: None, snapshots: false };
         let e = plan.share_for(xdriver_guests::Os::DEBIAN_12_CLOUD).expect_err("no 9p there");
         assert!(e.contains("no 9p"), "{e}");
-        let plan = StorePlan { host: "/nix/store".into(), choice: ShareFsChoice::Auto, virtiofsd: Some("/usr/bin/virtiofsd".into()) };
+        let plan = StorePlan { host: "/nix/store".into(), choice: ShareFsChoice::Auto, virtiofsd: Some("/usr/bin/virtiofsd".into()), snapshots: false };
         assert_eq!(plan.share_for(xdriver_guests::Os::DEBIAN_12_CLOUD).expect("virtiofs").0.fs, ShareFs::Virtiofs);
     }
 
     #[test]
     fn freebsd_guests_get_9p_even_when_virtiofs_is_asked_for_by_auto() {
-        let plan = StorePlan { host: "/nix/store".into(), choice: ShareFsChoice::Auto, virtiofsd: Some("/usr/bin/virtiofsd".into()) };
+        let plan = StorePlan { host: "/nix/store".into(), choice: ShareFsChoice::Auto, virtiofsd: Some("/usr/bin/virtiofsd".into()), snapshots: false };
         let (s, _) = plan.share_for(xdriver_guests::Os::FREEBSD).expect("ok");
         assert_eq!((s.fs, s.os, s.virtiofsd), (ShareFs::NineP, xdriver_guests::Os::FREEBSD, None));
         let (s, _) = plan.share_for(xdriver_guests::Os::DEBIAN_12).expect("ok");
         assert_eq!(s.fs, ShareFs::Virtiofs);
+    }
+
+    #[test]
+    fn with_snapshots_auto_takes_9p_where_the_guest_has_it() {
+        let plan = StorePlan { host: "/nix/store".into(), choice: ShareFsChoice::Auto, virtiofsd: Some("/usr/bin/virtiofsd".into()), snapshots: true };
+        let (s, why) = plan.share_for(xdriver_guests::Os::DEBIAN_12).expect("ok");
+        assert_eq!(s.fs, ShareFs::NineP, "{why}");
+        assert!(why.contains("snapshot"), "{why}");
+        // Guests without 9p keep virtio-fs (and boot cold).
+        assert_eq!(plan.share_for(xdriver_guests::Os::DEBIAN_12_CLOUD).expect("virtiofs").0.fs, ShareFs::Virtiofs);
+        // Asked for by name, virtio-fs it is.
+        let plan = StorePlan { choice: ShareFsChoice::Virtiofs, ..plan };
+        assert_eq!(plan.share_for(xdriver_guests::Os::DEBIAN_12).expect("virtiofs").0.fs, ShareFs::Virtiofs);
     }
 }

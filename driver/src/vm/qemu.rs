@@ -244,6 +244,9 @@ impl QemuSpec {
         }
         push(&["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0,id=nic0"]);
         push(&["-device", "virtio-rng-pci"]);
+        // A new VM generation ID in every QEMU: a guest restored from a RAM
+        // snapshot sees it change, and Linux reseeds its RNG at once.
+        push(&["-device", "vmgenid,guid=auto"]);
         // A display device so `screendump` has something to capture.
         push(&["-vga", "std"]);
         push(&[

@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Bumped when what a snapshot holds or how it is restored changes.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 
 /// What `snapshot.json` says.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -214,11 +214,11 @@ pub fn list(image_dir: &Path) -> Vec<Snapshot> {
 }
 
 /// The commands a restored guest runs before anything else: its clock
-/// set to the host's (it stood still since the save), its RNG mixed with
-/// 64 bytes from the host on stdin (every restore of a snapshot starts
-/// with the same pool otherwise), and `then`.
-pub fn after_restore_script(set_clock: &str, then: &str) -> String {
-    format!("{set_clock} >/dev/null; dd of=/dev/urandom bs=64 count=1 2>/dev/null; {then}")
+/// set to the host's (it stood still since the save), its RNG reseeded
+/// with bytes from the host (every restore of a snapshot starts with the
+/// same RNG state otherwise), and `then`.
+pub fn after_restore_script(set_clock: &str, reseed: &str, then: &str) -> String {
+    format!("{set_clock} >/dev/null; {reseed}; {then}")
 }
 
 #[cfg(test)]

@@ -129,11 +129,15 @@ impl ManagerBackend for Supervisord {
         ]
     }
     fn activate(&self, b: &Backend, sys: &System) -> Vec<String> {
-        let mut cmds = vec![ctl(b, "update")];
-        for p in &sys.processes {
-            cmds.push(wait_until(&format!("{} >/dev/null 2>&1", self.status(b, &p.name)), 60, &format!("{} to be RUNNING", p.name)));
-        }
-        cmds
+        // One wait for every program: supervisorctl is a Python program,
+        // seconds per call under TCG, and one call reports them all.
+        let names: Vec<String> = sys.processes.iter().map(|p| quote(&p.name)).collect();
+        let all = format!(
+            "out=$({}); [ -n \"$out\" ] && ! printf '%s\\n' \"$out\" | grep -qv RUNNING",
+            ctl(b, &format!("status {}", names.join(" ")))
+        );
+        let who: Vec<&str> = sys.processes.iter().map(|p| p.name.as_str()).collect();
+        vec![ctl(b, "update"), wait_until(&all, 60, &format!("{} to be RUNNING", who.join(", ")))]
     }
     fn start(&self, b: &Backend, name: &str) -> String {
         ctl(b, &format!("start {}", quote(name)))

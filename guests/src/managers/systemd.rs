@@ -140,7 +140,9 @@ impl ManagerBackend for Systemd {
     }
     fn activate(&self, b: &Backend, sys: &System) -> Vec<String> {
         let names: Vec<String> = sys.processes.iter().map(|p| quote(&format!("{}.service", p.name))).collect();
-        vec![ctl(b, "daemon-reload"), ctl(b, &format!("enable --quiet {}", names.join(" "))), ctl(b, &format!("start {}", names.join(" ")))]
+        // One reload: `enable` reloads the manager again unless told not
+        // to (1.2 s of 1.4 s under TCG), and the units are started by name.
+        vec![ctl(b, "daemon-reload"), ctl(b, &format!("--no-reload enable --quiet {}", names.join(" "))), ctl(b, &format!("start {}", names.join(" ")))]
     }
     fn start(&self, b: &Backend, name: &str) -> String {
         ctl(b, &format!("start {}", quote(&format!("{name}.service"))))

@@ -133,6 +133,10 @@ impl GuestOs for Freebsd {
     fn poweroff(&self, _init: Init) -> String {
         "shutdown -p now".into()
     }
+    fn reseed_rng(&self, seed_hex: &str) -> String {
+        // Fortuna takes what is written to /dev/random as input.
+        format!("printf %s {seed_hex} > /dev/random")
+    }
     fn set_clock(&self, epoch: u64) -> String {
         // FreeBSD's date(1) takes the new time in the -f format.
         format!("date -u -f %s {epoch}")

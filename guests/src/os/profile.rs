@@ -250,6 +250,15 @@ pub trait GuestOs: Sync + Send + fmt::Debug {
     fn set_clock(&self, epoch: u64) -> String {
         format!("date -u -s @{epoch}")
     }
+    /// Mixes `seed_hex` (random bytes from the host, in hex) into the
+    /// kernel's RNG, with the shell's own printf (no program to start):
+    /// every VM restored from one RAM snapshot starts with the same RNG
+    /// state. (Linux also reseeds by itself when the VM generation ID
+    /// changes, which QEMU's `vmgenid` device does on every restore; a
+    /// write to /dev/urandom only mixes into the input pool.)
+    fn reseed_rng(&self, seed_hex: &str) -> String {
+        format!("printf %s {seed_hex} > /dev/urandom")
+    }
 }
 
 /// `image` if `manager` is one the image `carries` (its `init` as PID 1
