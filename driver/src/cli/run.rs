@@ -83,10 +83,11 @@ pub(super) async fn main(args: RunArgs) -> Result<i32, CliError> {
         Err(e) => Err(CliError::infra(&e)),
         Ok(()) => {
             eprintln!(
-                "xdriver: {} up in {:.1} s (backdoor {:.1} s), run dir {}",
+                "xdriver: {} up in {:.1} s (backdoor {:.1} s; {}), run dir {}",
                 args.image,
                 vm.ssh_ready_after().unwrap_or(vm.backdoor_ready_after).as_secs_f64(),
                 vm.backdoor_ready_after.as_secs_f64(),
+                vm.how_started(),
                 vm.run_dir().display()
             );
             if args.keep {

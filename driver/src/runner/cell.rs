@@ -126,6 +126,9 @@ pub struct CellResult {
     pub screenshot: Option<String>,
     /// The serial log's tail when the cell failed.
     pub serial_tail: Option<String>,
+    /// How its VM came up: a cold boot (and why), or restored from which
+    /// RAM snapshot.
+    pub start: Option<String>,
 }
 
 impl CellResult {
@@ -142,6 +145,7 @@ impl CellResult {
             attempts: Vec::new(),
             screenshot: None,
             serial_tail: None,
+            start: None,
         }
     }
 
@@ -454,6 +458,8 @@ async fn boot_and_test(
             return (Outcome::Error { reason }, true);
         }
     };
+    result.start = Some(vm.how_started().to_string());
+    tracing::info!(cell = %cell.id(), start = vm.how_started(), "VM up");
     let mut m = Machine { vm: &mut vm, backend: &p.backend, transcript: Transcript::default(), artifacts: dir };
     let outcome = deploy_and_steps(&mut m, cell, p, opts, result, progress).await.err().unwrap_or(Outcome::Pass);
     progress.phase(cell, Phase::Shutdown);

@@ -306,6 +306,8 @@ pub struct Vm {
     config: VmConfig,
     /// The RAM snapshot it was restored from, if it was.
     restored: Option<Snapshot>,
+    /// How it came up, in words (see [`Vm::how_started`]).
+    start_note: String,
 }
 
 impl Vm {
@@ -318,27 +320,38 @@ impl Vm {
     /// saves it, and restores it. A snapshot that cannot be restored is
     /// dropped and the VM boots cold, with a warning.
     pub async fn start(cfg: VmConfig) -> Result<Vm, VmError> {
+        let mut cold_why = String::from("snapshots off (--cold)");
         let snap = match cfg.snapshots.then(|| snapshot_of(&cfg)) {
             None => None,
             Some(Ok(s)) => Some(s),
             Some(Err(why)) => {
                 tracing::info!(vm = %cfg.name, %why, "cold boot: no RAM snapshot for this VM");
+                cold_why = format!("no RAM snapshot: {why}");
                 None
             }
         };
         if let Some(snap) = snap {
+            let mut saved = None;
             if snap.meta().is_none() {
                 match snap.begin_save() {
                     Ok(Some(lock)) => {
-                        if let Err(e) = Vm::save_snapshot(&cfg, &snap).await {
-                            tracing::warn!(vm = %cfg.name, snapshot = %snap.dir.display(), error = %e, "saving a RAM snapshot failed; booting cold");
-                            let _ = std::fs::remove_dir_all(&snap.dir);
+                        match Vm::save_snapshot(&cfg, &snap).await {
+                            Ok(meta) => saved = Some(meta),
+                            Err(e) => {
+                                tracing::warn!(vm = %cfg.name, snapshot = %snap.dir.display(), error = %e, "saving a RAM snapshot failed; booting cold");
+                                eprintln!("xdriver: warning: saving the RAM snapshot {} failed ({e}); booting cold", snap.dir.display());
+                                cold_why = format!("saving the RAM snapshot failed: {e}");
+                                let _ = std::fs::remove_dir_all(&snap.dir);
+                            }
                         }
                         drop(lock);
                     }
                     // Another VM is saving it: this one boots cold.
-                    Ok(None) => tracing::info!(vm = %cfg.name, "cold boot: the RAM snapshot of this shape is being saved by another VM"),
-                    Err(e) => tracing::warn!(vm = %cfg.name, error = %e, "cold boot: the RAM snapshot cannot be saved"),
+                    Ok(None) => cold_why = "the RAM snapshot of this VM's shape was being saved by another VM".into(),
+                    Err(e) => {
+                        tracing::warn!(vm = %cfg.name, error = %e, "cold boot: the RAM snapshot cannot be saved");
+                        cold_why = format!("the RAM snapshot cannot be saved: {e}");
+                    }
                 }
             }
             if snap.meta().is_some() {
@@ -346,19 +359,41 @@ impl Vm {
                     Err(e @ VmError::Restore { .. }) => {
                         tracing::warn!(vm = %cfg.name, error = %e, "dropping the RAM snapshot and booting cold");
                         eprintln!("xdriver: warning: {e}; dropped it, booting cold");
+                        cold_why = format!("the RAM snapshot could not be restored and was dropped: {e}");
                         snap.discard();
                     }
-                    other => return other,
+                    Ok(mut vm) => {
+                        vm.start_note = match saved {
+                            Some(m) => format!(
+                                "restored from the RAM snapshot {} it saved first (cold boot {:.1} s to the backdoor, {:.1} s more until sshd listened, save {:.1} s)",
+                                snap.dir.display(),
+                                m.boot_s,
+                                m.settle_s,
+                                m.save_s
+                            ),
+                            None => format!("restored from the RAM snapshot {}", snap.dir.display()),
+                        };
+                        return Ok(vm);
+                    }
+                    Err(e) => return Err(e),
                 }
             }
         }
-        Vm::launch(cfg, Launch::Cold).await
+        let mut vm = Vm::launch(cfg, Launch::Cold).await?;
+        vm.start_note = format!("cold boot ({cold_why})");
+        Ok(vm)
+    }
+
+    /// How the VM came up: a cold boot (and why), or restored from which
+    /// RAM snapshot (and whether it saved that snapshot first).
+    pub fn how_started(&self) -> &str {
+        &self.start_note
     }
 
     /// Boots a VM of `cfg`'s shape cold with its RAM in the snapshot's
     /// file, waits until its init has started its services (xdriver's sshd
     /// listens), and saves it.
-    async fn save_snapshot(cfg: &VmConfig, snap: &Snapshot) -> Result<(), VmError> {
+    async fn save_snapshot(cfg: &VmConfig, snap: &Snapshot) -> Result<Meta, VmError> {
         let t0 = Instant::now();
         let vm = Vm::launch(cfg.clone(), Launch::Save(snap.clone())).await?;
         let boot_s = vm.backdoor_ready_after.as_secs_f64();
@@ -402,7 +437,7 @@ impl Vm {
         };
         snap.finish_save(&meta).map_err(VmError::Prepare)?;
         tracing::info!(vm = %name, boot_s, settle_s, save_s, took = ?t0.elapsed(), snapshot = %snap.dir.display(), "RAM snapshot saved");
-        Ok(())
+        Ok(meta)
     }
 
     /// How the VM boots (kernel or firmware).
@@ -631,6 +666,7 @@ impl Vm {
             store: cfg.store.clone(),
             config: cfg.clone(),
             restored: None,
+            start_note: String::new(),
             boot: boot_kind,
         };
         if let Launch::Restore(s) = &mode {
