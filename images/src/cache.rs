@@ -71,11 +71,9 @@ impl Entry {
     pub fn kernel_initrd(&self) -> Option<(PathBuf, PathBuf)> {
         self.manifest.kernel.as_ref().map(|k| (self.dir.join(&k.file), self.dir.join(&k.initrd)))
     }
-    /// Bytes on disk.
+    /// Bytes on disk (allocated), its RAM snapshots included.
     pub fn size_bytes(&self) -> u64 {
-        std::fs::read_dir(&self.dir)
-            .map(|rd| rd.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum())
-            .unwrap_or(0)
+        dir_size(&self.dir)
     }
 }
 
@@ -94,10 +92,13 @@ pub struct ImageCache {
     root: PathBuf,
 }
 
-fn dir_size(p: &Path) -> u64 {
+/// Bytes allocated on disk under `p` (RAM snapshots are sparse files far
+/// larger than what they hold).
+pub fn dir_size(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     let Ok(meta) = std::fs::symlink_metadata(p) else { return 0 };
     if !meta.is_dir() {
-        return meta.len();
+        return meta.blocks() * 512;
     }
     std::fs::read_dir(p).map(|rd| rd.filter_map(|e| e.ok()).map(|e| dir_size(&e.path())).sum()).unwrap_or(0)
 }

@@ -174,6 +174,17 @@ pub(super) async fn main(cmd: ImageCommand) -> Result<i32, CliError> {
                     }
                 }
             }
+            // RAM snapshots no VM will restore.
+            for e in cache.list().map_err(|e| CliError::infra(&e))? {
+                for s in crate::vm::snapshot::stale(&e.dir, "qemu-system-x86_64") {
+                    let bytes = s.disk_usage();
+                    if std::fs::remove_dir_all(&s.dir).is_ok() {
+                        let _ = std::fs::remove_file(s.dir.with_extension("lock"));
+                        freed += bytes;
+                        eprintln!("removed {}", s.dir.display());
+                    }
+                }
+            }
             eprintln!("freed {}", human(freed));
             Ok(exit::SUCCESS)
         }

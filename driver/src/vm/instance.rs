@@ -116,6 +116,14 @@ pub enum VmError {
     },
 }
 
+/// Why a snapshot was not saved.
+enum SaveFailure {
+    /// The guest did not come up.
+    Boot(VmError),
+    /// It came up, but saving failed.
+    Save(VmError),
+}
+
 /// How [`Vm::launch`] brings a VM up.
 #[derive(Debug, Clone)]
 enum Launch {
@@ -337,7 +345,13 @@ impl Vm {
                     Ok(Some(lock)) => {
                         match Vm::save_snapshot(&cfg, &snap).await {
                             Ok(meta) => saved = Some(meta),
-                            Err(e) => {
+                            // The guest did not come up: a cold boot would
+                            // not either (and would take as long again).
+                            Err(SaveFailure::Boot(e)) => {
+                                let _ = std::fs::remove_dir_all(&snap.dir);
+                                return Err(e);
+                            }
+                            Err(SaveFailure::Save(e)) => {
                                 tracing::warn!(vm = %cfg.name, snapshot = %snap.dir.display(), error = %e, "saving a RAM snapshot failed; booting cold");
                                 eprintln!("xdriver: warning: saving the RAM snapshot {} failed ({e}); booting cold", snap.dir.display());
                                 cold_why = format!("saving the RAM snapshot failed: {e}");
@@ -393,9 +407,13 @@ impl Vm {
     /// Boots a VM of `cfg`'s shape cold with its RAM in the snapshot's
     /// file, waits until its init has started its services (xdriver's sshd
     /// listens), and saves it.
-    async fn save_snapshot(cfg: &VmConfig, snap: &Snapshot) -> Result<Meta, VmError> {
+    async fn save_snapshot(cfg: &VmConfig, snap: &Snapshot) -> Result<Meta, SaveFailure> {
         let t0 = Instant::now();
-        let vm = Vm::launch(cfg.clone(), Launch::Save(snap.clone())).await?;
+        let vm = Vm::launch(cfg.clone(), Launch::Save(snap.clone())).await.map_err(SaveFailure::Boot)?;
+        Vm::save_booted(vm, cfg, snap, t0).await.map_err(SaveFailure::Save)
+    }
+
+    async fn save_booted(vm: Vm, cfg: &VmConfig, snap: &Snapshot, t0: Instant) -> Result<Meta, VmError> {
         let boot_s = vm.backdoor_ready_after.as_secs_f64();
         let t1 = Instant::now();
         // Services still starting would go on starting in every restored

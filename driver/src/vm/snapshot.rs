@@ -213,6 +213,20 @@ pub fn list(image_dir: &Path) -> Vec<Snapshot> {
     v
 }
 
+/// Snapshots under `image_dir` no VM will restore: incomplete or of an
+/// older format (and not being saved), or saved by another QEMU than
+/// `qemu`.
+pub fn stale(image_dir: &Path, qemu: &str) -> Vec<Snapshot> {
+    let version = qemu_version(qemu).ok();
+    list(image_dir)
+        .into_iter()
+        .filter(|s| match s.meta() {
+            None => xdriver_images::FileLock::try_acquire(&s.lock_path()).ok().flatten().is_some(),
+            Some(m) => version.as_ref().is_some_and(|v| !m.shape.lines().any(|l| l == format!("qemu {v}"))),
+        })
+        .collect()
+}
+
 /// The commands a restored guest runs before anything else: its clock
 /// set to the host's (it stood still since the save), its RNG reseeded
 /// with bytes from the host (every restore of a snapshot starts with the
@@ -263,5 +277,43 @@ mod tests {
         }
         s.finish_save(&Meta { format: FORMAT + 1, ..meta }).expect("finish");
         assert!(s.meta().is_none());
+    }
+
+    #[test]
+    fn gc_drops_incomplete_snapshots_and_those_of_another_qemu_but_not_one_being_saved() {
+        let qemu = "qemu-system-x86_64";
+        let dir = tempfile::tempdir().expect("tempdir");
+        let make = |shape: &Shape| {
+            let s = Snapshot::of(dir.path(), shape);
+            let _lock = s.begin_save().expect("begin").expect("ours");
+            for f in [s.ram(), s.state(), s.disk()] {
+                std::fs::write(f, b"x").expect("write");
+            }
+            s.finish_save(&Meta { format: FORMAT, key: shape.key(), shape: shape.lines.join("\n"), created: "now".into(), boot_s: 1.0, settle_s: 0.0, save_s: 0.1 })
+                .expect("finish");
+            s
+        };
+        let mut ours = Shape::new(qemu).expect("qemu installed");
+        ours.add("mem-mib", 1024);
+        let current = make(&ours);
+        let mut old = Shape { lines: vec![format!("format {FORMAT}"), "qemu QEMU emulator version 1.0".into()] };
+        old.add("mem-mib", 1024);
+        let other_qemu = make(&old);
+        let mut half = ours.clone();
+        half.add("cpus", 4);
+        let incomplete = Snapshot::of(dir.path(), &half);
+        std::fs::create_dir_all(&incomplete.dir).expect("mkdir");
+        let mut saving_shape = ours.clone();
+        saving_shape.add("cpus", 8);
+        let saving = Snapshot::of(dir.path(), &saving_shape);
+        let lock = saving.begin_save().expect("begin").expect("ours");
+        let mut stale_dirs: Vec<PathBuf> = stale(dir.path(), qemu).into_iter().map(|s| s.dir).collect();
+        stale_dirs.sort();
+        let mut want = vec![other_qemu.dir.clone(), incomplete.dir.clone()];
+        want.sort();
+        assert_eq!(stale_dirs, want);
+        assert!(!stale(dir.path(), qemu).iter().any(|s| s == &current || s == &saving));
+        drop(lock);
+        assert!(stale(dir.path(), qemu).contains(&saving), "an abandoned save is stale");
     }
 }
