@@ -1,7 +1,10 @@
-//! Every init variant of the Debian image, booted for real under TCG:
-//! commands over SSH and the backdoor, file copies both ways, a forwarded
-//! port to the guest's nginx, a 9p share, and a clean power-off; and the
-//! ACPI power button powering each of them off.
+//! Every init variant of the Debian image, for real under TCG: commands
+//! over SSH and the backdoor, file copies both ways, a forwarded port to
+//! the guest's nginx, a 9p share, and a clean power-off; and the ACPI
+//! power button powering each of them off. The VMs start from the image's
+//! RAM snapshot (the first VM of their shape boots cold and saves it), as
+//! test cells do; the cold boot of each init is what saves the snapshot,
+//! and `failures.rs` and the benchmarks boot cold.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use xdriver::vm::qemu::Share;
 use xdriver::vm::{Channel, Stopped};
 use xdriver_guests::Init;
-use xdriver_tests::{boot, sha256};
+use xdriver_tests::sha256;
 
 const T: Duration = Duration::from_secs(120);
 
@@ -17,7 +20,11 @@ async fn exercise(init: Init) {
     let share_dir = xdriver_tests::workdir();
     std::fs::write(share_dir.path().join("hello.txt"), format!("hello from the host to {init}\n")).expect("write");
     let share = Share { host: share_dir.path().to_path_buf(), guest: "/mnt/host".into(), writable: false };
-    let vm = boot(init, "init", vec![share]).await;
+    let mut cfg = xdriver_tests::config(init, "init");
+    cfg.shares = vec![share];
+    cfg.snapshots = true;
+    let vm = xdriver_tests::start(cfg).await;
+    eprintln!("{init}: {}", vm.how_started());
 
     // Commands on both channels: stdout, stderr and status kept apart.
     for ch in [Channel::Ssh, Channel::Backdoor] {
@@ -98,6 +105,11 @@ async fn exercise(init: Init) {
 async fn power_button(init: Init) {
     let mut cfg = xdriver_tests::config(init, "acpi");
     cfg.ssh = false;
+    cfg.snapshots = true;
+    // The same shape as `exercise` (one share), so the two restore one
+    // snapshot: whichever starts first saves it.
+    let share_dir = xdriver_tests::workdir();
+    cfg.shares = vec![Share { host: share_dir.path().to_path_buf(), guest: "/mnt/host".into(), writable: false }];
     let vm = xdriver_tests::start(cfg).await;
     // acpid must be reading the button's event device before it is pressed.
     let probe = "for i in $(seq 1 600); do p=$(pgrep -f '^/bin/busybox acpid'); [ -n \"$p\" ] && ls -l /proc/$p/fd | grep -q /dev/input/event && exit 0; sleep 0.2; done; ps -ef; ls -l /dev/input; exit 1";

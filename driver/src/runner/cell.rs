@@ -212,7 +212,17 @@ impl RunOptions {
     pub fn expired(&self) -> bool {
         self.deadline.is_some_and(|d| tokio::time::Instant::now() >= d)
     }
+
+    /// Whether so little of the run's deadline is left that a cell
+    /// starting now could only fail at it (a step cut by the deadline ends
+    /// a moment before it, and the cell's end takes well under a second).
+    pub fn too_late_to_start(&self) -> bool {
+        self.deadline.is_some_and(|d| d.saturating_duration_since(tokio::time::Instant::now()) < MIN_CELL_TIME)
+    }
 }
+
+/// Less of the run's deadline than this left, and no new cell starts.
+pub const MIN_CELL_TIME: Duration = Duration::from_secs(10);
 
 /// What a failure during the run's deadline says first.
 pub const DEADLINE: &str = "the run's deadline (--timeout) expired";
@@ -306,8 +316,13 @@ pub async fn run(spec: &Spec, cell: &Cell, prepared: Option<Prepared>, shares: &
     // A cell that runs starts from an empty results directory; one that is
     // skipped (above) keeps what an earlier run left there.
     let _ = std::fs::remove_dir_all(&dir);
-    if opts.expired() {
-        result.outcome = Outcome::Error { reason: format!("{DEADLINE} before the cell started") };
+    if opts.too_late_to_start() {
+        let reason = if opts.expired() {
+            format!("{DEADLINE} before the cell started")
+        } else {
+            format!("{DEADLINE} before the cell started (less than {} s of it were left)", MIN_CELL_TIME.as_secs())
+        };
+        result.outcome = Outcome::Error { reason };
         return finish(result, started);
     }
     loop {
@@ -478,7 +493,7 @@ async fn boot_and_test(
         let _ = std::fs::write(dir.join("serial-tail.txt"), &tail);
         result.serial_tail = Some(tail);
     }
-    collect_guest_logs(&mut m, dir).await;
+    collect_guest_logs(&mut m, dir, failed).await;
     let _ = m.transcript.save(dir);
     if failed && opts.keep && m.vm.is_running() && !matches!(outcome, Outcome::Skip { .. }) {
         hold(&mut m, cell, p, opts, result).await;
@@ -678,16 +693,28 @@ fn outcome_reason(o: &Outcome) -> String {
 }
 
 /// Copies the profile's log directory out of the guest into `guest-logs/`.
-async fn collect_guest_logs(m: &mut Machine<'_>, dir: &Path) {
+async fn collect_guest_logs(m: &mut Machine<'_>, dir: &Path, failed: bool) {
     if !m.vm.is_running() {
         return;
     }
+    let q = xdriver_guests::shell::quote;
     let log_dir = m.backend.profile.log_dir.clone();
-    let cmd = format!("tar -c -C {} . 2>/dev/null", xdriver_guests::shell::quote(&log_dir));
-    if let Ok(out) = m.vm.exec(crate::vm::Channel::Backdoor, &cmd, &[], Duration::from_secs(30), None).await {
-        let dest = dir.join("guest-logs");
-        if std::fs::create_dir_all(&dest).is_ok() {
-            let _ = tar::Archive::new(out.stdout.as_slice()).unpack(&dest);
+    let mut wanted = vec![(format!("tar -c -C {} . 2>/dev/null", q(&log_dir)), dir.join("guest-logs"))];
+    // A failed cell also brings the `*.log` files its instances keep in
+    // their state directories (nginx's error log in the examples), up to
+    // 8 MiB each.
+    if failed {
+        let state = m.backend.profile.state_dir.clone();
+        wanted.push((
+            format!("cd {} 2>/dev/null && find . -name '*.log' -type f -size -8M | tar -c -T - 2>/dev/null", q(&state)),
+            dir.join("guest-logs").join("state-dir"),
+        ));
+    }
+    for (cmd, dest) in wanted {
+        if let Ok(out) = m.vm.exec(crate::vm::Channel::Backdoor, &cmd, &[], Duration::from_secs(30), None).await {
+            if std::fs::create_dir_all(&dest).is_ok() {
+                let _ = tar::Archive::new(out.stdout.as_slice()).unpack(&dest);
+            }
         }
     }
 }

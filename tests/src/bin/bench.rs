@@ -7,7 +7,11 @@
 //! a tree of 10,000 small files through the shared store over virtiofs and
 //! over 9p, against the same reads on the guest's own disk.
 //!
-//! `cargo run --release -p xdriver-tests --bin xdriver-bench -- [--runs N] [--inits systemd,sysvinit] [--store]`
+//! With `--snapshots`, instead: per init, cold boots against restores of
+//! the image's RAM snapshot, to the first command and as whole
+//! `xdriver run -- true` processes.
+//!
+//! `cargo run --release -p xdriver-tests --bin xdriver-bench -- [--runs N] [--inits systemd,sysvinit] [--store | --snapshots]`
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -180,6 +184,79 @@ async fn store_io(runs: usize) {
     }
 }
 
+/// Seconds from calling `Vm::start` to the first command done over the
+/// backdoor and over SSH; how the VM came up.
+async fn first_commands(cfg: xdriver::vm::VmConfig) -> (f64, f64, String) {
+    let t = Instant::now();
+    let vm = Vm::start(cfg).await.expect("boot");
+    let out = vm.exec(Channel::Backdoor, "true", &[], Duration::from_secs(60), None).await.expect("first command");
+    assert!(out.success());
+    let bd = t.elapsed().as_secs_f64();
+    let out = vm.exec(Channel::Ssh, "true", &[], Duration::from_secs(60), None).await.expect("first command");
+    assert!(out.success());
+    let ssh = t.elapsed().as_secs_f64();
+    let how = vm.how_started().to_string();
+    vm.kill().await;
+    (bd, ssh, how)
+}
+
+/// `--snapshots`: per init, cold boots against restores of its RAM
+/// snapshot (saved first if missing), each to the first command, and
+/// `xdriver run -- true` end to end (the process, QEMU's exit included)
+/// both ways.
+async fn snapshots(runs: usize, inits: &[Init]) {
+    println!("xdriver RAM snapshot benchmark: TCG, 2 vCPUs, 1 GiB, no shares, {runs} runs per figure (medians; all runs listed)");
+    println!();
+    println!("| init | cold: first command, backdoor / SSH (s) | restored: first command, backdoor / SSH (s) | restored / cold (backdoor) | `xdriver run -- true`, cold / restored (s) | runs (cold; restored; run cold; run restored) |");
+    println!("|---|---|---|---|---|---|");
+    for &init in inits {
+        image(init);
+        // Make sure the snapshot exists (the save is not timed here).
+        let mut cfg = config(init, "snap");
+        cfg.snapshots = true;
+        let (_, _, how) = first_commands(cfg.clone()).await;
+        assert!(how.starts_with("restored"), "{init}: {how}");
+        let (mut cold_bd, mut cold_ssh, mut rest_bd, mut rest_ssh, mut run_cold, mut run_rest) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for i in 0..runs {
+            let mut c = config(init, &format!("cold{i}"));
+            c.snapshots = false;
+            let (b, s, _) = first_commands(c).await;
+            cold_bd.push(b);
+            cold_ssh.push(s);
+            let (b, s, how) = first_commands(cfg.clone()).await;
+            assert!(how.starts_with("restored"), "{init}: {how}");
+            rest_bd.push(b);
+            rest_ssh.push(s);
+            for (cold, v) in [(true, &mut run_cold), (false, &mut run_rest)] {
+                let image = format!("debian-12-{init}");
+                let mut args = vec!["run", "--image", image.as_str(), "--accel", "tcg", "--no-store", "--channel", "backdoor"];
+                if cold {
+                    args.push("--cold");
+                }
+                args.extend(["--", "true"]);
+                let t = Instant::now();
+                let st = Command::new(xdriver_tests::xdriver_bin()).args(&args).stdout(Stdio::null()).stderr(Stdio::null()).status().expect("xdriver run");
+                assert!(st.success(), "xdriver {args:?}");
+                v.push(t.elapsed().as_secs_f64());
+            }
+        }
+        let ratio = median(rest_bd.clone()) / median(cold_bd.clone());
+        println!(
+            "| {init} | {:.2} / {:.2} | {:.2} / {:.2} | {ratio:.3} | {:.2} / {:.2} | {}; {}; {}; {} |",
+            median(cold_bd.clone()),
+            median(cold_ssh.clone()),
+            median(rest_bd.clone()),
+            median(rest_ssh.clone()),
+            median(run_cold.clone()),
+            median(run_rest.clone()),
+            fmt(&cold_bd),
+            fmt(&rest_bd),
+            fmt(&run_cold),
+            fmt(&run_rest)
+        );
+    }
+}
+
 async fn latency(vm: &Vm, ch: Channel, n: usize) -> f64 {
     let mut v = Vec::new();
     for _ in 0..n {
@@ -237,6 +314,7 @@ async fn main() {
     xdriver::init_logging();
     let mut runs = 3usize;
     let mut inits: Vec<Init> = Init::ALL.to_vec();
+    let mut snapshots_mode = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -245,11 +323,16 @@ async fn main() {
                 store_io(runs).await;
                 return;
             }
+            "--snapshots" => snapshots_mode = true,
             "--inits" => {
                 inits = args.next().expect("--inits LIST").split(',').map(|s| s.parse().expect("init name")).collect()
             }
             other => panic!("unknown argument {other}"),
         }
+    }
+    if snapshots_mode {
+        snapshots(runs, &inits).await;
+        return;
     }
     println!("xdriver benchmark: TCG, 2 vCPUs, 1 GiB, {runs} runs per figure (medians; all runs listed)");
     println!();
