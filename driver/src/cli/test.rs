@@ -151,7 +151,20 @@ pub(super) async fn main(args: TestArgs) -> Result<i32, CliError> {
             r
         }
     };
-    let results: Vec<CellResult> = futures::future::join_all(cells.into_iter().map(|(c, p)| run_cell(c, p))).await;
+    // Cells take their turns (the semaphore is fair) in an order that
+    // starts the first cell of every image before the second of any: an
+    // image's first cell boots it cold and saves its RAM snapshot, and the
+    // later ones restore it, rather than waiting beside it.
+    let order = start_order(cells.iter().map(|(c, _)| c.image.as_ref().ok().map(String::as_str)));
+    let mut slots: Vec<Option<(crate::spec::Cell, _)>> = cells.into_iter().map(Some).collect();
+    let started_cells = order.iter().map(|&i| {
+        let (c, p) = slots[i].take().expect("each cell once");
+        let fut = run_cell(c, p);
+        async move { (i, fut.await) }
+    });
+    let mut indexed: Vec<(usize, CellResult)> = futures::future::join_all(started_cells.collect::<Vec<_>>()).await;
+    indexed.sort_by_key(|(i, _)| *i);
+    let results: Vec<CellResult> = indexed.into_iter().map(|(_, r)| r).collect();
     let report = Report::new(&spec.file.name, &results, started.elapsed().as_secs_f64(), args.shard.map(|s| s.to_string()));
     println!();
     print!("{}", crate::report::summary(&report));
@@ -175,4 +188,33 @@ pub(super) async fn main(args: TestArgs) -> Result<i32, CliError> {
         eprintln!("xdriver: no cell ran (every selected cell was skipped); exit {}", exit::NO_CELLS_RUN);
     }
     Ok(code)
+}
+
+/// The order cells start in: by how many cells of the same image come
+/// before them (first cells of every image, then second ones, …), else as
+/// listed. Cells without an image (skipped) keep their place in front.
+fn start_order<'a>(images: impl Iterator<Item = Option<&'a str>>) -> Vec<usize> {
+    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut rank: Vec<(usize, usize)> = images
+        .enumerate()
+        .map(|(i, img)| match img {
+            None => (0, i),
+            Some(img) => {
+                let n = seen.entry(img).or_default();
+                *n += 1;
+                (*n - 1, i)
+            }
+        })
+        .collect();
+    rank.sort();
+    rank.into_iter().map(|(_, i)| i).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_images_first_cell_starts_before_any_second_one() {
+        let images = [Some("systemd"), Some("systemd"), Some("sysvinit"), None, Some("sysvinit"), Some("openrc"), Some("sysvinit")];
+        assert_eq!(super::start_order(images.into_iter()), vec![0, 2, 3, 5, 1, 4, 6]);
+    }
 }

@@ -340,6 +340,7 @@ impl Vm {
         };
         if let Some(snap) = snap {
             let mut saved = None;
+            let mut waited_s = None;
             if snap.meta().is_none() {
                 match snap.begin_save() {
                     Ok(Some(lock)) => {
@@ -360,8 +361,18 @@ impl Vm {
                         }
                         drop(lock);
                     }
-                    // Another VM is saving it: this one boots cold.
-                    Ok(None) => cold_why = "the RAM snapshot of this VM's shape was being saved by another VM".into(),
+                    // Another VM is saving it: wait for that save rather
+                    // than boot a second time beside it (two boots at once
+                    // on a small host each take longer than one).
+                    Ok(None) => {
+                        let waited = Instant::now();
+                        if snap.wait_for_save(cfg.boot_timeout + Duration::from_secs(120)).await {
+                            tracing::info!(vm = %cfg.name, waited = ?waited.elapsed(), "waited for another VM to save the RAM snapshot");
+                            waited_s = Some(waited.elapsed().as_secs_f64());
+                        } else {
+                            cold_why = "the RAM snapshot of this VM's shape was being saved by another VM, which did not finish it".into();
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!(vm = %cfg.name, error = %e, "cold boot: the RAM snapshot cannot be saved");
                         cold_why = format!("the RAM snapshot cannot be saved: {e}");
@@ -385,7 +396,10 @@ impl Vm {
                                 m.settle_s,
                                 m.save_s
                             ),
-                            None => format!("restored from the RAM snapshot {}", snap.dir.display()),
+                            None => match waited_s {
+                                Some(w) => format!("restored from the RAM snapshot {} after {w:.1} s waiting for another VM to save it", snap.dir.display()),
+                                None => format!("restored from the RAM snapshot {}", snap.dir.display()),
+                            },
                         };
                         return Ok(vm);
                     }

@@ -178,6 +178,25 @@ impl Snapshot {
         Ok(Some(lock))
     }
 
+    /// Waits (up to `timeout`) while another VM saves this snapshot; true
+    /// if it is complete then. A saver that dies releases its lock, so
+    /// this ends as soon as the save ends either way.
+    pub async fn wait_for_save(&self, timeout: std::time::Duration) -> bool {
+        let t0 = std::time::Instant::now();
+        loop {
+            if self.meta().is_some() {
+                return true;
+            }
+            if let Ok(Some(_free)) = xdriver_images::FileLock::try_acquire(&self.lock_path()) {
+                return self.meta().is_some();
+            }
+            if t0.elapsed() > timeout {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
     /// Marks the save complete.
     pub fn finish_save(&self, meta: &Meta) -> Result<(), String> {
         let json = serde_json::to_string_pretty(meta).map_err(|e| e.to_string())?;
