@@ -33,6 +33,18 @@ fn snapshots_with_mem(image: &std::path::Path, mem: u32) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The systemd image's directory with no snapshot of VMs with `mem` MiB
+/// left from an earlier run, and a share holding hello.txt.
+fn fresh_shape(mem: u32) -> (PathBuf, xdriver_tests::Work) {
+    let image = systemd_image_dir();
+    for d in snapshots_with_mem(&image, mem) {
+        std::fs::remove_dir_all(&d).expect("remove an earlier run's snapshot");
+    }
+    let share = xdriver_tests::workdir();
+    std::fs::write(share.path().join("hello.txt"), "hello over 9p\n").expect("write");
+    (image, share)
+}
+
 fn run(mem: &str, extra: &[&str], cmd: &str, share: &std::path::Path) -> Run {
     let work = xdriver_tests::workdir();
     let share_arg = format!("{}:/mnt/host", share.display());
@@ -68,12 +80,7 @@ fn now() -> i64 {
 
 #[test]
 fn the_first_vm_saves_a_snapshot_and_later_vms_restore_it_each_with_its_own_clock_rng_key_share_and_disk() {
-    let image = systemd_image_dir();
-    for d in snapshots_with_mem(&image, 896) {
-        std::fs::remove_dir_all(&d).expect("remove an earlier run's snapshot");
-    }
-    let share = xdriver_tests::workdir();
-    std::fs::write(share.path().join("hello.txt"), "hello over 9p\n").expect("write");
+    let (image, share) = fresh_shape(896);
 
     // The first VM of the shape boots cold, saves, and restores (over SSH:
     // the run's own key went in after the restore).
@@ -132,12 +139,7 @@ fn the_first_vm_saves_a_snapshot_and_later_vms_restore_it_each_with_its_own_cloc
 
 #[test]
 fn two_vms_starting_at_once_save_one_snapshot_and_the_other_waits_and_restores_it() {
-    let image = systemd_image_dir();
-    for d in snapshots_with_mem(&image, 832) {
-        std::fs::remove_dir_all(&d).expect("remove an earlier run's snapshot");
-    }
-    let share = xdriver_tests::workdir();
-    std::fs::write(share.path().join("hello.txt"), "hello over 9p\n").expect("write");
+    let (image, share) = fresh_shape(832);
     let a = std::thread::spawn({
         let dir = share.path().to_path_buf();
         move || run("832", &["--channel", "backdoor"], PROBE, &dir)

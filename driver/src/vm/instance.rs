@@ -1051,12 +1051,7 @@ impl Vm {
         if !self.is_running() {
             return Stopped::GuestPoweroff;
         }
-        let _ = self.qmp.execute_within(qapi::qmp::quit {}, Duration::from_secs(5)).await;
-        if self.wait_exit(Duration::from_secs(5)).await {
-            return Stopped::Quit;
-        }
-        self.kill().await;
-        Stopped::Killed
+        self.quit_qemu().await
     }
 
     /// Ends QEMU without the guest's own power-off (QMP `quit`, then
@@ -1066,6 +1061,11 @@ impl Vm {
         if !self.is_running() {
             return Stopped::AlreadyExited;
         }
+        self.quit_qemu().await
+    }
+
+    /// QMP `quit` (5 s), then SIGKILL.
+    async fn quit_qemu(&self) -> Stopped {
         let _ = self.qmp.execute_within(qapi::qmp::quit {}, Duration::from_secs(5)).await;
         if self.wait_exit(Duration::from_secs(5)).await {
             return Stopped::Quit;
