@@ -312,8 +312,6 @@ pub struct Vm {
     store: Option<StoreShare>,
     /// How it was started (to start it again on its disk).
     config: VmConfig,
-    /// The RAM snapshot it was restored from, if it was.
-    restored: Option<Snapshot>,
     /// How it came up, in words (see [`Vm::how_started`]).
     start_note: String,
 }
@@ -329,22 +327,22 @@ impl Vm {
     /// dropped and the VM boots cold, with a warning.
     pub async fn start(cfg: VmConfig) -> Result<Vm, VmError> {
         let mut cold_why = String::from("snapshots off (--cold)");
-        let snap = match cfg.snapshots.then(|| snapshot_of(&cfg)) {
+        let snap = match cfg.snapshots.then(|| snapshot_shape(&cfg)) {
             None => None,
-            Some(Ok(s)) => Some(s),
+            Some(Ok(shape)) => Some((Snapshot::of(&cfg.image.dir, &shape), shape)),
             Some(Err(why)) => {
                 tracing::info!(vm = %cfg.name, %why, "cold boot: no RAM snapshot for this VM");
                 cold_why = format!("no RAM snapshot: {why}");
                 None
             }
         };
-        if let Some(snap) = snap {
+        if let Some((snap, shape)) = snap {
             let mut saved = None;
             let mut waited_s = None;
             if snap.meta().is_none() {
                 match snap.begin_save() {
                     Ok(Some(lock)) => {
-                        match Vm::save_snapshot(&cfg, &snap).await {
+                        match Vm::save_snapshot(&cfg, &snap, &shape).await {
                             Ok(meta) => saved = Some(meta),
                             // The guest did not come up: a cold boot would
                             // not either (and would take as long again).
@@ -421,13 +419,13 @@ impl Vm {
     /// Boots a VM of `cfg`'s shape cold with its RAM in the snapshot's
     /// file, waits until its init has started its services (xdriver's sshd
     /// listens), and saves it.
-    async fn save_snapshot(cfg: &VmConfig, snap: &Snapshot) -> Result<Meta, SaveFailure> {
+    async fn save_snapshot(cfg: &VmConfig, snap: &Snapshot, shape: &snapshot::Shape) -> Result<Meta, SaveFailure> {
         let t0 = Instant::now();
         let vm = Vm::launch(cfg.clone(), Launch::Save(snap.clone())).await.map_err(SaveFailure::Boot)?;
-        Vm::save_booted(vm, cfg, snap, t0).await.map_err(SaveFailure::Save)
+        Vm::save_booted(vm, cfg, snap, shape, t0).await.map_err(SaveFailure::Save)
     }
 
-    async fn save_booted(vm: Vm, cfg: &VmConfig, snap: &Snapshot, t0: Instant) -> Result<Meta, VmError> {
+    async fn save_booted(vm: Vm, cfg: &VmConfig, snap: &Snapshot, shape: &snapshot::Shape, t0: Instant) -> Result<Meta, VmError> {
         let boot_s = vm.backdoor_ready_after.as_secs_f64();
         let t1 = Instant::now();
         // Services still starting would go on starting in every restored
@@ -450,14 +448,13 @@ impl Vm {
         vm.qmp.execute(qapi::qmp::stop {}).await?;
         vm.qmp.save_state(&snap.state(), Duration::from_secs(120)).await?;
         let save_s = t2.elapsed().as_secs_f64();
-        if let Boot::Disk { firmware: Firmware::Uefi { .. } } = vm.boot_kind() {
+        if let Boot::Disk { firmware: Firmware::Uefi { .. } } = vm.boot {
             std::fs::copy(vm.run.join("OVMF_VARS.fd"), snap.vars()).map_err(|e| VmError::Prepare(format!("keeping the UEFI variables: {e}")))?;
         }
         let _ = std::fs::copy(vm.run.join("serial.log"), snap.serial_log());
         let name = vm.name.clone();
         // QEMU quits with the guest paused: its disk is as the RAM knows it.
         vm.quit().await;
-        let shape = snapshot_shape(cfg).map_err(VmError::Prepare)?;
         let meta = Meta {
             format: snapshot::FORMAT,
             key: shape.key(),
@@ -470,16 +467,6 @@ impl Vm {
         snap.finish_save(&meta).map_err(VmError::Prepare)?;
         tracing::info!(vm = %name, boot_s, settle_s, save_s, took = ?t0.elapsed(), snapshot = %snap.dir.display(), "RAM snapshot saved");
         Ok(meta)
-    }
-
-    /// How the VM boots (kernel or firmware).
-    fn boot_kind(&self) -> Boot {
-        self.boot.clone()
-    }
-
-    /// The RAM snapshot this VM was restored from, if it was.
-    pub fn restored_from(&self) -> Option<&Snapshot> {
-        self.restored.as_ref()
     }
 
     async fn launch(cfg: VmConfig, mode: Launch) -> Result<Vm, VmError> {
@@ -697,7 +684,6 @@ impl Vm {
             shares: cfg.shares.clone(),
             store: cfg.store.clone(),
             config: cfg.clone(),
-            restored: None,
             start_note: String::new(),
             boot: boot_kind,
         };
@@ -708,7 +694,6 @@ impl Vm {
                 Ok(Err(e)) => return Err(restore_err(e.to_string())),
                 Err(e) => return Err(restore_err(e.to_string())),
             }
-            vm.restored = Some(s.clone());
         }
         vm.qmp.execute(qapi::qmp::cont {}).await?;
         let t0 = Instant::now();
@@ -741,12 +726,7 @@ impl Vm {
                     return Err(VmError::Restore { snapshot: s.dir.clone(), detail: format!("setting the clock, RNG and key after the restore: {}", out.stderr_str().trim()) });
                 }
                 let after = t0.elapsed();
-                for (i, sh) in cfg.shares.iter().enumerate() {
-                    vm.mount_share(i, sh).await?;
-                }
-                if let Some(st) = &cfg.store {
-                    vm.mount_store(st).await?;
-                }
+                vm.mount_shares_and_store().await?;
                 return Ok(after);
             }
             let ready = vm.backdoor.wait_ready(cfg.boot_timeout);
@@ -771,12 +751,7 @@ impl Vm {
                     return Err(VmError::SshSetup(format!("installing the run's key over the backdoor: {}", out.stderr_str().trim())));
                 }
             }
-            for (i, s) in cfg.shares.iter().enumerate() {
-                vm.mount_share(i, s).await?;
-            }
-            if let Some(st) = &cfg.store {
-                vm.mount_store(st).await?;
-            }
+            vm.mount_shares_and_store().await?;
             Ok(after)
         };
         vm.backdoor_ready_after = match backdoor_side.await {
@@ -820,6 +795,18 @@ impl Vm {
         });
         self.ssh = Some(rx);
         self.ssh_task = Some(task.abort_handle());
+    }
+
+    /// Mounts every share and the store (at the start, after a restore,
+    /// after a reboot).
+    async fn mount_shares_and_store(&self) -> Result<(), VmError> {
+        for (i, s) in self.shares.iter().enumerate() {
+            self.mount_share(i, s).await?;
+        }
+        if let Some(st) = &self.store {
+            self.mount_store(st).await?;
+        }
+        Ok(())
     }
 
     async fn mount_share(&self, index: usize, s: &Share) -> Result<(), VmError> {
@@ -1133,13 +1120,7 @@ impl Vm {
         let restored = self.qmp.set_reboot_action("shutdown").await;
         back?;
         restored?;
-        for (i, s) in self.shares.iter().enumerate() {
-            self.mount_share(i, s).await?;
-        }
-        if let Some(st) = &self.store {
-            self.mount_store(st).await?;
-        }
-        Ok(())
+        self.mount_shares_and_store().await
     }
 
     /// Boots this VM again after its QEMU has stopped (a power-off or a
@@ -1271,8 +1252,3 @@ fn snapshot_shape(cfg: &VmConfig) -> Result<snapshot::Shape, String> {
     Ok(shape)
 }
 
-/// The snapshot `cfg`'s VM would restore, or why it has none.
-fn snapshot_of(cfg: &VmConfig) -> Result<Snapshot, String> {
-    let shape = snapshot_shape(cfg)?;
-    Ok(Snapshot::of(&cfg.image.dir, &shape))
-}
