@@ -524,7 +524,7 @@ impl Vm {
                             Launch::Restore(s) if s.vars().is_file() => s.vars(),
                             _ => OVMF_VARS.into(),
                         };
-                        std::fs::copy(&template, &vars).map_err(|e| VmError::Prepare(format!("UEFI needs OVMF (Debian's `ovmf` package): {OVMF_VARS}: {e}")))?;
+                        std::fs::copy(&template, &vars).map_err(|e| VmError::Prepare(format!("UEFI needs OVMF (Debian's `ovmf` package): {}: {e}", template.display())))?;
                         Firmware::Uefi { code: OVMF_CODE.into(), vars }
                     }
                 };
