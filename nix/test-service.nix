@@ -32,8 +32,18 @@
   # Store paths whose bin/ is put on the guest's PATH (/usr/local/bin).
 , systemPackages ? [ ]
   # For NixOS guests: extra NixOS configuration (unverified here: no NixOS
-  # image can be obtained on the machines xdriver is tested on).
+  # image can be obtained on the machines xdriver is tested on). Its
+  # virtualisation.memorySize, diskSize and cores (an attribute set, not a
+  # module function) size every cell's VM, as the NixOS test driver's do,
+  # unless `guest` says otherwise.
 , nixosConfig ? null
+  # What the guest gets beyond its image (a TOML spec's [guest]): the OS's
+  # own packages by name (Debian's, installed through the host's apt when
+  # the image is derived), commands run once in the image, the packages'
+  # services that may still start at boot, disk, memory and vCPUs:
+  # { packages ? [ ]; prepare ? [ ]; bootServices ? [ ]; diskMib; memoryMib;
+  #   cpus; os.<name> = { packages; prepare; bootServices; }; }
+, guest ? { }
   # Host directories shared into the guest: [ { host; guest; writable ? false; } ].
 , shares ? [ ]
   # Seconds: { step; command; boot; }.
@@ -69,6 +79,30 @@ let
     else throw "${testName}: ${what} must give Python (a string) or a list of steps";
   call = what: f: a: if f == null then [ ] else hook what (f a);
 
+  # `guest` as the TOML [guest] table (snake_case), sizes from nixosConfig.
+  guestTable =
+    let
+      known = [ "packages" "prepare" "bootServices" "diskMib" "memoryMib" "cpus" "os" ];
+      unknown = builtins.filter (n: !(builtins.elem n known)) (attrNames guest);
+      names = what: l: map (p: if isString p then p else throw "${testName}: guest.${what} takes names (strings) of the OS's own packages; Nix packages go in systemPackages") l;
+      perOs = o: lib.compact {
+        packages = if o ? packages then names "os.*.packages" o.packages else null;
+        prepare = o.prepare or null;
+        boot_services = o.bootServices or null;
+      };
+      vz = if isAttrs nixosConfig then nixosConfig.virtualisation or { } else { };
+    in
+    if unknown != [ ] then throw "${testName}: guest has no attribute `${builtins.head unknown}` (it takes ${builtins.concatStringsSep ", " known})"
+    else lib.compact {
+      packages = names "packages" (guest.packages or [ ]);
+      prepare = guest.prepare or [ ];
+      boot_services = guest.bootServices or [ ];
+      disk_mib = guest.diskMib or vz.diskSize or null;
+      memory_mib = guest.memoryMib or vz.memorySize or null;
+      cpus = guest.cpus or vz.cores or null;
+      os = if guest ? os then mapAttrs (_: perOs) guest.os else null;
+    };
+
   mkCell = os: processManager: profile:
     let
       params = profileParams.${profile} // { inherit processManager os profile; } // extraParams;
@@ -98,6 +132,7 @@ let
           inherit origins;
         };
         nixos_config = nixosConfig;
+        guest = guestTable;
       };
     in
     # What the host must build or add before the guest can use the cell:

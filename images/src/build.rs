@@ -15,8 +15,8 @@ use xdriver_guests::FsEntry;
 
 use crate::kernel::{self, KernelError};
 use crate::lock::{FileLock, LockError};
-use crate::manifest::{DiskInfo, KernelInfo, Manifest, MANIFEST_SCHEMA};
-use crate::recipe::{ImageName, Recipe};
+use crate::manifest::{DerivedInfo, DiskInfo, KernelInfo, Manifest, MANIFEST_SCHEMA};
+use crate::recipe::{GuestAdditions, ImageName, Recipe};
 
 /// Build failures, one per stage.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +48,10 @@ pub enum BuildError {
     /// The kernel cache lock failed.
     #[error(transparent)]
     Lock(#[from] LockError),
+    /// The spec's packages or prepare commands failed (their output is in
+    /// the build log).
+    #[error("the spec's guest additions failed to build:\n{0}")]
+    Additions(String),
     /// Host key generation failed.
     #[error("generating the SSH host key: {0}")]
     HostKey(String),
@@ -276,6 +280,119 @@ fn clear_root_password(root: &Path) -> Result<(), BuildError> {
     std::fs::write(&shadow, out).map_err(io(&shadow))
 }
 
+/// mmdebstrap hooks for a spec's additions, run in the finished rootfs
+/// (proc, sys and dev mounted, services kept from starting by mmdebstrap's
+/// policy-rc.d): record the base's packages, install the added ones from
+/// the recipe's mirrors through apt, then run the prepare commands.
+fn additions_hooks(cmd: &mut Command, add: &GuestAdditions, base_list: &Path) {
+    use xdriver_guests::shell::quote;
+    cmd.arg(format!(
+        "--customize-hook=chroot \"$1\" dpkg-query -W -f='${{Package}}\\n' > {}",
+        quote(&base_list.display().to_string())
+    ));
+    if !add.packages.is_empty() {
+        let pkgs: Vec<String> = add.packages.iter().map(|p| quote(p)).collect();
+        cmd.arg(format!(
+            "--customize-hook=chroot \"$1\" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends {} \
+             || {{ echo 'xdriver: apt-get could not install the [guest] packages: {}'; exit 1; }}",
+            pkgs.join(" "),
+            add.packages.join(" ").replace('\'', "")
+        ));
+    }
+    for (i, c) in add.prepare.iter().enumerate() {
+        let n = i + 1;
+        cmd.arg(format!(
+            "--customize-hook=echo '== xdriver: [guest] prepare command {n}'; chroot \"$1\" /bin/sh -c {} \
+             || {{ echo \"xdriver: [guest] prepare command {n} exited with $?: \"{}; exit 1; }}",
+            quote(c),
+            quote(c)
+        ));
+    }
+}
+
+/// What the build log says about a failed addition: xdriver's own line
+/// and apt's errors, with the lines before it.
+fn additions_failure(log: &Path) -> Option<BuildError> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines.iter().rposition(|l| l.starts_with("xdriver: "))?;
+    let from = at.saturating_sub(12);
+    Some(BuildError::Additions(lines[from..=at].join("\n")))
+}
+
+/// Keeps the services of the packages a spec added from starting at boot
+/// (unless the spec names them in `boot_services`): systemd units of those
+/// packages lose their `.wants`/`.requires` links (template instances
+/// too), their init scripts lose their rc and OpenRC runlevel links, and
+/// their runit services their `/etc/service` links. Returns what the
+/// manifest records.
+fn disable_added_services(root: &Path, base_list: &Path, add: &GuestAdditions, base: &ImageName) -> Result<DerivedInfo, BuildError> {
+    let base_pkgs: std::collections::BTreeSet<String> =
+        std::fs::read_to_string(base_list).map_err(io(base_list))?.lines().map(str::to_string).collect();
+    let _ = std::fs::remove_file(base_list);
+    let added: Vec<String> = installed_packages(root).into_iter().filter(|p| !base_pkgs.contains(p.split('=').next().unwrap_or(p))).collect();
+    let names: Vec<&str> = added.iter().map(|p| p.split('=').next().unwrap_or(p)).collect();
+    let files = package_files(root, &names);
+    let kept = |n: &str| add.boot_services.iter().any(|b| b == n || n.strip_suffix(".service") == Some(b.as_str()));
+    let (mut units, mut scripts, mut runit) = (Vec::new(), Vec::new(), Vec::new());
+    for f in &files {
+        let (dir, file) = f.rsplit_once('/').unwrap_or(("", f));
+        if kept(file) {
+            continue;
+        }
+        match dir {
+            "/lib/systemd/system" | "/usr/lib/systemd/system" if [".service", ".socket", ".timer", ".path"].iter().any(|x| file.ends_with(x)) => units.push(file.to_string()),
+            "/etc/init.d" if !file.starts_with('.') && file != "README" => scripts.push(file.to_string()),
+            _ => {
+                if let Some(sv) = dir.strip_prefix("/etc/sv/").filter(|sv| !sv.contains('/') && file == "run") {
+                    if !kept(sv) {
+                        runit.push(sv.to_string());
+                    }
+                }
+            }
+        }
+    }
+    // systemd: links in any *.wants / *.requires directory under /etc.
+    let sysd = root.join("etc/systemd/system");
+    for d in std::fs::read_dir(&sysd).into_iter().flatten().flatten() {
+        let dn = d.file_name().to_string_lossy().into_owned();
+        if !(dn.ends_with(".wants") || dn.ends_with(".requires")) {
+            continue;
+        }
+        for l in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+            let ln = l.file_name().to_string_lossy().into_owned();
+            let template = ln.split_once('@').map(|(a, b)| format!("{a}@{}", b.rsplit_once('.').map(|(_, x)| format!(".{x}")).unwrap_or_default()));
+            if units.iter().any(|u| *u == ln || Some(u) == template.as_ref()) {
+                std::fs::remove_file(l.path()).map_err(io(&l.path()))?;
+            }
+        }
+    }
+    disable_services(root, &scripts)?;
+    for sv in &runit {
+        for link in [in_root(root, &format!("/etc/service/{sv}")), root.join(format!("etc/runit/runsvdir/default/{sv}"))] {
+            if link.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+                std::fs::remove_file(&link).map_err(io(&link))?;
+            }
+        }
+    }
+    let mut disabled: Vec<String> = units.into_iter().chain(scripts.into_iter().map(|s| format!("/etc/init.d/{s}"))).chain(runit.into_iter().map(|s| format!("/etc/sv/{s}"))).collect();
+    disabled.sort();
+    disabled.dedup();
+    Ok(DerivedInfo { base: base.to_string(), additions: add.clone(), added_packages: added, disabled_services: disabled })
+}
+
+/// Every file the packages `names` installed in `root`.
+fn package_files(root: &Path, names: &[&str]) -> Vec<String> {
+    if names.is_empty() {
+        return Vec::new();
+    }
+    let out = Command::new("dpkg-query").arg(format!("--admindir={}", root.join("var/lib/dpkg").display())).arg("-L").args(names).output();
+    match out {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.starts_with('/')).map(str::to_string).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 fn installed_packages(root: &Path) -> Vec<String> {
     let out = Command::new("dpkg-query")
         .arg(format!("--admindir={}", root.join("var/lib/dpkg").display()))
@@ -315,7 +432,9 @@ pub fn build_image(
             return Err(BuildError::MissingTool { tool, package });
         }
     }
-    let stages = Stages { log: out.join("build.log"), progress, name: name.to_string() };
+    // A derived recipe names its image after the base and its additions.
+    let image = recipe.additions.as_ref().map(|a| a.image_name(name)).unwrap_or_else(|| name.to_string());
+    let stages = Stages { log: out.join("build.log"), progress, name: image.clone() };
     let init = recipe.inits.get(&name.init).expect("ImageName::from_str checked the variant exists");
     let rootfs = out.join("rootfs");
 
@@ -336,11 +455,20 @@ pub fn build_image(
     for ex in &recipe.path_excludes {
         cmd.arg(format!("--dpkgopt=path-exclude={ex}"));
     }
+    let base_list = out.join("base-packages.txt");
+    if let Some(add) = &recipe.additions {
+        additions_hooks(&mut cmd, add, &base_list);
+    }
     cmd.arg(&recipe.suite).arg(&rootfs);
     for m in &recipe.mirrors {
         cmd.arg(m);
     }
-    stages.run("rootfs", &mut cmd)?;
+    if let Err(e) = stages.run("rootfs", &mut cmd) {
+        return Err(match recipe.additions {
+            Some(_) => additions_failure(&stages.log).unwrap_or(e),
+            None => e,
+        });
+    }
     stages.done(pb, "rootfs", t);
 
     // 2. provision
@@ -349,6 +477,10 @@ pub fn build_image(
     apply(&rootfs, &xdriver_guests::provision(name.init, "xdriver"))?;
     let disabled: Vec<String> = recipe.disable_services.iter().chain(&init.disable_services).cloned().collect();
     disable_services(&rootfs, &disabled)?;
+    let derived = match &recipe.additions {
+        Some(add) => Some(disable_added_services(&rootfs, &base_list, add, name)?),
+        None => None,
+    };
     mask_units(&rootfs, "etc/systemd/system", &init.mask_units)?;
     mask_units(&rootfs, "etc/systemd/system-generators", &init.mask_generators)?;
     for u in &init.on_demand {
@@ -402,7 +534,7 @@ pub fn build_image(
 
     let manifest = Manifest {
         schema: MANIFEST_SCHEMA,
-        name: name.to_string(),
+        name: image.clone(),
         recipe: recipe.name.clone(),
         recipe_hash: hash.to_string(),
         os: recipe.name.clone(),
@@ -416,6 +548,7 @@ pub fn build_image(
         created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         build_seconds: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
         import: None,
+        derived,
     };
     let mp = out.join("manifest.json");
     let json = serde_json::to_string_pretty(&manifest).expect("manifest serializes");

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::build::{build_image, BuildError};
 use crate::lock::{FileLock, LockError};
 use crate::manifest::Manifest;
-use crate::recipe::{ImageName, Recipe, RecipeError};
+use crate::recipe::{GuestAdditions, ImageName, Recipe, RecipeError};
 
 /// Image cache failures.
 #[derive(Debug, thiserror::Error)]
@@ -129,10 +129,6 @@ impl ImageCache {
         self.root.join("images")
     }
 
-    fn key(name: &ImageName, hash: &str) -> String {
-        format!("{name}-{}", &hash[..12])
-    }
-
     /// The lock file that guards work on the cache key `key` (an entry's
     /// directory name, or a name derived from it).
     pub fn lock_path(&self, key: &str) -> PathBuf {
@@ -155,10 +151,30 @@ impl ImageCache {
         Ok(tmp)
     }
 
+    /// The recipe of `name` (plus `add`, when it adds anything), and the
+    /// image's name: `name`, or `<name>+<tag>` for a derived image.
+    fn recipe_of(name: &ImageName, add: Option<&GuestAdditions>) -> Result<(Recipe, String), CacheError> {
+        let recipe = Recipe::load(&name.recipe)?;
+        Ok(match add.filter(|a| !a.is_empty()) {
+            Some(a) => (recipe.derive(a), a.image_name(name)),
+            None => (recipe, name.to_string()),
+        })
+    }
+
+    fn dir_of(&self, image: &str, hash: &str) -> PathBuf {
+        self.images_dir().join(format!("{image}-{}", &hash[..12]))
+    }
+
     /// The entry for `name` built from the current recipe, if present.
     pub fn lookup(&self, name: &ImageName) -> Result<Option<Entry>, CacheError> {
-        let recipe = Recipe::load(&name.recipe)?;
-        let dir = self.images_dir().join(Self::key(name, &recipe.hash(name.init)));
+        self.lookup_with(name, None)
+    }
+
+    /// The entry for `name` plus a spec's additions (a derived image; the
+    /// base image when `add` adds nothing), if present.
+    pub fn lookup_with(&self, name: &ImageName, add: Option<&GuestAdditions>) -> Result<Option<Entry>, CacheError> {
+        let (recipe, image) = Self::recipe_of(name, add)?;
+        let dir = self.dir_of(&image, &recipe.hash(name.init));
         Ok(Manifest::read(&dir.join("manifest.json")).ok().map(|manifest| Entry { dir, manifest, current: true }))
     }
 
@@ -166,14 +182,22 @@ impl ImageCache {
     /// (threads or processes) build it once: the others wait on the lock.
     /// `progress` is true to draw per-stage progress bars on a terminal.
     pub fn ensure(&self, name: &ImageName, progress: bool) -> Result<Entry, CacheError> {
-        if let Some(e) = self.lookup(name)? {
+        self.ensure_with(name, None, progress)
+    }
+
+    /// [`ImageCache::ensure`] for `name` plus a spec's additions: a derived
+    /// image, built once per distinct (base, additions) and cached like any
+    /// other.
+    pub fn ensure_with(&self, name: &ImageName, add: Option<&GuestAdditions>, progress: bool) -> Result<Entry, CacheError> {
+        if let Some(e) = self.lookup_with(name, add)? {
             return Ok(e);
         }
-        let recipe = Recipe::load(&name.recipe)?;
+        let (recipe, image) = Self::recipe_of(name, add)?;
         let hash = recipe.hash(name.init);
-        let key = Self::key(name, &hash);
+        let dir = self.dir_of(&image, &hash);
+        let key = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let _lock = FileLock::acquire(&self.lock_path(&key))?;
-        if let Some(e) = self.lookup(name)? {
+        if let Some(e) = self.lookup_with(name, add)? {
             return Ok(e);
         }
         let tmp = self.fresh_tmp(&key)?;
@@ -186,10 +210,9 @@ impl ImageCache {
                 let log = logs.join(format!("build-{key}.log"));
                 let _ = std::fs::rename(tmp.join("build.log"), &log);
                 let _ = std::fs::remove_dir_all(&tmp);
-                return Err(CacheError::Build { name: name.to_string(), log, source });
+                return Err(CacheError::Build { name: image, log, source });
             }
         };
-        let dir = self.images_dir().join(&key);
         std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
         Ok(Entry { dir, manifest, current: true })
     }
@@ -205,9 +228,16 @@ impl ImageCache {
                 continue;
             }
             let Ok(manifest) = Manifest::read(&dir.join("manifest.json")) else { continue };
-            // An imported image is current by definition (no recipe).
+            // An imported image is current by definition (no recipe); a
+            // derived one if its base recipe plus its additions still hash
+            // the same.
             let current = manifest.import.is_some()
-                || Recipe::load(&manifest.recipe).map(|r| r.hash(manifest.init) == manifest.recipe_hash).unwrap_or(false);
+                || Recipe::load(&manifest.recipe)
+                    .map(|r| match &manifest.derived {
+                        Some(d) => r.derive(&d.additions).hash(manifest.init) == manifest.recipe_hash,
+                        None => r.hash(manifest.init) == manifest.recipe_hash,
+                    })
+                    .unwrap_or(false);
             out.push(Entry { dir, manifest, current });
         }
         out.sort_by(|a, b| (&a.manifest.name, &a.manifest.created_at).cmp(&(&b.manifest.name, &b.manifest.created_at)));

@@ -385,6 +385,7 @@ impl ImageCache {
                 ssh_host_key: String::new(),
                 created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
                 build_seconds: 0.0,
+                derived: None,
                 import: Some(ImportInfo {
                     source_file: file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
                     source_sha256: sum.clone(),

@@ -5,6 +5,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use xdriver_guests::{Firmware, Init};
 
+use crate::recipe::GuestAdditions;
+
 /// Version of the manifest format.
 pub const MANIFEST_SCHEMA: u32 = 1;
 
@@ -88,6 +90,24 @@ pub struct Manifest {
     /// Where an imported image came from (None: built from a recipe).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub import: Option<ImportInfo>,
+    /// What a spec added to a built image (None: the recipe's own image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub derived: Option<DerivedInfo>,
+}
+
+/// A derived image: a built image plus a spec's `[guest]` additions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DerivedInfo {
+    /// The image it adds to, e.g. `debian-12-systemd`.
+    pub base: String,
+    /// What was asked for.
+    pub additions: GuestAdditions,
+    /// Packages the additions brought (dependencies included), as
+    /// `name=version`.
+    pub added_packages: Vec<String>,
+    /// Their services, kept from starting at boot (units, init scripts).
+    pub disabled_services: Vec<String>,
 }
 
 /// The source of an imported image.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use xdriver_guests::Init;
 
@@ -129,8 +129,55 @@ pub struct Recipe {
     pub kernel: KernelRecipe,
     /// Init variants.
     pub inits: BTreeMap<Init, InitRecipe>,
+    /// What a spec adds on top (its `[guest]` table): set on derived
+    /// recipes only.
+    #[serde(skip)]
+    pub additions: Option<GuestAdditions>,
     #[serde(skip)]
     source: String,
+}
+
+/// What a spec's `[guest]` table adds to a built image: the OS's own
+/// packages, commands run once in the image, a disk size, and which of the
+/// packages' own services may still start at boot. Each distinct value
+/// makes a derived image of its own (`<base>+<tag>`, cached by hash).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestAdditions {
+    /// Debian packages installed with apt (no Recommends), from the
+    /// recipe's mirrors, at build time.
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// Shell commands run once, in order, chrooted into the image after
+    /// the packages are in (`sh -c`, as root; no daemon may be left running).
+    #[serde(default)]
+    pub prepare: Vec<String>,
+    /// Virtual disk size (MiB), instead of the recipe's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mib: Option<u64>,
+    /// Services of the added packages that keep starting at boot (every
+    /// other service they bring is disabled: the spec decides what runs).
+    #[serde(default)]
+    pub boot_services: Vec<String>,
+}
+
+impl GuestAdditions {
+    /// Whether this adds nothing (the base image serves).
+    pub fn is_empty(&self) -> bool {
+        self.packages.is_empty() && self.prepare.is_empty() && self.disk_mib.is_none() && self.boot_services.is_empty()
+    }
+
+    /// The derived image's tag: 8 hex digits of the additions' hash.
+    pub fn tag(&self) -> String {
+        let json = serde_json::to_string(self).expect("additions serialize");
+        hex::encode(Sha256::digest(json.as_bytes()))[..8].to_string()
+    }
+
+    /// The derived image's name: `<base image>+<tag>`, e.g.
+    /// `debian-12-systemd+1a2b3c4d`.
+    pub fn image_name(&self, base: &ImageName) -> String {
+        format!("{base}+{}", self.tag())
+    }
 }
 
 impl Recipe {
@@ -158,6 +205,20 @@ impl Recipe {
         let mut r: Recipe = toml::from_str(text).map_err(|source| RecipeError::Parse { name: name.into(), source })?;
         r.source = text.to_string();
         Ok(r)
+    }
+
+    /// This recipe plus a spec's additions: the same base packages and
+    /// kernel, the additions' packages and commands on top, their disk size.
+    /// Its hash covers the base recipe and the additions.
+    pub fn derive(&self, add: &GuestAdditions) -> Recipe {
+        let mut r = self.clone();
+        if let Some(mib) = add.disk_mib {
+            r.disk_mib = mib;
+        }
+        let json = serde_json::to_string(add).expect("additions serialize");
+        r.source = format!("{}\n# guest additions\n{json}", self.source);
+        r.additions = Some(add.clone());
+        r
     }
 
     /// The cache key of one variant: the recipe text, the variant, the

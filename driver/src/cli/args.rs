@@ -324,18 +324,23 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
+/// vCPUs of a VM when neither `--cpus` nor the spec says.
+pub const DEFAULT_CPUS: u32 = 2;
+/// Guest RAM (MiB) when neither `--mem-mib` nor the spec says.
+pub const DEFAULT_MEM_MIB: u32 = 1024;
+
 /// Accelerator and size of each VM.
 #[derive(Debug, Args, Clone)]
 pub struct VmArgs {
     /// Accelerator: auto proves KVM with a boot probe, else uses TCG.
     #[arg(long, value_enum, default_value = "auto")]
     pub accel: AccelChoice,
-    /// vCPUs per VM.
-    #[arg(long, default_value_t = 2)]
-    pub cpus: u32,
-    /// Guest RAM in MiB per VM.
-    #[arg(long, default_value_t = 1024)]
-    pub mem_mib: u32,
+    /// vCPUs per VM [default: the spec's [guest] cpus, else 2]
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// Guest RAM in MiB per VM [default: the spec's [guest] memory_mib, else 1024]
+    #[arg(long)]
+    pub mem_mib: Option<u32>,
     /// Host store shared read-only into every guest at the same path, with
     /// a writable tmpfs overlay on top [default: /nix/store when it exists]
     #[arg(long, value_name = "DIR", conflicts_with = "no_store")]

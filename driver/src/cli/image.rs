@@ -64,12 +64,12 @@ pub(super) async fn main(cmd: ImageCommand) -> Result<i32, CliError> {
             if entries.is_empty() {
                 eprintln!("no images built yet (try `xdriver image build debian-12`)");
             } else {
-                println!("{:<22} {:<8} {:>9} {:<20} {:<8} KERNEL", "NAME", "STATUS", "SIZE", "CREATED", "HASH");
+                println!("{:<31} {:<8} {:>9} {:<20} {:<8} KERNEL / SOURCE", "NAME", "STATUS", "SIZE", "CREATED", "HASH");
             }
             for e in entries {
                 let m = &e.manifest;
                 println!(
-                    "{:<22} {:<8} {:>9} {:<20} {:<8} {}",
+                    "{:<31} {:<8} {:>9} {:<20} {:<8} {}{}",
                     m.name,
                     if e.current { "current" } else { "stale" },
                     human(e.size_bytes()),
@@ -79,7 +79,8 @@ pub(super) async fn main(cmd: ImageCommand) -> Result<i32, CliError> {
                         (Some(k), _) => k.release.clone(),
                         (None, Some(i)) => format!("imported ({} firmware) from {}", i.firmware, i.source_file),
                         (None, None) => String::new(),
-                    }
+                    },
+                    m.derived.as_ref().map(|d| format!("; {} plus [guest] {}", d.base, derived_summary(&d.additions))).unwrap_or_default()
                 );
             }
             Ok(exit::SUCCESS)
@@ -189,4 +190,22 @@ pub(super) async fn main(cmd: ImageCommand) -> Result<i32, CliError> {
             Ok(exit::SUCCESS)
         }
     }
+}
+
+/// A derived image's additions in a few words for `image list`.
+pub(super) fn derived_summary(a: &xdriver_images::GuestAdditions) -> String {
+    let mut parts = Vec::new();
+    if !a.packages.is_empty() {
+        parts.push(format!("packages {}", a.packages.join(" ")));
+    }
+    if !a.prepare.is_empty() {
+        parts.push(format!("{} prepare command(s)", a.prepare.len()));
+    }
+    if !a.boot_services.is_empty() {
+        parts.push(format!("boot services {}", a.boot_services.join(" ")));
+    }
+    if let Some(d) = a.disk_mib {
+        parts.push(format!("disk {d} MiB"));
+    }
+    parts.join(", ")
 }

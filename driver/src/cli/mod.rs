@@ -10,7 +10,7 @@ mod report;
 mod run;
 mod test;
 
-pub use args::{Cli, Command};
+pub use args::{Cli, Command, DEFAULT_CPUS, DEFAULT_MEM_MIB};
 pub use crate::error_chain::chain_error;
 pub use error::CliError;
 pub use plan::render_text as plan_text;

@@ -172,6 +172,12 @@ pub fn render_text(c: &Cell, p: Option<&Prepared>) -> String {
         return s;
     };
     s.push_str(&format!("=== cell {} (image {})\n", c.id(), c.image.as_ref().map(String::as_str).unwrap_or("")));
+    if let (Some(a), Ok(Ok(base))) = (&p.additions, c.image.as_ref().map(|i| i.parse::<xdriver_images::ImageName>())) {
+        s.push_str(&format!("guest: derived image {} = {base} plus {}\n", a.image_name(&base), super::image::derived_summary(a)));
+    }
+    if (p.mem_mib, p.cpus) != (super::args::DEFAULT_MEM_MIB, super::args::DEFAULT_CPUS) {
+        s.push_str(&format!("guest: {} MiB RAM, {} vCPUs (unless --mem-mib/--cpus)\n", p.mem_mib, p.cpus));
+    }
     let order: Vec<&str> = p.resolved.system.processes.iter().map(|x| x.name.as_str()).collect();
     s.push_str(&format!("instances (dependency order): {}\n", order.join(" ")));
     for pr in &p.resolved.system.processes {

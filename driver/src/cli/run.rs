@@ -47,7 +47,7 @@ pub(super) async fn main(args: RunArgs) -> Result<i32, CliError> {
             if crate::vm::prepare::lookup(&entry).map_err(|e| CliError::infra(&e))?.is_none() {
                 eprintln!("xdriver: preparing {} (its first boot, with a NoCloud seed; once per image)", entry.manifest.name);
             }
-            let p = crate::vm::prepare::ensure(&cache, &entry, decision.accel, args.vm.mem_mib).await.map_err(|e| CliError::infra(&e))?;
+            let p = crate::vm::prepare::ensure(&cache, &entry, decision.accel, args.vm.mem_mib.unwrap_or(super::args::DEFAULT_MEM_MIB)).await.map_err(|e| CliError::infra(&e))?;
             (entry, crate::vm::DiskUse::Prepared { disk: p.disk, host_key: p.host_key })
         }
         (None, Some(name)) => (super::image::ensure(&name).await?, crate::vm::DiskUse::Image),
@@ -56,8 +56,8 @@ pub(super) async fn main(args: RunArgs) -> Result<i32, CliError> {
     let mut cfg = VmConfig::new(&format!("run-{}", image.manifest.init), image);
     cfg.disk = disk;
     cfg.accel = decision.accel;
-    cfg.cpus = args.vm.cpus;
-    cfg.mem_mib = args.vm.mem_mib;
+    cfg.cpus = args.vm.cpus.unwrap_or(super::args::DEFAULT_CPUS);
+    cfg.mem_mib = args.vm.mem_mib.unwrap_or(super::args::DEFAULT_MEM_MIB);
     cfg.shares = shares;
     cfg.snapshots = !args.vm.cold;
     if let Some(mut plan) = crate::vm::nix_store::StorePlan::from_flags(args.vm.store.as_deref(), args.vm.no_store, args.vm.share_fs).map_err(CliError::usage)? {

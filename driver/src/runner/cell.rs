@@ -168,10 +168,10 @@ pub struct RunOptions {
     pub accel: Accel,
     /// Results root (`<root>/<spec name>/<cell>/`).
     pub results_dir: PathBuf,
-    /// Guest RAM.
-    pub mem_mib: u32,
-    /// vCPUs.
-    pub cpus: u32,
+    /// Guest RAM (`--mem-mib`; else the spec's, else the default).
+    pub mem_mib: Option<u32>,
+    /// vCPUs (`--cpus`; else the spec's, else the default).
+    pub cpus: Option<u32>,
     /// Times a cell whose VM failed to boot is tried again.
     pub retries: u32,
     /// The whole run's deadline (`--timeout`).
@@ -249,6 +249,13 @@ pub struct Prepared {
     pub deploy: DeployPlan,
     /// The steps.
     pub steps: Vec<Step>,
+    /// What the spec's `[guest]` adds to the cell's image (None: the
+    /// image as built or imported).
+    pub additions: Option<xdriver_images::GuestAdditions>,
+    /// Guest RAM (MiB) and vCPUs the VM gets.
+    pub mem_mib: u32,
+    /// vCPUs.
+    pub cpus: u32,
 }
 
 /// Resolves, renders and plans a cell (spec errors surface here).
@@ -258,7 +265,11 @@ pub fn prepare(spec: &Spec, cell: &Cell, overrides: &std::collections::BTreeMap<
     let backend = Backend::new(cell.manager, cell.os, ctx.profile.clone());
     let deploy = deploy::plan(&backend, &resolved.system).map_err(|e| spec.loc.whole(format!("{}: {e}", cell.id())))?;
     let steps = spec.steps(&resolved)?;
-    Ok(Prepared { backend, resolved, deploy, steps })
+    let additions = spec.file.guest.additions(cell.os).map_err(|e| spec.loc.whole(format!("{}: {e}", cell.id())))?;
+    let g = &spec.file.guest;
+    let mem_mib = g.memory_mib.as_ref().map_or(crate::cli::DEFAULT_MEM_MIB, |m| *m.get_ref());
+    let cpus = g.cpus.as_ref().map_or(crate::cli::DEFAULT_CPUS, |c| *c.get_ref());
+    Ok(Prepared { backend, resolved, deploy, steps, additions, mem_mib, cpus })
 }
 
 /// The spec's shares with paths resolved (env expanded, relative to the spec).
@@ -385,12 +396,15 @@ fn finish(mut r: CellResult, started: Instant) -> CellResult {
 /// The image a cell boots and the disk it boots from: a built OS's image
 /// is built if missing; an imported OS's must have been imported (or the
 /// cell fails saying how), and is prepared on first use.
-async fn find_image(os: xdriver_guests::Os, image: &str, opts: &RunOptions) -> Result<(xdriver_images::Entry, DiskUse), String> {
+async fn find_image(os: xdriver_guests::Os, image: &str, p: &Prepared, opts: &RunOptions) -> Result<(xdriver_images::Entry, DiskUse), String> {
     let cache = xdriver_images::ImageCache::open_default().map_err(|e| format!("image {image}: {}", chain_error(&e)))?;
     match os.images() {
         Images::Built { .. } => {
             let name: ImageName = image.parse().map_err(|e| format!("image {image}: {e}"))?;
-            match tokio::task::spawn_blocking(move || cache.ensure(&name, false)).await {
+            // The spec's [guest] additions make a derived image, built once.
+            let add = p.additions.clone();
+            let image = add.as_ref().map(|a| a.image_name(&name)).unwrap_or_else(|| image.to_string());
+            match tokio::task::spawn_blocking(move || cache.ensure_with(&name, add.as_ref(), false)).await {
                 Ok(Ok(e)) => Ok((e, DiskUse::Image)),
                 Ok(Err(e)) => Err(format!("image {image}: {}", chain_error(&e))),
                 Err(e) => Err(format!("image {image}: {e}")),
@@ -406,7 +420,7 @@ async fn find_image(os: xdriver_guests::Os, image: &str, opts: &RunOptions) -> R
             if entry.manifest.os != os.name() {
                 return Err(format!("image {image} holds {}, not {os} (see `xdriver image list`)", entry.manifest.os));
             }
-            let p = crate::vm::prepare::ensure(&cache, &entry, opts.accel, opts.mem_mib).await.map_err(|e| chain_error(&e))?;
+            let p = crate::vm::prepare::ensure(&cache, &entry, opts.accel, opts.mem_mib.unwrap_or(p.mem_mib)).await.map_err(|e| chain_error(&e))?;
             Ok((entry, DiskUse::Prepared { disk: p.disk, host_key: p.host_key }))
         }
     }
@@ -426,7 +440,7 @@ async fn boot_and_test(
     progress: &dyn Progress,
 ) -> (Outcome, bool) {
     progress.phase(cell, Phase::Image);
-    let (entry, disk) = match find_image(cell.os, image, opts).await {
+    let (entry, disk) = match find_image(cell.os, image, p, opts).await {
         Ok(e) => e,
         Err(reason) => return (Outcome::Error { reason }, false),
     };
@@ -434,8 +448,8 @@ async fn boot_and_test(
     let mut cfg = VmConfig::new(&format!("cell-{}", cell.dir_name()), entry);
     cfg.disk = disk;
     cfg.accel = opts.accel;
-    cfg.cpus = opts.cpus;
-    cfg.mem_mib = opts.mem_mib;
+    cfg.cpus = opts.cpus.unwrap_or(p.cpus);
+    cfg.mem_mib = opts.mem_mib.unwrap_or(p.mem_mib);
     cfg.shares = shares.to_vec();
     cfg.snapshots = opts.snapshots;
     if let Some(plan) = &opts.store {

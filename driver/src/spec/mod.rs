@@ -3,6 +3,7 @@
 //! no runtime, no guest.
 
 mod error;
+mod guest;
 mod load;
 mod matrix;
 pub mod nix;
@@ -12,6 +13,7 @@ mod steps;
 mod template;
 
 pub use error::{line_col, Locator, SpecError};
+pub use guest::GuestDef;
 pub use load::{expand_env, Hook, InstanceSteps, Spec, SPEC_FILE_NAME};
 pub use matrix::{image_for, Cell, Selection};
 pub use resolve::{base_params, conflicts, CellCtx, Resolved};

@@ -94,6 +94,8 @@ struct NixCell {
     #[serde(default)]
     nixos_config: Option<Value>,
     #[serde(default)]
+    guest: serde_json::Map<String, Value>,
+    #[serde(default)]
     realise: Vec<String>,
 }
 
@@ -239,6 +241,9 @@ fn cell(file: &Path, attr: String, v: Value) -> Result<NixSpecCell, SpecError> {
         doc.insert("timeouts".into(), Value::Object(c.timeouts));
     }
     doc.insert("instances".into(), Value::Object(c.instances));
+    if !c.guest.is_empty() {
+        doc.insert("guest".into(), Value::Object(c.guest));
+    }
     let toml_value: toml::Value =
         serde_json::from_value(strip_nulls(Value::Object(doc))).map_err(|e| here(format!("not representable as a spec: {e}")))?;
     let text = toml::to_string(&toml_value).map_err(|e| here(format!("not representable as a spec: {e}")))?;

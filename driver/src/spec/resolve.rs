@@ -91,11 +91,26 @@ impl Spec {
     pub fn resolve(&self, cell: &CellCtx) -> Result<Resolved, SpecError> {
         let t = Templates::new(&self.loc, self.literal);
         let params = base_params(self, cell);
-        let names: BTreeSet<&str> = self.file.instances.keys().map(|k| k.get_ref().as_str()).collect();
+        // An instance whose `if` is false is not in this cell's model (as
+        // a nix-processmgmt model leaves one out with lib.optionalAttrs).
+        let mut present = Vec::new();
+        for (name, table) in &self.file.instances {
+            if let Some((_, v)) = table.get_ref().iter().find(|(k, _)| k.as_str() == "if") {
+                let Some(expr) = v.get_ref().as_str() else {
+                    return Err(self.loc.at(v.span(), "`if` must be an expression (a string), e.g. \"not forceDisableUserChange\""));
+                };
+                let ctx = with(&params, &[("instanceName", json!(name.get_ref()))]);
+                if !t.eval(expr, &ctx, v.span())?.is_true() {
+                    continue;
+                }
+            }
+            present.push((name, table));
+        }
+        let names: BTreeSet<&str> = present.iter().map(|(k, _)| k.get_ref().as_str()).collect();
 
         // Pass 1: each instance's process definition and own attributes.
         let mut raws: Vec<Raw> = Vec::new();
-        for (name, table) in &self.file.instances {
+        for (name, table) in present {
             let span = name.span();
             let mut def: Option<ProcessDef> = None;
             let mut ctor_params = BTreeMap::new();
@@ -132,7 +147,7 @@ impl Spec {
             let mut ref_keys = Vec::new();
             for (k, v) in table.get_ref() {
                 let key = k.as_str();
-                if key == "constructor" || key == "process" {
+                if key == "constructor" || key == "process" || key == "if" {
                     continue;
                 }
                 let ty = ctor_params.get(key).map(|p| p.ty).unwrap_or(ParamType::Any);
@@ -200,6 +215,11 @@ impl Spec {
         Ok(resolved)
     }
 
+    /// Whether `name` is an instance of the spec (so one its `if` left out).
+    fn left_out(&self, name: &str) -> bool {
+        self.file.instances.keys().any(|k| k.get_ref() == name)
+    }
+
     fn attr_value(
         &self,
         t: &Templates,
@@ -234,7 +254,10 @@ impl Spec {
                 for x in list {
                     let Some(s) = x.as_str() else { return Err(bad("a list of instance names")) };
                     if !names.contains(s) {
-                        return Err(self.loc.at(span.clone(), format!("no instance is named `{s}` (instances: {})", list_set(names))));
+                        return Err(self.loc.at(span.clone(), match self.left_out(s) {
+                            true => format!("instance `{s}` is not in this cell: its `if` is false here"),
+                            false => format!("no instance is named `{s}` (instances: {})", list_set(names)),
+                        }));
                     }
                     refs.push(s.to_string());
                 }
@@ -317,7 +340,8 @@ impl Spec {
         for d in &def.dependencies {
             let d = r(d, &ctx_map)?;
             if !names.contains(d.as_str()) {
-                return Err(self.loc.at(span.clone(), format!("instance `{name}` depends on `{d}`, which is not an instance")));
+                let why = if self.left_out(&d) { "is not in this cell (its `if` is false here)" } else { "is not an instance" };
+                return Err(self.loc.at(span.clone(), format!("instance `{name}` depends on `{d}`, which {why}")));
             }
             dependencies.push(d);
         }

@@ -36,6 +36,10 @@ pub struct SpecFile {
     /// Default timeouts.
     #[serde(default)]
     pub timeouts: TimeoutsDef,
+    /// What the guest gets beyond its image: packages, prepare commands,
+    /// disk, memory, vCPUs.
+    #[serde(default)]
+    pub guest: super::guest::GuestDef,
 }
 
 /// `[matrix]`: default values of `--os`, `--manager`, `--profile`.
