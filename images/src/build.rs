@@ -333,26 +333,65 @@ fn disable_added_services(root: &Path, base_list: &Path, add: &GuestAdditions, b
     let added: Vec<String> = installed_packages(root).into_iter().filter(|p| !base_pkgs.contains(p.split('=').next().unwrap_or(p))).collect();
     let names: Vec<&str> = added.iter().map(|p| p.split('=').next().unwrap_or(p)).collect();
     let files = package_files(root, &names);
-    let kept = |n: &str| add.boot_services.iter().any(|b| b == n || n.strip_suffix(".service") == Some(b.as_str()));
-    let (mut units, mut scripts, mut runit) = (Vec::new(), Vec::new(), Vec::new());
-    for f in &files {
-        let (dir, file) = f.rsplit_once('/').unwrap_or(("", f));
-        if kept(file) {
-            continue;
+    let Services { units, scripts, runit } = services_of(&files, &add.boot_services);
+    remove_unit_links(root, &units)?;
+    disable_services(root, &scripts)?;
+    for sv in &runit {
+        for link in [in_root(root, &format!("/etc/service/{sv}")), root.join(format!("etc/runit/runsvdir/default/{sv}"))] {
+            if link.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+                std::fs::remove_file(&link).map_err(io(&link))?;
+            }
         }
+    }
+    let mut disabled: Vec<String> = units.into_iter().chain(scripts.into_iter().map(|s| format!("/etc/init.d/{s}"))).chain(runit.into_iter().map(|s| format!("/etc/sv/{s}"))).collect();
+    disabled.sort();
+    disabled.dedup();
+    Ok(DerivedInfo { base: base.to_string(), additions: add.clone(), added_packages: added, disabled_services: disabled })
+}
+
+/// The services among packages' files, but those named in `kept`.
+#[derive(Debug, Default, PartialEq)]
+struct Services {
+    /// systemd units (`.service`, `.socket`, `.timer`, `.path`).
+    units: Vec<String>,
+    /// sysv-rc / OpenRC init scripts.
+    scripts: Vec<String>,
+    /// runit service directories (`/etc/sv/<name>`).
+    runit: Vec<String>,
+}
+
+fn services_of(files: &[String], kept: &[String]) -> Services {
+    let kept = |n: &str| kept.iter().any(|b| b == n || n.rsplit_once('.').map(|(stem, _)| stem) == Some(b.as_str()));
+    let mut s = Services::default();
+    for f in files {
+        let (dir, file) = f.rsplit_once('/').unwrap_or(("", f));
         match dir {
-            "/lib/systemd/system" | "/usr/lib/systemd/system" if [".service", ".socket", ".timer", ".path"].iter().any(|x| file.ends_with(x)) => units.push(file.to_string()),
-            "/etc/init.d" if !file.starts_with('.') && file != "README" => scripts.push(file.to_string()),
+            "/lib/systemd/system" | "/usr/lib/systemd/system" if [".service", ".socket", ".timer", ".path"].iter().any(|x| file.ends_with(x)) => {
+                if !kept(file) {
+                    s.units.push(file.to_string());
+                }
+            }
+            "/etc/init.d" if !file.starts_with('.') && file != "README" => {
+                if !kept(file) {
+                    s.scripts.push(file.to_string());
+                }
+            }
             _ => {
                 if let Some(sv) = dir.strip_prefix("/etc/sv/").filter(|sv| !sv.contains('/') && file == "run") {
                     if !kept(sv) {
-                        runit.push(sv.to_string());
+                        s.runit.push(sv.to_string());
                     }
                 }
             }
         }
     }
-    // systemd: links in any *.wants / *.requires directory under /etc.
+    s
+}
+
+/// Removes the links that start `units` (or instances of them, when a
+/// unit is a template) from every `*.wants`/`*.requires` directory under
+/// /etc/systemd/system.
+fn remove_unit_links(root: &Path, units: &[String]) -> Result<(), BuildError> {
     let sysd = root.join("etc/systemd/system");
     for d in std::fs::read_dir(&sysd).into_iter().flatten().flatten() {
         let dn = d.file_name().to_string_lossy().into_owned();
@@ -367,18 +406,7 @@ fn disable_added_services(root: &Path, base_list: &Path, add: &GuestAdditions, b
             }
         }
     }
-    disable_services(root, &scripts)?;
-    for sv in &runit {
-        for link in [in_root(root, &format!("/etc/service/{sv}")), root.join(format!("etc/runit/runsvdir/default/{sv}"))] {
-            if link.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
-                std::fs::remove_file(&link).map_err(io(&link))?;
-            }
-        }
-    }
-    let mut disabled: Vec<String> = units.into_iter().chain(scripts.into_iter().map(|s| format!("/etc/init.d/{s}"))).chain(runit.into_iter().map(|s| format!("/etc/sv/{s}"))).collect();
-    disabled.sort();
-    disabled.dedup();
-    Ok(DerivedInfo { base: base.to_string(), additions: add.clone(), added_packages: added, disabled_services: disabled })
+    Ok(())
 }
 
 /// Every file the packages `names` installed in `root`.
@@ -588,6 +616,55 @@ fn shared_kernel(recipe: &Recipe, kernels: &Path) -> Result<(PathBuf, KernelInfo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_services_of_added_packages_are_found_and_boot_services_kept() {
+        let files: Vec<String> = [
+            "/lib/systemd/system/redis-server.service",
+            "/lib/systemd/system/redis-server@.service",
+            "/usr/lib/systemd/system/cron.service",
+            "/lib/systemd/system/foo.socket",
+            "/lib/systemd/system/foo.conf",
+            "/etc/init.d/redis-server",
+            "/etc/init.d/cron",
+            "/etc/init.d/README",
+            "/etc/sv/memcached/run",
+            "/etc/sv/memcached/log/run",
+            "/usr/bin/redis-server",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let s = services_of(&files, &["cron".to_string()]);
+        assert_eq!(s.units, ["redis-server.service", "redis-server@.service", "foo.socket"]);
+        assert_eq!(s.scripts, ["redis-server"]);
+        assert_eq!(s.runit, ["memcached"]);
+    }
+
+    #[test]
+    fn unit_links_go_for_the_units_and_their_template_instances_only() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let sysd = root.path().join("etc/systemd/system");
+        for (dir, link) in [
+            ("multi-user.target.wants", "redis-server.service"),
+            ("multi-user.target.wants", "ssh.service"),
+            ("postgresql.service.wants", "postgresql@15-main.service"),
+            ("sockets.target.wants", "foo.socket"),
+            ("foo.service.requires", "foo.socket"),
+        ] {
+            std::fs::create_dir_all(sysd.join(dir)).expect("mkdir");
+            symlink(format!("/lib/systemd/system/{link}"), sysd.join(dir).join(link)).expect("symlink");
+        }
+        let units: Vec<String> = ["redis-server.service", "postgresql@.service", "foo.socket"].iter().map(|s| s.to_string()).collect();
+        remove_unit_links(root.path(), &units).expect("removes");
+        let mut left = Vec::new();
+        for d in std::fs::read_dir(&sysd).expect("dir").flatten() {
+            for l in std::fs::read_dir(d.path()).expect("dir").flatten() {
+                left.push(format!("{}/{}", d.file_name().to_string_lossy(), l.file_name().to_string_lossy()));
+            }
+        }
+        assert_eq!(left, ["multi-user.target.wants/ssh.service"]);
+    }
 
     #[test]
     fn guest_symlinks_resolve_inside_the_root() {

@@ -297,6 +297,26 @@ mod tests {
     }
 
     #[test]
+    fn derived_recipes_hash_the_base_and_the_additions() {
+        let base = Recipe::load("debian-12").expect("ships");
+        let add = GuestAdditions { packages: vec!["redis-server".into()], ..Default::default() };
+        let d = base.derive(&add);
+        assert_eq!(d.packages, base.packages, "the base's packages are the --include list; additions come after");
+        assert_eq!(d.additions.as_ref(), Some(&add));
+        assert_ne!(d.hash(Init::Systemd), base.hash(Init::Systemd));
+        assert_eq!(d.hash(Init::Systemd), base.derive(&add.clone()).hash(Init::Systemd), "same additions, same image");
+        let more = GuestAdditions { prepare: vec!["true".into()], ..add.clone() };
+        assert_ne!(base.derive(&more).hash(Init::Systemd), d.hash(Init::Systemd));
+        let big = GuestAdditions { disk_mib: Some(4096), ..add.clone() };
+        assert_eq!(base.derive(&big).disk_mib, 4096);
+        let name: ImageName = "debian-12-runit".parse().expect("valid");
+        let image = add.image_name(&name);
+        assert!(image.starts_with("debian-12-runit+") && image.len() == "debian-12-runit+".len() + 8, "{image}");
+        assert_eq!(image, add.image_name(&name));
+        assert!(GuestAdditions::default().is_empty() && !add.is_empty());
+    }
+
+    #[test]
     fn image_names_parse() {
         let n: ImageName = "debian-12-openrc".parse().expect("valid");
         assert_eq!((n.recipe.as_str(), n.init), ("debian-12", Init::Openrc));
