@@ -667,6 +667,17 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_addition_is_told_from_the_build_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("build.log");
+        std::fs::write(&log, "$ mmdebstrap ...\nI: installing remaining packages\n== xdriver: [guest] prepare command 2\nsh: 1: pg_dropcluster: not found\nxdriver: [guest] prepare command 2 exited with 127: pg_dropcluster 15 main\nE: hook failed\n").expect("write");
+        let e = additions_failure(&log).expect("found").to_string();
+        assert!(e.contains("prepare command 2 exited with 127: pg_dropcluster 15 main") && e.contains("pg_dropcluster: not found"), "{e}");
+        std::fs::write(&log, "$ mmdebstrap ...\nE: some other failure\n").expect("write");
+        assert!(additions_failure(&log).is_none(), "no xdriver line: the stage's own error stands");
+    }
+
+    #[test]
     fn guest_symlinks_resolve_inside_the_root() {
         let root = tempfile::tempdir().expect("tempdir");
         let r = root.path();

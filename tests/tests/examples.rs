@@ -113,3 +113,54 @@ fn a_failing_test_is_reported_as_failing() {
     assert!(cell.join("configs/var/lib/supervisord/conf.d/backend.conf").is_file());
     assert!(cell.join("guest-logs/backend.log").is_file());
 }
+
+/// Debian's own daemons, installed by the spec's `[guest]` table into a
+/// derived image per init system, run by every manager in both profiles;
+/// the packages' own services stay off (their default ports are the
+/// instances').
+#[test]
+fn the_daemons_example_runs_debians_own_daemons_under_every_manager_and_profile() {
+    let results = xdriver_tests::workdir();
+    let out = Command::new(xdriver_bin())
+        .arg("test")
+        .arg(example("daemons"))
+        .args(["--accel", "tcg", "--results-dir"])
+        .arg(results.path())
+        // Two VMs at once (this test takes both of nextest's slots).
+        .args(["--jobs", "2", "--retries", "1"])
+        .output()
+        .expect("xdriver runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    for manager in ["systemd", "sysvinit", "openrc", "runit", "s6", "supervisord"] {
+        assert!(stdout.contains(&format!("PASS  debian-12/{manager}/privileged")), "{manager}: {stdout}");
+        if manager != "openrc" {
+            assert!(stdout.contains(&format!("PASS  debian-12/{manager}/unprivileged")), "{manager}: {stdout}");
+        }
+    }
+    assert!(stdout.contains("11 passed"), "{stdout}");
+    // Every cell booted a derived image, whose manifest names the
+    // services it kept from starting.
+    let spec_packages = ["redis-server", "postgresql", "memcached", "xinetd", "cron"];
+    let derived: Vec<_> = xdriver_tests::image_cache()
+        .list()
+        .expect("list")
+        .into_iter()
+        .filter(|e| e.current && e.manifest.derived.as_ref().is_some_and(|d| d.additions.packages == spec_packages))
+        .collect();
+    let mut inits: Vec<String> = derived.iter().map(|e| e.manifest.init.to_string()).collect();
+    inits.sort();
+    assert_eq!(inits, ["openrc", "runit", "systemd", "sysvinit"]);
+    for e in &derived {
+        let d = e.manifest.derived.as_ref().expect("derived");
+        for s in ["redis-server.service", "postgresql.service", "memcached.service", "cron.service", "/etc/init.d/xinetd", "/etc/init.d/redis-server"] {
+            assert!(d.disabled_services.iter().any(|x| x == s), "{}: {s} not disabled: {:?}", e.manifest.name, d.disabled_services);
+        }
+    }
+    let cell: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(results.path().join("debian-daemons/debian-12-runit-unprivileged/result.json")).expect("result.json"),
+    )
+    .expect("json");
+    assert!(cell["start"].as_str().is_some_and(|s| s.contains("+")), "the runit cell started from the derived image: {}", cell["start"]);
+}

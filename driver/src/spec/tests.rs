@@ -148,3 +148,63 @@ process.daemon_args = ["-D"]
     let e = args_only.resolve(&cell(Manager::SYSVINIT, false)).expect_err("refused").to_string();
     assert!(e.contains("need `process`"), "{e}");
 }
+
+#[test]
+fn an_instance_whose_if_is_false_is_not_in_the_cell() {
+    let text = format!("{SPEC}\n[instances.rootonly]\nif = \"not forceDisableUserChange\"\nprocess.foreground = [\"/bin/cron\", \"-f\"]\n");
+    let s = spec(&text);
+    let names = |unprivileged| -> Vec<String> {
+        s.resolve(&cell(Manager::RUNIT, unprivileged)).expect("resolves").system.processes.iter().map(|p| p.name.clone()).collect()
+    };
+    assert_eq!(names(false), ["back", "front", "rootonly"]);
+    assert_eq!(names(true), ["back", "front"]);
+    // A reference to it where it is left out says why.
+    let text = format!("{text}\n[instances.needy]\nprocess.foreground = [\"/bin/x\"]\nprocess.dependencies = [\"rootonly\"]\n");
+    let e = spec(&text).resolve(&cell(Manager::RUNIT, true)).expect_err("depends on a left-out instance");
+    assert!(e.to_string().contains("`rootonly`, which is not in this cell (its `if` is false here)"), "{e}");
+    let e = Spec::parse(Path::new("t.toml"), &format!("{SPEC}\n[instances.x]\nif = true\nprocess.foreground = [\"/bin/x\"]\n"))
+        .expect("parses")
+        .resolve(&cell(Manager::RUNIT, true))
+        .expect_err("if is not an expression");
+    assert!(e.to_string().contains("`if` must be an expression"), "{e}");
+}
+
+#[test]
+fn the_guest_table_gives_each_os_its_additions_and_checks_values_where_written() {
+    let text = format!(
+        "{SPEC}\n[guest]\npackages = [\"redis-server\", \"cron=3.0pl1-162\"]\nprepare = [\"pg_dropcluster 15 main\"]\nmemory_mib = 1536\ncpus = 1\n\
+         [guest.os.debian-12-nix]\npackages = [\"memcached\"]\n"
+    );
+    let s = spec(&text);
+    let a = s.file.guest.additions(Os::DEBIAN_12).expect("built OS").expect("adds");
+    assert_eq!(a.packages, ["redis-server", "cron=3.0pl1-162"]);
+    assert_eq!(a.prepare, ["pg_dropcluster 15 main"]);
+    let nix_os: Os = "debian-12-nix".parse().expect("registered");
+    let a = s.file.guest.additions(nix_os).expect("built OS").expect("adds");
+    assert_eq!(a.packages, ["memcached"], "[guest.os.NAME] replaces the packages for that OS");
+    assert_eq!(a.prepare, ["pg_dropcluster 15 main"], "and keeps what it does not say");
+    let cloud: Os = "debian-12-cloud".parse().expect("registered");
+    let e = s.file.guest.additions(cloud).expect_err("imported images take no additions");
+    assert!(e.contains("built images only") && e.contains("[guest.os.debian-12-cloud]"), "{e}");
+    // Nothing to add: the base image serves.
+    assert!(spec(SPEC).file.guest.additions(Os::DEBIAN_12).expect("ok").is_none());
+
+    for (bad, want) in [
+        ("[guest]\npackages = [\"Redis\"]\n", "`Redis` is not a package name"),
+        ("[guest]\npackages = [\"redis; rm -rf /\"]\n", "is not a package name"),
+        ("[guest]\nmemory_mib = 64\n", "memory_mib = 64 is out of range"),
+        ("[guest]\ncpus = 0\n", "cpus = 0 is out of range"),
+        ("[guest]\ndisk_mib = 100\n", "disk_mib = 100 is too small"),
+        ("[guest]\nprepare = [\" \"]\n", "an empty prepare command"),
+        ("[guest]\nboot_services = [\"/etc/init.d/cron\"]\n", "is not a service name"),
+        ("[guest.os.debian-13]\npackages = [\"x1\"]\n", "[guest.os.debian-13]"),
+        ("[guest]\npackage = [\"x1\"]\n", "unknown field `package`"),
+    ] {
+        let text = format!("{SPEC}\n{bad}");
+        let e = Spec::parse(Path::new("t.toml"), &text).expect_err(bad).to_string();
+        assert!(e.contains(want), "{bad}: {e}");
+        // It points into the [guest] lines, not at the file.
+        let line: usize = e.split("t.toml:").nth(1).and_then(|r| r.split(':').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+        assert!(line > SPEC.lines().count(), "{bad}: where? {e}");
+    }
+}

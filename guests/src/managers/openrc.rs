@@ -63,6 +63,12 @@ fn script(b: &Backend, p: &Process) -> String {
     for (k, v) in &p.environment {
         s.push_str(&format!("export {k}={}\n", quote(v)));
     }
+    if let (Mode::Foreground, Some(u)) = (mode, b.user_of(p)) {
+        // supervise-daemon opens the log as command_user: make it theirs
+        // first (else the process dies before its first line, logging
+        // nothing).
+        s.push_str(&format!("\nstart_pre() {{\n\tcheckpath --file --owner {} --mode 0640 {}\n}}\n", quote(u), quote(&p.log_file)));
+    }
     s.push_str("\ndepend() {\n");
     if !p.dependencies.is_empty() {
         s.push_str(&format!("\tneed {}\n", p.dependencies.join(" ")));
