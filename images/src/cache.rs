@@ -217,6 +217,11 @@ impl ImageCache {
         Ok(Entry { dir, manifest, current: true })
     }
 
+    /// The current derived image called `name` (`<base>+<tag>`), if built.
+    pub fn derived(&self, name: &str) -> Option<Entry> {
+        self.list().ok()?.into_iter().rfind(|e| e.current && e.manifest.name == name && e.manifest.derived.is_some())
+    }
+
     /// Every complete entry, current or stale, sorted by name.
     pub fn list(&self) -> Result<Vec<Entry>, CacheError> {
         let images = self.images_dir();

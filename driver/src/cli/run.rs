@@ -31,10 +31,18 @@ pub(super) async fn main(args: RunArgs) -> Result<i32, CliError> {
         return Err(CliError::usage("an interactive shell needs --channel ssh (the backdoor has no terminal)"));
     }
     let cache = xdriver_images::ImageCache::open_default().map_err(|e| CliError::infra(&e))?;
+    // A derived image (a spec's [guest]) boots like the built one it adds to.
+    let derived = cache.derived(&args.image);
+    if derived.is_none() && args.image.contains('+') {
+        return Err(CliError::usage(format!(
+            "no derived image `{}` in the cache: derived images are built by `xdriver test` from a spec's [guest] table (see `xdriver image list`)",
+            args.image
+        )));
+    }
     let imported = cache.imported(&args.image);
-    let name: Option<ImageName> = match &imported {
-        Some(_) => None,
-        None => Some(args.image.parse().map_err(|e: xdriver_images::RecipeError| {
+    let name: Option<ImageName> = match (&imported, &derived) {
+        (Some(_), _) | (_, Some(_)) => None,
+        (None, None) => Some(args.image.parse().map_err(|e: xdriver_images::RecipeError| {
             CliError::usage(format!("{e} (or the name of an imported image: see `xdriver image list`)"))
         })?),
     };
@@ -43,6 +51,7 @@ pub(super) async fn main(args: RunArgs) -> Result<i32, CliError> {
         .map_err(|e| CliError { code: exit::INFRA, message: e.to_string() })?;
     eprintln!("xdriver: accel {}: {}", decision.accel.name(), decision.reason);
     let (image, disk) = match (imported, name) {
+        (None, None) if derived.is_some() => (derived.expect("checked"), crate::vm::DiskUse::Image),
         (Some(entry), _) => {
             if crate::vm::prepare::lookup(&entry).map_err(|e| CliError::infra(&e))?.is_none() {
                 eprintln!("xdriver: preparing {} (its first boot, with a NoCloud seed; once per image)", entry.manifest.name);
