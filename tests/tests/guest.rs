@@ -55,7 +55,7 @@ fn two_builds_of_one_guest_table_make_one_image_and_a_missing_package_leaves_not
     assert!(e.contains("Unable to locate package xdriver-no-such-package"), "{e}");
     assert!(e.contains("log kept in"), "{e}");
     let names: Vec<String> = cache.list().expect("list").into_iter().map(|e| e.manifest.name).collect();
-    assert_eq!(names, [name.clone()], "only the good image");
+    assert_eq!(names, std::slice::from_ref(&name), "only the good image");
 
     // The CLI lists it with its base and packages, and removes it by name.
     let xdriver = |args: &[&str]| Command::new(xdriver_bin()).args(args).env("XDRIVER_CACHE_DIR", dir.path()).output().expect("xdriver runs");

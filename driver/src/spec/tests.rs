@@ -154,7 +154,9 @@ fn an_instance_whose_if_is_false_is_not_in_the_cell() {
     let text = format!("{SPEC}\n[instances.rootonly]\nif = \"not forceDisableUserChange\"\nprocess.foreground = [\"/bin/cron\", \"-f\"]\n");
     let s = spec(&text);
     let names = |unprivileged| -> Vec<String> {
-        s.resolve(&cell(Manager::RUNIT, unprivileged)).expect("resolves").system.processes.iter().map(|p| p.name.clone()).collect()
+        let mut v: Vec<String> = s.resolve(&cell(Manager::RUNIT, unprivileged)).expect("resolves").system.processes.iter().map(|p| p.name.clone()).collect();
+        v.sort();
+        v
     };
     assert_eq!(names(false), ["back", "front", "rootonly"]);
     assert_eq!(names(true), ["back", "front"]);
