@@ -18,8 +18,10 @@
 # (mke2fs -d, mtools, sfdisk, dd at offsets).
 #
 # Usage (as root): images/vendor/debian-12-cloud.sh OUT.qcow2
-# EXTRA_PACKAGES=a,b adds Debian packages (scripts/bench-vmtest adds
-# qemu-guest-agent, which vmtest's image mode runs commands through).
+# EXTRA_PACKAGES=a,b adds Debian packages and KERNEL_PACKAGE replaces the
+# cloud kernel (scripts/bench-vmtest adds qemu-guest-agent, which vmtest's
+# image mode runs commands through, and takes linux-image-amd64, whose 9p
+# vmtest mounts its share with).
 set -euo pipefail
 out=$(realpath -m "$1")
 export LC_ALL=C.UTF-8 SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1700000000}
@@ -38,7 +40,7 @@ esp_uuid=1234-5678
 
 echo "debian-12-cloud: mmdebstrap" >&2
 mmdebstrap --variant=apt --mode=root --format=directory --quiet \
-  --include=linux-image-cloud-amd64,initramfs-tools,systemd-sysv,udev,dbus,libpam-systemd,cloud-init,openssh-server,ifupdown,isc-dhcp-client,sudo,curl,iproute2,procps,netcat-openbsd,less,nginx-light,s6,supervisor${EXTRA_PACKAGES:+,$EXTRA_PACKAGES} \
+  --include=${KERNEL_PACKAGE:-linux-image-cloud-amd64},initramfs-tools,systemd-sysv,udev,dbus,libpam-systemd,cloud-init,openssh-server,ifupdown,isc-dhcp-client,sudo,curl,iproute2,procps,netcat-openbsd,less,nginx-light,s6,supervisor${EXTRA_PACKAGES:+,$EXTRA_PACKAGES} \
   --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
   --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
   --dpkgopt='path-exclude=/usr/share/info/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
