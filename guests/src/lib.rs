@@ -18,5 +18,5 @@ pub use managers::{Backend, GuestFile, Manager, ManagerBackend, RenderError, Unk
 pub use model::{
     ConfigFile, Credentials, Group, Mode, Process, Profile, ProfileKind, ProfileUser, System, UnknownProfile, User,
 };
-pub use os::{Family, Firmware, GuestOs, Images, Os, ShareKind, StoreMount, UnknownOs, REGISTRY, STORE_LOWER};
+pub use os::{Family, Firmware, GuestOs, HostPackages, Images, Os, ShareKind, StoreMount, UnknownOs, REGISTRY, STORE_LOWER};
 pub use provision::{backdoor_script, provision, FsEntry, BACKDOOR_PATH, BACKDOOR_READY, SSH_PORT};

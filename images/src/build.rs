@@ -333,7 +333,9 @@ fn disable_added_services(root: &Path, base_list: &Path, add: &GuestAdditions, b
     let added: Vec<String> = installed_packages(root).into_iter().filter(|p| !base_pkgs.contains(p.split('=').next().unwrap_or(p))).collect();
     let names: Vec<&str> = added.iter().map(|p| p.split('=').next().unwrap_or(p)).collect();
     let files = package_files(root, &names);
-    let Services { units, scripts, runit } = services_of(&files, &add.boot_services);
+    let services = services_of(&files, &add.boot_services);
+    let disabled = services.names();
+    let Services { units, scripts, runit } = services;
     remove_unit_links(root, &units)?;
     disable_services(root, &scripts)?;
     for sv in &runit {
@@ -343,24 +345,40 @@ fn disable_added_services(root: &Path, base_list: &Path, add: &GuestAdditions, b
             }
         }
     }
-    let mut disabled: Vec<String> = units.into_iter().chain(scripts.into_iter().map(|s| format!("/etc/init.d/{s}"))).chain(runit.into_iter().map(|s| format!("/etc/sv/{s}"))).collect();
-    disabled.sort();
-    disabled.dedup();
     Ok(DerivedInfo { base: base.to_string(), additions: add.clone(), added_packages: added, disabled_services: disabled })
 }
 
-/// The services among packages' files, but those named in `kept`.
+/// Services found among packages' files.
 #[derive(Debug, Default, PartialEq)]
-struct Services {
+pub struct Services {
     /// systemd units (`.service`, `.socket`, `.timer`, `.path`).
-    units: Vec<String>,
+    pub units: Vec<String>,
     /// sysv-rc / OpenRC init scripts.
-    scripts: Vec<String>,
+    pub scripts: Vec<String>,
     /// runit service directories (`/etc/sv/<name>`).
-    runit: Vec<String>,
+    pub runit: Vec<String>,
 }
 
-fn services_of(files: &[String], kept: &[String]) -> Services {
+impl Services {
+    /// What the manifest records: units, `/etc/init.d/<script>`,
+    /// `/etc/sv/<service>`, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .units
+            .iter()
+            .cloned()
+            .chain(self.scripts.iter().map(|s| format!("/etc/init.d/{s}")))
+            .chain(self.runit.iter().map(|s| format!("/etc/sv/{s}")))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+/// The services among packages' files (`dpkg-query -L` lines), but those
+/// named in `kept`.
+pub fn services_of(files: &[String], kept: &[String]) -> Services {
     let kept = |n: &str| kept.iter().any(|b| b == n || n.rsplit_once('.').map(|(stem, _)| stem) == Some(b.as_str()));
     let mut s = Services::default();
     for f in files {

@@ -69,7 +69,9 @@ fn cloud_init_consumed_the_seed_once_and_the_prepared_disk_boots_by_bios() {
         .map(|p| (std::fs::metadata(&p).and_then(|m| m.modified()).expect("mtime"), p))
         .collect();
     prepared.sort();
-    let prepared: Vec<PathBuf> = prepared.into_iter().rev().map(|(_, p)| p).collect();
+    // (Preparations that applied a spec's [guest] additions are others'.)
+    let own = |p: &PathBuf| std::fs::read_to_string(p).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).is_some_and(|m| m.get("additions").is_none());
+    let prepared: Vec<PathBuf> = prepared.into_iter().rev().map(|(_, p)| p).filter(own).collect();
     assert!(!prepared.is_empty(), "no prepared disk in {}", dir.display());
     let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&prepared[0]).expect("read")).expect("json");
     let key = meta["key"].as_str().expect("key");
@@ -115,4 +117,38 @@ fn the_webapps_example_passes_on_the_cloud_image_booted_by_uefi() {
         check.path(),
     );
     assert_eq!((efi.code, efi.stdout.as_str()), (0, "booted-by-uefi\n"), "{}", efi.stderr);
+}
+
+/// A spec's `[guest]` packages on an imported image: the daemons example
+/// (Debian's redis, PostgreSQL, memcached, xinetd and cron) on the cloud
+/// image under systemd. The packages are fetched by the host's apt against
+/// the guest's own sources and database, installed during a preparation
+/// of their own (cached beside the image's own one), and their services
+/// stay off at boot.
+#[test]
+fn the_daemons_example_gets_its_packages_into_the_imported_cloud_image() {
+    let work = xdriver_tests::workdir();
+    let spec = example("daemons");
+    let args = ["test", spec.to_str().expect("utf-8"), "--accel", "tcg", "--os", "debian-12-cloud", "--manager", "systemd", "--profile", "privileged", "--no-progress"];
+    let run = xdriver(&args, work.path());
+    assert_eq!(run.code, 0, "{}\n{}", run.stderr, run.stdout);
+    assert!(run.stdout.contains("PASS  debian-12-cloud/systemd/privileged"), "{}", run.stdout);
+    // The preparation that applied them says what it added and disabled.
+    let dir = image_dir("debian-12-cloud");
+    let metas: Vec<serde_json::Value> = std::fs::read_dir(&dir)
+        .expect("image dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("prepared-") && n.to_string_lossy().ends_with(".json")))
+        .filter_map(|p| serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok())
+        .filter(|m: &serde_json::Value| m["additions"]["packages"][0] == "redis-server")
+        .collect();
+    assert_eq!(metas.len(), 1, "one preparation for the daemons' [guest] table in {}", dir.display());
+    let applied = &metas[0]["applied"];
+    let added: Vec<&str> = applied["added_packages"].as_array().expect("list").iter().filter_map(|v| v.as_str()).collect();
+    assert!(added.iter().any(|p| p.starts_with("redis-server=")) && added.iter().any(|p| p.starts_with("postgresql-15=")), "{added:?}");
+    let disabled: Vec<&str> = applied["disabled_services"].as_array().expect("list").iter().filter_map(|v| v.as_str()).collect();
+    for s in ["redis-server.service", "postgresql.service", "memcached.service", "cron.service"] {
+        assert!(disabled.contains(&s), "{s} not disabled: {disabled:?}");
+    }
 }

@@ -53,10 +53,10 @@ pub(super) async fn main(args: RunArgs) -> Result<i32, CliError> {
     let (image, disk) = match (imported, name) {
         (None, None) if derived.is_some() => (derived.expect("checked"), crate::vm::DiskUse::Image),
         (Some(entry), _) => {
-            if crate::vm::prepare::lookup(&entry).map_err(|e| CliError::infra(&e))?.is_none() {
+            if crate::vm::prepare::lookup(&entry, None).map_err(|e| CliError::infra(&e))?.is_none() {
                 eprintln!("xdriver: preparing {} (its first boot, with a NoCloud seed; once per image)", entry.manifest.name);
             }
-            let p = crate::vm::prepare::ensure(&cache, &entry, decision.accel, args.vm.mem_mib.unwrap_or(super::args::DEFAULT_MEM_MIB)).await.map_err(|e| CliError::infra(&e))?;
+            let p = crate::vm::prepare::ensure(&cache, &entry, None, decision.accel, args.vm.mem_mib.unwrap_or(super::args::DEFAULT_MEM_MIB)).await.map_err(|e| CliError::infra(&e))?;
             (entry, crate::vm::DiskUse::Prepared { disk: p.disk, host_key: p.host_key })
         }
         (None, Some(name)) => (super::image::ensure(&name).await?, crate::vm::DiskUse::Image),

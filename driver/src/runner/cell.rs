@@ -420,7 +420,7 @@ async fn find_image(os: xdriver_guests::Os, image: &str, p: &Prepared, opts: &Ru
             if entry.manifest.os != os.name() {
                 return Err(format!("image {image} holds {}, not {os} (see `xdriver image list`)", entry.manifest.os));
             }
-            let p = crate::vm::prepare::ensure(&cache, &entry, opts.accel, opts.mem_mib.unwrap_or(p.mem_mib)).await.map_err(|e| chain_error(&e))?;
+            let p = crate::vm::prepare::ensure(&cache, &entry, p.additions.as_ref(), opts.accel, opts.mem_mib.unwrap_or(p.mem_mib)).await.map_err(|e| chain_error(&e))?;
             Ok((entry, DiskUse::Prepared { disk: p.disk, host_key: p.host_key }))
         }
     }

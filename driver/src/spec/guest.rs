@@ -134,11 +134,16 @@ impl GuestDef {
         if add.is_empty() {
             return Ok(None);
         }
-        match os.images() {
-            Images::Built { .. } => Ok(Some(add)),
-            Images::Imported { .. } => Err(format!(
-                "[guest] packages, prepare, boot_services and disk_mib apply to built images only; {os} images are imported \
-                 (see docs/spec.md, \"[guest]\"): give {os} an empty list under [guest.os.{os}], or leave {os} out of the matrix"
+        match (os.images(), os.host_packages()) {
+            (Images::Built { .. }, _) => Ok(Some(add)),
+            (Images::Imported { .. }, Some(_)) if add.disk_mib.is_some() => Err(format!(
+                "[guest] disk_mib applies to built images only: an imported {os} image keeps its vendor's disk \
+                 (see docs/spec.md, \"[guest]\")"
+            )),
+            (Images::Imported { .. }, Some(_)) => Ok(Some(add)),
+            (Images::Imported { .. }, None) => Err(format!(
+                "[guest] packages, prepare and boot_services are not implemented for imported {os} images \
+                 (see docs/spec.md, \"[guest]\"): give {os} empty lists under [guest.os.{os}], or leave {os} out of the matrix"
             )),
         }
     }

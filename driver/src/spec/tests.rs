@@ -185,9 +185,16 @@ fn the_guest_table_gives_each_os_its_additions_and_checks_values_where_written()
     let a = s.file.guest.additions(nix_os).expect("built OS").expect("adds");
     assert_eq!(a.packages, ["memcached"], "[guest.os.NAME] replaces the packages for that OS");
     assert_eq!(a.prepare, ["pg_dropcluster 15 main"], "and keeps what it does not say");
+    // An imported Debian image takes packages (fetched by the host's apt at
+    // its preparation), not a disk size; FreeBSD's take none (not wired).
     let cloud: Os = "debian-12-cloud".parse().expect("registered");
-    let e = s.file.guest.additions(cloud).expect_err("imported images take no additions");
-    assert!(e.contains("built images only") && e.contains("[guest.os.debian-12-cloud]"), "{e}");
+    let a = s.file.guest.additions(cloud).expect("Debian's packages").expect("adds");
+    assert_eq!(a.packages, ["redis-server", "cron=3.0pl1-162"]);
+    let sized = spec(&format!("{SPEC}\n[guest]\ndisk_mib = 4096\n"));
+    let e = sized.file.guest.additions(cloud).expect_err("a vendor's disk keeps its size");
+    assert!(e.contains("disk_mib applies to built images only"), "{e}");
+    let e = s.file.guest.additions(Os::FREEBSD).expect_err("not wired for FreeBSD");
+    assert!(e.contains("not implemented for imported freebsd images") && e.contains("[guest.os.freebsd]"), "{e}");
     // Nothing to add: the base image serves.
     assert!(spec(SPEC).file.guest.additions(Os::DEBIAN_12).expect("ok").is_none());
 

@@ -9,6 +9,7 @@ pub mod console;
 mod instance;
 pub mod nix_store;
 pub mod output;
+pub mod packages;
 pub mod prepare;
 pub mod qemu;
 pub mod qmp;

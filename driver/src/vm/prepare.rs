@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use xdriver_guests::{backdoor_script, Os};
-use xdriver_images::{Entry, FileLock, Seed, ImageCache};
+use xdriver_images::{Entry, FileLock, GuestAdditions, Seed, ImageCache};
 
 use crate::error_chain::chain_error;
 use crate::vm::qemu::Accel;
@@ -38,6 +38,13 @@ pub struct Prepared {
     pub seconds: f64,
     /// RFC 3339.
     pub prepared_at: String,
+    /// A spec's `[guest]` additions this preparation applied (None: the
+    /// image's own preparation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub additions: Option<GuestAdditions>,
+    /// What they did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<crate::vm::packages::Applied>,
 }
 
 /// Preparation failures.
@@ -90,13 +97,17 @@ pub fn seed_for(os: Os, key: &str) -> Seed {
 }
 
 /// The preparation's key: the image (its own key covers the source file,
-/// OS and firmware) and everything the preparation does.
-pub fn prepare_key(entry: &Entry, os: Os) -> String {
+/// OS and firmware), everything the preparation does, and a spec's
+/// `[guest]` additions if it applies some.
+pub fn prepare_key(entry: &Entry, os: Os, add: Option<&GuestAdditions>) -> String {
     let seed = seed_for(os, "-");
     let mut h = Sha256::new();
     h.update(format!("{PREPARE_VERSION}\n{}\n{}\n", entry.manifest.recipe_hash, os.name()));
     h.update(seed.user_data.as_bytes());
     h.update(os.prepare_finish().as_bytes());
+    if let Some(a) = add {
+        h.update(serde_json::to_string(a).expect("additions serialize").as_bytes());
+    }
     hex::encode(h.finalize())[..12].to_string()
 }
 
@@ -104,10 +115,10 @@ fn entry_key(entry: &Entry) -> String {
     entry.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
-/// The prepared disk of `entry`, if it has been prepared.
-pub fn lookup(entry: &Entry) -> Result<Option<Prepared>, PrepareError> {
+/// The prepared disk of `entry` (with `add` applied), if it has been prepared.
+pub fn lookup(entry: &Entry, add: Option<&GuestAdditions>) -> Result<Option<Prepared>, PrepareError> {
     let os = os_of(entry)?;
-    let key = prepare_key(entry, os);
+    let key = prepare_key(entry, os, add);
     Ok(read(entry, &key))
 }
 
@@ -129,12 +140,25 @@ fn os_of(entry: &Entry) -> Result<Os, PrepareError> {
 /// Files of `entry`'s earlier preparations (another key than today's) and
 /// of interrupted ones (nobody holds their lock), for `image gc`.
 pub fn stale_files(cache: &ImageCache, entry: &Entry) -> Result<Vec<PathBuf>, PrepareError> {
-    let key = prepare_key(entry, os_of(entry)?);
+    let os = os_of(entry)?;
+    // Current: the image's own preparation and every preparation whose
+    // recorded additions still give its key.
+    let mut current = vec![prepare_key(entry, os, None)];
+    for e in std::fs::read_dir(&entry.dir).map_err(io(&entry.dir))?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(k) = name.strip_prefix("prepared-").and_then(|r| r.strip_suffix(".json")) else { continue };
+        let meta: Option<Prepared> = std::fs::read_to_string(e.path()).ok().and_then(|t| serde_json::from_str(&t).ok());
+        if let Some(a) = meta.and_then(|m| m.additions) {
+            if prepare_key(entry, os, Some(&a)) == k {
+                current.push(k.to_string());
+            }
+        }
+    }
     let mut out = Vec::new();
     for e in std::fs::read_dir(&entry.dir).map_err(io(&entry.dir))?.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let stale = if let Some(rest) = name.strip_prefix("prepared-") {
-            !rest.starts_with(&format!("{key}."))
+            !current.iter().any(|key| rest.starts_with(&format!("{key}.")))
         } else if let Some(rest) = name.strip_prefix(".prepared-").or_else(|| name.strip_prefix(".seed-")) {
             // `.prepared-<key>-<pid>.qcow2`: only if nobody prepares it now.
             let k = rest.split('-').next().unwrap_or_default();
@@ -154,12 +178,12 @@ pub fn stale_files(cache: &ImageCache, entry: &Entry) -> Result<Vec<PathBuf>, Pr
 /// first if needed. Concurrent callers prepare it once (a lock per image
 /// and preparation); an interrupted preparation leaves nothing that a
 /// later run would use.
-pub async fn ensure(cache: &ImageCache, entry: &Entry, accel: Accel, mem_mib: u32) -> Result<Prepared, PrepareError> {
+pub async fn ensure(cache: &ImageCache, entry: &Entry, add: Option<&GuestAdditions>, accel: Accel, mem_mib: u32) -> Result<Prepared, PrepareError> {
     if entry.manifest.import.is_none() {
         return Err(PrepareError::NotImported(entry.manifest.name.clone()));
     }
     let os = os_of(entry)?;
-    let key = prepare_key(entry, os);
+    let key = prepare_key(entry, os, add);
     if let Some(p) = read(entry, &key) {
         return Ok(p);
     }
@@ -194,9 +218,16 @@ pub async fn ensure(cache: &ImageCache, entry: &Entry, accel: Accel, mem_mib: u3
     let seed = seed_for(os, &key).to_fat_image().map_err(io(&seed_path))?;
     std::fs::write(&seed_path, seed).map_err(io(&seed_path))?;
 
-    let result = boot_and_prepare(entry, os, accel, mem_mib, &tmp_disk, &seed_path).await;
+    // The host's downloads for the additions: outside the cache (the share's
+    // server, virtiofsd, runs as nobody and must reach it), gone after.
+    let work = match add {
+        Some(_) => Some(tempfile::Builder::new().prefix("xdriver-packages-").tempdir_in("/var/tmp").map_err(io(Path::new("/var/tmp")))?),
+        None => None,
+    };
+    let result = boot_and_prepare(entry, os, add, work.as_ref().map(|w| w.path()), accel, mem_mib, &tmp_disk, &seed_path).await;
+    drop(work);
     cleanup(&[&seed_path]);
-    let host_key = match result {
+    let (host_key, applied) = match result {
         Ok(k) => k,
         Err(e) => {
             // The disk goes; its first boot's serial log stays for the
@@ -211,6 +242,8 @@ pub async fn ensure(cache: &ImageCache, entry: &Entry, accel: Accel, mem_mib: u3
         key: key.clone(),
         seconds: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
         prepared_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        additions: add.cloned(),
+        applied,
     };
     std::fs::rename(&tmp_disk, &prepared.disk).map_err(io(&prepared.disk))?;
     let _ = std::fs::rename(tmp_disk.with_extension("serial.log"), prepared.disk.with_extension("serial.log"));
@@ -220,9 +253,21 @@ pub async fn ensure(cache: &ImageCache, entry: &Entry, accel: Accel, mem_mib: u3
     Ok(prepared)
 }
 
-/// The first boot: waits for the backdoor the seed installed, finishes
-/// the preparation over it and powers off cleanly. Returns the host key.
-async fn boot_and_prepare(entry: &Entry, os: Os, accel: Accel, mem_mib: u32, disk: &Path, seed: &Path) -> Result<String, PrepareError> {
+/// The first boot: waits for the backdoor the seed installed, applies a
+/// spec's additions if there are some (`work`: the host's download
+/// directory for them), finishes the preparation over it and powers off
+/// cleanly. Returns the host key and what the additions did.
+#[allow(clippy::too_many_arguments)]
+async fn boot_and_prepare(
+    entry: &Entry,
+    os: Os,
+    add: Option<&GuestAdditions>,
+    work: Option<&Path>,
+    accel: Accel,
+    mem_mib: u32,
+    disk: &Path,
+    seed: &Path,
+) -> Result<(String, Option<crate::vm::packages::Applied>), PrepareError> {
     let image = entry.manifest.name.clone();
     let fail = |detail: String| PrepareError::Boot { image: image.clone(), detail };
     let mut cfg = VmConfig::new(&format!("prepare-{image}"), entry.clone());
@@ -231,7 +276,28 @@ async fn boot_and_prepare(entry: &Entry, os: Os, accel: Accel, mem_mib: u32, dis
     cfg.ssh = false;
     cfg.boot_timeout = PREPARE_BOOT_TIMEOUT;
     cfg.disk = DiskUse::Preparing { disk: disk.to_path_buf(), seed: seed.to_path_buf() };
+    let debs = work.map(|w| w.join("debs"));
+    if let Some(d) = &debs {
+        std::fs::create_dir_all(d).map_err(io(d))?;
+        // World-readable, for virtiofsd running as nobody.
+        let _ = std::fs::set_permissions(work.expect("set with debs"), std::os::unix::fs::PermissionsExt::from_mode(0o755));
+        cfg.shares = vec![crate::vm::qemu::Share { host: d.clone(), guest: crate::vm::packages::GUEST_DIR.into(), writable: false }];
+    }
     let mut vm = Vm::start(cfg).await.map_err(|e| fail(chain_error(&e)))?;
+    let mut applied = None;
+    if let (Some(a), Some(d), Some(w)) = (add, &debs, work) {
+        match crate::vm::packages::apply(&vm, os, a, d, &w.join("apt")).await {
+            Ok(done) => applied = Some(done),
+            Err(e) => {
+                vm.keep_run_dir();
+                return Err(fail(format!("applying the spec's [guest] additions: {e}\n(run directory kept: {})", vm.run_dir().display())));
+            }
+        }
+        // The share was for this boot only: not in the prepared disk's fstab.
+        let tag = crate::vm::qemu::Share::tag(0);
+        let forget = format!("umount {dir} 2>/dev/null; sed -i '/^{tag} /d' /etc/fstab; rmdir {dir} 2>/dev/null; true", dir = crate::vm::packages::GUEST_DIR);
+        let _ = vm.exec(Channel::Backdoor, &forget, &[], Duration::from_secs(30), None).await;
+    }
     let out = vm.exec(Channel::Backdoor, os.prepare_finish(), &[], Duration::from_secs(600), None).await;
     let out = match out {
         Ok(o) if o.success() => o,
@@ -265,7 +331,7 @@ async fn boot_and_prepare(entry: &Entry, os: Os, accel: Accel, mem_mib: u32, dis
         let _ = std::fs::remove_dir_all(&run_dir);
     }
     match stopped {
-        Stopped::GuestPoweroff | Stopped::Acpi | Stopped::AlreadyExited => Ok(host_key),
+        Stopped::GuestPoweroff | Stopped::Acpi | Stopped::AlreadyExited => Ok((host_key, applied)),
         // Writes may still be in QEMU's cache (cache=unsafe): a disk from
         // a VM that had to be killed is not kept.
         other => Err(fail(format!("the guest did not power off cleanly ({other:?}); run directory {}", run_dir.display()))),

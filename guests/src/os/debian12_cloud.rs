@@ -21,6 +21,9 @@ impl GuestOs for Debian12Cloud {
     fn name(&self) -> &'static str {
         "debian-12-cloud"
     }
+    fn host_packages(&self) -> Option<super::profile::HostPackages> {
+        Some(super::profile::HostPackages::Deb)
+    }
     fn summary(&self) -> &'static str {
         "a Debian 12 cloud image (cloud-init, systemd), imported with `xdriver image import`"
     }

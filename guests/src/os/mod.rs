@@ -10,4 +10,4 @@ mod nixos;
 mod profile;
 
 pub use linux::STORE_LOWER;
-pub use profile::{Family, Firmware, GuestOs, Images, Os, ShareKind, StoreMount, UnknownOs, REGISTRY};
+pub use profile::{Family, Firmware, GuestOs, HostPackages, Images, Os, ShareKind, StoreMount, UnknownOs, REGISTRY};

@@ -33,6 +33,16 @@ impl Family {
     }
 }
 
+/// How packages for an imported image are fetched by the host and
+/// installed in the guest while it is prepared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostPackages {
+    /// Debian's `.deb` files: resolved and downloaded by the host's apt
+    /// against the guest's own sources and package database, installed
+    /// with dpkg.
+    Deb,
+}
+
 /// The firmware an imported image's own boot loader is started by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -139,6 +149,11 @@ pub trait GuestOs: Sync + Send + fmt::Debug {
     /// The image a cell of `manager` boots, or why the manager cannot run
     /// on this OS at all.
     fn image_for(&self, manager: Manager) -> Result<String, String>;
+    /// How a spec's `[guest]` packages reach an imported image of this OS,
+    /// if they can (built images take them at build time).
+    fn host_packages(&self) -> Option<HostPackages> {
+        None
+    }
     /// Whether the guest has Nix (`nix-store`) to register a shared store in.
     fn has_nix(&self) -> bool {
         false

@@ -1,0 +1,215 @@
+//! A spec's `[guest]` additions for an imported image, applied while the
+//! image is prepared (docs/images.md): the host's apt resolves the packages
+//! against the guest's own sources and package database and downloads the
+//! `.deb` files (the guest's network stays restricted); the preparation VM
+//! reads them over a read-only share, installs them with dpkg while a
+//! `policy-rc.d` keeps them from starting, and the services they bring are
+//! disabled at boot as in a derived built image; then the prepare
+//! commands run.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use xdriver_guests::shell::quote;
+use xdriver_guests::{HostPackages, Os};
+use xdriver_images::GuestAdditions;
+
+use crate::error_chain::chain_error;
+use crate::vm::{Channel, Vm};
+
+/// Where the preparation VM sees the host's download directory.
+pub const GUEST_DIR: &str = "/run/xdriver-packages";
+
+/// What the additions did to the image (kept with the prepared disk).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Applied {
+    /// Packages the additions brought (dependencies included), as
+    /// `name=version`.
+    pub added_packages: Vec<String>,
+    /// Their services, kept from starting at boot.
+    pub disabled_services: Vec<String>,
+}
+
+/// Lists the guest's apt sources, each file after a `== PATH` line.
+const SOURCES: &str = "for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do \
+                       [ -f \"$f\" ] && { echo \"== $f\"; cat \"$f\"; echo; }; done; true";
+
+async fn run(vm: &Vm, what: &str, cmd: &str, timeout: Duration) -> Result<String, String> {
+    let out = vm.exec(Channel::Backdoor, cmd, &[], timeout, None).await.map_err(|e| format!("{what}: {}", chain_error(&e)))?;
+    if !out.success() {
+        let stdout = out.stdout_str();
+        let tail: Vec<&str> = stdout.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+        return Err(format!("{what} exited {}:\n{}\n{}", out.status, tail.join("\n"), out.stderr_str().trim()));
+    }
+    Ok(out.stdout_str())
+}
+
+/// Applies `add` in the preparation VM; `host_dir` is shared into it at
+/// [`GUEST_DIR`] (read-only) and is where the host downloads to.
+pub async fn apply(vm: &Vm, os: Os, add: &GuestAdditions, host_dir: &Path, apt_dir: &Path) -> Result<Applied, String> {
+    let Some(HostPackages::Deb) = os.host_packages() else {
+        return Err(format!("{os} images take no [guest] packages or prepare commands"));
+    };
+    let minute = Duration::from_secs(60);
+    let before: BTreeSet<String> = run(vm, "listing the guest's packages", "dpkg-query -W -f '${Package}\\n'", minute).await?.lines().map(str::to_string).collect();
+    if !add.packages.is_empty() {
+        let status = run(vm, "reading the guest's dpkg status", "cat /var/lib/dpkg/status", minute).await?;
+        let sources = run(vm, "reading the guest's apt sources", SOURCES, minute).await?;
+        let (apt, debs, packages) = (apt_dir.to_path_buf(), host_dir.to_path_buf(), add.packages.clone());
+        tokio::task::spawn_blocking(move || download(&apt, &debs, &status, &sources, &packages))
+            .await
+            .map_err(|e| format!("downloading the [guest] packages: {e}"))??;
+        // dpkg takes them all at once (it orders them itself); no service
+        // starts while they are configured.
+        let install = format!(
+            "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && \
+             {{ DEBIAN_FRONTEND=noninteractive dpkg -i {dir}/*.deb; rc=$?; rm -f /usr/sbin/policy-rc.d; exit $rc; }}",
+            dir = GUEST_DIR
+        );
+        run(vm, "installing the [guest] packages with dpkg", &install, Duration::from_secs(1800)).await?;
+    }
+    let after = run(vm, "listing the guest's packages", "dpkg-query -W -f '${Package}=${Version}\\n'", minute).await?;
+    let added: Vec<String> = after.lines().filter(|l| !before.contains(l.split('=').next().unwrap_or(l))).map(str::to_string).collect();
+    let mut applied = Applied { added_packages: added, disabled_services: Vec::new() };
+    if !applied.added_packages.is_empty() {
+        let names: Vec<String> = applied.added_packages.iter().map(|p| quote(p.split('=').next().unwrap_or(p))).collect();
+        let files = run(vm, "listing the added packages' files", &format!("dpkg-query -L {}", names.join(" ")), minute).await?;
+        let files: Vec<String> = files.lines().filter(|l| l.starts_with('/')).map(str::to_string).collect();
+        let services = xdriver_images::services_of(&files, &add.boot_services);
+        applied.disabled_services = services.names();
+        if let Some(cmd) = disable_command(&services) {
+            run(vm, "disabling the added packages' services", &cmd, minute).await?;
+        }
+    }
+    for (i, c) in add.prepare.iter().enumerate() {
+        run(vm, &format!("[guest] prepare command {} (`{c}`)", i + 1), &format!("sh -c {}", quote(c)), Duration::from_secs(1800)).await?;
+    }
+    Ok(applied)
+}
+
+/// The shell command that keeps `s` from starting at boot: systemd's
+/// `.wants`/`.requires` links (template instances too), rc and OpenRC
+/// runlevel links, runit's `/etc/service` links.
+fn disable_command(s: &xdriver_images::Services) -> Option<String> {
+    let mut parts = Vec::new();
+    if !s.units.is_empty() {
+        let names: Vec<String> = s
+            .units
+            .iter()
+            .map(|u| match u.split_once("@.") {
+                Some((stem, ext)) => format!("-name {}", quote(&format!("{stem}@*.{ext}"))),
+                None => format!("-name {}", quote(u)),
+            })
+            .collect();
+        parts.push(format!(
+            "find /etc/systemd/system -mindepth 2 -maxdepth 2 -type l \\( -path '*.wants/*' -o -path '*.requires/*' \\) \\( {} \\) -delete",
+            names.join(" -o ")
+        ));
+    }
+    for n in &s.scripts {
+        parts.push(format!("rm -f /etc/rc?.d/[SK][0-9][0-9]{n} /etc/runlevels/*/{n}", n = quote(n)));
+    }
+    for n in &s.runit {
+        parts.push(format!("rm -f /etc/service/{n} /etc/runit/runsvdir/default/{n}", n = quote(n)));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// The host's apt, in a root of its own (`apt_dir`) that holds the guest's
+/// sources and dpkg status: resolves `packages` against what the guest has
+/// and downloads what it lacks into `debs`.
+fn download(apt_dir: &Path, debs: &Path, status: &str, sources: &str, packages: &[String]) -> Result<(), String> {
+    let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    for d in ["etc/apt/sources.list.d", "etc/apt/preferences.d", "etc/apt/apt.conf.d", "var/lib/apt/lists/partial", "var/cache/apt"] {
+        let p = apt_dir.join(d);
+        std::fs::create_dir_all(&p).map_err(|e| io(&p, e))?;
+    }
+    let partial = debs.join("partial");
+    std::fs::create_dir_all(&partial).map_err(|e| io(&partial, e))?;
+    let status_file = apt_dir.join("status");
+    std::fs::write(&status_file, status).map_err(|e| io(&status_file, e))?;
+    let mut wrote = 0;
+    for (path, text) in split_sources(sources) {
+        let base = Path::new(&path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = if base == "sources.list" { "guest.list".to_string() } else { base };
+        let p = apt_dir.join("etc/apt/sources.list.d").join(name);
+        std::fs::write(&p, text).map_err(|e| io(&p, e))?;
+        wrote += 1;
+    }
+    if wrote == 0 {
+        return Err("the guest has no apt sources (/etc/apt/sources.list, /etc/apt/sources.list.d): nothing to fetch its packages from".into());
+    }
+    let opts = |cmd: &mut Command| {
+        cmd.arg("-q")
+            .arg(format!("-oDir={}", apt_dir.display()))
+            .arg(format!("-oDir::State::status={}", status_file.display()))
+            .arg(format!("-oDir::Cache::archives={}", debs.display()))
+            .arg("-oDir::Etc::TrustedParts=/etc/apt/trusted.gpg.d")
+            .arg("-oDir::Etc::Trusted=/etc/apt/trusted.gpg")
+            .arg("-oDebug::NoLocking=1")
+            .arg("-oAPT::Sandbox::User=root")
+            .arg("-oAcquire::Retries=3");
+    };
+    let mut update = Command::new("apt-get");
+    opts(&mut update);
+    update.arg("update");
+    let mut install = Command::new("apt-get");
+    opts(&mut install);
+    install.args(["install", "-y", "--download-only", "--no-install-recommends"]).args(packages);
+    for (what, mut cmd) in [("apt-get update", update), ("apt-get install --download-only", install)] {
+        let out = cmd.env("DEBIAN_FRONTEND", "noninteractive").output().map_err(|e| format!("cannot run apt-get on the host: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "the host's apt could not fetch the [guest] packages ({what} exited {}):\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The `== PATH` sections of [`SOURCES`]' output.
+fn split_sources(text: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in text.lines() {
+        if let Some(path) = line.strip_prefix("== ") {
+            out.push((path.to_string(), String::new()));
+        } else if let Some((_, t)) = out.last_mut() {
+            t.push_str(line);
+            t.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guests_sources_are_split_per_file() {
+        let s = split_sources("== /etc/apt/sources.list\ndeb http://deb.debian.org/debian bookworm main\n\n== /etc/apt/sources.list.d/x.sources\nTypes: deb\n\n");
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].0, "/etc/apt/sources.list");
+        assert!(s[0].1.starts_with("deb http://deb.debian.org/debian bookworm main\n"));
+        assert_eq!(s[1].0, "/etc/apt/sources.list.d/x.sources");
+        assert!(split_sources("").is_empty());
+    }
+
+    #[test]
+    fn services_are_disabled_by_their_links() {
+        let s = xdriver_images::Services {
+            units: vec!["redis-server.service".into(), "postgresql@.service".into()],
+            scripts: vec!["redis-server".into()],
+            runit: vec!["memcached".into()],
+        };
+        let cmd = disable_command(&s).expect("something to do");
+        assert!(cmd.contains("-name redis-server.service -o -name 'postgresql@*.service'"), "{cmd}");
+        assert!(cmd.contains("rm -f /etc/rc?.d/[SK][0-9][0-9]redis-server /etc/runlevels/*/redis-server"), "{cmd}");
+        assert!(cmd.contains("rm -f /etc/service/memcached"), "{cmd}");
+        assert!(disable_command(&xdriver_images::Services::default()).is_none());
+    }
+}
