@@ -2,7 +2,8 @@
 //! image is prepared (docs/images.md): the host's apt resolves the packages
 //! against the guest's own sources and package database and downloads the
 //! `.deb` files (the guest's network stays restricted); the preparation VM
-//! reads them over a read-only share, installs them with dpkg while a
+//! reads them over a read-only share, installs them with its own apt (local
+//! files only, nothing fetched) while a
 //! `policy-rc.d` keeps them from starting, and the services they bring are
 //! disabled at boot as in a derived built image; then the prepare
 //! commands run.
@@ -61,14 +62,17 @@ pub async fn apply(vm: &Vm, os: Os, add: &GuestAdditions, host_dir: &Path, apt_d
         tokio::task::spawn_blocking(move || download(&apt, &debs, &status, &sources, &packages))
             .await
             .map_err(|e| format!("downloading the [guest] packages: {e}"))??;
-        // dpkg takes them all at once (it orders them itself); no service
-        // starts while they are configured.
+        // The guest's apt installs the local files in an order that keeps
+        // every Pre-Depends (one `dpkg -i` of them all does not); they are
+        // all it needs (the host resolved against the guest's database),
+        // and its network is restricted anyway. No service starts while
+        // they are configured.
         let install = format!(
             "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && \
-             {{ DEBIAN_FRONTEND=noninteractive dpkg -i {dir}/*.deb; rc=$?; rm -f /usr/sbin/policy-rc.d; exit $rc; }}",
+             {{ DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends {dir}/*.deb; rc=$?; rm -f /usr/sbin/policy-rc.d; exit $rc; }}",
             dir = GUEST_DIR
         );
-        run(vm, "installing the [guest] packages with dpkg", &install, Duration::from_secs(1800)).await?;
+        run(vm, "installing the [guest] packages (the guest's apt-get, from the shared .deb files)", &install, Duration::from_secs(1800)).await?;
     }
     let after = run(vm, "listing the guest's packages", "dpkg-query -W -f '${Package}=${Version}\\n'", minute).await?;
     let added: Vec<String> = after.lines().filter(|l| !before.contains(l.split('=').next().unwrap_or(l))).map(str::to_string).collect();
