@@ -11,6 +11,7 @@ mod initramfs;
 mod kernel;
 mod lock;
 mod manifest;
+pub mod pkgsite;
 mod recipe;
 mod seed;
 mod cache;

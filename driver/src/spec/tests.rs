@@ -186,15 +186,17 @@ fn the_guest_table_gives_each_os_its_additions_and_checks_values_where_written()
     assert_eq!(a.packages, ["memcached"], "[guest.os.NAME] replaces the packages for that OS");
     assert_eq!(a.prepare, ["pg_dropcluster 15 main"], "and keeps what it does not say");
     // An imported Debian image takes packages (fetched by the host's apt at
-    // its preparation), not a disk size; FreeBSD's take none (not wired).
+    // its preparation), not a disk size; FreeBSD's take them through pkg
+    // (unverified), NixOS's none.
     let cloud: Os = "debian-12-cloud".parse().expect("registered");
     let a = s.file.guest.additions(cloud).expect("Debian's packages").expect("adds");
     assert_eq!(a.packages, ["redis-server", "cron=3.0pl1-162"]);
     let sized = spec(&format!("{SPEC}\n[guest]\ndisk_mib = 4096\n"));
     let e = sized.file.guest.additions(cloud).expect_err("a vendor's disk keeps its size");
     assert!(e.contains("disk_mib applies to built images only"), "{e}");
-    let e = s.file.guest.additions(Os::FREEBSD).expect_err("not wired for FreeBSD");
-    assert!(e.contains("not implemented for imported freebsd images") && e.contains("[guest.os.freebsd]"), "{e}");
+    assert!(s.file.guest.additions(Os::FREEBSD).expect("pkg").is_some());
+    let e = s.file.guest.additions(Os::NIXOS).expect_err("not wired for NixOS");
+    assert!(e.contains("not implemented for imported nixos images") && e.contains("[guest.os.nixos]"), "{e}");
     // Nothing to add: the base image serves.
     assert!(spec(SPEC).file.guest.additions(Os::DEBIAN_12).expect("ok").is_none());
 

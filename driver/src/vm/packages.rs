@@ -50,9 +50,14 @@ async fn run(vm: &Vm, what: &str, cmd: &str, timeout: Duration) -> Result<String
 /// Applies `add` in the preparation VM; `host_dir` is shared into it at
 /// [`GUEST_DIR`] (read-only) and is where the host downloads to.
 pub async fn apply(vm: &Vm, os: Os, add: &GuestAdditions, host_dir: &Path, apt_dir: &Path) -> Result<Applied, String> {
-    let Some(HostPackages::Deb) = os.host_packages() else {
-        return Err(format!("{os} images take no [guest] packages or prepare commands"));
-    };
+    match os.host_packages() {
+        Some(HostPackages::Deb) => apply_deb(vm, add, host_dir, apt_dir).await,
+        Some(HostPackages::Pkg) => apply_pkg(vm, add, host_dir).await,
+        None => Err(format!("{os} images take no [guest] packages or prepare commands")),
+    }
+}
+
+async fn apply_deb(vm: &Vm, add: &GuestAdditions, host_dir: &Path, apt_dir: &Path) -> Result<Applied, String> {
     let minute = Duration::from_secs(60);
     let before: BTreeSet<String> = run(vm, "listing the guest's packages", "dpkg-query -W -f '${Package}\\n'", minute).await?.lines().map(str::to_string).collect();
     if !add.packages.is_empty() {
@@ -87,10 +92,78 @@ pub async fn apply(vm: &Vm, os: Os, add: &GuestAdditions, host_dir: &Path, apt_d
             run(vm, "disabling the added packages' services", &cmd, minute).await?;
         }
     }
+    prepare_commands(vm, add).await?;
+    Ok(applied)
+}
+
+async fn prepare_commands(vm: &Vm, add: &GuestAdditions) -> Result<(), String> {
     for (i, c) in add.prepare.iter().enumerate() {
         run(vm, &format!("[guest] prepare command {} (`{c}`)", i + 1), &format!("sh -c {}", quote(c)), Duration::from_secs(1800)).await?;
     }
+    Ok(())
+}
+
+/// FreeBSD (*unverified*: no image or package repository can be reached
+/// here): the host reads the repository's index for the guest's ABI
+/// (`$XDRIVER_FREEBSD_PKG_URL`, else `https://pkg.freebsd.org/<ABI>/quarterly`)
+/// and fetches the packages and their dependencies the guest lacks, pkg
+/// itself first if the guest has only the bootstrap stub; the guest runs
+/// `pkg add` on the shared files. FreeBSD's packages start nothing by
+/// themselves (rc.conf decides), so nothing is disabled; `boot_services`
+/// are enabled with `sysrc NAME_enable=YES`.
+async fn apply_pkg(vm: &Vm, add: &GuestAdditions, host_dir: &Path) -> Result<Applied, String> {
+    let minute = Duration::from_secs(60);
+    let mut applied = Applied::default();
+    if !add.packages.is_empty() {
+        let abi = run(vm, "reading the guest's ABI", "echo \"FreeBSD:$(freebsd-version -u | cut -d. -f1):$(uname -p)\"", minute).await?.trim().to_string();
+        let installed: BTreeSet<String> =
+            run(vm, "listing the guest's packages", "if pkg -N >/dev/null 2>&1; then pkg query %n; fi", minute).await?.lines().map(str::to_string).collect();
+        let url = std::env::var("XDRIVER_FREEBSD_PKG_URL").unwrap_or_else(|_| format!("https://pkg.freebsd.org/{abi}/quarterly"));
+        let mut wanted = add.packages.clone();
+        if !installed.contains("pkg") {
+            wanted.insert(0, "pkg".into());
+        }
+        let (dir, want, have) = (host_dir.to_path_buf(), wanted.clone(), installed.clone());
+        let files = tokio::task::spawn_blocking(move || fetch_pkgs(&url, &dir, &want, &have))
+            .await
+            .map_err(|e| format!("fetching the [guest] packages: {e}"))??;
+        let mut cmds = Vec::new();
+        for w in wanted.iter().filter(|w| !installed.contains(*w)) {
+            let (_, file) = files.iter().find(|(n, _)| n == w).ok_or_else(|| format!("{w} was not fetched"))?;
+            // pkg add finds the dependencies beside the file.
+            cmds.push(format!("env ASSUME_ALWAYS_YES=yes pkg add {}/{}", GUEST_DIR, quote(file)));
+        }
+        run(vm, "installing the [guest] packages with pkg add", &cmds.join(" && "), Duration::from_secs(1800)).await?;
+        applied.added_packages = files.iter().map(|(n, f)| format!("{n}={}", f.trim_end_matches(".pkg").strip_prefix(&format!("{n}-")).unwrap_or(f))).collect();
+    }
+    for s in &add.boot_services {
+        run(vm, &format!("enabling {s} at boot"), &format!("sysrc {}", quote(&format!("{s}_enable=YES"))), minute).await?;
+    }
+    prepare_commands(vm, add).await?;
     Ok(applied)
+}
+
+/// Fetches the repository's index and the closure of `wanted` (but what
+/// is `installed`) into `dir`; returns (name, file name) per package.
+fn fetch_pkgs(url: &str, dir: &Path, wanted: &[String], installed: &BTreeSet<String>) -> Result<Vec<(String, String)>, String> {
+    let get = |what: &str, to: &Path| -> Result<(), String> {
+        let out = Command::new("curl").args(["-fsSL", "--retry", "3", "-o"]).arg(to).arg(format!("{url}/{what}")).output().map_err(|e| format!("cannot run curl on the host: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("fetching {url}/{what} on the host failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        Ok(())
+    };
+    let site = dir.join("packagesite.pkg");
+    get("packagesite.pkg", &site)?;
+    let bytes = std::fs::read(&site).map_err(|e| format!("{}: {e}", site.display()))?;
+    let index = xdriver_images::pkgsite::parse(&xdriver_images::pkgsite::packagesite_yaml(&bytes)?)?;
+    let mut out = Vec::new();
+    for e in xdriver_images::pkgsite::closure(&index, wanted, installed)? {
+        let file = Path::new(&e.repopath).file_name().map(|n| n.to_string_lossy().into_owned()).ok_or_else(|| format!("{}: no file name in {}", e.name, e.repopath))?;
+        get(&e.repopath, &dir.join(&file))?;
+        out.push((e.name.clone(), file));
+    }
+    Ok(out)
 }
 
 /// The shell command that keeps `s` from starting at boot: systemd's

@@ -41,6 +41,9 @@ run_rc_command \"$1\"
 const STORE_UPPER: &str = "/var/run/xdriver-store/upper";
 
 impl GuestOs for Freebsd {
+    fn host_packages(&self) -> Option<super::profile::HostPackages> {
+        Some(super::profile::HostPackages::Pkg)
+    }
     fn name(&self) -> &'static str {
         "freebsd"
     }

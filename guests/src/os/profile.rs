@@ -41,6 +41,10 @@ pub enum HostPackages {
     /// against the guest's own sources and package database, installed
     /// with dpkg.
     Deb,
+    /// FreeBSD's `.pkg` files: the host reads the repository's index for
+    /// the guest's ABI and fetches the closure, installed with `pkg add`
+    /// (*unverified*: no FreeBSD image or repository can be reached here).
+    Pkg,
 }
 
 /// The firmware an imported image's own boot loader is started by.
