@@ -37,7 +37,7 @@ in
       # One upstream and virtual host per webapp, inside http { }.
       upstream = webapp: concatStringsSep "\n" [
         "  upstream ${webapp.pkg.instanceName} {"
-        "    server localhost:${toString webapp.port};"
+        "    server 127.0.0.1:${toString webapp.port};"
         "  }"
         "  server {"
         "    listen ${toString port};"
