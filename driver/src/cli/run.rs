@@ -31,36 +31,41 @@ pub(super) async fn main(args: RunArgs) -> Result<i32, CliError> {
         return Err(CliError::usage("an interactive shell needs --channel ssh (the backdoor has no terminal)"));
     }
     let cache = xdriver_images::ImageCache::open_default().map_err(|e| CliError::infra(&e))?;
-    // A derived image (a spec's [guest]) boots like the built one it adds to.
-    let derived = cache.derived(&args.image);
-    if derived.is_none() && args.image.contains('+') {
+    // What --image names: a derived image (a spec's [guest], booted like
+    // the built one it adds to), an imported one, or a built one.
+    enum Source {
+        Ready(xdriver_images::Entry),
+        Imported(xdriver_images::Entry),
+        Built(ImageName),
+    }
+    let source = if let Some(e) = cache.derived(&args.image) {
+        Source::Ready(e)
+    } else if args.image.contains('+') {
         return Err(CliError::usage(format!(
             "no derived image `{}` in the cache: derived images are built by `xdriver test` from a spec's [guest] table (see `xdriver image list`)",
             args.image
         )));
-    }
-    let imported = cache.imported(&args.image);
-    let name: Option<ImageName> = match (&imported, &derived) {
-        (Some(_), _) | (_, Some(_)) => None,
-        (None, None) => Some(args.image.parse().map_err(|e: xdriver_images::RecipeError| {
+    } else if let Some(e) = cache.imported(&args.image) {
+        Source::Imported(e)
+    } else {
+        Source::Built(args.image.parse().map_err(|e: xdriver_images::RecipeError| {
             CliError::usage(format!("{e} (or the name of an imported image: see `xdriver image list`)"))
-        })?),
+        })?)
     };
     let decision = accel::decide(args.vm.accel, "qemu-system-x86_64", cache.root())
         .await
         .map_err(|e| CliError { code: exit::INFRA, message: e.to_string() })?;
     eprintln!("xdriver: accel {}: {}", decision.accel.name(), decision.reason);
-    let (image, disk) = match (imported, name) {
-        (None, None) if derived.is_some() => (derived.expect("checked"), crate::vm::DiskUse::Image),
-        (Some(entry), _) => {
+    let (image, disk) = match source {
+        Source::Ready(entry) => (entry, crate::vm::DiskUse::Image),
+        Source::Imported(entry) => {
             if crate::vm::prepare::lookup(&entry, None).map_err(|e| CliError::infra(&e))?.is_none() {
                 eprintln!("xdriver: preparing {} (its first boot, with a NoCloud seed; once per image)", entry.manifest.name);
             }
             let p = crate::vm::prepare::ensure(&cache, &entry, None, decision.accel, args.vm.mem_mib.unwrap_or(super::args::DEFAULT_MEM_MIB)).await.map_err(|e| CliError::infra(&e))?;
             (entry, crate::vm::DiskUse::Prepared { disk: p.disk, host_key: p.host_key })
         }
-        (None, Some(name)) => (super::image::ensure(&name).await?, crate::vm::DiskUse::Image),
-        (None, None) => return Err(CliError::usage(format!("no image `{}`", args.image))),
+        Source::Built(name) => (super::image::ensure(&name).await?, crate::vm::DiskUse::Image),
     };
     let mut cfg = VmConfig::new(&format!("run-{}", image.manifest.init), image);
     cfg.disk = disk;

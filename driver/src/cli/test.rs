@@ -80,7 +80,7 @@ pub(super) async fn main(args: TestArgs) -> Result<i32, CliError> {
     let (jobs, why) = match args.jobs {
         Some(0) => return Err(CliError::usage("--jobs must be at least 1")),
         Some(j) => (j, "--jobs".to_string()),
-        None => super::list::default_jobs(args.vm.mem_mib.or(spec.file.guest.memory_mib.as_ref().map(|m| *m.get_ref())).unwrap_or(super::args::DEFAULT_MEM_MIB)),
+        None => super::list::default_jobs(args.vm.mem_mib.unwrap_or(spec.file.guest.memory())),
     };
     let mut store = crate::vm::nix_store::StorePlan::from_flags(args.vm.store.as_deref(), args.vm.no_store, args.vm.share_fs).map_err(CliError::usage)?;
     if let Some(plan) = &mut store {

@@ -266,10 +266,7 @@ pub fn prepare(spec: &Spec, cell: &Cell, overrides: &std::collections::BTreeMap<
     let deploy = deploy::plan(&backend, &resolved.system).map_err(|e| spec.loc.whole(format!("{}: {e}", cell.id())))?;
     let steps = spec.steps(&resolved)?;
     let additions = spec.file.guest.additions(cell.os).map_err(|e| spec.loc.whole(format!("{}: {e}", cell.id())))?;
-    let g = &spec.file.guest;
-    let mem_mib = g.memory_mib.as_ref().map_or(crate::cli::DEFAULT_MEM_MIB, |m| *m.get_ref());
-    let cpus = g.cpus.as_ref().map_or(crate::cli::DEFAULT_CPUS, |c| *c.get_ref());
-    Ok(Prepared { backend, resolved, deploy, steps, additions, mem_mib, cpus })
+    Ok(Prepared { backend, resolved, deploy, steps, additions, mem_mib: spec.file.guest.memory(), cpus: spec.file.guest.vcpus() })
 }
 
 /// The spec's shares with paths resolved (env expanded, relative to the spec).

@@ -220,12 +220,12 @@ pub async fn ensure(cache: &ImageCache, entry: &Entry, add: Option<&GuestAdditio
 
     // The host's downloads for the additions: outside the cache (the share's
     // server, virtiofsd, runs as nobody and must reach it), gone after.
-    let work = match add {
-        Some(_) => Some(tempfile::Builder::new().prefix("xdriver-packages-").tempdir_in("/var/tmp").map_err(io(Path::new("/var/tmp")))?),
+    let additions = match add {
+        Some(a) => Some((a, tempfile::Builder::new().prefix("xdriver-packages-").tempdir_in("/var/tmp").map_err(io(Path::new("/var/tmp")))?)),
         None => None,
     };
-    let result = boot_and_prepare(entry, os, add, work.as_ref().map(|w| w.path()), accel, mem_mib, &tmp_disk, &seed_path).await;
-    drop(work);
+    let result = boot_and_prepare(entry, os, additions.as_ref().map(|(a, w)| (*a, w.path())), accel, mem_mib, &tmp_disk, &seed_path).await;
+    drop(additions);
     cleanup(&[&seed_path]);
     let (host_key, applied) = match result {
         Ok(k) => k,
@@ -254,15 +254,13 @@ pub async fn ensure(cache: &ImageCache, entry: &Entry, add: Option<&GuestAdditio
 }
 
 /// The first boot: waits for the backdoor the seed installed, applies a
-/// spec's additions if there are some (`work`: the host's download
-/// directory for them), finishes the preparation over it and powers off
+/// spec's additions if there are some (with a work directory on the host
+/// for their downloads), finishes the preparation over it and powers off
 /// cleanly. Returns the host key and what the additions did.
-#[allow(clippy::too_many_arguments)]
 async fn boot_and_prepare(
     entry: &Entry,
     os: Os,
-    add: Option<&GuestAdditions>,
-    work: Option<&Path>,
+    additions: Option<(&GuestAdditions, &Path)>,
     accel: Accel,
     mem_mib: u32,
     disk: &Path,
@@ -276,16 +274,17 @@ async fn boot_and_prepare(
     cfg.ssh = false;
     cfg.boot_timeout = PREPARE_BOOT_TIMEOUT;
     cfg.disk = DiskUse::Preparing { disk: disk.to_path_buf(), seed: seed.to_path_buf() };
-    let debs = work.map(|w| w.join("debs"));
-    if let Some(d) = &debs {
+    // The downloads reach the guest over a share of this boot only.
+    let downloads = additions.map(|(_, w)| w.join("downloads"));
+    if let (Some(d), Some((_, w))) = (&downloads, additions) {
         std::fs::create_dir_all(d).map_err(io(d))?;
         // World-readable, for virtiofsd running as nobody.
-        let _ = std::fs::set_permissions(work.expect("set with debs"), std::os::unix::fs::PermissionsExt::from_mode(0o755));
+        let _ = std::fs::set_permissions(w, std::os::unix::fs::PermissionsExt::from_mode(0o755));
         cfg.shares = vec![crate::vm::qemu::Share { host: d.clone(), guest: crate::vm::packages::GUEST_DIR.into(), writable: false }];
     }
     let mut vm = Vm::start(cfg).await.map_err(|e| fail(chain_error(&e)))?;
     let mut applied = None;
-    if let (Some(a), Some(d), Some(w)) = (add, &debs, work) {
+    if let (Some(d), Some((a, w))) = (&downloads, additions) {
         match crate::vm::packages::apply(&vm, os, a, d, &w.join("apt")).await {
             Ok(done) => applied = Some(done),
             Err(e) => {
@@ -293,9 +292,8 @@ async fn boot_and_prepare(
                 return Err(fail(format!("applying the spec's [guest] additions: {e}\n(run directory kept: {})", vm.run_dir().display())));
             }
         }
-        // The share was for this boot only: not in the prepared disk's fstab.
-        let tag = crate::vm::qemu::Share::tag(0);
-        let forget = format!("umount {dir} 2>/dev/null; sed -i '/^{tag} /d' /etc/fstab; rmdir {dir} 2>/dev/null; true", dir = crate::vm::packages::GUEST_DIR);
+        // Not mounted again when the prepared disk boots.
+        let forget = os.forget_share(&crate::vm::qemu::Share::tag(0), crate::vm::packages::GUEST_DIR);
         let _ = vm.exec(Channel::Backdoor, &forget, &[], Duration::from_secs(30), None).await;
     }
     let out = vm.exec(Channel::Backdoor, os.prepare_finish(), &[], Duration::from_secs(600), None).await;

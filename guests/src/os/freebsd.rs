@@ -114,6 +114,10 @@ impl GuestOs for Freebsd {
             tag = quote(tag)
         )
     }
+    fn forget_share(&self, _tag: &str, guest: &str) -> String {
+        // mount_share adds no fstab line here.
+        format!("umount {g} 2>/dev/null; rmdir {g} 2>/dev/null; true", g = quote(guest))
+    }
     fn mount_store(&self, s: &StoreMount) -> Result<String, String> {
         if s.kind == ShareKind::Virtiofs {
             return Err("FreeBSD has no virtio-fs driver; share the store over 9p (p9fs)".into());

@@ -66,6 +66,11 @@ pub(super) fn mount_share(tag: &str, guest: &str, writable: bool, kind: ShareKin
     format!("{mount} && {{ grep -q '^{tag} ' /etc/fstab 2>/dev/null || echo '{tag} {guest} {fs} {opts},nofail 0 0' >> /etc/fstab; }}")
 }
 
+/// Unmounts a share [`mount_share`] mounted and drops its /etc/fstab line.
+pub(super) fn forget_share(tag: &str, guest: &str) -> String {
+    format!("umount {g} 2>/dev/null; sed -i '/^{t} /d' /etc/fstab; rmdir {g} 2>/dev/null; true", g = quote(guest), t = tag)
+}
+
 /// The share read-only at [`STORE_LOWER`], an overlay with a tmpfs upper
 /// layer at the store's path.
 pub(super) fn mount_store(s: &StoreMount) -> String {

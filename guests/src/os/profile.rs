@@ -197,6 +197,11 @@ pub trait GuestOs: Sync + Send + fmt::Debug {
     fn mount_share(&self, tag: &str, guest: &str, writable: bool, kind: ShareKind) -> String {
         linux::mount_share(tag, guest, writable, kind)
     }
+    /// Undoes [`GuestOs::mount_share`] for good: unmounted, and not
+    /// mounted again at the next boot (a share of one boot only).
+    fn forget_share(&self, tag: &str, guest: &str) -> String {
+        linux::forget_share(tag, guest)
+    }
     /// Mounts the store share read-only with a writable layer over it
     /// (idempotent); prints `guest-has-nix` when the guest has `nix-store`.
     fn mount_store(&self, s: &StoreMount) -> Result<String, String> {
