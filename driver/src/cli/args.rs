@@ -291,7 +291,7 @@ fn imported_os_help() -> String {
 /// `xdriver run`
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Image to boot, e.g. debian-12-systemd (built first if missing).
+    /// Image to boot: a built one, e.g. debian-12-systemd (built first if missing), an imported one (prepared first if needed), or a derived one, `<base>+<tag>`, that `xdriver test` built from a spec's [guest] table.
     #[arg(long, default_value = "debian-12-systemd")]
     pub image: String,
     /// Channel that runs the command.
