@@ -27,7 +27,7 @@ fn image_dir(name: &str) -> PathBuf {
 fn webapps(extra: &[&str]) -> (Run, xdriver_tests::Work) {
     let work = xdriver_tests::workdir();
     let spec = example("webapps");
-    let mut args = vec!["test", spec.to_str().expect("utf-8"), "--accel", "tcg", "--os", "debian-12-cloud", "--no-progress"];
+    let mut args = vec!["test", spec.to_str().expect("utf-8"), "--accel", "tcg", "--os", "debian-12-cloud", "--no-progress", "--retries", "1"];
     args.extend_from_slice(extra);
     let run = xdriver(&args, work.path());
     (run, work)
@@ -129,7 +129,7 @@ fn the_webapps_example_passes_on_the_cloud_image_booted_by_uefi() {
 fn the_daemons_example_gets_its_packages_into_the_imported_cloud_image() {
     let work = xdriver_tests::workdir();
     let spec = example("daemons");
-    let args = ["test", spec.to_str().expect("utf-8"), "--accel", "tcg", "--os", "debian-12-cloud", "--manager", "systemd", "--profile", "privileged", "--no-progress"];
+    let args = ["test", spec.to_str().expect("utf-8"), "--accel", "tcg", "--os", "debian-12-cloud", "--manager", "systemd", "--profile", "privileged", "--no-progress", "--retries", "1"];
     let run = xdriver(&args, work.path());
     assert_eq!(run.code, 0, "{}\n{}", run.stderr, run.stdout);
     assert!(run.stdout.contains("PASS  debian-12-cloud/systemd/privileged"), "{}", run.stdout);

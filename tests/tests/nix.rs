@@ -41,7 +41,7 @@ fn the_webapps_system_in_nix_has_the_same_plan_as_in_toml() {
 fn run_seed(extra: &[&str]) -> (Run, xdriver_tests::Work) {
     let work = xdriver_tests::workdir();
     let nix = example("webapps-nix");
-    let mut args = vec!["test", nix.to_str().expect("utf-8"), "--accel", "tcg", "--no-progress"];
+    let mut args = vec!["test", nix.to_str().expect("utf-8"), "--accel", "tcg", "--no-progress", "--retries", "1"];
     args.extend_from_slice(extra);
     let run = xdriver(&args, work.path());
     (run, work)
@@ -105,7 +105,7 @@ fn the_sshd_test_logs_in_to_two_sshd_instances_as_root_on_22_and_as_unprivileged
     let runs: [(&[&str], &[&str]); 1] =
         [(&["--manager", "systemd", "--jobs", "2"], &["debian-12/systemd/privileged", "debian-12/systemd/unprivileged"])];
     for (extra, cells) in runs {
-        let mut args = vec!["test", spec.to_str().expect("utf-8"), "--accel", "tcg", "--no-progress"];
+        let mut args = vec!["test", spec.to_str().expect("utf-8"), "--accel", "tcg", "--no-progress", "--retries", "1"];
         args.extend_from_slice(extra);
         let run = xdriver(&args, work.path());
         assert_eq!(run.code, 0, "{extra:?}:\n{}\n{}", run.stdout, run.stderr);

@@ -11,7 +11,7 @@ use xdriver_tests::example;
 fn a_python_script_drives_the_machine_api_and_a_failing_line_is_reported_where_it_was_written() {
     let work = xdriver_tests::workdir();
     let spec = example("python");
-    let run = xdriver(&["test", spec.to_str().expect("utf-8"), "--accel", "tcg", "--no-progress", "--jobs", "2"], work.path());
+    let run = xdriver(&["test", spec.to_str().expect("utf-8"), "--accel", "tcg", "--no-progress", "--jobs", "2", "--retries", "1"], work.path());
     // systemd passes; sysvinit fails on the script's last line.
     assert_eq!(run.code, 100, "{}\n{}", run.stdout, run.stderr);
     assert!(run.stdout.contains("PASS  debian-12/systemd/privileged"), "{}", run.stdout);
@@ -59,7 +59,7 @@ fn a_python_script_drives_the_machine_api_and_a_failing_line_is_reported_where_i
 fn toml_steps_block_forward_screenshot_type_reboot_shutdown_crash_and_start() {
     let work = xdriver_tests::workdir();
     let spec = example("steps");
-    let run = xdriver(&["test", spec.to_str().expect("utf-8"), "--accel", "tcg", "--no-progress", "--jobs", "2"], work.path());
+    let run = xdriver(&["test", spec.to_str().expect("utf-8"), "--accel", "tcg", "--no-progress", "--jobs", "2", "--retries", "1"], work.path());
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     for m in ["systemd", "sysvinit"] {
         assert!(run.stdout.contains(&format!("PASS  debian-12/{m}/privileged")), "{}", run.stdout);

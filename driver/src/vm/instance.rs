@@ -730,16 +730,43 @@ impl Vm {
                 return Ok(after);
             }
             let ready = vm.backdoor.wait_ready(cfg.boot_timeout);
+            // A guest kernel that hangs early (seen under TCG with two
+            // vCPUs: a CPU stuck in a soft lockup, or a lost timer
+            // interrupt that RCU reports as a stall) never comes up; its
+            // console says so long before the deadline.
+            let serial_log = vm.run.join("serial.log");
+            let hung = async {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    if let Some(why) = std::fs::read(&serial_log).ok().and_then(|log| kernel_hang(&String::from_utf8_lossy(&log))) {
+                        return why;
+                    }
+                }
+            };
+            let waited = Instant::now();
+            let ready = async {
+                tokio::select! {
+                    r = ready => Ok(r),
+                    why = hung => Err(why),
+                }
+            };
             match vm.until_exit("waiting for the backdoor shell", ready).await? {
-                Ok(()) => {}
-                Err(BackdoorError::NotReady(t)) => {
+                Ok(Ok(())) => {}
+                Err(why) => {
+                    return Err(VmError::BootTimeout {
+                        waited_for: format!("the guest kernel hung before the backdoor shell came up ({why}); given up early"),
+                        timeout: waited.elapsed(),
+                        serial: vm.serial_tail(30),
+                    })
+                }
+                Ok(Err(BackdoorError::NotReady(t))) => {
                     return Err(VmError::BootTimeout {
                         waited_for: "the backdoor shell (virtio-serial port org.xdriver.backdoor) did not announce itself".into(),
                         timeout: t,
                         serial: vm.serial_tail(30),
                     })
                 }
-                Err(e) => return Err(e.into()),
+                Ok(Err(e)) => return Err(e.into()),
             }
             let after = t0.elapsed();
             if matches!(mode, Launch::Save(_)) {
@@ -1252,3 +1279,49 @@ fn snapshot_shape(cfg: &VmConfig) -> Result<snapshot::Shape, String> {
     Ok(shape)
 }
 
+
+/// How many reports of a stuck guest kernel mean it hung: the soft-lockup
+/// watchdog reports every ~28 s and RCU's stall detector every ~21 s, so
+/// three reports are a minute or more without progress (one report can be
+/// a host that starved the guest for a while and recovers).
+const HANG_REPORTS: usize = 3;
+
+/// Whether a kernel console log shows a hung kernel: [`HANG_REPORTS`]
+/// soft-lockup or RCU-stall reports. Returns the last report's line.
+pub fn kernel_hang(log: &str) -> Option<String> {
+    let reports: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("BUG: soft lockup - CPU#") || l.contains("detected stalls on CPUs") || l.contains("self-detected stall on CPU"))
+        .collect();
+    (reports.len() >= HANG_REPORTS).then(|| {
+        let last = reports[reports.len() - 1];
+        // Without the timestamp and the "rcu: INFO:"/"watchdog:" prefix.
+        let text = last.rsplit_once("] ").map_or(last, |(_, t)| t);
+        format!("{} kernel reports like \"{}\"", reports.len(), text.trim())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernel_hang;
+
+    // Lines from two boots that hung under TCG (Debian 12's 6.1 kernels, two
+    // vCPUs, QEMU 7.2): a soft lockup in the crypto self-tests, and CPU 0
+    // idling with its timer interrupt lost.
+    const LOCKUP: &str = "[    4.707615] io scheduler mq-deadline registered\n[   28.773646] watchdog: BUG: soft lockup - CPU#0 stuck for 26s! [cryptomgr_test:50]\n[   28.776737] RIP: 0010:alg_test+0x4f/0x540\n";
+    const LOCKUP2: &str = "[   56.773208] watchdog: BUG: soft lockup - CPU#0 stuck for 52s! [cryptomgr_test:50]\n";
+    const LOCKUP3: &str = "[   84.773366] watchdog: BUG: soft lockup - CPU#0 stuck for 78s! [cryptomgr_test:50]\n";
+    const STALL: &str = "[   22.705481] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n[   22.706219] rcu: \t0-...!: (4 GPs behind) idle=f580/0/0x0 softirq=40/45 fqs=1 (false positive?)\n";
+
+    #[test]
+    fn three_lockup_or_stall_reports_are_a_hang_fewer_are_not() {
+        assert_eq!(kernel_hang("[    0.000000] Linux version 6.1.0\n[    3.0] Run /init as init process\n"), None);
+        assert_eq!(kernel_hang(&format!("{LOCKUP}{LOCKUP2}")), None, "two reports may be a starved host");
+        assert_eq!(
+            kernel_hang(&format!("{LOCKUP}{LOCKUP2}{LOCKUP3}")).as_deref(),
+            Some("3 kernel reports like \"watchdog: BUG: soft lockup - CPU#0 stuck for 78s! [cryptomgr_test:50]\"")
+        );
+        assert_eq!(kernel_hang(&STALL.repeat(3)).as_deref(), Some("3 kernel reports like \"rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\""));
+        assert!(kernel_hang(&format!("{STALL}{LOCKUP}{STALL}")).is_some());
+    }
+}
