@@ -51,6 +51,19 @@ pub enum BackdoorError {
     Protocol(String),
 }
 
+/// Where a backdoor's command ids start: a random multiple of a million.
+/// The guest keeps each command's files (its done and killed markers) by
+/// id, and a VM restored from a RAM snapshot still has those of the
+/// session that saved it: ids that started at 1 again found a stale done
+/// marker, and a streamed command lost what it wrote after its first
+/// moments.
+fn first_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    (h.finish() % 1_000_000) * 1_000_000
+}
+
 #[derive(Debug)]
 enum Msg {
     Out(Vec<u8>),
@@ -166,7 +179,7 @@ impl Backdoor {
             }
             let _ = closed_tx.send(true);
         });
-        Backdoor { writer: tokio::sync::Mutex::new(w), route, ready, ready_tx, closed, next_id: Mutex::new(0), forget }
+        Backdoor { writer: tokio::sync::Mutex::new(w), route, ready, ready_tx, closed, next_id: Mutex::new(first_id()), forget }
     }
 
     /// Waits until the shell has announced itself.

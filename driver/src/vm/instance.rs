@@ -544,9 +544,14 @@ impl Vm {
         // gets the key over the backdoor too.
         let key_over_backdoor = matches!(boot, Boot::Disk { .. }) || matches!(mode, Launch::Restore(_));
         let want_ssh = cfg.ssh && !matches!(mode, Launch::Save(_));
+        // Virtio-fs devices hot-plugged after a restore (the VM that saves
+        // the snapshot has none; see snapshot_shape).
+        let hot = !matches!(mode, Launch::Cold) && hotplug_virtiofs(&cfg, os);
+        let saving_hot = hot && matches!(mode, Launch::Save(_));
         let mut virtiofsd = None;
         let store = match &cfg.store {
             None => None,
+            Some(StoreShare { fs: ShareFs::Virtiofs, .. }) if saving_hot => None,
             Some(st @ StoreShare { fs: ShareFs::NineP, .. }) => Some(StoreDevice::NineP { host: st.host.clone() }),
             Some(st @ StoreShare { fs: ShareFs::Virtiofs, .. }) => {
                 let bin = st.virtiofsd.clone().ok_or_else(|| VmError::Prepare("virtiofs store without a virtiofsd".into()))?;
@@ -566,6 +571,9 @@ impl Vm {
                 share_devices.push(ShareDevice { share: sh.clone(), virtiofs: None });
                 continue;
             }
+            if saving_hot {
+                continue;
+            }
             let bin = crate::vm::nix_store::find_virtiofsd().ok_or_else(|| {
                 VmError::Prepare(format!(
                     "{os} guests have no 9p, so shares need virtio-fs: install virtiofsd (`cargo install virtiofsd`, or set XDRIVER_VIRTIOFSD)"
@@ -578,6 +586,10 @@ impl Vm {
             share_devices.push(ShareDevice { share: sh.clone(), virtiofs: Some(d.socket.clone()) });
             share_daemons.push(d);
         }
+        let ram_copy = match &mode {
+            Launch::Restore(s) if hot => Some(RamCopy::make(&s.ram(), &run).await.map_err(|detail| VmError::Restore { snapshot: s.dir.clone(), detail })?),
+            _ => None,
+        };
         let spec = QemuSpec {
             binary: cfg.qemu.clone(),
             name: cfg.name.clone(),
@@ -594,10 +606,13 @@ impl Vm {
             ram_file: match &mode {
                 Launch::Cold => None,
                 Launch::Save(s) => Some(RamFile { path: s.ram(), shared: true }),
+                Launch::Restore(_) if hot => ram_copy.as_ref().map(|c| RamFile { path: c.0.clone(), shared: true }),
                 Launch::Restore(s) => Some(RamFile { path: s.ram(), shared: false }),
             },
             incoming: matches!(mode, Launch::Restore(_)),
+            hotplug_virtiofs: hot,
         };
+        let hotplugs = if hot { spec.virtiofs_devices() } else { Vec::new() };
         let boot_kind = spec.boot.clone();
         if let Launch::Restore(s) = &mode {
             // The console from the saving VM's boot, then this VM's (QEMU
@@ -694,6 +709,12 @@ impl Vm {
                 Ok(Err(e)) => return Err(restore_err(e.to_string())),
                 Err(e) => return Err(restore_err(e.to_string())),
             }
+            drop(ram_copy);
+            for (tag, socket) in &hotplugs {
+                if let Err(e) = vm.qmp.hotplug_virtiofs(tag, socket).await {
+                    return Err(restore_err(format!("hot-plugging the virtio-fs device {tag}: {e}")));
+                }
+            }
         }
         vm.qmp.execute(qapi::qmp::cont {}).await?;
         let t0 = Instant::now();
@@ -726,6 +747,13 @@ impl Vm {
                     return Err(VmError::Restore { snapshot: s.dir.clone(), detail: format!("setting the clock, RNG and key after the restore: {}", out.stderr_str().trim()) });
                 }
                 let after = t0.elapsed();
+                if !hotplugs.is_empty() {
+                    let wait = vm.os.wait_virtiofs_hotplug(hotplugs.len()).unwrap_or_default();
+                    let out = vm.setup_exec(&wait).await?;
+                    if !out.success() {
+                        return Err(VmError::Restore { snapshot: s.dir.clone(), detail: format!("the guest did not take the hot-plugged virtio-fs devices: {}", out.stderr_str().trim()) });
+                    }
+                }
                 vm.mount_shares_and_store().await?;
                 return Ok(after);
             }
@@ -1241,10 +1269,13 @@ fn chrono_now() -> String {
 fn snapshot_shape(cfg: &VmConfig) -> Result<snapshot::Shape, String> {
     let m = &cfg.image.manifest;
     let os: Os = m.os.parse().map_err(|e| format!("image {}: {e}", m.name))?;
-    if cfg.store.as_ref().is_some_and(|s| s.fs == ShareFs::Virtiofs) {
+    // QEMU 7.2 cannot migrate virtio-fs: such devices are hot-plugged
+    // after the restore, where the guest takes them so.
+    let hot = hotplug_virtiofs(cfg, os);
+    if !hot && cfg.store.as_ref().is_some_and(|s| s.fs == ShareFs::Virtiofs) {
         return Err("the store is shared over virtio-fs, which QEMU 7.2 cannot migrate".into());
     }
-    if !cfg.shares.is_empty() && !os.has_9p() {
+    if !hot && !cfg.shares.is_empty() && !os.has_9p() {
         return Err(format!("{os} guests take shares over virtio-fs, which QEMU 7.2 cannot migrate"));
     }
     let mut shape = snapshot::Shape::new(&cfg.qemu)?;
@@ -1270,13 +1301,50 @@ fn snapshot_shape(cfg: &VmConfig) -> Result<snapshot::Shape, String> {
     shape.add("accel", cfg.accel.name());
     shape.add("cpus", cfg.cpus);
     shape.add("mem-mib", cfg.mem_mib);
-    for (i, s) in cfg.shares.iter().enumerate() {
+    // Hot-plugged devices are not in the saved state (nor on the saving
+    // VM's command line): one snapshot serves VMs with and without them.
+    for (i, s) in cfg.shares.iter().enumerate().filter(|_| !hot || os.has_9p()) {
         shape.add("share", format!("{i} writable={}", s.writable));
     }
-    if let Some(st) = &cfg.store {
+    if let Some(st) = cfg.store.as_ref().filter(|st| !hot || st.fs != ShareFs::Virtiofs) {
         shape.add("store", st.fs.name());
     }
     Ok(shape)
+}
+
+/// Whether a VM's virtio-fs devices (its store, or the shares of a guest
+/// without 9p) are hot-plugged after a restore rather than on QEMU's
+/// command line: when it has some and its guest can take them so.
+fn hotplug_virtiofs(cfg: &VmConfig, os: Os) -> bool {
+    let store = cfg.store.as_ref().is_some_and(|s| s.fs == ShareFs::Virtiofs);
+    let shares = !cfg.shares.is_empty() && !os.has_9p();
+    (store || shares) && os.wait_virtiofs_hotplug(1).is_some()
+}
+
+/// A copy of a snapshot's RAM file that a restored VM maps shared (as
+/// vhost-user needs), in /dev/shm where there is one; removed when
+/// dropped (QEMU has mapped it by then).
+struct RamCopy(PathBuf);
+
+impl RamCopy {
+    async fn make(from: &std::path::Path, run: &RunDir) -> Result<RamCopy, String> {
+        let name = format!("xdriver-ram-{}-{}", std::process::id(), run.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        let shm = std::path::Path::new("/dev/shm");
+        let to = if shm.is_dir() { shm.join(name) } else { run.join(&name) };
+        // GNU cp keeps the holes of a RAM the guest never touched.
+        let out = tokio::process::Command::new("cp").arg("--sparse=always").arg(from).arg(&to).output().await.map_err(|e| format!("cp: {e}"))?;
+        let copy = RamCopy(to);
+        if !out.status.success() {
+            return Err(format!("copying the snapshot's RAM to {}: {}", copy.0.display(), String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        Ok(copy)
+    }
+}
+
+impl Drop for RamCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 

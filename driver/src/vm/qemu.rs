@@ -171,6 +171,11 @@ pub struct QemuSpec {
     pub ram_file: Option<RamFile>,
     /// Start waiting for an incoming migration (`-incoming defer`).
     pub incoming: bool,
+    /// Leave the virtio-fs devices off the command line: they are
+    /// hot-plugged once the VM runs ([`QemuSpec::virtiofs_devices`]), so a
+    /// RAM snapshot can be saved and restored without them (QEMU 7.2
+    /// cannot migrate vhost-user-fs).
+    pub hotplug_virtiofs: bool,
 }
 
 /// Guest RAM backed by a file.
@@ -183,6 +188,16 @@ pub struct RamFile {
 }
 
 impl QemuSpec {
+    /// The virtio-fs devices (tag, virtiofsd's socket): the shares served
+    /// by a virtiofsd, then the store if it is one.
+    pub fn virtiofs_devices(&self) -> Vec<(String, PathBuf)> {
+        let mut v: Vec<(String, PathBuf)> = self.shares.iter().enumerate().filter_map(|(i, d)| d.virtiofs.clone().map(|s| (Share::tag(i), s))).collect();
+        if let Some(StoreDevice::Virtiofs { socket }) = &self.store {
+            v.push((crate::vm::nix_store::STORE_TAG.to_string(), socket.clone()));
+        }
+        v
+    }
+
     /// The argument vector (without the binary).
     pub fn args(&self) -> Vec<String> {
         let rd = |f: &str| self.run_dir.join(f).display().to_string();
@@ -203,7 +218,7 @@ impl QemuSpec {
                 "node,memdev=mem",
             ]);
         // vhost-user devices (virtio-fs) need guest RAM in shared memory.
-        } else if matches!(self.store, Some(StoreDevice::Virtiofs { .. })) || self.shares.iter().any(|d| d.virtiofs.is_some()) {
+        } else if !self.virtiofs_devices().is_empty() {
             push(&[
                 "-object",
                 &format!("memory-backend-memfd,id=mem,size={}M,share=on", self.mem_mib),
@@ -267,6 +282,7 @@ impl QemuSpec {
         for (i, d) in self.shares.iter().enumerate() {
             let tag = Share::tag(i);
             match &d.virtiofs {
+                Some(_) if self.hotplug_virtiofs => {}
                 Some(socket) => push(&[
                     "-chardev",
                     &format!("socket,id={tag},path={}", socket.display()),
@@ -283,6 +299,7 @@ impl QemuSpec {
             }
         }
         match &self.store {
+            Some(StoreDevice::Virtiofs { .. }) if self.hotplug_virtiofs => {}
             Some(StoreDevice::Virtiofs { socket }) => push(&[
                 "-chardev",
                 &format!("socket,id={},path={}", crate::vm::nix_store::STORE_TAG, socket.display()),
@@ -351,6 +368,7 @@ mod tests {
             seed: None,
             ram_file: None,
             incoming: false,
+            hotplug_virtiofs: false,
         }
     }
 
@@ -399,6 +417,25 @@ mod tests {
         let a = s.args().join(" ");
         assert!(a.contains("mem-path=/c/snap/ram,share=off"), "{a}");
         assert!(a.ends_with("-incoming defer"), "{a}");
+    }
+
+    #[test]
+    fn hot_plugged_virtiofs_devices_stay_off_the_command_line_but_the_shared_ram_file_does_not() {
+        let mut s = spec();
+        s.shares[0].virtiofs = Some("/run/x/virtiofsd-xdshare0.sock".into());
+        s.store = Some(StoreDevice::Virtiofs { socket: "/run/x/virtiofsd.sock".into() });
+        s.ram_file = Some(RamFile { path: "/dev/shm/ram".into(), shared: true });
+        s.incoming = true;
+        s.hotplug_virtiofs = true;
+        let a = s.args().join(" ");
+        assert!(!a.contains("vhost-user-fs") && !a.contains("virtiofsd") && !a.contains("memfd"), "{a}");
+        assert!(a.contains("mem-path=/dev/shm/ram,share=on -numa node,memdev=mem"), "{a}");
+        assert_eq!(
+            s.virtiofs_devices(),
+            vec![("xdshare0".to_string(), PathBuf::from("/run/x/virtiofsd-xdshare0.sock")), ("xdstore".to_string(), PathBuf::from("/run/x/virtiofsd.sock"))]
+        );
+        s.hotplug_virtiofs = false;
+        assert_eq!(s.args().join(" ").matches("vhost-user-fs-pci").count(), 2);
     }
 
     #[test]

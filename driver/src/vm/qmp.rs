@@ -181,6 +181,19 @@ impl Qmp {
         self.wait_migration("loading the VM state", timeout).await
     }
 
+    /// Hot-plugs a vhost-user-fs device with `tag` connected to the
+    /// virtiofsd listening on `socket` (a chardev and a device, both named
+    /// after the tag).
+    pub async fn hotplug_virtiofs(&self, tag: &str, socket: &std::path::Path) -> Result<(), QmpError> {
+        let chardev = serde_json::json!({
+            "id": tag,
+            "backend": { "type": "socket", "data": { "addr": { "type": "unix", "data": { "path": socket.display().to_string() } }, "server": false } }
+        });
+        self.raw("chardev-add", chardev, Duration::from_secs(10)).await?;
+        let device = serde_json::json!({ "driver": "vhost-user-fs-pci", "id": tag, "chardev": tag, "tag": tag });
+        self.raw("device_add", device, Duration::from_secs(30)).await.map(|_| ())
+    }
+
     async fn ignore_shared(&self) -> Result<(), QmpError> {
         let caps = serde_json::json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] });
         self.raw("migrate-set-capabilities", caps, Duration::from_secs(10)).await.map(|_| ())

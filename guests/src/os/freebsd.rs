@@ -74,6 +74,9 @@ impl GuestOs for Freebsd {
     fn has_9p(&self) -> bool {
         true
     }
+    fn wait_virtiofs_hotplug(&self, _devices: usize) -> Option<String> {
+        None
+    }
     fn as_user(&self, profile: &Profile, cmd: &str) -> String {
         let Some(u) = &profile.user else { return cmd.to_string() };
         format!("su -m {} -c {}", quote(&u.name), quote(&format!("HOME={h}; export HOME; cd {h} && {cmd}", h = quote(&u.home))))

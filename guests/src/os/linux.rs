@@ -66,6 +66,18 @@ pub(super) fn mount_share(tag: &str, guest: &str, writable: bool, kind: ShareKin
     format!("{mount} && {{ grep -q '^{tag} ' /etc/fstab 2>/dev/null || echo '{tag} {guest} {fs} {opts},nofail 0 0' >> /etc/fstab; }}")
 }
 
+/// Waits (up to 30 s) until `devices` virtio devices are bound to the
+/// virtiofs driver: ACPI PCI hot-plug announces each to the kernel, which
+/// probes it and (udev, or the modprobe here) loads the driver.
+pub(super) fn wait_virtiofs_hotplug(devices: usize) -> String {
+    format!(
+        "modprobe virtiofs 2>/dev/null; i=0; \
+         while [ \"$(ls /sys/bus/virtio/drivers/virtiofs 2>/dev/null | grep -c '^virtio')\" -lt {devices} ]; do \
+         i=$((i+1)); if [ $i -gt 300 ]; then echo \"hot-plugged virtio-fs devices: $(ls /sys/bus/virtio/drivers/virtiofs 2>/dev/null | grep -c '^virtio') of {devices} appeared within 30 s\" >&2; exit 1; fi; \
+         sleep 0.1; done"
+    )
+}
+
 /// Unmounts a share [`mount_share`] mounted and drops its /etc/fstab line.
 pub(super) fn forget_share(tag: &str, guest: &str) -> String {
     format!("umount {g} 2>/dev/null; sed -i '/^{t} /d' /etc/fstab; rmdir {g} 2>/dev/null; true", g = quote(guest), t = tag)

@@ -171,6 +171,14 @@ pub trait GuestOs: Sync + Send + fmt::Debug {
     fn has_9p(&self) -> bool {
         true
     }
+    /// A command that waits until `devices` virtio-fs devices hot-plugged
+    /// into the running guest have their driver (a VM restored from a RAM
+    /// snapshot gets its virtio-fs devices that way: QEMU 7.2 cannot
+    /// migrate them), or None where the guest cannot take them hot-plugged
+    /// (such VMs boot cold).
+    fn wait_virtiofs_hotplug(&self, devices: usize) -> Option<String> {
+        Some(linux::wait_virtiofs_hotplug(devices))
+    }
     /// `cmd` (a shell command line) run as the profile's user, with its
     /// HOME (and its XDG_RUNTIME_DIR where there is one); unchanged when
     /// privileged.
