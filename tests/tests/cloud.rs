@@ -152,3 +152,28 @@ fn the_daemons_example_gets_its_packages_into_the_imported_cloud_image() {
         assert!(disabled.contains(&s), "{s} not disabled: {disabled:?}");
     }
 }
+
+/// A VM of the cloud image restored from its RAM snapshot gets its store
+/// over virtio-fs hot-plugged (QEMU 7.2 cannot migrate vhost-user-fs, and
+/// Debian's cloud kernel has no 9p), and a command's output streamed after
+/// its first second arrives whole (a restored guest once kept the saving
+/// session's command markers, which cut such output short).
+#[test]
+fn a_restored_cloud_vm_takes_its_store_hot_plugged_and_streams_all_its_output() {
+    use std::os::unix::fs::PermissionsExt;
+    let work = xdriver_tests::workdir();
+    // virtiofsd serves the store as nobody.
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let store = work.path().join("store");
+    std::fs::create_dir(&store).expect("mkdir");
+    std::fs::write(store.join("marker"), "hot-plugged\n").expect("write");
+    let store = store.to_str().expect("utf-8");
+    let cmd = format!("sleep 1; cat {store}/marker; mount | grep -c ' type virtiofs'; echo done");
+    // The first run saves the snapshot (unless another test has) and
+    // restores it; the second restores it.
+    for run_no in 1..=2 {
+        let run = xdriver(&["run", "--image", "debian-12-cloud", "--accel", "tcg", "--channel", "backdoor", "--store", store, "--", &cmd], work.path());
+        assert_eq!((run.code, run.stdout.as_str()), (0, "hot-plugged\n1\ndone\n"), "run {run_no}: {}", run.stderr);
+        assert!(run.stderr.contains("restored from the RAM snapshot"), "run {run_no}: {}", run.stderr);
+    }
+}

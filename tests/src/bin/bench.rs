@@ -65,6 +65,7 @@ fn plain_qemu_to_banner(init: Init) -> f64 {
         seed: None,
         ram_file: None,
         incoming: false,
+        hotplug_virtiofs: false,
     };
     // The same arguments minus -S and the driver's sockets.
     let mut args = Vec::new();
