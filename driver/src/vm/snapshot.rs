@@ -28,8 +28,9 @@
 //!
 //! What cannot be in a snapshot: a mounted 9p share (QEMU blocks migration
 //! while one is mounted, so shares are mounted after the restore) and
-//! vhost-user-fs (virtio-fs; QEMU 7.2 cannot migrate it), so VMs with
-//! virtio-fs shares or store boot cold.
+//! vhost-user-fs (virtio-fs; QEMU 7.2 cannot migrate it), so the saving VM
+//! has no virtio-fs devices and a restore hot-plugs them (see
+//! `Vm::launch`).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
