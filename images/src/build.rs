@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use russh::keys::{Algorithm, PrivateKey};
+use xdriver_guests::shell::quote;
 use xdriver_guests::FsEntry;
 
 use crate::kernel::{self, KernelError};
@@ -330,19 +331,17 @@ fn disable_added_services(root: &Path, base_list: &Path, add: &GuestAdditions, b
     let base_pkgs: std::collections::BTreeSet<String> =
         std::fs::read_to_string(base_list).map_err(io(base_list))?.lines().map(str::to_string).collect();
     let _ = std::fs::remove_file(base_list);
-    let added: Vec<String> = installed_packages(root).into_iter().filter(|p| !base_pkgs.contains(p.split('=').next().unwrap_or(p))).collect();
+    let added = added_packages(&base_pkgs.into_iter().collect::<Vec<_>>().join("\n"), &installed_packages(root).join("\n"));
     let names: Vec<&str> = added.iter().map(|p| p.split('=').next().unwrap_or(p)).collect();
     let files = package_files(root, &names);
     let services = services_of(&files, &add.boot_services);
     let disabled = services.names();
-    let Services { units, scripts, runit } = services;
-    remove_unit_links(root, &units)?;
-    disable_services(root, &scripts)?;
-    for sv in &runit {
-        for link in [in_root(root, &format!("/etc/service/{sv}")), root.join(format!("etc/runit/runsvdir/default/{sv}"))] {
-            if link.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
-                std::fs::remove_file(&link).map_err(io(&link))?;
-            }
+    // The same command the preparation of an imported image runs in the
+    // guest, run here in the image's root.
+    if let Some(cmd) = services.disable_command() {
+        let out = Command::new("sh").arg("-c").arg(&cmd).current_dir(root).output().map_err(|e| BuildError::Additions(format!("disabling the added packages' services: {e}")))?;
+        if !out.status.success() {
+            return Err(BuildError::Additions(format!("disabling the added packages' services ({cmd}): {}", String::from_utf8_lossy(&out.stderr).trim())));
         }
     }
     Ok(DerivedInfo { base: base.to_string(), additions: add.clone(), added_packages: added, disabled_services: disabled })
@@ -360,6 +359,40 @@ pub struct Services {
 }
 
 impl Services {
+    /// The shell command that keeps these services from starting at boot,
+    /// run in the root of the system (its paths are relative, so that an
+    /// image's root on the build host and a running guest take the same
+    /// command): systemd's `.wants`/`.requires` links (template instances
+    /// too), rc and OpenRC runlevel links, runit's service links. None when
+    /// there is nothing to do.
+    pub fn disable_command(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if !self.units.is_empty() {
+            let names: Vec<String> = self
+                .units
+                .iter()
+                .map(|u| match u.split_once("@.") {
+                    Some((stem, ext)) => format!("-name {}", quote(&format!("{stem}@*.{ext}"))),
+                    None => format!("-name {}", quote(u)),
+                })
+                .collect();
+            parts.push(format!(
+                "{{ [ ! -d etc/systemd/system ] || find etc/systemd/system -mindepth 2 -maxdepth 2 -type l \\( -path '*.wants/*' -o -path '*.requires/*' \\) \\( {} \\) -delete; }}",
+                names.join(" -o ")
+            ));
+        }
+        for n in &self.scripts {
+            parts.push(format!("rm -f etc/rc?.d/[SK][0-9][0-9]{n} etc/runlevels/*/{n}", n = quote(n)));
+        }
+        // Debian's /etc/service is an absolute link to the runsvdir, which
+        // must not be followed outside a guest: the runsvdir is named
+        // itself, /etc/service only when it is a directory of its own.
+        for n in &self.runit {
+            parts.push(format!("rm -f etc/runit/runsvdir/default/{n}; [ -L etc/service ] || rm -f etc/service/{n}", n = quote(n)));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+
     /// What the manifest records: units, `/etc/init.d/<script>`,
     /// `/etc/sv/<service>`, sorted.
     pub fn names(&self) -> Vec<String> {
@@ -374,6 +407,15 @@ impl Services {
         v.dedup();
         v
     }
+}
+
+/// The packages in `after` (`name=version` lines) whose names are not in
+/// `before` (lines starting with a name, `=version` optional): what an
+/// installation added.
+pub fn added_packages(before: &str, after: &str) -> Vec<String> {
+    let name = |l: &str| l.split('=').next().unwrap_or(l).trim().to_string();
+    let before: std::collections::BTreeSet<String> = before.lines().map(name).collect();
+    after.lines().filter(|l| !l.trim().is_empty() && !before.contains(&name(l))).map(str::to_string).collect()
 }
 
 /// The services among packages' files (`dpkg-query -L` lines), but those
@@ -404,27 +446,6 @@ pub fn services_of(files: &[String], kept: &[String]) -> Services {
         }
     }
     s
-}
-
-/// Removes the links that start `units` (or instances of them, when a
-/// unit is a template) from every `*.wants`/`*.requires` directory under
-/// /etc/systemd/system.
-fn remove_unit_links(root: &Path, units: &[String]) -> Result<(), BuildError> {
-    let sysd = root.join("etc/systemd/system");
-    for d in std::fs::read_dir(&sysd).into_iter().flatten().flatten() {
-        let dn = d.file_name().to_string_lossy().into_owned();
-        if !(dn.ends_with(".wants") || dn.ends_with(".requires")) {
-            continue;
-        }
-        for l in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
-            let ln = l.file_name().to_string_lossy().into_owned();
-            let template = ln.split_once('@').map(|(a, b)| format!("{a}@{}", b.rsplit_once('.').map(|(_, x)| format!(".{x}")).unwrap_or_default()));
-            if units.iter().any(|u| *u == ln || Some(u) == template.as_ref()) {
-                std::fs::remove_file(l.path()).map_err(io(&l.path()))?;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Every file the packages `names` installed in `root`.
@@ -659,29 +680,79 @@ mod tests {
         assert_eq!(s.runit, ["memcached"]);
     }
 
-    #[test]
-    fn unit_links_go_for_the_units_and_their_template_instances_only() {
-        let root = tempfile::tempdir().expect("tempdir");
-        let sysd = root.path().join("etc/systemd/system");
-        for (dir, link) in [
-            ("multi-user.target.wants", "redis-server.service"),
-            ("multi-user.target.wants", "ssh.service"),
-            ("postgresql.service.wants", "postgresql@15-main.service"),
-            ("sockets.target.wants", "foo.socket"),
-            ("foo.service.requires", "foo.socket"),
-        ] {
-            std::fs::create_dir_all(sysd.join(dir)).expect("mkdir");
-            symlink(format!("/lib/systemd/system/{link}"), sysd.join(dir).join(link)).expect("symlink");
-        }
-        let units: Vec<String> = ["redis-server.service", "postgresql@.service", "foo.socket"].iter().map(|s| s.to_string()).collect();
-        remove_unit_links(root.path(), &units).expect("removes");
-        let mut left = Vec::new();
-        for d in std::fs::read_dir(&sysd).expect("dir").flatten() {
-            for l in std::fs::read_dir(d.path()).expect("dir").flatten() {
-                left.push(format!("{}/{}", d.file_name().to_string_lossy(), l.file_name().to_string_lossy()));
+    /// Every symlink under `root`, relative, sorted.
+    fn links(root: &Path) -> Vec<String> {
+        fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).expect("dir").flatten() {
+                let ft = e.file_type().expect("type");
+                if ft.is_symlink() {
+                    out.push(e.path().strip_prefix(root).expect("under root").display().to_string());
+                } else if ft.is_dir() {
+                    walk(root, &e.path(), out);
+                }
             }
         }
-        assert_eq!(left, ["multi-user.target.wants/ssh.service"]);
+        let mut out = Vec::new();
+        walk(root, root, &mut out);
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn the_disable_command_removes_the_services_links_only_and_follows_no_absolute_link() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let r = root.path();
+        for (dir, link) in [
+            ("etc/systemd/system/multi-user.target.wants", "redis-server.service"),
+            ("etc/systemd/system/multi-user.target.wants", "ssh.service"),
+            ("etc/systemd/system/postgresql.service.wants", "postgresql@15-main.service"),
+            ("etc/systemd/system/sockets.target.wants", "foo.socket"),
+            ("etc/systemd/system/foo.service.requires", "foo.socket"),
+            ("etc/rc2.d", "S01redis-server"),
+            ("etc/rc0.d", "K01redis-server"),
+            ("etc/rc2.d", "S01ssh"),
+            ("etc/runlevels/default", "redis-server"),
+            ("etc/runlevels/default", "sshd"),
+            ("etc/runit/runsvdir/default", "memcached"),
+            ("etc/runit/runsvdir/default", "getty-1"),
+        ] {
+            std::fs::create_dir_all(r.join(dir)).expect("mkdir");
+            symlink(format!("/lib/x/{link}"), r.join(dir).join(link)).expect("symlink");
+        }
+        // Debian's runit layout: /etc/service is an absolute link, which
+        // on the build host would lead out of the image.
+        symlink("default", r.join("etc/runit/runsvdir/current")).expect("link");
+        symlink("/etc/runit/runsvdir/current", r.join("etc/service")).expect("link");
+        let s = Services {
+            units: vec!["redis-server.service".into(), "postgresql@.service".into(), "foo.socket".into()],
+            scripts: vec!["redis-server".into()],
+            runit: vec!["memcached".into()],
+        };
+        let cmd = s.disable_command().expect("something to do");
+        let out = Command::new("sh").arg("-c").arg(&cmd).current_dir(r).output().expect("sh");
+        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            links(r),
+            [
+                "etc/rc2.d/S01ssh",
+                "etc/runit/runsvdir/current",
+                "etc/runit/runsvdir/default/getty-1",
+                "etc/runlevels/default/sshd",
+                "etc/service",
+                "etc/systemd/system/multi-user.target.wants/ssh.service",
+            ]
+        );
+        assert!(Services::default().disable_command().is_none());
+        // A root without systemd or runit directories is no error.
+        let empty = tempfile::tempdir().expect("tempdir");
+        let out = Command::new("sh").arg("-c").arg(&cmd).current_dir(empty.path()).output().expect("sh");
+        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    #[test]
+    fn added_packages_are_the_new_names() {
+        assert_eq!(added_packages("bash\ncron\n", "bash=5.2\ncron=3.0\nredis-server=7.0\nredis-tools=7.0\n"), ["redis-server=7.0", "redis-tools=7.0"]);
+        assert_eq!(added_packages("bash=5.1\n", "bash=5.2\n"), Vec::<String>::new(), "an upgrade adds nothing");
     }
 
     #[test]

@@ -16,7 +16,7 @@ mod recipe;
 mod seed;
 mod cache;
 
-pub use build::{build_image, services_of, BuildError, Services, BUILD_TOOLS};
+pub use build::{added_packages, build_image, services_of, BuildError, Services, BUILD_TOOLS};
 pub use import::{is_tar, Compression, ImportError, Imported};
 pub use initramfs::INIT_SCRIPT;
 pub use kernel::{resolve_module_order, KernelError};

@@ -59,7 +59,7 @@ pub async fn apply(vm: &Vm, os: Os, add: &GuestAdditions, host_dir: &Path, apt_d
 
 async fn apply_deb(vm: &Vm, add: &GuestAdditions, host_dir: &Path, apt_dir: &Path) -> Result<Applied, String> {
     let minute = Duration::from_secs(60);
-    let before: BTreeSet<String> = run(vm, "listing the guest's packages", "dpkg-query -W -f '${Package}\\n'", minute).await?.lines().map(str::to_string).collect();
+    let before = run(vm, "listing the guest's packages", "dpkg-query -W -f '${Package}\\n'", minute).await?;
     if !add.packages.is_empty() {
         let status = run(vm, "reading the guest's dpkg status", "cat /var/lib/dpkg/status", minute).await?;
         let sources = run(vm, "reading the guest's apt sources", SOURCES, minute).await?;
@@ -80,7 +80,7 @@ async fn apply_deb(vm: &Vm, add: &GuestAdditions, host_dir: &Path, apt_dir: &Pat
         run(vm, "installing the [guest] packages (the guest's apt-get, from the shared .deb files)", &install, Duration::from_secs(1800)).await?;
     }
     let after = run(vm, "listing the guest's packages", "dpkg-query -W -f '${Package}=${Version}\\n'", minute).await?;
-    let added: Vec<String> = after.lines().filter(|l| !before.contains(l.split('=').next().unwrap_or(l))).map(str::to_string).collect();
+    let added = xdriver_images::added_packages(&before, &after);
     let mut applied = Applied { added_packages: added, disabled_services: Vec::new() };
     if !applied.added_packages.is_empty() {
         let names: Vec<String> = applied.added_packages.iter().map(|p| quote(p.split('=').next().unwrap_or(p))).collect();
@@ -88,8 +88,8 @@ async fn apply_deb(vm: &Vm, add: &GuestAdditions, host_dir: &Path, apt_dir: &Pat
         let files: Vec<String> = files.lines().filter(|l| l.starts_with('/')).map(str::to_string).collect();
         let services = xdriver_images::services_of(&files, &add.boot_services);
         applied.disabled_services = services.names();
-        if let Some(cmd) = disable_command(&services) {
-            run(vm, "disabling the added packages' services", &cmd, minute).await?;
+        if let Some(cmd) = services.disable_command() {
+            run(vm, "disabling the added packages' services", &format!("cd / && {{ {cmd}; }}"), minute).await?;
         }
     }
     prepare_commands(vm, add).await?;
@@ -166,33 +166,6 @@ fn fetch_pkgs(url: &str, dir: &Path, wanted: &[String], installed: &BTreeSet<Str
     Ok(out)
 }
 
-/// The shell command that keeps `s` from starting at boot: systemd's
-/// `.wants`/`.requires` links (template instances too), rc and OpenRC
-/// runlevel links, runit's `/etc/service` links.
-fn disable_command(s: &xdriver_images::Services) -> Option<String> {
-    let mut parts = Vec::new();
-    if !s.units.is_empty() {
-        let names: Vec<String> = s
-            .units
-            .iter()
-            .map(|u| match u.split_once("@.") {
-                Some((stem, ext)) => format!("-name {}", quote(&format!("{stem}@*.{ext}"))),
-                None => format!("-name {}", quote(u)),
-            })
-            .collect();
-        parts.push(format!(
-            "find /etc/systemd/system -mindepth 2 -maxdepth 2 -type l \\( -path '*.wants/*' -o -path '*.requires/*' \\) \\( {} \\) -delete",
-            names.join(" -o ")
-        ));
-    }
-    for n in &s.scripts {
-        parts.push(format!("rm -f /etc/rc?.d/[SK][0-9][0-9]{n} /etc/runlevels/*/{n}", n = quote(n)));
-    }
-    for n in &s.runit {
-        parts.push(format!("rm -f /etc/service/{n} /etc/runit/runsvdir/default/{n}", n = quote(n)));
-    }
-    (!parts.is_empty()).then(|| parts.join("; "))
-}
 
 /// The host's apt, in a root of its own (`apt_dir`) that holds the guest's
 /// sources and dpkg status: resolves `packages` against what the guest has
@@ -276,17 +249,4 @@ mod tests {
         assert!(split_sources("").is_empty());
     }
 
-    #[test]
-    fn services_are_disabled_by_their_links() {
-        let s = xdriver_images::Services {
-            units: vec!["redis-server.service".into(), "postgresql@.service".into()],
-            scripts: vec!["redis-server".into()],
-            runit: vec!["memcached".into()],
-        };
-        let cmd = disable_command(&s).expect("something to do");
-        assert!(cmd.contains("-name redis-server.service -o -name 'postgresql@*.service'"), "{cmd}");
-        assert!(cmd.contains("rm -f /etc/rc?.d/[SK][0-9][0-9]redis-server /etc/runlevels/*/redis-server"), "{cmd}");
-        assert!(cmd.contains("rm -f /etc/service/memcached"), "{cmd}");
-        assert!(disable_command(&xdriver_images::Services::default()).is_none());
-    }
 }
