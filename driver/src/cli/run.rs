@@ -99,7 +99,7 @@ pub(super) async fn main(args: RunArgs) -> Result<i32, CliError> {
             eprintln!(
                 "xdriver: {} up in {:.1} s (backdoor {:.1} s; {}), run dir {}",
                 args.image,
-                vm.ssh_ready_after().unwrap_or(vm.backdoor_ready_after).as_secs_f64(),
+                vm.ssh_ready_after().map_or(vm.ready_after, |s| s.max(vm.ready_after)).as_secs_f64(),
                 vm.backdoor_ready_after.as_secs_f64(),
                 vm.how_started(),
                 vm.run_dir().display()

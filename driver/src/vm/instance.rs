@@ -301,6 +301,9 @@ pub struct Vm {
     host_key: String,
     /// Time from `cont` until the backdoor answered.
     pub backdoor_ready_after: Duration,
+    /// Time from `cont` until the VM was ready: the backdoor answered and
+    /// the shares and store were attached and mounted.
+    pub ready_after: Duration,
     /// The store's virtiofsd (virtiofs only); killed with the VM.
     virtiofsd: Option<Virtiofsd>,
     /// The shares' virtiofsds (guests without 9p); killed with the VM.
@@ -694,6 +697,7 @@ impl Vm {
             os,
             host_key,
             backdoor_ready_after: Duration::ZERO,
+            ready_after: Duration::ZERO,
             virtiofsd,
             _share_daemons: share_daemons,
             shares: cfg.shares.clone(),
@@ -821,6 +825,7 @@ impl Vm {
             }
             Err(e) => return Err(e),
         };
+        vm.ready_after = t0.elapsed();
         if want_ssh && key_over_backdoor {
             vm.spawn_ssh(t0, cfg.boot_timeout);
         }
