@@ -388,9 +388,11 @@ impl Services {
         // must not be followed outside a guest: the runsvdir is named
         // itself, /etc/service only when it is a directory of its own.
         for n in &self.runit {
-            parts.push(format!("rm -f etc/runit/runsvdir/default/{n}; [ -L etc/service ] || rm -f etc/service/{n}", n = quote(n)));
+            parts.push(format!("rm -f etc/runit/runsvdir/default/{n} && {{ [ -L etc/service ] || rm -f etc/service/{n}; }}", n = quote(n)));
         }
-        (!parts.is_empty()).then(|| parts.join("; "))
+        // Each part succeeds when it has nothing to remove: any failure is
+        // the command's.
+        (!parts.is_empty()).then(|| parts.join(" && "))
     }
 
     /// What the manifest records: units, `/etc/init.d/<script>`,

@@ -176,4 +176,9 @@ fn a_restored_cloud_vm_takes_its_store_hot_plugged_and_streams_all_its_output() 
         assert_eq!((run.code, run.stdout.as_str()), (0, "hot-plugged\n1\ndone\n"), "run {run_no}: {}", run.stderr);
         assert!(run.stderr.contains("restored from the RAM snapshot"), "run {run_no}: {}", run.stderr);
     }
+    // A built image (its kernel booted directly) takes a store over
+    // virtio-fs hot-plugged the same way when asked for virtio-fs.
+    let run = xdriver(&["run", "--image", "debian-12-systemd", "--accel", "tcg", "--channel", "backdoor", "--share-fs", "virtiofs", "--store", store, "--", &cmd], work.path());
+    assert_eq!((run.code, run.stdout.as_str()), (0, "hot-plugged\n1\ndone\n"), "built image: {}", run.stderr);
+    assert!(run.stderr.contains("restored from the RAM snapshot"), "built image: {}", run.stderr);
 }

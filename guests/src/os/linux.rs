@@ -66,14 +66,15 @@ pub(super) fn mount_share(tag: &str, guest: &str, writable: bool, kind: ShareKin
     format!("{mount} && {{ grep -q '^{tag} ' /etc/fstab 2>/dev/null || echo '{tag} {guest} {fs} {opts},nofail 0 0' >> /etc/fstab; }}")
 }
 
-/// Waits (up to 30 s) until `devices` virtio devices are bound to the
-/// virtiofs driver: ACPI PCI hot-plug announces each to the kernel, which
-/// probes it and (udev, or the modprobe here) loads the driver.
+/// Waits (up to 20 s by the guest's clock, inside the 30 s a set-up
+/// command has) until `devices` virtio devices are bound to the virtiofs
+/// driver: ACPI PCI hot-plug announces each to the kernel, which probes it
+/// and (udev, or the modprobe here) loads the driver.
 pub(super) fn wait_virtiofs_hotplug(devices: usize) -> String {
     format!(
-        "modprobe virtiofs 2>/dev/null; i=0; \
-         while [ \"$(ls /sys/bus/virtio/drivers/virtiofs 2>/dev/null | grep -c '^virtio')\" -lt {devices} ]; do \
-         i=$((i+1)); if [ $i -gt 300 ]; then echo \"hot-plugged virtio-fs devices: $(ls /sys/bus/virtio/drivers/virtiofs 2>/dev/null | grep -c '^virtio') of {devices} appeared within 30 s\" >&2; exit 1; fi; \
+        "modprobe virtiofs 2>/dev/null; end=$(($(date +%s) + 20)); \
+         while n=$(ls /sys/bus/virtio/drivers/virtiofs 2>/dev/null | grep -c '^virtio'); [ \"$n\" -lt {devices} ]; do \
+         if [ \"$(date +%s)\" -ge \"$end\" ]; then echo \"hot-plugged virtio-fs devices: $n of {devices} bound to the virtiofs driver within 20 s\" >&2; exit 1; fi; \
          sleep 0.1; done"
     )
 }
