@@ -328,10 +328,9 @@ fn additions_failure(log: &Path) -> Option<BuildError> {
 /// their runit services their `/etc/service` links. Returns what the
 /// manifest records.
 fn disable_added_services(root: &Path, base_list: &Path, add: &GuestAdditions, base: &ImageName) -> Result<DerivedInfo, BuildError> {
-    let base_pkgs: std::collections::BTreeSet<String> =
-        std::fs::read_to_string(base_list).map_err(io(base_list))?.lines().map(str::to_string).collect();
+    let base_pkgs = std::fs::read_to_string(base_list).map_err(io(base_list))?;
     let _ = std::fs::remove_file(base_list);
-    let added = added_packages(&base_pkgs.into_iter().collect::<Vec<_>>().join("\n"), &installed_packages(root).join("\n"));
+    let added = added_packages(&base_pkgs, &installed_packages(root).join("\n"));
     let names: Vec<&str> = added.iter().map(|p| p.split('=').next().unwrap_or(p)).collect();
     let files = package_files(root, &names);
     let services = services_of(&files, &add.boot_services);

@@ -813,7 +813,6 @@ impl Vm {
                     }
                 }
             };
-            let waited = Instant::now();
             let ready = async {
                 tokio::select! {
                     r = ready => Ok(r),
@@ -825,7 +824,7 @@ impl Vm {
                 Err(why) => {
                     return Err(VmError::BootTimeout {
                         waited_for: format!("the guest kernel hung before the backdoor shell came up ({why}); given up early"),
-                        timeout: waited.elapsed(),
+                        timeout: t0.elapsed(),
                         serial: vm.serial_tail(30),
                     })
                 }
@@ -1375,10 +1374,9 @@ struct RamCopy(std::os::fd::OwnedFd);
 
 impl RamCopy {
     fn make(from: &std::path::Path) -> Result<RamCopy, String> {
-        use std::io::{Read, Seek, SeekFrom};
         use std::os::fd::{AsRawFd, FromRawFd};
         use std::os::unix::fs::FileExt;
-        let mut src = std::fs::File::open(from).map_err(|e| format!("{}: {e}", from.display()))?;
+        let src = std::fs::File::open(from).map_err(|e| format!("{}: {e}", from.display()))?;
         let len = src.metadata().map_err(|e| format!("{}: {e}", from.display()))?.len();
         // SAFETY: memfd_create with a NUL-terminated name; the descriptor
         // it returns is owned here alone.
@@ -1401,10 +1399,9 @@ impl RamCopy {
             let hole = unsafe { libc::lseek(src.as_raw_fd(), data, libc::SEEK_HOLE) };
             let end = if hole < 0 { len } else { (hole as u64).min(len) };
             let mut at = data as u64;
-            src.seek(SeekFrom::Start(at)).map_err(|e| format!("reading the snapshot's RAM: {e}"))?;
             while at < end {
                 let want = buf.len().min((end - at) as usize);
-                let n = src.read(&mut buf[..want]).map_err(|e| format!("reading the snapshot's RAM: {e}"))?;
+                let n = src.read_at(&mut buf[..want], at).map_err(|e| format!("reading the snapshot's RAM: {e}"))?;
                 if n == 0 {
                     break;
                 }

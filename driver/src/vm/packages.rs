@@ -166,7 +166,6 @@ fn fetch_pkgs(url: &str, dir: &Path, wanted: &[String], installed: &BTreeSet<Str
     Ok(out)
 }
 
-
 /// The host's apt, in a root of its own (`apt_dir`) that holds the guest's
 /// sources and dpkg status: resolves `packages` against what the guest has
 /// and downloads what it lacks into `debs`.
@@ -248,5 +247,4 @@ mod tests {
         assert_eq!(s[1].0, "/etc/apt/sources.list.d/x.sources");
         assert!(split_sources("").is_empty());
     }
-
 }
