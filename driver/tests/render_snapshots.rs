@@ -15,10 +15,10 @@ fn cells() -> Vec<Cell> {
     let mut v = Vec::new();
     for m in Manager::all() {
         for p in ProfileKind::ALL {
-            if p == ProfileKind::Unprivileged && m.unprivileged_support().is_err() {
+            let os = if m == Manager::BSDRC { Os::FREEBSD } else { Os::DEBIAN_12 };
+            if p == ProfileKind::Unprivileged && m.unprivileged_support(&*os).is_err() {
                 continue;
             }
-            let os = if m == Manager::BSDRC { Os::FREEBSD } else { Os::DEBIAN_12 };
             v.push(Cell { os, manager: m, profile: p, image: image_for(os, m, p).or_else(|_| Ok::<_, String>("(none)".into())) });
         }
     }

@@ -13,7 +13,7 @@ mod os;
 mod provision;
 pub mod shell;
 
-pub use init::{Init, UnknownInit};
+pub use init::{Init, InitSystem, UnknownInit, INITS};
 pub use managers::{Backend, GuestFile, Manager, ManagerBackend, RenderError, UnknownManager, MANAGERS};
 pub use model::{
     ConfigFile, Credentials, Group, Mode, Process, Profile, ProfileKind, ProfileUser, System, UnknownProfile, User,

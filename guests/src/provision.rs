@@ -65,11 +65,11 @@ pub enum FsEntry {
     },
 }
 
-fn file(path: &str, mode: u32, contents: impl Into<String>) -> FsEntry {
+pub(crate) fn file(path: &str, mode: u32, contents: impl Into<String>) -> FsEntry {
     FsEntry::File { path: path.into(), mode, contents: contents.into() }
 }
 
-fn symlink(path: &str, target: &str) -> FsEntry {
+pub(crate) fn symlink(path: &str, target: &str) -> FsEntry {
     FsEntry::Symlink { path: path.into(), target: target.into() }
 }
 
@@ -119,114 +119,7 @@ pub fn provision(init: Init, hostname: &str) -> Vec<FsEntry> {
     // event devices (the initramfs loads `button` and `evdev`) and runs
     // /etc/acpi/PWRF/00000080 for it. Started by each init below.
     v.push(file(ACPI_POWER_HANDLER, 0o755, format!("#!/bin/sh\n# xdriver: the ACPI power button powers the guest off.\n{}\n", init.poweroff_command())));
-    match init {
-        Init::Systemd => {
-            // Debian's systemd makes /root/.ssh at every boot (tmpfiles'
-            // provision.conf, for keys passed as systemd credentials, which
-            // xdriver does not use): root's ~/.ssh is the test's to make.
-            v.push(symlink("/etc/tmpfiles.d/provision.conf", "/dev/null"));
-            v.push(file(
-                "/etc/systemd/system/xdriver-acpid.service",
-                0o644,
-                format!(
-                    "[Unit]\n\
-                     Description=xdriver: the ACPI power button powers off (busybox acpid)\n\n\
-                     [Service]\n\
-                     ExecStart={ACPID}\n\
-                     Restart=on-failure\n\n\
-                     [Install]\n\
-                     WantedBy=multi-user.target\n"
-                ),
-            ));
-            v.push(symlink(
-                "/etc/systemd/system/multi-user.target.wants/xdriver-acpid.service",
-                "/etc/systemd/system/xdriver-acpid.service",
-            ));
-            // sshd and the backdoor start as soon as systemd runs, not after
-            // basic.target: all they need is there before any unit starts
-            // (root mounted read-write and eth0 configured by the
-            // initramfs, /run mounted by systemd itself, host key and
-            // privilege-separation user in the image). That takes both off
-            // the boot's critical path (basic.target came 5.6 s into
-            // userspace under TCG). Without default dependencies they still
-            // stop at shutdown. `sshd -t` before every start is one more
-            // sshd exec; the config is fixed at image build.
-            // systemd-tmpfiles would empty /tmp at boot ('D' in tmp.conf),
-            // possibly after the first commands already put files there now
-            // that they can run before sysinit.target. Every VM's /tmp is
-            // fresh from the image anyway.
-            v.push(file("/etc/tmpfiles.d/tmp.conf", 0o644, "# xdriver: /tmp starts empty on every VM's fresh overlay; never wipe it at boot.\nd /tmp 1777 root root -\n"));
-            v.push(file(
-                "/etc/systemd/system/ssh.service.d/xdriver.conf",
-                0o644,
-                "[Unit]\nDefaultDependencies=no\nConflicts=shutdown.target\nBefore=shutdown.target\n\n[Service]\nStartupCPUWeight=1000\nExecStartPre=\nExecStart=\nExecStart=/usr/sbin/sshd -D -r $SSHD_OPTS\n",
-            ));
-            v.push(file(
-                "/etc/systemd/system/xdriver-backdoor.service",
-                0o644,
-                "[Unit]\n\
-                 Description=xdriver backdoor root shell (virtio-serial port org.xdriver.backdoor)\n\
-                 DefaultDependencies=no\n\
-                 Conflicts=shutdown.target\n\
-                 Before=shutdown.target\n\n\
-                 [Service]\n\
-                 StartupCPUWeight=1000\n\
-                 ExecStart=/usr/lib/xdriver/backdoor\n\
-                 Restart=always\n\
-                 RestartSec=0\n\
-                 KillMode=process\n\n\
-                 [Install]\n\
-                 WantedBy=multi-user.target\n",
-            ));
-            v.push(symlink(
-                "/etc/systemd/system/multi-user.target.wants/xdriver-backdoor.service",
-                "/etc/systemd/system/xdriver-backdoor.service",
-            ));
-        }
-        Init::Sysvinit | Init::Openrc => {
-            v.push(FsEntry::Append {
-                path: "/etc/inittab".into(),
-                text: format!(
-                    "\n# xdriver: serial login\nT0:2345:respawn:/sbin/getty -L ttyS0 115200 vt100\n\
-                     # xdriver: the ACPI power button powers off\nXA:2345:respawn:{ACPID}\n"
-                ),
-            });
-            if init == Init::Sysvinit {
-                // inittab entries start after the runlevel's `wait` rc line,
-                // so the backdoor comes up once the boot scripts have run.
-                v.push(FsEntry::Append {
-                    path: "/etc/inittab".into(),
-                    text: "XD:2345:respawn:/usr/lib/xdriver/backdoor\n".into(),
-                });
-            } else {
-                v.push(file(
-                    "/etc/init.d/xdriver-backdoor",
-                    0o755,
-                    "#!/sbin/openrc-run\n\
-                     description=\"xdriver backdoor root shell\"\n\
-                     command=/usr/lib/xdriver/backdoor\n\
-                     supervisor=supervise-daemon\n\
-                     respawn_max=0\n\
-                     depend() {\n\tafter networking ssh nginx\n}\n",
-                ));
-                v.push(symlink("/etc/runlevels/default/xdriver-backdoor", "/etc/init.d/xdriver-backdoor"));
-            }
-        }
-        Init::Runit => {
-            v.push(file("/etc/sv/xdriver-acpid/run", 0o755, format!("#!/bin/sh\nexec {ACPID}\n")));
-            v.push(symlink("/etc/service/xdriver-acpid", "/etc/sv/xdriver-acpid"));
-            v.push(file("/etc/sv/xdriver-backdoor/run", 0o755, "#!/bin/sh\nexec /usr/lib/xdriver/backdoor\n"));
-            v.push(symlink("/etc/service/xdriver-backdoor", "/etc/sv/xdriver-backdoor"));
-            v.push(file(
-                "/etc/sv/getty-ttyS0/run",
-                0o755,
-                "#!/bin/sh\nexec /sbin/getty -L ttyS0 115200 vt100\n",
-            ));
-            v.push(symlink("/etc/service/getty-ttyS0", "/etc/sv/getty-ttyS0"));
-        }
-        // Debian images are never built with FreeBSD's init.
-        Init::Bsdinit => {}
-    }
+    v.extend(init.boot_files(ACPID));
     v
 }
 
@@ -236,7 +129,7 @@ mod tests {
 
     #[test]
     fn every_init_starts_the_backdoor() {
-        for init in Init::ALL {
+        for init in Init::built() {
             let entries = provision(init, "vm");
             let starts = entries.iter().any(|e| match e {
                 FsEntry::File { contents, .. } | FsEntry::Append { text: contents, .. } => {
@@ -250,7 +143,7 @@ mod tests {
 
     #[test]
     fn every_init_starts_acpid_and_the_handler_powers_off() {
-        for init in Init::ALL {
+        for init in Init::built() {
             let entries = provision(init, "vm");
             let starts = entries.iter().any(|e| match e {
                 FsEntry::File { contents, .. } | FsEntry::Append { text: contents, .. } => contents.contains(ACPID),
@@ -273,7 +166,7 @@ mod tests {
         // sshd test runs sshd on 22 and makes /root/.ssh with `mkdir -m 700`).
         let port = format!("Port {SSH_PORT}");
         let keys = "AuthorizedKeysFile /etc/xdriver/authorized_keys";
-        for init in crate::init::Init::ALL {
+        for init in Init::built() {
             let sshd = provision(init, "x").into_iter().find_map(|e| match e {
                 FsEntry::File { path, contents, .. } if path == "/etc/ssh/sshd_config.d/xdriver.conf" => Some(contents),
                 _ => None,

@@ -1,6 +1,7 @@
-//! Builds one image variant: rootfs with mmdebstrap, xdriver's files and a
-//! fresh SSH host key, kernel + initramfs, then an ext4 filesystem made with
-//! `mke2fs -d` (no loop devices) converted to qcow2.
+//! The Debian builder ([`Debian`], the one [`ImageBuilder`]): one image
+//! variant's rootfs with mmdebstrap, xdriver's files and a fresh SSH host
+//! key, kernel + initramfs from the recipe's release, then an ext4
+//! filesystem made with `mke2fs -d` (no loop devices) converted to qcow2.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -14,6 +15,8 @@ use russh::keys::{Algorithm, PrivateKey};
 use xdriver_guests::shell::quote;
 use xdriver_guests::FsEntry;
 
+use crate::apt::{AptError, PrivateApt};
+use crate::builder::ImageBuilder;
 use crate::kernel::{self, KernelError};
 use crate::lock::{FileLock, LockError};
 use crate::manifest::{DerivedInfo, DiskInfo, KernelInfo, Manifest, MANIFEST_SCHEMA};
@@ -42,6 +45,20 @@ pub enum BuildError {
         command: String,
         /// Its status.
         status: std::process::ExitStatus,
+    },
+    /// The recipe's sources do not give what it asks for (a package not in
+    /// the release, an unreachable or unsigned archive).
+    #[error("stage `sources`: {0}")]
+    Sources(#[source] AptError),
+    /// No builder makes images of the recipe's OS.
+    #[error("recipe {recipe}: no image builder for OS `{os}` (builders: {known})")]
+    NoBuilder {
+        /// The recipe.
+        recipe: String,
+        /// Its `os` field.
+        os: String,
+        /// The builders there are.
+        known: String,
     },
     /// Kernel and initramfs preparation failed.
     #[error("stage `kernel`")]
@@ -479,17 +496,39 @@ fn link_or_copy(from: &Path, to: &Path) -> Result<(), BuildError> {
     Ok(())
 }
 
-/// Builds `name` from `recipe` into `out` (a fresh directory). The kernel
-/// and initramfs are shared through `kernels`. Returns the manifest, which
-/// is also written to `out/manifest.json`.
-pub fn build_image(
-    recipe: &Recipe,
-    name: &ImageName,
-    hash: &str,
-    out: &Path,
-    kernels: &Path,
-    progress: bool,
-) -> Result<Manifest, BuildError> {
+/// Debian images, built with mmdebstrap from the recipe's suite and mirrors.
+#[derive(Debug)]
+pub struct Debian;
+
+impl ImageBuilder for Debian {
+    fn os(&self) -> &'static str {
+        "debian"
+    }
+
+    fn build(&self, recipe: &Recipe, name: &ImageName, hash: &str, out: &Path, kernels: &Path, progress: bool) -> Result<Manifest, BuildError> {
+        build_debian(recipe, name, hash, out, kernels, progress)
+    }
+}
+
+/// The recipe's mirrors as a private apt's sources, updated: the kernel and
+/// busybox come from the recipe's own release, and every package the build
+/// will ask mmdebstrap for is checked first, so a name the release lacks is
+/// told with the suite and the archive's date before anything is built.
+fn recipe_sources(recipe: &Recipe, init: &crate::recipe::InitRecipe, dir: &Path) -> Result<PrivateApt, BuildError> {
+    let sources = vec![("recipe.list".to_string(), recipe.mirrors.iter().map(|m| format!("{m}\n")).collect::<String>())];
+    let apt = PrivateApt::new(dir, &sources, "", &recipe.suite).map_err(BuildError::Sources)?;
+    apt.update().map_err(BuildError::Sources)?;
+    let mut wanted: Vec<String> = recipe.packages.iter().chain(&init.packages).cloned().collect();
+    if let Some(add) = &recipe.additions {
+        wanted.extend(add.packages.iter().cloned());
+    }
+    wanted.push(recipe.kernel.package.clone());
+    wanted.push(recipe.kernel.busybox_package.clone());
+    apt.check_available(&wanted).map_err(BuildError::Sources)?;
+    Ok(apt)
+}
+
+fn build_debian(recipe: &Recipe, name: &ImageName, hash: &str, out: &Path, kernels: &Path, progress: bool) -> Result<Manifest, BuildError> {
     let started = Instant::now();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -505,6 +544,15 @@ pub fn build_image(
     let stages = Stages { log: out.join("build.log"), progress, name: image.clone() };
     let init = recipe.inits.get(&name.init).expect("ImageName::from_str checked the variant exists");
     let rootfs = out.join("rootfs");
+
+    // 0. sources
+    let t = Instant::now();
+    let pb = stages.bar("sources");
+    pb.set_message(format!("apt update ({})", recipe.suite));
+    let apt_dir = out.join("apt");
+    let apt = recipe_sources(recipe, init, &apt_dir)?;
+    let archive_date = apt.archive_date();
+    stages.done(pb, "sources", t);
 
     // 1. rootfs
     let t = Instant::now();
@@ -574,7 +622,8 @@ pub fn build_image(
     // 3. kernel (shared between variants)
     let t = Instant::now();
     let pb = stages.bar("kernel");
-    let kernel = shared_kernel(recipe, kernels)?;
+    let kernel = shared_kernel(&apt, recipe, kernels)?;
+    std::fs::remove_dir_all(&apt_dir).map_err(io(&apt_dir))?;
     for f in [&kernel.1.file, &kernel.1.initrd] {
         link_or_copy(&kernel.0.join(f), &out.join(f))?;
     }
@@ -617,6 +666,7 @@ pub fn build_image(
         build_seconds: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
         import: None,
         derived,
+        archive_date,
     };
     let mp = out.join("manifest.json");
     let json = serde_json::to_string_pretty(&manifest).expect("manifest serializes");
@@ -626,10 +676,12 @@ pub fn build_image(
 
 /// The kernel + initramfs directory for the recipe's kernel settings,
 /// prepared once under a lock and reused by every variant.
-fn shared_kernel(recipe: &Recipe, kernels: &Path) -> Result<(PathBuf, KernelInfo), BuildError> {
+fn shared_kernel(apt: &PrivateApt, recipe: &Recipe, kernels: &Path) -> Result<(PathBuf, KernelInfo), BuildError> {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(format!("{:?}", recipe.kernel).as_bytes());
+    // One package name (linux-image-amd64) is a different kernel per release.
+    h.update(format!("{:?}", recipe.mirrors).as_bytes());
     h.update(crate::initramfs::INIT_SCRIPT.as_bytes());
     h.update(crate::kernel::PREP_VERSION.to_le_bytes());
     let key = format!("{}-{}", recipe.kernel.package, &hex::encode(h.finalize())[..12]);
@@ -645,7 +697,7 @@ fn shared_kernel(recipe: &Recipe, kernels: &Path) -> Result<(PathBuf, KernelInfo
     let _ = std::fs::remove_dir_all(&tmp);
     let _ = std::fs::remove_dir_all(&dir);
     let work = tmp.join("work");
-    let info = kernel::prepare(&recipe.kernel, &work, &tmp)?;
+    let info = kernel::prepare(apt, &recipe.kernel, &work, &tmp)?;
     let _ = std::fs::remove_dir_all(&work);
     std::fs::write(tmp.join("kernel.json"), serde_json::to_string_pretty(&info).expect("serializes"))
         .map_err(io(&tmp))?;

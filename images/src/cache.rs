@@ -5,7 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::build::{build_image, BuildError};
+use crate::build::BuildError;
+use crate::builder::build_image;
 use crate::lock::{FileLock, LockError};
 use crate::manifest::Manifest;
 use crate::recipe::{GuestAdditions, ImageName, Recipe, RecipeError};

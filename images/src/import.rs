@@ -386,6 +386,7 @@ impl ImageCache {
                 created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
                 build_seconds: 0.0,
                 derived: None,
+                archive_date: None,
                 import: Some(ImportInfo {
                     source_file: file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
                     source_sha256: sum.clone(),

@@ -1,12 +1,14 @@
-//! The guest kernel: fetched as a Debian package through the host's apt,
-//! unpacked, turned into an uncompressed PVH-bootable `vmlinux` (about 2 s
-//! faster per boot under TCG than the bzImage), and paired with our
-//! initramfs. Shared by every image built from the same kernel package.
+//! The guest kernel: fetched as a Debian package of the recipe's release
+//! (the host's apt pointed at the recipe's mirrors), unpacked, turned into
+//! an uncompressed PVH-bootable `vmlinux` (about 2 s faster per boot under
+//! TCG than the bzImage), and paired with our initramfs. Shared by every
+//! image built from the same kernel package.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::apt::{AptError, PrivateApt};
 use crate::manifest::{KernelFormat, KernelInfo};
 
 /// Failures while preparing the kernel and initramfs.
@@ -31,6 +33,9 @@ pub enum KernelError {
     /// A module the recipe asks for is not in the kernel package.
     #[error("kernel module `{0}` is not in the kernel package (neither built in nor a .ko)")]
     MissingModule(String),
+    /// The recipe's apt sources could not give a package.
+    #[error(transparent)]
+    Apt(#[from] AptError),
     /// File I/O.
     #[error("{path}")]
     Io {
@@ -62,34 +67,13 @@ pub(crate) fn run(cmd: &mut Command) -> Result<Vec<u8>, KernelError> {
     Ok(out.stdout)
 }
 
-/// The versioned package a meta package (e.g. linux-image-amd64) depends
-/// on, according to the host's apt.
-fn resolve_package(meta: &str) -> Result<String, KernelError> {
-    let out = run(Command::new("apt-cache").args(["depends", meta]))?;
-    let text = String::from_utf8_lossy(&out);
-    for line in text.lines() {
-        if let Some(dep) = line.trim().strip_prefix("Depends: ") {
-            if dep.starts_with("linux-image-") || dep.starts_with("busybox") {
-                return Ok(dep.trim().to_string());
-            }
-        }
-    }
-    // Not a meta package: use it as is.
-    Ok(meta.to_string())
-}
-
-/// Downloads `package` with the host's apt into `dir`, unpacks it into
-/// `dir/root` and returns (versioned package, package version).
-pub(crate) fn fetch_and_unpack(package: &str, dir: &Path) -> Result<(String, String), KernelError> {
-    let pkg = resolve_package(package)?;
+/// Downloads `package` (a meta package is resolved first) with `apt` into
+/// `dir`, unpacks it into `dir/root` and returns (versioned package,
+/// package version).
+pub(crate) fn fetch_and_unpack(apt: &PrivateApt, package: &str, dir: &Path) -> Result<(String, String), KernelError> {
+    let pkg = apt.resolve_meta(package)?;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    run(Command::new("apt-get").args(["download", "-q", &pkg]).current_dir(dir)).map_err(|e| match e {
-        KernelError::Tool { command, detail } => KernelError::Tool {
-            command,
-            detail: format!("{detail}\n(hint: run `apt-get update` so the host's apt knows {pkg})"),
-        },
-        other => other,
-    })?;
+    apt.download(&pkg, dir)?;
     let deb = std::fs::read_dir(dir)
         .map_err(io(dir))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -102,6 +86,36 @@ pub(crate) fn fetch_and_unpack(package: &str, dir: &Path) -> Result<(String, Str
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
     std::fs::remove_file(&deb).map_err(io(&deb))?;
     Ok((pkg, version))
+}
+
+/// A module file's name without its extension (`ext4` of `ext4.ko`,
+/// `ext4.ko.xz` or `ext4.ko.zst`: Debian compresses modules from its 6.x
+/// kernels on), or None for any other file.
+fn module_stem(file_name: &str) -> Option<&str> {
+    [".ko", ".ko.xz", ".ko.zst"].iter().find_map(|ext| file_name.strip_suffix(ext))
+}
+
+/// A module file's ELF bytes: decompressed where the package compressed it
+/// (busybox's insmod in the initramfs loads plain ELF only).
+fn read_module(path: &Path) -> Result<Vec<u8>, KernelError> {
+    let data = std::fs::read(path).map_err(io(path))?;
+    let name = path.to_string_lossy();
+    let bad = |what: String| KernelError::Package { package: path.display().to_string(), what };
+    if name.ends_with(".xz") {
+        let mut out = Vec::new();
+        lzma_rs::xz_decompress(&mut &data[..], &mut out).map_err(|e| bad(format!("xz: {e}")))?;
+        Ok(out)
+    } else if name.ends_with(".zst") {
+        use std::io::Read;
+        let mut out = Vec::new();
+        ruzstd::decoding::StreamingDecoder::new(&data[..])
+            .map_err(|e| bad(format!("zstd: {e}")))?
+            .read_to_end(&mut out)
+            .map_err(|e| bad(format!("zstd: {e}")))?;
+        Ok(out)
+    } else {
+        Ok(data)
+    }
 }
 
 /// Reads the `depends=` field of a module's .modinfo section.
@@ -207,12 +221,13 @@ fn extract_vmlinux(bzimage: &[u8]) -> Result<Option<Vec<u8>>, KernelError> {
 
 /// Prepares `kernel` and `initrd.img` in `out` from the recipe's kernel
 /// settings. `work` is scratch space.
-pub(crate) fn prepare(recipe: &crate::recipe::KernelRecipe, work: &Path, out: &Path) -> Result<KernelInfo, KernelError> {
+pub(crate) fn prepare(apt: &PrivateApt, recipe: &crate::recipe::KernelRecipe, work: &Path, out: &Path) -> Result<KernelInfo, KernelError> {
     let (kernel_package, busybox_package) = (&recipe.package, &recipe.busybox_package);
     let kdir = work.join("kernel");
-    let (pkg, pkg_version) = fetch_and_unpack(kernel_package, &kdir)?;
+    let (pkg, pkg_version) = fetch_and_unpack(apt, kernel_package, &kdir)?;
     let root = kdir.join("root");
-    let moddir = root.join("lib/modules");
+    // Packages of merged-/usr releases (Debian 13 on) ship /usr/lib/modules.
+    let moddir = ["usr/lib/modules", "lib/modules"].iter().map(|d| root.join(d)).find(|d| d.is_dir()).unwrap_or_else(|| root.join("lib/modules"));
     let release = std::fs::read_dir(&moddir)
         .map_err(io(&moddir))?
         .filter_map(|e| e.ok())
@@ -231,8 +246,8 @@ pub(crate) fn prepare(recipe: &crate::recipe::KernelRecipe, work: &Path, out: &P
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if let Some(stem) = p.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".ko")) {
-                let data = std::fs::read(&p).map_err(io(&p))?;
+            } else if let Some(stem) = p.file_name().and_then(|n| n.to_str()).and_then(module_stem) {
+                let data = read_module(&p)?;
                 modules.insert(stem.replace('-', "_"), (p.clone(), module_depends(&data)));
             }
         }
@@ -242,25 +257,27 @@ pub(crate) fn prepare(recipe: &crate::recipe::KernelRecipe, work: &Path, out: &P
         .map_err(io(&builtin_file))?
         .lines()
         .filter_map(|l| l.rsplit('/').next())
-        .map(|n| n.trim_end_matches(".ko").replace('-', "_"))
+        .map(|n| module_stem(n).unwrap_or(n).replace('-', "_"))
         .collect();
     let boot = resolve_module_order(&modules, &builtin, &recipe.modules)?;
     let all: Vec<String> = recipe.modules.iter().chain(&recipe.background_modules).cloned().collect();
     let order = resolve_module_order(&modules, &builtin, &all)?;
     let (mut files, mut later) = (Vec::new(), Vec::new());
     for p in &order {
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let data = std::fs::read(p).map_err(io(p))?;
+        let file = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = format!("{}.ko", module_stem(&file).unwrap_or(&file));
+        let data = read_module(p)?;
         let to = if boot.contains(p) { &mut files } else { &mut later };
         to.push((name, strip_signature(&data).to_vec()));
     }
 
     let bbdir = work.join("busybox");
-    let (bb_pkg, _) = fetch_and_unpack(busybox_package, &bbdir)?;
-    let bb_path = bbdir.join("root/bin/busybox");
+    let (bb_pkg, _) = fetch_and_unpack(apt, busybox_package, &bbdir)?;
+    // /usr/bin in merged-/usr packages (Debian 13 on).
+    let bb_path = ["root/usr/bin/busybox", "root/bin/busybox"].iter().map(|p| bbdir.join(p)).find(|p| p.is_file()).unwrap_or_else(|| bbdir.join("root/bin/busybox"));
     let busybox = std::fs::read(&bb_path).map_err(|_| KernelError::Package {
         package: bb_pkg.clone(),
-        what: "no /bin/busybox".into(),
+        what: "no /bin/busybox or /usr/bin/busybox".into(),
     })?;
 
     std::fs::create_dir_all(out).map_err(io(out))?;
@@ -282,7 +299,7 @@ pub(crate) fn prepare(recipe: &crate::recipe::KernelRecipe, work: &Path, out: &P
         initrd: "initrd.img".into(),
         modules: order
             .iter()
-            .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .filter_map(|p| p.file_name().and_then(|n| n.to_str()).and_then(module_stem).map(str::to_string))
             .collect(),
     })
 }

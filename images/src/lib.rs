@@ -4,7 +4,9 @@
 //! content-addressed image cache under the user's
 //! cache directory.
 
+mod apt;
 mod build;
+mod builder;
 mod cpio;
 mod import;
 mod initramfs;
@@ -16,7 +18,9 @@ mod recipe;
 mod seed;
 mod cache;
 
-pub use build::{added_packages, build_image, services_of, BuildError, Services, BUILD_TOOLS};
+pub use apt::{AptError, PrivateApt};
+pub use build::{added_packages, services_of, BuildError, Debian, Services, BUILD_TOOLS};
+pub use builder::{build_image, ImageBuilder, BUILDERS};
 pub use import::{is_tar, Compression, ImportError, Imported};
 pub use initramfs::INIT_SCRIPT;
 pub use kernel::{resolve_module_order, KernelError};

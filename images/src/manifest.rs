@@ -93,6 +93,11 @@ pub struct Manifest {
     /// What a spec added to a built image (None: the recipe's own image).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub derived: Option<DerivedInfo>,
+    /// The `Date:` of the release's archive the packages came from (its
+    /// Release file), for a suite that changes daily (testing). None for
+    /// imported images and images built before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_date: Option<String>,
 }
 
 /// A derived image: a built image plus a spec's `[guest]` additions.

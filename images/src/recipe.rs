@@ -13,10 +13,8 @@ use xdriver_guests::Init;
 /// cache key changes with it.
 pub const BUILDER_VERSION: u32 = 3;
 
-const RECIPES: &[(&str, &str)] = &[
-    ("debian-12", include_str!("../recipes/debian-12.toml")),
-    ("debian-12-nix", include_str!("../recipes/debian-12-nix.toml")),
-];
+// RECIPES: every file in images/recipes/, listed by build.rs.
+include!(concat!(env!("OUT_DIR"), "/recipes.rs"));
 
 /// A recipe that is another one plus packages.
 #[derive(Debug, Deserialize)]
@@ -275,9 +273,9 @@ mod tests {
     fn shipped_recipes_parse_and_hashes_differ_per_init() {
         let r = Recipe::load("debian-12").expect("ships");
         assert_eq!(r.suite, "bookworm");
-        let hashes: std::collections::HashSet<_> = Init::ALL.iter().map(|i| r.hash(*i)).collect();
+        let hashes: std::collections::HashSet<_> = Init::built().map(|i| r.hash(i)).collect();
         assert_eq!(hashes.len(), 4);
-        assert_eq!(r.hash(Init::Runit), r.hash(Init::Runit));
+        assert_eq!(r.hash(Init::RUNIT), r.hash(Init::RUNIT));
     }
 
     #[test]
@@ -289,11 +287,11 @@ mod tests {
         assert_eq!(nix.packages.last().map(String::as_str), Some("nix-bin"));
         assert_eq!(nix.packages.len(), base.packages.len() + 1);
         assert_eq!(nix.inits.len(), base.inits.len());
-        for i in Init::ALL {
+        for i in Init::built() {
             assert_ne!(nix.hash(i), base.hash(i), "{i}");
         }
         let n: ImageName = "debian-12-nix-sysvinit".parse().expect("valid");
-        assert_eq!((n.recipe.as_str(), n.init), ("debian-12-nix", Init::Sysvinit));
+        assert_eq!((n.recipe.as_str(), n.init), ("debian-12-nix", Init::SYSVINIT));
     }
 
     #[test]
@@ -303,10 +301,10 @@ mod tests {
         let d = base.derive(&add);
         assert_eq!(d.packages, base.packages, "the base's packages are the --include list; additions come after");
         assert_eq!(d.additions.as_ref(), Some(&add));
-        assert_ne!(d.hash(Init::Systemd), base.hash(Init::Systemd));
-        assert_eq!(d.hash(Init::Systemd), base.derive(&add.clone()).hash(Init::Systemd), "same additions, same image");
+        assert_ne!(d.hash(Init::SYSTEMD), base.hash(Init::SYSTEMD));
+        assert_eq!(d.hash(Init::SYSTEMD), base.derive(&add.clone()).hash(Init::SYSTEMD), "same additions, same image");
         let more = GuestAdditions { prepare: vec!["true".into()], ..add.clone() };
-        assert_ne!(base.derive(&more).hash(Init::Systemd), d.hash(Init::Systemd));
+        assert_ne!(base.derive(&more).hash(Init::SYSTEMD), d.hash(Init::SYSTEMD));
         let big = GuestAdditions { disk_mib: Some(4096), ..add.clone() };
         assert_eq!(base.derive(&big).disk_mib, 4096);
         let name: ImageName = "debian-12-runit".parse().expect("valid");
@@ -317,11 +315,32 @@ mod tests {
     }
 
     #[test]
+    fn every_recipe_in_the_folder_is_shipped_and_loads() {
+        let files: Vec<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/recipes"))
+            .expect("recipes folder")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".toml").map(str::to_string))
+            .collect();
+        let mut names = Recipe::names();
+        names.sort();
+        let mut files_sorted = files.clone();
+        files_sorted.sort();
+        assert_eq!(names, files_sorted);
+        for n in ["debian-12", "debian-13", "debian-14"] {
+            let r = Recipe::load(n).expect("loads");
+            assert_eq!(r.release, n.trim_start_matches("debian-"), "{n}");
+            let inits: Vec<Init> = r.inits.keys().copied().collect();
+            assert_eq!(inits, Init::built().collect::<Vec<_>>(), "{n}: every Debian init");
+        }
+    }
+
+    #[test]
     fn image_names_parse() {
         let n: ImageName = "debian-12-openrc".parse().expect("valid");
-        assert_eq!((n.recipe.as_str(), n.init), ("debian-12", Init::Openrc));
+        assert_eq!((n.recipe.as_str(), n.init), ("debian-12", Init::OPENRC));
         assert_eq!(n.to_string(), "debian-12-openrc");
-        for bad in ["debian-12", "debian-13-systemd", "debian-12-upstart", ""] {
+        let n: ImageName = "debian-14-runit".parse().expect("valid");
+        assert_eq!((n.recipe.as_str(), n.init), ("debian-14", Init::RUNIT));
+        for bad in ["debian-12", "debian-11-systemd", "debian-12-upstart", ""] {
             let e = bad.parse::<ImageName>().expect_err(bad);
             assert!(e.to_string().contains("debian-12-systemd"), "{e}");
         }

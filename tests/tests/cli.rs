@@ -44,7 +44,7 @@ fn help_documents_exit_codes() {
 
 #[test]
 fn run_passes_the_command_status_and_streams_output() {
-    image(xdriver_guests::Init::Sysvinit);
+    image(xdriver_guests::Init::SYSVINIT);
     let share = xdriver_tests::workdir();
     std::fs::write(share.path().join("f"), "shared\n").expect("write");
     for channel in ["ssh", "backdoor"] {
@@ -66,7 +66,7 @@ fn run_passes_the_command_status_and_streams_output() {
 /// Starts `xdriver run … -- sleep 600`, waits until the VM is up and
 /// returns (child, run dir).
 fn start_long_run() -> (std::process::Child, String) {
-    image(xdriver_guests::Init::Systemd);
+    image(xdriver_guests::Init::SYSTEMD);
     let mut child = xdriver()
         .args(["run", "--image", "debian-12-systemd", "--accel", "tcg", "--channel", "backdoor", "--", "sleep 600"])
         .stdout(Stdio::null())

@@ -12,7 +12,7 @@ const T: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_mib_of_binary_output_is_byte_identical_on_both_channels() {
-    let vm = boot(Init::Systemd, "blob", vec![]).await;
+    let vm = boot(Init::SYSTEMD, "blob", vec![]).await;
     let made = vm
         .exec(Channel::Ssh, "head -c 5242880 /dev/urandom > /root/blob && sha256sum /root/blob | cut -d' ' -f1", &[], T, None)
         .await
@@ -38,7 +38,7 @@ async fn five_mib_of_binary_output_is_byte_identical_on_both_channels() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssh_runs_commands_concurrently() {
-    let vm = boot(Init::Systemd, "conc", vec![]).await;
+    let vm = boot(Init::SYSTEMD, "conc", vec![]).await;
     let ssh = vm.ssh().await.expect("ssh");
     let t = Instant::now();
     let runs = (0..4).map(|i| {
@@ -71,7 +71,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qemu_killed_mid_command_fails_fast_and_leaves_nothing() {
     for ch in [Channel::Ssh, Channel::Backdoor] {
-        let vm = boot(Init::Systemd, "kill", vec![]).await;
+        let vm = boot(Init::SYSTEMD, "kill", vec![]).await;
         let pid = vm.pid();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -94,7 +94,7 @@ async fn qemu_killed_mid_command_fails_fast_and_leaves_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_that_never_boots_fails_within_its_deadline_with_the_serial_tail() {
-    let mut cfg = config(Init::Systemd, "noboot");
+    let mut cfg = config(Init::SYSTEMD, "noboot");
     cfg.extra_cmdline = vec!["init=/nonexistent".into()];
     cfg.boot_timeout = Duration::from_secs(25);
     let t = Instant::now();
@@ -108,7 +108,7 @@ async fn a_guest_that_never_boots_fails_within_its_deadline_with_the_serial_tail
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_text_waits_see_boot_messages_and_time_out_cleanly() {
-    let vm = boot(Init::Sysvinit, "console", vec![]).await;
+    let vm = boot(Init::SYSVINIT, "console", vec![]).await;
     let hit = vm
         .wait_for_console_text(&Regex::new(r"xdriver-initramfs: switching to \S+").expect("re"), T)
         .await
@@ -128,7 +128,7 @@ async fn console_text_waits_see_boot_messages_and_time_out_cleanly() {
 /// forked subshell: what a separate shell gave for free must still hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backdoor_commands_keep_their_bytes_status_and_deadline() {
-    let vm = boot(Init::Sysvinit, "bdsem", vec![]).await;
+    let vm = boot(Init::SYSVINIT, "bdsem", vec![]).await;
     let bd = |cmd: &'static str, timeout: Duration| vm.exec(Channel::Backdoor, cmd, &[], timeout, None);
     // Bytes the framing must carry: quotes, backslashes, tabs, newlines,
     // UTF-8, percent signs.
@@ -175,7 +175,7 @@ async fn an_ssh_failure_in_the_background_is_reported_to_its_users() {
     // sshd must be refused. SSH is set up in the background, so the failure
     // is either known by the time the backdoor is ready (the start fails)
     // or reported to the first user of SSH; both must name the cause.
-    let mut cfg = config(Init::Systemd, "hostkey");
+    let mut cfg = config(Init::SYSTEMD, "hostkey");
     cfg.image.manifest.ssh_host_key = xdriver::vm::ssh::ClientKey::generate().public_openssh();
     let t = Instant::now();
     let want = "different host key than the image manifest pins";

@@ -15,7 +15,7 @@ use xdriver_tests::Run;
 /// The directory of the current debian-12-systemd image (built if
 /// missing).
 fn systemd_image_dir() -> PathBuf {
-    xdriver_tests::image(xdriver_guests::Init::Systemd).dir
+    xdriver_tests::image(xdriver_guests::Init::SYSTEMD).dir
 }
 
 /// This test's snapshots (those of VMs with `mem` MiB) under `image`.

@@ -40,7 +40,7 @@ async fn the_webapp_runs_from_the_host_store_over_virtiofs_and_9p() {
     let webapp = nix_store(&["--add", &webapp_dir().join("xdriver-webapp").display().to_string()]);
     assert!(webapp.starts_with("/nix/store/") && webapp.ends_with("-xdriver-webapp"), "{webapp}");
     for fs in [ShareFs::Virtiofs, ShareFs::NineP] {
-        let mut cfg = config(Init::Systemd, &format!("store-{}", fs.name()));
+        let mut cfg = config(Init::SYSTEMD, &format!("store-{}", fs.name()));
         cfg.store = Some(store_share(fs));
         let vm = Vm::start(cfg).await.unwrap_or_else(|e| panic!("{}: {}", fs.name(), xdriver::cli::chain_error(&e)));
         // Which transport, read-only below, an overlay on top.
@@ -111,7 +111,7 @@ async fn a_derivation_built_by_the_host_is_used_and_known_in_a_nix_guest() {
     assert!(path.starts_with("/nix/store/"), "{path}");
     let hash = nix_store(&["-q", "--hash", &path]);
 
-    let mut cfg = VmConfig::new("t-store-nix-sysvinit", recipe_image("debian-12-nix", Init::Sysvinit));
+    let mut cfg = VmConfig::new("t-store-nix-sysvinit", recipe_image("debian-12-nix", Init::SYSVINIT));
     cfg.accel = xdriver::vm::qemu::Accel::Tcg;
     cfg.boot_timeout = Duration::from_secs(150);
     cfg.store = Some(store_share(if find_virtiofsd().is_some() { ShareFs::Virtiofs } else { ShareFs::NineP }));

@@ -36,7 +36,7 @@ impl Cell {
 /// answer; see [`xdriver_guests::GuestOs::image_for`]).
 pub fn image_for(os: Os, manager: Manager, profile: ProfileKind) -> Result<String, String> {
     if profile == ProfileKind::Unprivileged {
-        manager.unprivileged_support().map_err(str::to_string)?;
+        manager.unprivileged_support(&*os)?;
     }
     os.image_for(manager)
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use xdriver_guests::shell::quote;
 use xdriver_guests::{HostPackages, Os};
-use xdriver_images::GuestAdditions;
+use xdriver_images::{GuestAdditions, PrivateApt};
 
 use crate::error_chain::chain_error;
 use crate::vm::{Channel, Vm};
@@ -170,54 +170,22 @@ fn fetch_pkgs(url: &str, dir: &Path, wanted: &[String], installed: &BTreeSet<Str
 /// sources and dpkg status: resolves `packages` against what the guest has
 /// and downloads what it lacks into `debs`.
 fn download(apt_dir: &Path, debs: &Path, status: &str, sources: &str, packages: &[String]) -> Result<(), String> {
-    let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
-    for d in ["etc/apt/sources.list.d", "etc/apt/preferences.d", "etc/apt/apt.conf.d", "var/lib/apt/lists/partial", "var/cache/apt"] {
-        let p = apt_dir.join(d);
-        std::fs::create_dir_all(&p).map_err(|e| io(&p, e))?;
-    }
-    let partial = debs.join("partial");
-    std::fs::create_dir_all(&partial).map_err(|e| io(&partial, e))?;
-    let status_file = apt_dir.join("status");
-    std::fs::write(&status_file, status).map_err(|e| io(&status_file, e))?;
-    let mut wrote = 0;
-    for (path, text) in split_sources(sources) {
-        let base = Path::new(&path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let name = if base == "sources.list" { "guest.list".to_string() } else { base };
-        let p = apt_dir.join("etc/apt/sources.list.d").join(name);
-        std::fs::write(&p, text).map_err(|e| io(&p, e))?;
-        wrote += 1;
-    }
-    if wrote == 0 {
+    let files: Vec<(String, String)> = split_sources(sources)
+        .into_iter()
+        .map(|(path, text)| {
+            let base = Path::new(&path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            (if base == "sources.list" { "guest.list".to_string() } else { base }, text)
+        })
+        .collect();
+    if files.is_empty() {
         return Err("the guest has no apt sources (/etc/apt/sources.list, /etc/apt/sources.list.d): nothing to fetch its packages from".into());
     }
-    let opts = |cmd: &mut Command| {
-        cmd.arg("-q")
-            .arg(format!("-oDir={}", apt_dir.display()))
-            .arg(format!("-oDir::State::status={}", status_file.display()))
-            .arg(format!("-oDir::Cache::archives={}", debs.display()))
-            .arg("-oDir::Etc::TrustedParts=/etc/apt/trusted.gpg.d")
-            .arg("-oDir::Etc::Trusted=/etc/apt/trusted.gpg")
-            .arg("-oDebug::NoLocking=1")
-            .arg("-oAPT::Sandbox::User=root")
-            .arg("-oAcquire::Retries=3");
+    let fetch = || {
+        let apt = PrivateApt::new(apt_dir, &files, status, "the guest's sources")?;
+        apt.update()?;
+        apt.download_closure(packages, debs)
     };
-    let mut update = Command::new("apt-get");
-    opts(&mut update);
-    update.arg("update");
-    let mut install = Command::new("apt-get");
-    opts(&mut install);
-    install.args(["install", "-y", "--download-only", "--no-install-recommends"]).args(packages);
-    for (what, mut cmd) in [("apt-get update", update), ("apt-get install --download-only", install)] {
-        let out = cmd.env("DEBIAN_FRONTEND", "noninteractive").output().map_err(|e| format!("cannot run apt-get on the host: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "the host's apt could not fetch the [guest] packages ({what} exited {}):\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-    }
-    Ok(())
+    fetch().map_err(|e| format!("the host's apt could not fetch the [guest] packages: {e}"))
 }
 
 /// The `== PATH` sections of [`SOURCES`]' output.

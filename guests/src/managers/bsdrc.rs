@@ -105,7 +105,7 @@ impl ManagerBackend for Bsdrc {
         Mode::Daemon
     }
     fn needs_init(&self) -> Option<Init> {
-        Some(Init::Bsdinit)
+        Some(Init::BSDINIT)
     }
     fn family(&self) -> Family {
         Family::Freebsd

@@ -77,6 +77,15 @@ fn script(b: &Backend, p: &Process) -> String {
     s
 }
 
+/// The first OpenRC with user services (`openrc --user`, 0.60).
+const USER_SERVICES: (u32, u32) = (0, 60);
+
+/// Whether a dotted version (`0.56`, `0.64.1`) is at least `(major, minor)`.
+fn version_at_least(v: &str, (major, minor): (u32, u32)) -> bool {
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
+}
+
 /// The openrc backend.
 #[derive(Debug)]
 pub struct Openrc;
@@ -88,11 +97,18 @@ impl ManagerBackend for Openrc {
     fn prefers(&self) -> Mode {
         Mode::Daemon
     }
-    fn unprivileged_support(&self) -> Result<(), &'static str> {
-        Err("OpenRC 0.45 (Debian 12) has no user services")
+    fn unprivileged_support(&self, os: &dyn crate::os::GuestOs) -> Result<(), String> {
+        match os.version_of("openrc") {
+            Some(v) if !version_at_least(v, USER_SERVICES) => {
+                Err(format!("OpenRC {v} ({}) has no user services (they came with OpenRC 0.60)", os.name()))
+            }
+            // Known and new enough, or an OS without OpenRC, whose
+            // image_for says why.
+            _ => Ok(()),
+        }
     }
     fn needs_init(&self) -> Option<Init> {
-        Some(Init::Openrc)
+        Some(Init::OPENRC)
     }
     fn render(&self, b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
         let mut files = Vec::new();

@@ -24,8 +24,9 @@ pub trait ManagerBackend: Sync + Send + fmt::Debug {
     /// generators choose).
     fn prefers(&self) -> Mode;
     /// Whether it can deploy the unprivileged profile (a normal user's own
-    /// instance of the manager), and if not, why.
-    fn unprivileged_support(&self) -> Result<(), &'static str> {
+    /// instance of the manager) on `os`, and if not, why (a per-release
+    /// fact is read from [`GuestOs::versions`](crate::os::GuestOs::versions)).
+    fn unprivileged_support(&self, _os: &dyn crate::os::GuestOs) -> Result<(), String> {
         Ok(())
     }
     /// The init it must run as PID 1 (or as the rc system of), if any;

@@ -54,7 +54,7 @@ impl ManagerBackend for Runit {
         Mode::Foreground
     }
     fn needs_init(&self) -> Option<Init> {
-        Some(Init::Runit)
+        Some(Init::RUNIT)
     }
     fn render(&self, b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
         let dir = sv_dir(b);

@@ -116,7 +116,7 @@ impl ManagerBackend for Systemd {
         Mode::Foreground
     }
     fn needs_init(&self) -> Option<Init> {
-        Some(Init::Systemd)
+        Some(Init::SYSTEMD)
     }
     fn override_hint(&self) -> &'static str {
         "Section.Key, e.g. Service.LimitNOFILE (sections Unit, Service, Install)"

@@ -23,7 +23,14 @@ impl GuestOs for Debian12 {
     fn image_for(&self, manager: Manager) -> Result<String, String> {
         built_image("debian-12", manager)
     }
+    fn versions(&self) -> &'static [(&'static str, &'static str)] {
+        VERSIONS
+    }
 }
+
+/// What bookworm ships (12.x), shared with debian-12-nix.
+pub(super) const VERSIONS: &[(&str, &str)] =
+    &[("systemd", "252"), ("sysvinit", "3.06"), ("openrc", "0.45"), ("runit", "2.1.2"), ("s6", "2.11"), ("supervisor", "4.2.5"), ("linux", "6.1")];
 
 /// The image of a Debian recipe that carries `manager`: a manager that
 /// must be PID 1 (or the rc system) boots the image of its init; the
@@ -32,8 +39,8 @@ pub(super) fn built_image(recipe: &str, manager: Manager) -> Result<String, Stri
     if manager.family() != Family::Linux {
         return Err(format!("{manager} runs on {} guests only", manager.family().name()));
     }
-    let init = manager.needs_init().unwrap_or(Init::Sysvinit);
-    if !Init::ALL.contains(&init) {
+    let init = manager.needs_init().unwrap_or(Init::SYSVINIT);
+    if !init.built() {
         return Err(format!("{manager} needs {init}, which no {recipe} image has"));
     }
     Ok(format!("{recipe}-{init}"))

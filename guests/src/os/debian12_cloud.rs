@@ -28,7 +28,7 @@ impl GuestOs for Debian12Cloud {
         "a Debian 12 cloud image (cloud-init, systemd), imported with `xdriver image import`"
     }
     fn images(&self) -> Images {
-        Images::Imported { init: Init::Systemd, firmware: Firmware::Bios, example_file: "debian-12-genericcloud-amd64.qcow2", docs: "docs/images.md" }
+        Images::Imported { init: Init::SYSTEMD, firmware: Firmware::Bios, example_file: "debian-12-genericcloud-amd64.qcow2", docs: "docs/images.md" }
     }
     fn has_9p(&self) -> bool {
         // Debian's cloud kernel (linux-image-cloud-amd64) has virtio-fs
@@ -36,6 +36,6 @@ impl GuestOs for Debian12Cloud {
         false
     }
     fn image_for(&self, manager: Manager) -> Result<String, String> {
-        carried(self.name(), manager, Init::Systemd, CARRIES)
+        carried(self.name(), manager, Init::SYSTEMD, CARRIES)
     }
 }

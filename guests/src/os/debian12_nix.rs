@@ -26,4 +26,7 @@ impl GuestOs for Debian12Nix {
     fn has_nix(&self) -> bool {
         true
     }
+    fn versions(&self) -> &'static [(&'static str, &'static str)] {
+        super::debian12::VERSIONS
+    }
 }

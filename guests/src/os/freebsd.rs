@@ -55,7 +55,7 @@ impl GuestOs for Freebsd {
     }
     fn images(&self) -> Images {
         Images::Imported {
-            init: Init::Bsdinit,
+            init: Init::BSDINIT,
             firmware: Firmware::Bios,
             example_file: "FreeBSD-14.3-RELEASE-amd64-BASIC-CLOUDINIT-ufs.qcow2.xz",
             docs: "docs/freebsd.md",
@@ -65,7 +65,7 @@ impl GuestOs for Freebsd {
         Some("no FreeBSD image can be obtained on the machines xdriver is developed on")
     }
     fn image_for(&self, manager: Manager) -> Result<String, String> {
-        super::profile::carried(self.name(), manager, Init::Bsdinit, &["bsdrc"])
+        super::profile::carried(self.name(), manager, Init::BSDINIT, &["bsdrc"])
     }
     fn has_virtiofs(&self) -> bool {
         // No virtio-fs driver in FreeBSD 14.x/15.x; p9fs(4) is 9p.

@@ -4,6 +4,8 @@
 mod debian12;
 mod debian12_cloud;
 mod debian12_nix;
+mod debian13;
+mod debian14;
 mod freebsd;
 mod linux;
 mod nixos;

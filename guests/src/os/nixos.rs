@@ -22,13 +22,13 @@ impl GuestOs for Nixos {
         "NixOS, imported (unverified: no NixOS image here)"
     }
     fn images(&self) -> Images {
-        Images::Imported { init: Init::Systemd, firmware: Firmware::Bios, example_file: "nixos.qcow2", docs: "docs/support-matrix.md" }
+        Images::Imported { init: Init::SYSTEMD, firmware: Firmware::Bios, example_file: "nixos.qcow2", docs: "docs/support-matrix.md" }
     }
     fn unverified(&self) -> Option<&'static str> {
         Some("no NixOS image or nixpkgs can be obtained on the machines xdriver is developed on")
     }
     fn image_for(&self, manager: Manager) -> Result<String, String> {
-        super::profile::carried(self.name(), manager, Init::Systemd, &["systemd", "s6", "supervisord"])
+        super::profile::carried(self.name(), manager, Init::SYSTEMD, &["systemd", "s6", "supervisord"])
     }
     fn has_nix(&self) -> bool {
         true

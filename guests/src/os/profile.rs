@@ -11,7 +11,7 @@ use crate::init::Init;
 use crate::managers::Manager;
 use crate::model::{Group, Profile, User};
 
-use super::{debian12, debian12_cloud, debian12_nix, freebsd, linux, nixos};
+use super::{debian12, debian12_cloud, debian12_nix, debian13, debian14, freebsd, linux, nixos};
 
 /// The kernel family of a guest: which userland commands exist there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -146,6 +146,17 @@ pub trait GuestOs: Sync + Send + fmt::Debug {
     }
     /// Where images come from.
     fn images(&self) -> Images;
+    /// Versions of what the OS ships that decide what can run on it
+    /// (`("openrc", "0.56")`, `("systemd", "257")`, …): per-release facts,
+    /// kept in the release's own file. Empty where not known (an imported
+    /// image of no fixed release).
+    fn versions(&self) -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
+    /// The version of `component` in [`GuestOs::versions`], if known.
+    fn version_of(&self, component: &str) -> Option<&'static str> {
+        self.versions().iter().find(|(c, _)| *c == component).map(|(_, v)| *v)
+    }
     /// Why this OS has not been run by xdriver's own tests, if it has not.
     fn unverified(&self) -> Option<&'static str> {
         None
@@ -306,6 +317,8 @@ pub(super) fn carried(image: &str, manager: Manager, init: Init, carries: &[&str
 /// Every OS xdriver knows, in matrix order.
 pub static REGISTRY: &[&dyn GuestOs] = &[
     &debian12::Debian12,
+    &debian13::Debian13,
+    &debian14::Debian14,
     &debian12_nix::Debian12Nix,
     &debian12_cloud::Debian12Cloud,
     &freebsd::Freebsd,
@@ -325,6 +338,10 @@ pub struct UnknownOs(pub String);
 impl Os {
     /// Debian 12 built from Debian's packages (the default OS).
     pub const DEBIAN_12: Os = Os(&debian12::Debian12);
+    /// Debian 13 built from Debian's packages.
+    pub const DEBIAN_13: Os = Os(&debian13::Debian13);
+    /// Debian 14 (testing) built from Debian's packages.
+    pub const DEBIAN_14: Os = Os(&debian14::Debian14);
     /// Debian 12 with Debian's Nix.
     pub const DEBIAN_12_NIX: Os = Os(&debian12_nix::Debian12Nix);
     /// A Debian 12 cloud image, imported.
@@ -426,7 +443,7 @@ mod tests {
             assert_eq!(o.name().parse::<Os>().expect("own name parses"), o);
         }
         let e = "plan9".parse::<Os>().expect_err("unknown");
-        assert!(e.to_string().contains("debian-12, debian-12-nix, debian-12-cloud, freebsd, nixos"), "{e}");
+        assert!(e.to_string().contains("debian-12, debian-13, debian-14, debian-12-nix, debian-12-cloud, freebsd, nixos"), "{e}");
     }
 
     #[test]

@@ -144,7 +144,7 @@ async fn store_io(runs: usize) {
     for (label, fs) in [("virtiofs", Some(ShareFs::Virtiofs)), ("9p (msize 512 KiB)", Some(ShareFs::NineP)), ("guest disk (ext4 on virtio-blk)", None)] {
         let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..runs {
-            let mut cfg = config(Init::Systemd, &format!("store{i}"));
+            let mut cfg = config(Init::SYSTEMD, &format!("store{i}"));
             cfg.ssh = false;
             let share_fs = fs.unwrap_or(ShareFs::NineP);
             if share_fs == ShareFs::Virtiofs && virtiofsd.is_none() {
@@ -314,7 +314,7 @@ async fn main() {
     // key exchange, backdoor) for each boot.
     xdriver::init_logging();
     let mut runs = 3usize;
-    let mut inits: Vec<Init> = Init::ALL.to_vec();
+    let mut inits: Vec<Init> = Init::built().collect();
     let mut snapshots_mode = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -347,7 +347,7 @@ async fn main() {
             // systemd's runs alternate with plain-QEMU boots of the same
             // image (order swapped every run), so drift on the host hits
             // both sides of the overhead ratio alike.
-            if init == Init::Systemd && i % 2 == 0 {
+            if init == Init::SYSTEMD && i % 2 == 0 {
                 plain.push(plain_qemu_to_banner(init));
             }
             let t = Instant::now();
@@ -362,11 +362,11 @@ async fn main() {
             assert!(out.success());
             first_ssh.push(t.elapsed().as_secs_f64());
             vm.kill().await;
-            if init == Init::Systemd && i % 2 == 1 {
+            if init == Init::SYSTEMD && i % 2 == 1 {
                 plain.push(plain_qemu_to_banner(init));
             }
         }
-        if init == Init::Systemd {
+        if init == Init::SYSTEMD {
             overhead = Some((first_bd.clone(), first_ssh.clone(), plain));
         }
         let runs_text = first_bd.iter().zip(&first_ssh).map(|(b, s)| format!("{b:.2}/{s:.2}")).collect::<Vec<_>>().join(" ");
@@ -388,7 +388,7 @@ async fn main() {
         }
         println!();
     }
-    let init = inits.first().copied().unwrap_or(Init::Systemd);
+    let init = inits.first().copied().unwrap_or(Init::SYSTEMD);
     let vm = Vm::start(config(init, "lat")).await.expect("boot");
     let n = 50;
     let s = latency(&vm, Channel::Ssh, n).await;

@@ -1,0 +1,38 @@
+//! OpenRC as the rc system under sysvinit as PID 1: Debian's `openrc`
+//! with `sysvinit-core`.
+
+use crate::provision::{file, symlink, FsEntry};
+
+use super::registry::InitSystem;
+
+/// OpenRC.
+#[derive(Debug)]
+pub struct Openrc;
+
+impl InitSystem for Openrc {
+    fn name(&self) -> &'static str {
+        "openrc"
+    }
+    fn poweroff_command(&self) -> &'static str {
+        "poweroff"
+    }
+    fn reboot_command(&self) -> &'static str {
+        "reboot"
+    }
+    fn boot_files(&self, acpid: &str) -> Vec<FsEntry> {
+        vec![
+            super::sysvinit::inittab(acpid),
+            file(
+                "/etc/init.d/xdriver-backdoor",
+                0o755,
+                "#!/sbin/openrc-run\n\
+                 description=\"xdriver backdoor root shell\"\n\
+                 command=/usr/lib/xdriver/backdoor\n\
+                 supervisor=supervise-daemon\n\
+                 respawn_max=0\n\
+                 depend() {\n\tafter networking ssh nginx\n}\n",
+            ),
+            symlink("/etc/runlevels/default/xdriver-backdoor", "/etc/init.d/xdriver-backdoor"),
+        ]
+    }
+}

@@ -1,0 +1,173 @@
+//! The init abstraction: every init system is one file in this folder
+//! implementing [`InitSystem`], and one line of [`INITS`]. [`Init`] is a
+//! handle on a registry entry, as [`Manager`](crate::Manager) is on a
+//! manager's.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::provision::FsEntry;
+
+use super::{bsdinit, openrc, runit, systemd, sysvinit};
+
+/// What one init system (PID 1, with its rc system) does.
+pub trait InitSystem: Sync + Send + fmt::Debug {
+    /// The lowercase name used in image names, flags, recipes and manifests.
+    fn name(&self) -> &'static str;
+    /// Whether xdriver builds Debian images with it (FreeBSD's init comes
+    /// with imported images only).
+    fn built(&self) -> bool {
+        true
+    }
+    /// The program the kernel starts as PID 1 (`init=` on the command line).
+    fn init_path(&self) -> &'static str {
+        "/sbin/init"
+    }
+    /// The in-guest command that powers the machine off cleanly. It returns
+    /// at once; the caller waits for QEMU to exit.
+    fn poweroff_command(&self) -> &'static str;
+    /// The command that reboots the guest through its init (returns
+    /// before the guest goes down).
+    fn reboot_command(&self) -> &'static str;
+    /// What a built image of this init gets so that its init starts
+    /// xdriver's backdoor, busybox's acpid (`acpid`: the command line) and
+    /// a serial getty, besides what every image gets
+    /// ([`provision`](crate::provision)).
+    fn boot_files(&self, acpid: &str) -> Vec<FsEntry>;
+}
+
+/// Every init, in the order docs and matrices list them.
+pub static INITS: &[&dyn InitSystem] = &[&systemd::Systemd, &sysvinit::Sysvinit, &openrc::Openrc, &runit::Runit, &bsdinit::Bsdinit];
+
+/// An init system: a handle on its [`INITS`] entry, compared, ordered and
+/// hashed by registry position.
+#[derive(Clone, Copy)]
+pub struct Init(&'static dyn InitSystem);
+
+/// A name that is not in [`INITS`].
+#[derive(Debug, thiserror::Error)]
+#[error("unknown init system `{0}` (expected one of: {list})", list = INITS.iter().map(|i| i.name()).collect::<Vec<_>>().join(", "))]
+pub struct UnknownInit(pub String);
+
+impl Init {
+    /// systemd (with udev).
+    pub const SYSTEMD: Init = Init(&systemd::Systemd);
+    /// sysvinit-core with sysv-rc.
+    pub const SYSVINIT: Init = Init(&sysvinit::Sysvinit);
+    /// sysvinit-core as PID 1 with OpenRC as the rc system.
+    pub const OPENRC: Init = Init(&openrc::Openrc);
+    /// runit-init as PID 1.
+    pub const RUNIT: Init = Init(&runit::Runit);
+    /// FreeBSD's init(8) with rc(8) (imported FreeBSD images).
+    pub const BSDINIT: Init = Init(&bsdinit::Bsdinit);
+
+    /// Every init, in registry order.
+    pub fn all() -> impl Iterator<Item = Init> {
+        INITS.iter().map(|i| Init(*i))
+    }
+
+    /// Every init a Debian image can be built with, in registry order.
+    pub fn built() -> impl Iterator<Item = Init> {
+        Init::all().filter(|i| i.0.built())
+    }
+
+    /// The init behind the handle.
+    pub fn system(self) -> &'static dyn InitSystem {
+        self.0
+    }
+
+    /// The lowercase name used in image names, flags and manifests.
+    pub fn name(self) -> &'static str {
+        self.0.name()
+    }
+
+    fn index(self) -> usize {
+        INITS.iter().position(|i| i.name() == self.0.name()).expect("every Init comes from the registry")
+    }
+}
+
+impl std::ops::Deref for Init {
+    type Target = dyn InitSystem;
+    fn deref(&self) -> &Self::Target {
+        self.0
+    }
+}
+
+impl PartialEq for Init {
+    fn eq(&self, other: &Init) -> bool {
+        self.name() == other.name()
+    }
+}
+impl Eq for Init {}
+impl PartialOrd for Init {
+    fn partial_cmp(&self, other: &Init) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Init {
+    fn cmp(&self, other: &Init) -> std::cmp::Ordering {
+        self.index().cmp(&other.index())
+    }
+}
+impl std::hash::Hash for Init {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name().hash(state);
+    }
+}
+
+impl fmt::Debug for Init {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Init({})", self.name())
+    }
+}
+
+impl fmt::Display for Init {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Init {
+    type Err = UnknownInit;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Init::all().find(|i| i.name() == s).ok_or_else(|| UnknownInit(s.to_string()))
+    }
+}
+
+impl serde::Serialize for Init {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Init {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_are_unique() {
+        let names: std::collections::BTreeSet<_> = Init::all().map(|i| i.name()).collect();
+        assert_eq!(names.len(), INITS.len());
+        for i in Init::all() {
+            assert_eq!(i.name().parse::<Init>().expect("own name parses"), i);
+            assert_eq!(serde_json::from_str::<Init>(&serde_json::to_string(&i).expect("serializes")).expect("parses"), i);
+        }
+        let e = "upstart".parse::<Init>().expect_err("unknown");
+        assert!(e.to_string().contains("systemd, sysvinit, openrc, runit, bsdinit"), "{e}");
+    }
+
+    #[test]
+    fn debian_builds_the_four_linux_inits() {
+        let built: Vec<_> = Init::built().map(|i| i.name()).collect();
+        assert_eq!(built, ["systemd", "sysvinit", "openrc", "runit"]);
+        assert_eq!(Init::SYSTEMD.init_path(), "/lib/systemd/systemd");
+        assert_eq!(Init::RUNIT.init_path(), "/sbin/init");
+    }
+}

@@ -1,0 +1,42 @@
+//! sysvinit as PID 1 with sysv-rc: Debian's `sysvinit-core`.
+
+use crate::provision::{FsEntry, BACKDOOR_PATH};
+
+use super::registry::InitSystem;
+
+/// sysvinit with sysv-rc.
+#[derive(Debug)]
+pub struct Sysvinit;
+
+impl InitSystem for Sysvinit {
+    fn name(&self) -> &'static str {
+        "sysvinit"
+    }
+    fn poweroff_command(&self) -> &'static str {
+        // sysvinit's poweroff talks to init over /run/initctl and returns.
+        "poweroff"
+    }
+    fn reboot_command(&self) -> &'static str {
+        "reboot"
+    }
+    fn boot_files(&self, acpid: &str) -> Vec<FsEntry> {
+        vec![
+            inittab(acpid),
+            // inittab entries start after the runlevel's `wait` rc line, so
+            // the backdoor comes up once the boot scripts have run.
+            FsEntry::Append { path: "/etc/inittab".into(), text: format!("XD:2345:respawn:{BACKDOOR_PATH}\n") },
+        ]
+    }
+}
+
+/// The inittab lines every sysvinit-as-PID-1 image gets: a serial getty
+/// and busybox's acpid, respawned by init.
+pub(super) fn inittab(acpid: &str) -> FsEntry {
+    FsEntry::Append {
+        path: "/etc/inittab".into(),
+        text: format!(
+            "\n# xdriver: serial login\nT0:2345:respawn:/sbin/getty -L ttyS0 115200 vt100\n\
+             # xdriver: the ACPI power button powers off\nXA:2345:respawn:{acpid}\n"
+        ),
+    }
+}
