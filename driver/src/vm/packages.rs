@@ -20,6 +20,9 @@ use xdriver_images::{GuestAdditions, PrivateApt};
 use crate::error_chain::chain_error;
 use crate::vm::{Channel, Vm};
 
+/// Where Debian's cloud images keep the mirror lists of their sources.
+const MIRRORS: &str = "/etc/apt/mirrors/";
+
 /// Where the preparation VM sees the host's download directory.
 pub const GUEST_DIR: &str = "/run/xdriver-packages";
 
@@ -33,8 +36,10 @@ pub struct Applied {
     pub disabled_services: Vec<String>,
 }
 
-/// Lists the guest's apt sources, each file after a `== PATH` line.
-const SOURCES: &str = "for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do \
+/// Lists the guest's apt sources, each file after a `== PATH` line, and
+/// the mirror lists `mirror+file:` sources name (Debian's cloud images
+/// point their sources at /etc/apt/mirrors/*.list).
+const SOURCES: &str = "for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources /etc/apt/mirrors/*.list; do \
                        [ -f \"$f\" ] && { echo \"== $f\"; cat \"$f\"; echo; }; done; true";
 
 async fn run(vm: &Vm, what: &str, cmd: &str, timeout: Duration) -> Result<String, String> {
@@ -170,13 +175,20 @@ fn fetch_pkgs(url: &str, dir: &Path, wanted: &[String], installed: &BTreeSet<Str
 /// sources and dpkg status: resolves `packages` against what the guest has
 /// and downloads what it lacks into `debs`.
 fn download(apt_dir: &Path, debs: &Path, status: &str, sources: &str, packages: &[String]) -> Result<(), String> {
-    let files: Vec<(String, String)> = split_sources(sources)
-        .into_iter()
-        .map(|(path, text)| {
-            let base = Path::new(&path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            (if base == "sources.list" { "guest.list".to_string() } else { base }, text)
-        })
-        .collect();
+    // The guest's mirror lists are copied beside the private apt and its
+    // sources pointed at the copies (the host has no /etc/apt/mirrors).
+    let mirrors = apt_dir.join("mirrors");
+    let mut files: Vec<(String, String)> = Vec::new();
+    for (path, text) in split_sources(sources) {
+        let base = Path::new(&path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if path.starts_with(MIRRORS) {
+            std::fs::create_dir_all(&mirrors).map_err(|e| format!("{}: {e}", mirrors.display()))?;
+            std::fs::write(mirrors.join(&base), text).map_err(|e| format!("{}: {e}", mirrors.join(&base).display()))?;
+            continue;
+        }
+        let text = text.replace(&format!("mirror+file://{MIRRORS}"), &format!("mirror+file://{}/", mirrors.display()));
+        files.push((if base == "sources.list" { "guest.list".to_string() } else { base }, text));
+    }
     if files.is_empty() {
         return Err("the guest has no apt sources (/etc/apt/sources.list, /etc/apt/sources.list.d): nothing to fetch its packages from".into());
     }

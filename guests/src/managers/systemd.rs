@@ -132,9 +132,17 @@ impl ManagerBackend for Systemd {
         let Some(u) = &b.profile.user else { return Vec::new() };
         // Lingering makes logind start user@UID.service (`systemd --user`)
         // without a login session; systemctl --user reaches it on
-        // $XDG_RUNTIME_DIR/systemd/private.
+        // $XDG_RUNTIME_DIR/systemd/private. An image without logind (no
+        // dbus or libpam-systemd, as minimal images are) cannot linger:
+        // there the user manager is started as the system unit it is
+        // (user@UID.service pulls in user-runtime-dir@UID.service, which
+        // makes /run/user/UID), which needs no logind.
         vec![
-            format!("loginctl enable-linger {}", quote(&u.name)),
+            format!(
+                "loginctl enable-linger {n} 2>/dev/null || {{ echo 'xdriver: no logind to linger with; starting user@{uid}.service directly' >&2; systemctl start user@{uid}.service; }}",
+                n = quote(&u.name),
+                uid = u.uid
+            ),
             wait_until(&format!("test -S /run/user/{}/systemd/private", u.uid), 60, "systemd --user"),
         ]
     }

@@ -1,5 +1,5 @@
 //! A Debian 12 cloud image as Debian ships it (`debian-12-genericcloud`, or
-//! one made the same way by `images/vendor/debian-12-cloud.sh`): its own
+//! one made the same way by `images/vendor/debian-cloud.sh 12`): its own
 //! kernel and boot loader, systemd, cloud-init. Imported, then prepared
 //! once with a NoCloud seed.
 
@@ -10,8 +10,9 @@ use super::profile::{carried, Firmware, GuestOs, Images};
 
 /// The managers a systemd cloud image carries: systemd as PID 1, and s6
 /// and supervisord, which xdriver brings up (their packages must be in
-/// the image: Debian's own genericcloud image has neither).
-const CARRIES: &[&str] = &["systemd", "s6", "supervisord"];
+/// the image or come from the spec's `[guest]` table: Debian's own
+/// genericcloud image has neither).
+pub(super) const CARRIES: &[&str] = &["systemd", "s6", "supervisord"];
 
 /// An imported Debian 12 cloud image.
 #[derive(Debug)]
@@ -28,7 +29,7 @@ impl GuestOs for Debian12Cloud {
         "a Debian 12 cloud image (cloud-init, systemd), imported with `xdriver image import`"
     }
     fn images(&self) -> Images {
-        Images::Imported { init: Init::SYSTEMD, firmware: Firmware::Bios, example_file: "debian-12-genericcloud-amd64.qcow2", docs: "docs/images.md" }
+        cloud_image("debian-12-genericcloud-amd64.qcow2")
     }
     fn has_9p(&self) -> bool {
         // Debian's cloud kernel (linux-image-cloud-amd64) has virtio-fs
@@ -38,4 +39,14 @@ impl GuestOs for Debian12Cloud {
     fn image_for(&self, manager: Manager) -> Result<String, String> {
         carried(self.name(), manager, Init::SYSTEMD, CARRIES)
     }
+    fn versions(&self) -> &'static [(&'static str, &'static str)] {
+        &[("systemd", "252"), ("cloud-init", "22.4"), ("linux", "6.1")]
+    }
+}
+
+/// Where a Debian cloud image comes from: imported, systemd, booted by
+/// SeaBIOS unless the import says UEFI; `example_file` is the name Debian
+/// publishes it under.
+pub(super) fn cloud_image(example_file: &'static str) -> Images {
+    Images::Imported { init: Init::SYSTEMD, firmware: Firmware::Bios, example_file, docs: "docs/images.md" }
 }

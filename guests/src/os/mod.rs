@@ -5,6 +5,7 @@ mod debian12;
 mod debian12_cloud;
 mod debian12_nix;
 mod debian13;
+mod debian13_cloud;
 mod debian14;
 mod freebsd;
 mod linux;

@@ -11,7 +11,7 @@ use crate::init::Init;
 use crate::managers::Manager;
 use crate::model::{Group, Profile, User};
 
-use super::{debian12, debian12_cloud, debian12_nix, debian13, debian14, freebsd, linux, nixos};
+use super::{debian12, debian12_cloud, debian12_nix, debian13, debian13_cloud, debian14, freebsd, linux, nixos};
 
 /// The kernel family of a guest: which userland commands exist there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -321,6 +321,7 @@ pub static REGISTRY: &[&dyn GuestOs] = &[
     &debian14::Debian14,
     &debian12_nix::Debian12Nix,
     &debian12_cloud::Debian12Cloud,
+    &debian13_cloud::Debian13Cloud,
     &freebsd::Freebsd,
     &nixos::Nixos,
 ];
@@ -346,6 +347,8 @@ impl Os {
     pub const DEBIAN_12_NIX: Os = Os(&debian12_nix::Debian12Nix);
     /// A Debian 12 cloud image, imported.
     pub const DEBIAN_12_CLOUD: Os = Os(&debian12_cloud::Debian12Cloud);
+    /// A Debian 13 cloud image, imported.
+    pub const DEBIAN_13_CLOUD: Os = Os(&debian13_cloud::Debian13Cloud);
     /// FreeBSD, imported.
     pub const FREEBSD: Os = Os(&freebsd::Freebsd);
     /// NixOS, imported.
@@ -443,7 +446,7 @@ mod tests {
             assert_eq!(o.name().parse::<Os>().expect("own name parses"), o);
         }
         let e = "plan9".parse::<Os>().expect_err("unknown");
-        assert!(e.to_string().contains("debian-12, debian-13, debian-14, debian-12-nix, debian-12-cloud, freebsd, nixos"), "{e}");
+        assert!(e.to_string().contains("debian-12, debian-13, debian-14, debian-12-nix, debian-12-cloud, debian-13-cloud, freebsd, nixos"), "{e}");
     }
 
     #[test]
