@@ -47,6 +47,7 @@ pub struct PrivateApt {
     dir: PathBuf,
     status: PathBuf,
     suite: String,
+    options: Vec<String>,
 }
 
 impl PrivateApt {
@@ -64,7 +65,13 @@ impl PrivateApt {
         for (name, text) in sources {
             write(dir.join("etc/apt/sources.list.d").join(name), text)?;
         }
-        Ok(PrivateApt { dir: dir.to_path_buf(), status: status_file, suite: suite.to_string() })
+        Ok(PrivateApt { dir: dir.to_path_buf(), status: status_file, suite: suite.to_string(), options: Vec::new() })
+    }
+
+    /// Adds apt options (`Name=value`) to every command.
+    pub fn with_options(mut self, options: &[String]) -> PrivateApt {
+        self.options.extend(options.iter().cloned());
+        self
     }
 
     /// `program` (apt-get or apt-cache) with the options that point it here.
@@ -78,6 +85,7 @@ impl PrivateApt {
             .arg("-oDebug::NoLocking=1")
             .arg("-oAPT::Sandbox::User=root")
             .arg("-oAcquire::Retries=3")
+            .args(self.options.iter().map(|o| format!("-o{o}")))
             .env("DEBIAN_FRONTEND", "noninteractive");
         cmd
     }
@@ -95,7 +103,9 @@ impl PrivateApt {
     /// Fetches the package lists.
     pub fn update(&self) -> Result<(), AptError> {
         let mut cmd = self.command("apt-get");
-        cmd.arg("update");
+        // Warnings are errors, as in mmdebstrap: an expired Release file
+        // is told here, with the suite, not inside the rootfs stage.
+        cmd.args(["update", "--error-on=any"]);
         self.run(&format!("apt-get update ({})", self.suite), cmd).map(drop)
     }
 
@@ -128,19 +138,22 @@ impl PrivateApt {
         Err(AptError::Missing { missing, suite: self.suite.clone(), date: self.archive_date().unwrap_or_else(|| "unknown date".into()) })
     }
 
+    /// The packages `package` directly depends on (first alternatives).
+    pub fn depends(&self, package: &str) -> Result<Vec<String>, AptError> {
+        let mut cmd = self.command("apt-cache");
+        cmd.args(["depends", package]);
+        let text = self.run(&format!("apt-cache depends {package}"), cmd)?;
+        Ok(text.lines().filter_map(|l| l.trim().strip_prefix("Depends: ")).map(|d| d.trim().to_string()).collect())
+    }
+
     /// The versioned package a meta package (e.g. `linux-image-amd64`)
     /// depends on; the name itself where it is not a meta package.
     pub fn resolve_meta(&self, meta: &str) -> Result<String, AptError> {
-        let mut cmd = self.command("apt-cache");
-        cmd.args(["depends", meta]);
-        let text = self.run(&format!("apt-cache depends {meta}"), cmd)?;
-        Ok(text
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        Ok(self
+            .depends(meta)?
+            .into_iter()
             .find(|dep| dep.starts_with("linux-image-") || dep.starts_with("busybox"))
-            .unwrap_or(meta)
-            .trim()
-            .to_string())
+            .unwrap_or_else(|| meta.to_string()))
     }
 
     /// Downloads one package's `.deb` (no dependencies) into `into`.

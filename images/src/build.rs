@@ -516,7 +516,7 @@ impl ImageBuilder for Debian {
 /// told with the suite and the archive's date before anything is built.
 fn recipe_sources(recipe: &Recipe, init: &crate::recipe::InitRecipe, dir: &Path) -> Result<PrivateApt, BuildError> {
     let sources = vec![("recipe.list".to_string(), recipe.mirrors.iter().map(|m| format!("{m}\n")).collect::<String>())];
-    let apt = PrivateApt::new(dir, &sources, "", &recipe.suite).map_err(BuildError::Sources)?;
+    let apt = PrivateApt::new(dir, &sources, "", &recipe.suite).map_err(BuildError::Sources)?.with_options(&recipe.apt_options);
     apt.update().map_err(BuildError::Sources)?;
     let mut wanted: Vec<String> = recipe.packages.iter().chain(&init.packages).cloned().collect();
     if let Some(add) = &recipe.additions {
@@ -563,6 +563,10 @@ fn build_debian(recipe: &Recipe, name: &ImageName, hash: &str, out: &Path, kerne
     cmd.args(["--variant=apt", "--mode=root", "--format=directory", "--quiet"])
         .arg(format!("--include={}", include.join(",")))
         .arg("--aptopt=Acquire::Retries \"3\"");
+    for o in &recipe.apt_options {
+        let (k, v) = o.split_once('=').unwrap_or((o, "true"));
+        cmd.arg(format!("--aptopt={k} \"{v}\""));
+    }
     let merged = Path::new("/usr/share/mmdebstrap/hooks/merged-usr");
     if merged.is_dir() {
         // Keeps usrmerge (and perl with it) out of the image.

@@ -69,22 +69,27 @@ pub(crate) fn run(cmd: &mut Command) -> Result<Vec<u8>, KernelError> {
 
 /// Downloads `package` (a meta package is resolved first) with `apt` into
 /// `dir`, unpacks it into `dir/root` and returns (versioned package,
-/// package version).
+/// package version). A kernel split over several packages (Debian 14's
+/// linux-image-X depends on linux-binary-X, the kernel, linux-modules-X
+/// and linux-base-X, the module lists) is unpacked whole.
 pub(crate) fn fetch_and_unpack(apt: &PrivateApt, package: &str, dir: &Path) -> Result<(String, String), KernelError> {
     let pkg = apt.resolve_meta(package)?;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    apt.download(&pkg, dir)?;
-    let deb = std::fs::read_dir(dir)
-        .map_err(io(dir))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .ok_or_else(|| KernelError::Package { package: pkg.clone(), what: "apt-get download left no .deb".into() })?;
-    let version = String::from_utf8_lossy(&run(Command::new("dpkg-deb").args(["-f"]).arg(&deb).arg("Version"))?)
-        .trim()
-        .to_string();
-    let root = dir.join("root");
-    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
-    std::fs::remove_file(&deb).map_err(io(&deb))?;
+    let parts: Vec<String> = apt.depends(&pkg)?.into_iter().filter(|d| ["linux-binary-", "linux-modules-", "linux-base-"].iter().any(|p| d.starts_with(p))).collect();
+    let mut version = String::new();
+    for p in std::iter::once(&pkg).chain(&parts) {
+        apt.download(p, dir)?;
+        let deb = std::fs::read_dir(dir)
+            .map_err(io(dir))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|f| f.extension().is_some_and(|x| x == "deb"))
+            .ok_or_else(|| KernelError::Package { package: p.clone(), what: "apt-get download left no .deb".into() })?;
+        if p == &pkg {
+            version = String::from_utf8_lossy(&run(Command::new("dpkg-deb").args(["-f"]).arg(&deb).arg("Version"))?).trim().to_string();
+        }
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(dir.join("root")))?;
+        std::fs::remove_file(&deb).map_err(io(&deb))?;
+    }
     Ok((pkg, version))
 }
 
@@ -234,7 +239,11 @@ pub(crate) fn prepare(apt: &PrivateApt, recipe: &crate::recipe::KernelRecipe, wo
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .next()
         .ok_or_else(|| KernelError::Package { package: pkg.clone(), what: "no lib/modules/<release>".into() })?;
-    let vmlinuz = root.join(format!("boot/vmlinuz-{release}"));
+    // /boot/vmlinuz-R, or (Debian 14's split packages) beside the modules.
+    let vmlinuz = [root.join(format!("boot/vmlinuz-{release}")), moddir.join(&release).join("vmlinuz")]
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| root.join(format!("boot/vmlinuz-{release}")));
     let bz = std::fs::read(&vmlinuz).map_err(io(&vmlinuz))?;
 
     let mut modules = BTreeMap::new();

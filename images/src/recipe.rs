@@ -113,6 +113,11 @@ pub struct Recipe {
     pub suite: String,
     /// sources.list lines.
     pub mirrors: Vec<String>,
+    /// apt options (`Name=value`) for every apt run of the build, e.g.
+    /// `Acquire::Check-Valid-Until=false` for a testing suite whose mirror
+    /// is older than its Release file's week of validity.
+    #[serde(default)]
+    pub apt_options: Vec<String>,
     /// Packages every variant gets.
     pub packages: Vec<String>,
     /// dpkg path-exclude globs.

@@ -195,6 +195,18 @@ pub enum ReportCommand {
         #[arg(long)]
         report_dir: PathBuf,
     },
+    /// Write the OS × manager × profile support matrix (Markdown) from
+    /// report.json files: what passed, failed or was skipped (and why) in
+    /// each cell, and the registered OSes none of them ran that are
+    /// unverified, with the reason.
+    SupportMatrix {
+        /// The report.json files (or directories holding one).
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Write to this file instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
 }
 
 /// `xdriver plan`

@@ -5,6 +5,7 @@
 
 mod html;
 mod junit;
+mod support;
 mod table;
 
 use std::collections::BTreeSet;
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::runner::{CellResult, Outcome, Record, StepStatus};
 
+pub use support::support_matrix;
 pub use table::summary;
 
 /// The `schema` value of report.json files this xdriver writes and reads.
