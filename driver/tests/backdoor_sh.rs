@@ -2,7 +2,16 @@
 //! plain POSIX sh, no bash features) on the host, with a pty standing in
 //! for the virtio-serial port, and driven by the real host side
 //! ([`xdriver::vm::backdoor::Backdoor`]). The same script in real guests is
-//! tested in tests/tests/inits.rs and failures.rs.
+//! tested in tests/tests/inits.rs and failures.rs. The FreeBSD variant
+//! (no FreeBSD guest can be had here) runs the same way under busybox ash
+//! (an ash like FreeBSD's /bin/sh, and stricter than dash), with FreeBSD's
+//! b64encode/b64decode and `stat -f %z` given by small shims over their
+//! GNU counterparts (bind-mounted over /usr/local/bin in a mount
+//! namespace of the shell's own: needs root, as the suite does): its shell
+//! is executed, not only parsed. (posh, pdksh's strict descendant, runs
+//! it too, but its `wait PID` sometimes returns 1 at once when another
+//! child was reaped just before, so a command's status and output are lost
+//! there; FreeBSD's sh is an ash, whose `wait` waits.)
 
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -58,11 +67,54 @@ fn raw_pty() -> (OwnedFd, OwnedFd, String) {
 /// dash running the Debian image's backdoor script on a pty, bridged to
 /// a socket that the host side reads as it reads QEMU's chardev.
 async fn start() -> Harness {
+    start_with(&["dash"], Os::DEBIAN_12, false).await
+}
+
+/// FreeBSD's b64encode/b64decode and `stat -f %z` over GNU coreutils, for
+/// running the FreeBSD backdoor on this host.
+fn freebsd_shims(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("freebsd-shims");
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    for (name, body) in [
+        ("b64encode", "#!/bin/sh
+# b64encode -r - : raw base64 of stdin
+exec base64
+"),
+        ("b64decode", "#!/bin/sh
+# b64decode -r : raw base64 on stdin
+exec base64 -d
+"),
+        ("stat", "#!/bin/sh
+# stat -f %z FILE : its size
+[ \"$1\" = -f ] && [ \"$2\" = %z ] && exec /usr/bin/stat -c %s \"$3\"\nexec /usr/bin/stat \"$@\"\n"),
+    ] {
+        std::fs::write(bin.join(name), body).expect("write shim");
+        std::fs::set_permissions(bin.join(name), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    bin
+}
+
+/// `shell` (argv before `-c`) running `os`'s backdoor script on a pty.
+async fn start_with(shell: &[&str], os: Os, shims: bool) -> Harness {
     let (master, slave, path) = raw_pty();
     let dir = tempfile::tempdir().expect("tempdir");
-    let shell = Command::new("dash")
+    let mut cmd = if shims {
+        // The script sets its own PATH (/usr/local/bin first): the shims
+        // are bind-mounted over /usr/local/bin in a mount namespace of the
+        // shell's own, so nothing else on the host sees them.
+        let bin = freebsd_shims(dir.path());
+        let mut c = Command::new("unshare");
+        c.args(["--mount", "--propagation", "private", "sh", "-c", "mount --bind \"$0\" /usr/local/bin && exec \"$@\""]).arg(&bin).args(shell);
+        c
+    } else {
+        let mut c = Command::new(shell[0]);
+        c.args(&shell[1..]);
+        c
+    };
+    let shell = cmd
         .arg("-c")
-        .arg(backdoor_script(&*Os::DEBIAN_12))
+        .arg(backdoor_script(&*os))
         .env("XDRIVER_BACKDOOR_PORT", &path)
         .env("XDRIVER_BACKDOOR_DIR", dir.path().join("bd"))
         .stdin(Stdio::null())
@@ -70,7 +122,7 @@ async fn start() -> Harness {
         .stderr(Stdio::null())
         .process_group(0)
         .spawn()
-        .expect("dash runs");
+        .expect("the shell runs");
     // The slave stays open here so the pty keeps its raw settings.
     std::mem::forget(slave);
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socketpair");
@@ -118,7 +170,22 @@ impl Sink for Collect {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_posix_backdoor_keeps_streams_status_stdin_and_odd_bytes_apart() {
     let h = start().await;
-    let bd = &h.backdoor;
+    streams_status_stdin_and_odd_bytes(&h.backdoor).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_freebsd_backdoor_runs_under_busybox_ash() {
+    for shell in [&["busybox", "ash"][..]] {
+        let h = start_with(shell, Os::FREEBSD, true).await;
+        streams_status_stdin_and_odd_bytes(&h.backdoor).await;
+        let late = h.backdoor.exec("echo one; sleep 1; echo two", &[], T, None).await.expect("exec");
+        assert_eq!(late.stdout_str(), "one\ntwo\n", "{shell:?}");
+        let slow = h.backdoor.exec("sleep 200; echo never", &[], Duration::from_secs(1), None).await.expect("exec");
+        assert_eq!(slow.status, 124, "{shell:?}: {slow:?}");
+    }
+}
+
+async fn streams_status_stdin_and_odd_bytes(bd: &Backdoor) {
     let ok = bd.exec("echo out-$((6*7)); echo err >&2; exit 3", &[], T, None).await.expect("exec");
     assert_eq!((ok.status, ok.stdout_str().as_str(), ok.stderr_str().as_str()), (3, "out-42\n", "err\n"));
     let input: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();

@@ -74,8 +74,8 @@ case $release in
   12) per_release="" ;;
   13) per_release="libnss-resolve e2fsprogs linux-sysctl-defaults dosfstools" ;;
 esac
-packages=" $cloud $generic $system_boot $extras $amd64 $per_release ${EXTRA_PACKAGES//,/ } "
-for p in ${WITHOUT//,/ }; do packages=${packages/ $p / }; done
+packages=" $cloud $generic $system_boot $extras $amd64 $per_release ${EXTRA_PACKAGES:+${EXTRA_PACKAGES//,/ }} "
+for p in ${WITHOUT:+${WITHOUT//,/ }}; do packages=${packages/ $p / }; done
 include=$(echo $packages | tr ' ' ',')
 # Debian 12's image links /etc/resolv.conf to resolved's full file; Debian
 # 13's keeps the systemd-resolved package's own link to its stub.

@@ -20,6 +20,20 @@ fn rc_dir(b: &Backend) -> String {
     }
 }
 
+/// The rc.subr the scripts source: the system's, or (unprivileged) a copy
+/// in the user's home without rc.subr's `limits -C $_login_class $_limits`
+/// (limits(1) with a login class needs root; nix-processmgmt's bsdrc
+/// backend strips the same call for unprivileged deployments).
+fn rc_subr(b: &Backend) -> String {
+    match &b.profile.user {
+        None => "/etc/rc.subr".into(),
+        Some(u) => format!("{}/etc/rc.subr", u.home),
+    }
+}
+
+/// The sed command that makes the unprivileged copy of rc.subr.
+const STRIP_LIMITS: &str = "s|limits -C $_login_class $_limits||";
+
 /// rc.subr variable prefix: the name with characters invalid in shell
 /// variable names replaced.
 fn var(name: &str) -> String {
@@ -38,7 +52,7 @@ fn script(b: &Backend, p: &Process) -> String {
          # PROVIDE: {n}\n\
          # REQUIRE: {req}\n\
          # KEYWORD: shutdown\n\n\
-         . /etc/rc.subr\n\n\
+         . {subr}\n\n\
          name={n}\n\
          rcvar={v}_enable\n\n\
          load_rc_config $name\n\n\
@@ -46,6 +60,7 @@ fn script(b: &Backend, p: &Process) -> String {
         d = p.description,
         n = quote(&p.name),
         req = require.join(" "),
+        subr = quote(&rc_subr(b)),
     );
     let av = argv(p, mode);
     match mode {
@@ -116,6 +131,14 @@ impl ManagerBackend for Bsdrc {
             super::deploy::check_extra_vars(b, p, "rc.subr takes script variables, e.g. sig_stop")?;
         }
         Ok(sys.processes.iter().map(|p| GuestFile::text(format!("{dir}/{}", p.name), 0o755, script(b, p))).collect())
+    }
+    fn bootstrap(&self, b: &Backend) -> Vec<String> {
+        if b.profile.user.is_none() {
+            return Vec::new();
+        }
+        let subr = rc_subr(b);
+        let dir = subr.rsplit_once('/').map_or(subr.as_str(), |(d, _)| d);
+        vec![b.as_user(&format!("mkdir -p {} && sed -e {} /etc/rc.subr > {}", quote(dir), quote(STRIP_LIMITS), quote(&subr)))]
     }
     fn activate(&self, b: &Backend, sys: &System) -> Vec<String> {
         sys.processes.iter().map(|p| run(b, &p.name, "onestart")).collect()
