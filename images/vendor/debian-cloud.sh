@@ -79,7 +79,7 @@ for p in ${WITHOUT:+${WITHOUT//,/ }}; do packages=${packages/ $p / }; done
 include=$(echo $packages | tr ' ' ',')
 # Debian 12's image links /etc/resolv.conf to resolved's full file; Debian
 # 13's keeps the systemd-resolved package's own link to its stub.
-resolv_hook=:
+resolv_hook=true
 [ "$release" = 12 ] && resolv_hook='ln -sf /run/systemd/resolve/resolv.conf "$1/etc/resolv.conf"'
 
 echo "$name: mmdebstrap ($suite)" >&2

@@ -149,9 +149,10 @@ impl ManagerBackend for Openrc {
         // as_user sets to /run/user/UID; no logind makes it here); `openrc
         // --user boot` starts the user's boot runlevel, as OpenRC's own
         // openrc-user does at login.
+        let levels = format!("{}/.config/rc/runlevels", u.home);
         vec![
             format!("install -d -m 0700 -o {n} -g {g} /run/user/{uid}", n = quote(&u.name), g = quote(&u.group), uid = u.uid),
-            b.as_user("openrc --user boot"),
+            b.as_user(&format!("mkdir -p {l}/boot {l}/default {l}/shutdown && openrc --user boot", l = quote(&levels))),
         ]
     }
     fn activate(&self, b: &Backend, sys: &System) -> Vec<String> {
@@ -163,7 +164,12 @@ impl ManagerBackend for Openrc {
     fn stop(&self, b: &Backend, name: &str) -> String {
         // --nodeps: stop this service only; by default OpenRC also stops every
         // service that `need`s it (no other manager does).
-        b.as_user(&format!("{}/{} --nodeps stop", dirs(b).0, quote(name)))
+        match b.profile.user {
+            None => format!("/etc/init.d/{} --nodeps stop", quote(name)),
+            // A user's script is not run by path ("openrc-run should not
+            // be run directly"); rc-service hands --nodeps on to it.
+            Some(_) => b.as_user(&format!("rc-service --user {} --nodeps stop", quote(name))),
+        }
     }
     fn status(&self, b: &Backend, name: &str) -> String {
         b.as_user(&format!("{} {} status", rc_service(b), quote(name)))
