@@ -100,6 +100,12 @@ pub struct TestArgs {
     /// Start no new cell after the first failure (running cells finish).
     #[arg(long)]
     pub fail_fast: bool,
+    /// Run no test: only make what the selected cells need before they
+    /// can start (images built, derived or prepared, and each image's RAM
+    /// snapshot saved), once per image, so that a CI job can do it once
+    /// and cache the image directory for the matrix jobs.
+    #[arg(long, conflicts_with_all = ["interactive", "keep"])]
+    pub prepare_only: bool,
     /// Boot a cell's VM again this many times if it fails to come up
     /// (infrastructure only; a failing test is never retried).
     #[arg(long, default_value_t = 0)]

@@ -110,6 +110,9 @@ pub(super) async fn main(args: TestArgs) -> Result<i32, CliError> {
         keep: args.keep,
         snapshots: !args.vm.cold,
     };
+    if args.prepare_only {
+        return prepare_only(&spec, cells, &shares, &opts, jobs).await;
+    }
     eprintln!(
         "xdriver: {} — {} cells ({runnable} to run{}), {jobs} at a time ({why}); results in {}",
         spec.file.name,
@@ -188,6 +191,49 @@ pub(super) async fn main(args: TestArgs) -> Result<i32, CliError> {
         eprintln!("xdriver: no cell ran (every selected cell was skipped); exit {}", exit::NO_CELLS_RUN);
     }
     Ok(code)
+}
+
+/// `--prepare-only`: one cell per image (and per `[guest]` table) warms
+/// what the others need (see [`runner::warm`]), `jobs` at a time; a line
+/// per image says what it took. Exit 0 when every image is ready, else
+/// the infrastructure code (a spec whose cells all skip prepares nothing:
+/// exit 0 too, with a note).
+async fn prepare_only(
+    spec: &crate::spec::Spec,
+    cells: Vec<(crate::spec::Cell, Option<runner::Prepared>)>,
+    shares: &[crate::vm::qemu::Share],
+    opts: &RunOptions,
+    jobs: usize,
+) -> Result<i32, CliError> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut todo = Vec::new();
+    for (cell, prepared) in cells {
+        let (Ok(image), Some(p)) = (&cell.image, prepared) else { continue };
+        let key = (image.clone(), p.additions.as_ref().map(|a| a.tag()), p.mem_mib, p.cpus);
+        if seen.insert(key) {
+            todo.push((cell, p));
+        }
+    }
+    eprintln!("xdriver: {} — preparing {} image(s) for its cells, {jobs} at a time", spec.file.name, todo.len());
+    let permits = Semaphore::new(jobs);
+    let failed = AtomicBool::new(false);
+    let work = todo.iter().map(|(cell, p)| {
+        let (permits, failed) = (&permits, &failed);
+        async move {
+            let _permit = permits.acquire().await.expect("semaphore open");
+            let t = Instant::now();
+            let image = cell.image.as_deref().unwrap_or_default();
+            match runner::warm(cell, p, shares, opts).await {
+                Ok(how) => println!("READY {image:<28} {:>6.1} s  (for {}; {how})", t.elapsed().as_secs_f64(), cell.id()),
+                Err(e) => {
+                    failed.store(true, Ordering::SeqCst);
+                    println!("ERROR {image:<28} {:>6.1} s  (for {}): {e}", t.elapsed().as_secs_f64(), cell.id());
+                }
+            }
+        }
+    });
+    futures::future::join_all(work).await;
+    Ok(if failed.load(Ordering::SeqCst) { exit::INFRA } else { exit::SUCCESS })
 }
 
 /// The order cells start in: by how many cells of the same image come

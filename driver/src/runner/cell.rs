@@ -423,6 +423,40 @@ async fn find_image(os: xdriver_guests::Os, image: &str, p: &Prepared, opts: &Ru
     }
 }
 
+/// The VM a cell boots: its image and disk, the run's accelerator, the
+/// spec's (or the flags') vCPUs and memory, shares, store and snapshots.
+fn vm_config(cell: &Cell, entry: xdriver_images::Entry, disk: DiskUse, p: &Prepared, shares: &[Share], opts: &RunOptions) -> Result<VmConfig, String> {
+    let mut cfg = VmConfig::new(&format!("cell-{}", cell.dir_name()), entry);
+    cfg.disk = disk;
+    cfg.accel = opts.accel;
+    cfg.cpus = opts.cpus.unwrap_or(p.cpus);
+    cfg.mem_mib = opts.mem_mib.unwrap_or(p.mem_mib);
+    cfg.shares = shares.to_vec();
+    cfg.snapshots = opts.snapshots;
+    if let Some(plan) = &opts.store {
+        let (share, why) = plan.share_for(cell.os).map_err(|e| format!("store: {e}"))?;
+        tracing::info!(cell = %cell.id(), store = %share.host.display(), fs = share.fs.name(), %why, "shared store");
+        cfg.store = Some(share);
+    }
+    Ok(cfg)
+}
+
+/// Everything a cell needs before its VM can start, done ahead of the
+/// run (`xdriver test --prepare-only`): the image built (or the derived
+/// image, or the imported image's preparation), and, with snapshots on,
+/// the RAM snapshot its later cells restore, saved by one VM booted the way
+/// the cell would boot it and then ended. Returns how the VM started.
+pub async fn warm(cell: &Cell, prepared: &Prepared, shares: &[Share], opts: &RunOptions) -> Result<String, String> {
+    let image = cell.image.as_ref().map_err(Clone::clone)?;
+    let (entry, disk) = find_image(cell.os, image, prepared, opts).await?;
+    let mut cfg = vm_config(cell, entry, disk, prepared, shares, opts)?;
+    cfg.name = format!("warm-{}", cell.dir_name());
+    let vm = Vm::start(cfg).await.map_err(|e| format!("boot: {}", chain_error(&e)))?;
+    let how = vm.how_started().to_string();
+    let _ = vm.quit().await;
+    Ok(how)
+}
+
 /// Boots, deploys and runs the steps. The flag says whether the VM failed
 /// to come up (the only failure `--retries` retries).
 #[allow(clippy::too_many_arguments)]
@@ -442,22 +476,10 @@ async fn boot_and_test(
         Err(reason) => return (Outcome::Error { reason }, false),
     };
     progress.phase(cell, Phase::Boot);
-    let mut cfg = VmConfig::new(&format!("cell-{}", cell.dir_name()), entry);
-    cfg.disk = disk;
-    cfg.accel = opts.accel;
-    cfg.cpus = opts.cpus.unwrap_or(p.cpus);
-    cfg.mem_mib = opts.mem_mib.unwrap_or(p.mem_mib);
-    cfg.shares = shares.to_vec();
-    cfg.snapshots = opts.snapshots;
-    if let Some(plan) = &opts.store {
-        match plan.share_for(cell.os) {
-            Ok((share, why)) => {
-                tracing::info!(cell = %cell.id(), store = %share.host.display(), fs = share.fs.name(), %why, "shared store");
-                cfg.store = Some(share);
-            }
-            Err(e) => return (Outcome::Error { reason: format!("store: {e}") }, false),
-        }
-    }
+    let mut cfg = match vm_config(cell, entry, disk, p, shares, opts) {
+        Ok(cfg) => cfg,
+        Err(reason) => return (Outcome::Error { reason }, false),
+    };
     let (boot_timeout, cut) = opts.clamp(Duration::from_secs(180));
     cfg.boot_timeout = boot_timeout.max(Duration::from_secs(1));
     let label = format!("cell-{}", cell.dir_name());
