@@ -804,12 +804,31 @@ impl Vm {
             // vCPUs: a CPU stuck in a soft lockup, or a lost timer
             // interrupt that RCU reports as a stall) never comes up; its
             // console says so long before the deadline.
+            // A preparation's backdoor comes from the NoCloud seed, run by
+            // the image's first-boot agent; an image without one (or with
+            // the NoCloud datasource off) reaches its login prompt and
+            // waits there: said once the prompt is FIRST_BOOT_GRACE old.
             let serial_log = vm.run.join("serial.log");
+            let seeded = matches!(cfg.disk, DiskUse::Preparing { .. });
             let hung = async {
+                let mut prompt_at: Option<std::time::Instant> = None;
                 loop {
                     tokio::time::sleep(Duration::from_secs(2)).await;
-                    if let Some(why) = std::fs::read(&serial_log).ok().and_then(|log| kernel_hang(&String::from_utf8_lossy(&log))) {
-                        return why;
+                    let Ok(log) = std::fs::read(&serial_log) else { continue };
+                    let log = String::from_utf8_lossy(&log);
+                    if let Some(why) = kernel_hang(&log) {
+                        return format!("the guest kernel hung before the backdoor shell came up ({why}); given up early");
+                    }
+                    if seeded && prompt_at.is_none() && login_prompt(&log) {
+                        prompt_at = Some(std::time::Instant::now());
+                    }
+                    if let Some(at) = prompt_at.filter(|at| at.elapsed() >= FIRST_BOOT_GRACE) {
+                        return format!(
+                            "the guest reached its login prompt {} s ago, but its first-boot agent has not run xdriver's NoCloud seed \
+                             (the user-data that starts the backdoor): the image has no cloud-init (or nuageinit), or its NoCloud \
+                             datasource is off (a datasource_list without NoCloud, /etc/cloud/cloud-init.disabled); given up early",
+                            at.elapsed().as_secs()
+                        );
                     }
                 }
             };
@@ -823,7 +842,7 @@ impl Vm {
                 Ok(Ok(())) => {}
                 Err(why) => {
                     return Err(VmError::BootTimeout {
-                        waited_for: format!("the guest kernel hung before the backdoor shell came up ({why}); given up early"),
+                        waited_for: why,
                         timeout: t0.elapsed(),
                         serial: vm.serial_tail(30),
                     })
@@ -1421,6 +1440,21 @@ impl RamCopy {
 }
 
 
+/// How long a preparation waits for the seed's backdoor after the guest
+/// showed its login prompt: cloud-init's final stage (which runs the
+/// seed's commands) starts as the serial getty does and took under 30 s
+/// to the backdoor on the Debian cloud images under TCG.
+const FIRST_BOOT_GRACE: Duration = Duration::from_secs(180);
+
+/// Whether a console log shows a getty's login prompt (`host login: `, or
+/// FreeBSD's `login: ` on a line of its own).
+pub fn login_prompt(log: &str) -> bool {
+    log.lines().any(|l| {
+        let l = l.trim_start();
+        l.starts_with("login: ") || l.split_once(" login: ").is_some_and(|(host, _)| !host.is_empty() && !host.contains(char::is_whitespace))
+    })
+}
+
 /// How many reports of a stuck guest kernel, and over how long (by the
 /// kernel's own timestamps), mean it hung: the soft-lockup watchdog
 /// reports every ~28 s and RCU's stall detector every ~21 s while a CPU
@@ -1465,6 +1499,16 @@ mod tests {
     const STALL: &str = "[   22.705481] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n[   22.706219] rcu: \t0-...!: (4 GPs behind) idle=f580/0/0x0 softirq=40/45 fqs=1 (false positive?)\n";
     const STALL2: &str = "[   43.729395] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n";
     const STALL3: &str = "[   64.753371] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n";
+
+    #[test]
+    fn a_login_prompt_is_told_from_other_lines_with_login_in_them() {
+        use super::login_prompt;
+        assert!(login_prompt("[  OK  ] Reached target getty.target\r\nxdriver login: [  164.175288] systemd-ssh-generator[734]: x\n"));
+        assert!(login_prompt("FreeBSD/amd64 (freebsd) (ttyu0)\n\nlogin: "));
+        assert!(!login_prompt("[  OK  ] Started systemd-logind.service - User Login Management.\n"));
+        assert!(!login_prompt("Debian GNU/Linux 13 xdriver ttyS0\n\n"));
+        assert!(!login_prompt("pam_unix(login:session): session opened\n"));
+    }
 
     #[test]
     fn three_lockup_or_stall_reports_over_40_s_are_a_hang_fewer_or_a_burst_are_not() {
