@@ -39,3 +39,29 @@ fn debian_13_runs_the_webapps_example_privileged_under_systemd_openrc_and_s6() {
 fn debian_13_runs_the_webapps_example_unprivileged_under_sysvinit_runit_and_supervisord() {
     webapps_on("debian-13", "sysvinit,runit,supervisord", "unprivileged");
 }
+
+/// A guest without logind (a minimal image: no dbus, so neither
+/// `loginctl enable-linger` nor user@UID.service can work) still gets the
+/// unprivileged profile's `systemd --user`: the systemd backend's own
+/// bootstrap commands, as `xdriver plan` prints them, run on a Debian 13
+/// guest whose D-Bus and logind are masked, then a user service runs.
+#[test]
+fn the_unprivileged_systemd_bootstrap_starts_a_user_manager_without_logind() {
+    let work = xdriver_tests::workdir();
+    let plan = xdriver_tests::run_xdriver(
+        &["plan", example("webapps").to_str().expect("utf-8"), "--os", "debian-13", "--manager", "systemd", "--profile", "unprivileged"],
+        work.path(),
+    );
+    let bootstrap: Vec<&str> = plan.stdout.lines().filter_map(|l| l.strip_prefix("[bootstrap] $ ")).collect();
+    assert_eq!(bootstrap.len(), 2, "{}", plan.stdout);
+    let user = "runuser -u unprivileged -- env XDG_RUNTIME_DIR=/run/user/1000";
+    let script = format!(
+        "systemctl mask --now dbus.socket dbus.service systemd-logind.service >/dev/null 2>&1; \
+         useradd -m -u 1000 -g users unprivileged; loginctl list-users >/dev/null 2>&1 || echo no-logind; \
+         {} && {} && {user} systemd-run --user --quiet --unit=probe sleep 600 && {user} systemctl --user is-active probe",
+        bootstrap[0], bootstrap[1]
+    );
+    let run = xdriver_tests::run_xdriver(&["run", "--image", "debian-13-systemd", "--accel", "tcg", "--no-store", "--channel", "backdoor", "--", &script], work.path());
+    assert_eq!((run.code, run.stdout.as_str()), (0, "no-logind\nactive\n"), "{}", run.stderr);
+    assert!(run.stderr.contains("no logind to linger with"), "{}", run.stderr);
+}

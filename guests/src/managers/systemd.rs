@@ -133,14 +133,20 @@ impl ManagerBackend for Systemd {
         // Lingering makes logind start user@UID.service (`systemd --user`)
         // without a login session; systemctl --user reaches it on
         // $XDG_RUNTIME_DIR/systemd/private. An image without logind (no
-        // dbus or libpam-systemd, as minimal images are) cannot linger:
-        // there the user manager is started as the system unit it is
-        // (user@UID.service pulls in user-runtime-dir@UID.service, which
-        // makes /run/user/UID), which needs no logind.
+        // dbus or libpam-systemd, as minimal images are) cannot linger, and
+        // user@UID.service needs the system bus too (its
+        // user-runtime-dir@UID.service asks logind): there the runtime
+        // directory is made here and `systemd --user` runs as a transient
+        // system service with its cgroup delegated, as user@.service would
+        // run it.
         vec![
             format!(
-                "loginctl enable-linger {n} 2>/dev/null || {{ echo 'xdriver: no logind to linger with; starting user@{uid}.service directly' >&2; systemctl start user@{uid}.service; }}",
+                "loginctl enable-linger {n} 2>/dev/null || {{ echo 'xdriver: no logind to linger with; starting systemd --user as a transient service' >&2; \
+                 install -d -m 0700 -o {n} -g {g} /run/user/{uid} && systemd-run --quiet --unit=xdriver-user-manager-{uid} -p Delegate=yes \
+                 --uid={n} --gid={g} --setenv=XDG_RUNTIME_DIR=/run/user/{uid} --setenv=HOME={h} /lib/systemd/systemd --user; }}",
                 n = quote(&u.name),
+                g = quote(&u.group),
+                h = quote(&u.home),
                 uid = u.uid
             ),
             wait_until(&format!("test -S /run/user/{}/systemd/private", u.uid), 60, "systemd --user"),
