@@ -15,7 +15,14 @@ fn cells() -> Vec<Cell> {
     let mut v = Vec::new();
     for m in Manager::all() {
         for p in ProfileKind::ALL {
-            let os = if m == Manager::BSDRC { Os::FREEBSD } else { Os::DEBIAN_12 };
+            // OpenRC's user services need 0.60: Debian 14's.
+            let os = if m == Manager::BSDRC {
+                Os::FREEBSD
+            } else if m == Manager::OPENRC && p == ProfileKind::Unprivileged {
+                Os::DEBIAN_14
+            } else {
+                Os::DEBIAN_12
+            };
             if p == ProfileKind::Unprivileged && m.unprivileged_support(&*os).is_err() {
                 continue;
             }

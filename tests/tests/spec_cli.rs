@@ -90,7 +90,7 @@ fn an_os_without_an_image_fails_its_cells_with_the_import_command() {
     assert_eq!(code, Some(125), "{out}");
     assert!(out.contains("ERROR freebsd/bsdrc/privileged"), "{out}");
     assert!(out.contains("no image `freebsd` in the image cache"), "{out}");
-    assert!(out.contains("xdriver image import freebsd FreeBSD-14.3-RELEASE-amd64-BASIC-CLOUDINIT-ufs.qcow2.xz --os freebsd"), "{out}");
+    assert!(out.contains("xdriver image import freebsd FreeBSD-14.4-RELEASE-amd64-BASIC-CLOUDINIT-ufs.qcow2.xz --os freebsd"), "{out}");
     assert!(out.contains("2 cells: 0 passed, 0 failed, 2 infrastructure errors, 0 skipped"), "{out}");
 }
 

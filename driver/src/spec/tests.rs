@@ -208,7 +208,7 @@ fn the_guest_table_gives_each_os_its_additions_and_checks_values_where_written()
         ("[guest]\ndisk_mib = 100\n", "disk_mib = 100 is too small"),
         ("[guest]\nprepare = [\" \"]\n", "an empty prepare command"),
         ("[guest]\nboot_services = [\"/etc/init.d/cron\"]\n", "is not a service name"),
-        ("[guest.os.debian-13]\npackages = [\"x1\"]\n", "[guest.os.debian-13]"),
+        ("[guest.os.debian-11]\npackages = [\"x1\"]\n", "[guest.os.debian-11]"),
         ("[guest]\npackage = [\"x1\"]\n", "unknown field `package`"),
     ] {
         let text = format!("{SPEC}\n{bad}");

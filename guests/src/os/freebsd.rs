@@ -1,4 +1,5 @@
-//! FreeBSD 14.x/15.x from its BASIC-CLOUDINIT image: pw(8), sockstat(1),
+//! FreeBSD 14.4 (the first release with p9fs(4), which shares and the
+//! store need; 15.x works the same way) from its BASIC-CLOUDINIT image: pw(8), sockstat(1),
 //! su(1), p9fs(4) with a tmpfs union mount for the store, rc.d and
 //! daemon(8) (the bsdrc backend), `shutdown -p now`, nuageinit(7) for the
 //! NoCloud seed, virtio_console(4) for the backdoor.
@@ -48,7 +49,7 @@ impl GuestOs for Freebsd {
         "freebsd"
     }
     fn summary(&self) -> &'static str {
-        "FreeBSD 14.4+/15 from its BASIC-CLOUDINIT image, imported (unverified: no FreeBSD image here)"
+        "FreeBSD 14.4 from its BASIC-CLOUDINIT image, imported (unverified: no FreeBSD image here)"
     }
     fn family(&self) -> Family {
         Family::Freebsd
@@ -57,7 +58,7 @@ impl GuestOs for Freebsd {
         Images::Imported {
             init: Init::BSDINIT,
             firmware: Firmware::Bios,
-            example_file: "FreeBSD-14.3-RELEASE-amd64-BASIC-CLOUDINIT-ufs.qcow2.xz",
+            example_file: "FreeBSD-14.4-RELEASE-amd64-BASIC-CLOUDINIT-ufs.qcow2.xz",
             docs: "docs/freebsd.md",
         }
     }
