@@ -6,6 +6,7 @@
 //! [`Backend`]; adding an OS is one file in `os/` plus its line in
 //! [`REGISTRY`].
 
+mod handle;
 mod init;
 mod managers;
 mod model;

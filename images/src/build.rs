@@ -49,17 +49,11 @@ pub enum BuildError {
     /// The recipe's sources do not give what it asks for (a package not in
     /// the release, an unreachable or unsigned archive).
     #[error("stage `sources`: {0}")]
-    Sources(#[source] AptError),
-    /// No builder makes images of the recipe's OS.
-    #[error("recipe {recipe}: no image builder for OS `{os}` (builders: {known})")]
-    NoBuilder {
-        /// The recipe.
-        recipe: String,
-        /// Its `os` field.
-        os: String,
-        /// The builders there are.
-        known: String,
-    },
+    Sources(#[source] Box<AptError>),
+    /// No builder makes images of the recipe's OS (the message names
+    /// the recipe, its `os` and the builders there are).
+    #[error("{0}")]
+    NoBuilder(String),
     /// Kernel and initramfs preparation failed.
     #[error("stage `kernel`")]
     Kernel(#[from] KernelError),
@@ -516,15 +510,16 @@ impl ImageBuilder for Debian {
 /// told with the suite and the archive's date before anything is built.
 fn recipe_sources(recipe: &Recipe, init: &crate::recipe::InitRecipe, dir: &Path) -> Result<PrivateApt, BuildError> {
     let sources = vec![("recipe.list".to_string(), recipe.mirrors.iter().map(|m| format!("{m}\n")).collect::<String>())];
-    let apt = PrivateApt::new(dir, &sources, "", &recipe.suite).map_err(BuildError::Sources)?.with_options(&recipe.apt_options);
-    apt.update().map_err(BuildError::Sources)?;
+    let sources_error = |e: AptError| BuildError::Sources(Box::new(e));
+    let apt = PrivateApt::new(dir, &sources, "", &recipe.suite).map_err(sources_error)?.with_options(&recipe.apt_options);
+    apt.update().map_err(sources_error)?;
     let mut wanted: Vec<String> = recipe.packages.iter().chain(&init.packages).cloned().collect();
     if let Some(add) = &recipe.additions {
         wanted.extend(add.packages.iter().cloned());
     }
     wanted.push(recipe.kernel.package.clone());
     wanted.push(recipe.kernel.busybox_package.clone());
-    apt.check_available(&wanted).map_err(BuildError::Sources)?;
+    apt.check_available(&wanted).map_err(sources_error)?;
     Ok(apt)
 }
 

@@ -25,10 +25,9 @@ pub static BUILDERS: &[&dyn ImageBuilder] = &[&Debian];
 
 /// Builds `name` from `recipe` with the builder of the recipe's OS.
 pub fn build_image(recipe: &Recipe, name: &ImageName, hash: &str, out: &Path, kernels: &Path, progress: bool) -> Result<Manifest, BuildError> {
-    let builder = BUILDERS.iter().find(|b| b.os() == recipe.os).ok_or_else(|| BuildError::NoBuilder {
-        recipe: recipe.name.clone(),
-        os: recipe.os.clone(),
-        known: BUILDERS.iter().map(|b| b.os()).collect::<Vec<_>>().join(", "),
+    let builder = BUILDERS.iter().find(|b| b.os() == recipe.os).ok_or_else(|| {
+        let known: Vec<&str> = BUILDERS.iter().map(|b| b.os()).collect();
+        BuildError::NoBuilder(format!("recipe {}: no image builder for OS `{}` (builders: {})", recipe.name, recipe.os, known.join(", ")))
     })?;
     builder.build(recipe, name, hash, out, kernels, progress)
 }

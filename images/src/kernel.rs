@@ -35,7 +35,7 @@ pub enum KernelError {
     MissingModule(String),
     /// The recipe's apt sources could not give a package.
     #[error(transparent)]
-    Apt(#[from] AptError),
+    Apt(Box<AptError>),
     /// File I/O.
     #[error("{path}")]
     Io {
@@ -45,6 +45,12 @@ pub enum KernelError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<AptError> for KernelError {
+    fn from(e: AptError) -> KernelError {
+        KernelError::Apt(Box::new(e))
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KernelError + '_ {

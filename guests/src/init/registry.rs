@@ -80,63 +80,14 @@ impl Init {
     pub fn name(self) -> &'static str {
         self.0.name()
     }
-
-    fn index(self) -> usize {
-        INITS.iter().position(|i| i.name() == self.0.name()).expect("every Init comes from the registry")
-    }
 }
 
-impl std::ops::Deref for Init {
-    type Target = dyn InitSystem;
-    fn deref(&self) -> &Self::Target {
-        self.0
-    }
-}
-
-impl PartialEq for Init {
-    fn eq(&self, other: &Init) -> bool {
-        self.name() == other.name()
-    }
-}
-impl Eq for Init {}
-impl PartialOrd for Init {
-    fn partial_cmp(&self, other: &Init) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Init {
-    fn cmp(&self, other: &Init) -> std::cmp::Ordering {
-        self.index().cmp(&other.index())
-    }
-}
-impl std::hash::Hash for Init {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.name().hash(state);
-    }
-}
-
-impl fmt::Debug for Init {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Init({})", self.name())
-    }
-}
-
-impl fmt::Display for Init {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+crate::handle::registry_handle!(Init, InitSystem, INITS);
 
 impl FromStr for Init {
     type Err = UnknownInit;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Init::all().find(|i| i.name() == s).ok_or_else(|| UnknownInit(s.to_string()))
-    }
-}
-
-impl serde::Serialize for Init {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.name())
     }
 }
 

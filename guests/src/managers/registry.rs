@@ -5,7 +5,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::Serialize;
 
 use crate::init::Init;
 use crate::model::{Mode, Process, System};
@@ -130,58 +129,9 @@ impl Manager {
             _ => Mode::Foreground,
         }
     }
-
-    fn index(self) -> usize {
-        MANAGERS.iter().position(|m| m.name() == self.0.name()).expect("every Manager comes from the registry")
-    }
 }
 
-impl std::ops::Deref for Manager {
-    type Target = dyn ManagerBackend;
-    fn deref(&self) -> &Self::Target {
-        self.0
-    }
-}
-
-impl PartialEq for Manager {
-    fn eq(&self, other: &Manager) -> bool {
-        self.name() == other.name()
-    }
-}
-impl Eq for Manager {}
-impl PartialOrd for Manager {
-    fn partial_cmp(&self, other: &Manager) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Manager {
-    fn cmp(&self, other: &Manager) -> std::cmp::Ordering {
-        self.index().cmp(&other.index())
-    }
-}
-impl std::hash::Hash for Manager {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.name().hash(state);
-    }
-}
-
-impl fmt::Debug for Manager {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Manager({})", self.name())
-    }
-}
-
-impl fmt::Display for Manager {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl Serialize for Manager {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.name())
-    }
-}
+crate::handle::registry_handle!(Manager, ManagerBackend, MANAGERS);
 
 impl FromStr for Manager {
     type Err = UnknownManager;

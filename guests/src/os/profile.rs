@@ -373,58 +373,9 @@ impl Os {
     pub fn name(self) -> &'static str {
         self.0.name()
     }
-
-    fn index(self) -> usize {
-        REGISTRY.iter().position(|o| o.name() == self.0.name()).expect("every Os comes from the registry")
-    }
 }
 
-impl std::ops::Deref for Os {
-    type Target = dyn GuestOs;
-    fn deref(&self) -> &Self::Target {
-        self.0
-    }
-}
-
-impl PartialEq for Os {
-    fn eq(&self, other: &Os) -> bool {
-        self.name() == other.name()
-    }
-}
-impl Eq for Os {}
-impl PartialOrd for Os {
-    fn partial_cmp(&self, other: &Os) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Os {
-    fn cmp(&self, other: &Os) -> std::cmp::Ordering {
-        self.index().cmp(&other.index())
-    }
-}
-impl std::hash::Hash for Os {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.name().hash(state);
-    }
-}
-
-impl fmt::Debug for Os {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Os({})", self.name())
-    }
-}
-
-impl fmt::Display for Os {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl Serialize for Os {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.name())
-    }
-}
+crate::handle::registry_handle!(Os, GuestOs, REGISTRY);
 
 impl FromStr for Os {
     type Err = UnknownOs;
@@ -462,6 +413,17 @@ mod tests {
         assert_eq!(Os::FREEBSD.image_for(Manager::BSDRC).expect("bsdrc runs on FreeBSD"), "freebsd");
         assert!(Os::DEBIAN_12.image_for(Manager::BSDRC).is_err());
         assert_eq!(Os::DEBIAN_12_NIX.image_for(Manager::S6).expect("s6"), "debian-12-nix-sysvinit");
+    }
+
+    #[test]
+    fn openrc_runs_unprivileged_only_where_the_release_has_user_services() {
+        for (os, version) in [(Os::DEBIAN_12, "0.45"), (Os::DEBIAN_13, "0.56")] {
+            let why = Manager::OPENRC.unprivileged_support(&*os).expect_err("no user services");
+            assert!(why.contains(&format!("OpenRC {version} ({os}) has no user services")), "{why}");
+        }
+        assert!(Manager::OPENRC.unprivileged_support(&*Os::DEBIAN_14).is_ok(), "OpenRC 0.64");
+        assert!(Manager::SYSTEMD.unprivileged_support(&*Os::DEBIAN_12).is_ok());
+        assert_eq!(Os::DEBIAN_14.image_for(Manager::OPENRC).expect("built"), "debian-14-openrc");
     }
 
     #[test]
