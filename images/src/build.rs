@@ -545,7 +545,11 @@ fn build_debian(recipe: &Recipe, name: &ImageName, hash: &str, out: &Path, kerne
     let pb = stages.bar("sources");
     pb.set_message(format!("apt update ({})", recipe.suite));
     let apt_dir = out.join("apt");
-    let apt = recipe_sources(recipe, init, &apt_dir)?;
+    let apt = recipe_sources(recipe, init, &apt_dir).inspect_err(|e| {
+        pb.abandon_with_message("failed");
+        let cause = std::error::Error::source(e).map(|c| c.to_string()).unwrap_or_default();
+        stages.note(&format!("== stage sources failed: {cause}"));
+    })?;
     let archive_date = apt.archive_date();
     stages.done(pb, "sources", t);
 

@@ -49,11 +49,14 @@ fn two_builds_of_one_guest_table_make_one_image_and_a_missing_package_leaves_not
     assert!(d.added_packages.iter().any(|p| p.starts_with("hello=")), "{:?}", d.added_packages);
     assert!(log.contains("== xdriver: [guest] prepare command 1"), "{log}");
 
-    // The missing package: a clear error, its log kept, no entry left.
+    // The missing package: a clear error naming it and the suite before
+    // anything is built, its log kept, no entry left.
     let e = xdriver::cli::chain_error(&bad.expect_err("apt cannot find it"));
-    assert!(e.contains("apt-get could not install the [guest] packages: xdriver-no-such-package"), "{e}");
-    assert!(e.contains("Unable to locate package xdriver-no-such-package"), "{e}");
-    assert!(e.contains("log kept in"), "{e}");
+    assert!(e.contains("stage `sources`") && e.contains("package is not in bookworm (the archive of "), "{e}");
+    assert!(e.contains("): xdriver-no-such-package"), "{e}");
+    let log = e.split("log kept in ").nth(1).and_then(|r| r.split(')').next()).expect("log path");
+    let text = std::fs::read_to_string(log.trim()).expect("the kept log");
+    assert!(text.contains("== stage sources failed") && text.contains("xdriver-no-such-package"), "{text}");
     let names: Vec<String> = cache.list().expect("list").into_iter().map(|e| e.manifest.name).collect();
     assert_eq!(names, std::slice::from_ref(&name), "only the good image");
 
