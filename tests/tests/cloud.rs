@@ -124,8 +124,8 @@ fn the_webapps_example_passes_on_the_debian_13_cloud_image_booted_by_uefi() {
     assert!(logs.iter().all(|l| l.contains("BdsDxe: starting") && l.contains("efi: EFI v")), "not booted by UEFI: {}", dir.display());
 }
 
-/// A VM of the cloud image restored from its RAM snapshot gets its store
-/// over virtio-fs hot-plugged (QEMU 7.2 cannot migrate vhost-user-fs, and
+/// A VM of the (Debian 13) cloud image restored from its RAM snapshot gets
+/// its store over virtio-fs hot-plugged (QEMU 7.2 cannot migrate vhost-user-fs, and
 /// Debian's cloud kernel has no 9p), and a command's output streamed after
 /// its first second arrives whole (a restored guest once kept the saving
 /// session's command markers, which cut such output short).
@@ -143,7 +143,7 @@ fn a_restored_cloud_vm_takes_its_store_hot_plugged_and_streams_all_its_output() 
     // The first run saves the snapshot (unless another test has) and
     // restores it; the second restores it.
     for run_no in 1..=2 {
-        let run = xdriver(&["run", "--image", "debian-12-cloud", "--accel", "tcg", "--channel", "backdoor", "--store", store, "--", &cmd], work.path());
+        let run = xdriver(&["run", "--image", "debian-13-cloud", "--accel", "tcg", "--channel", "backdoor", "--store", store, "--", &cmd], work.path());
         assert_eq!((run.code, run.stdout.as_str()), (0, "hot-plugged\n1\ndone\n"), "run {run_no}: {}", run.stderr);
         assert!(run.stderr.contains("restored from the RAM snapshot"), "run {run_no}: {}", run.stderr);
     }
