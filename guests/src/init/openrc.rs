@@ -13,11 +13,12 @@ impl InitSystem for Openrc {
     fn name(&self) -> &'static str {
         "openrc"
     }
+    // PID 1 is sysvinit's: it powers off and reboots.
     fn poweroff_command(&self) -> &'static str {
-        "poweroff"
+        super::sysvinit::Sysvinit.poweroff_command()
     }
     fn reboot_command(&self) -> &'static str {
-        "reboot"
+        super::sysvinit::Sysvinit.reboot_command()
     }
     fn boot_files(&self, acpid: &str) -> Vec<FsEntry> {
         vec![
