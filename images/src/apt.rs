@@ -100,12 +100,22 @@ impl PrivateApt {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Fetches the package lists.
+    /// Fetches the package lists (apt's warnings stay warnings: a
+    /// guest's own sources may warn and still serve).
     pub fn update(&self) -> Result<(), AptError> {
+        self.update_with(&[])
+    }
+
+    /// Fetches the package lists with warnings as errors, as mmdebstrap
+    /// runs apt: a build's expired Release file is told here, with the
+    /// suite, not inside the rootfs stage.
+    pub fn update_strict(&self) -> Result<(), AptError> {
+        self.update_with(&["--error-on=any"])
+    }
+
+    fn update_with(&self, extra: &[&str]) -> Result<(), AptError> {
         let mut cmd = self.command("apt-get");
-        // Warnings are errors, as in mmdebstrap: an expired Release file
-        // is told here, with the suite, not inside the rootfs stage.
-        cmd.args(["update", "--error-on=any"]);
+        cmd.arg("update").args(extra);
         self.run(&format!("apt-get update ({})", self.suite), cmd).map(drop)
     }
 

@@ -512,7 +512,7 @@ fn recipe_sources(recipe: &Recipe, init: &crate::recipe::InitRecipe, dir: &Path)
     let sources = vec![("recipe.list".to_string(), recipe.mirrors.iter().map(|m| format!("{m}\n")).collect::<String>())];
     let sources_error = |e: AptError| BuildError::Sources(Box::new(e));
     let apt = PrivateApt::new(dir, &sources, "", &recipe.suite).map_err(sources_error)?.with_options(&recipe.apt_options);
-    apt.update().map_err(sources_error)?;
+    apt.update_strict().map_err(sources_error)?;
     let mut wanted: Vec<String> = recipe.packages.iter().chain(&init.packages).cloned().collect();
     if let Some(add) = &recipe.additions {
         wanted.extend(add.packages.iter().cloned());
