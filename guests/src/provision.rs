@@ -63,6 +63,16 @@ pub enum FsEntry {
         /// Text appended verbatim.
         text: String,
     },
+    /// A line of an existing text file replaced by another; the build fails
+    /// if the file has no such line.
+    ReplaceLine {
+        /// Absolute guest path.
+        path: String,
+        /// The whole line as the package wrote it.
+        old: String,
+        /// Its replacement.
+        new: String,
+    },
 }
 
 pub(crate) fn file(path: &str, mode: u32, contents: impl Into<String>) -> FsEntry {
@@ -135,10 +145,26 @@ mod tests {
                 FsEntry::File { contents, .. } | FsEntry::Append { text: contents, .. } => {
                     contents.contains(BACKDOOR_PATH) && !contents.starts_with("#!/bin/bash")
                 }
-                FsEntry::Symlink { .. } => false,
+                FsEntry::Symlink { .. } | FsEntry::ReplaceLine { .. } => false,
             });
             assert!(starts, "{init}: nothing starts the backdoor");
         }
+    }
+
+    #[test]
+    fn inits_that_switch_off_debians_early_boot_run_xdrivers_instead() {
+        for init in Init::built() {
+            let entries = provision(init, "vm");
+            let has_script = entries.iter().any(|e| matches!(e, FsEntry::File { path, .. } if path == "/etc/init.d/xdriver-sysinit"));
+            let started = entries.iter().any(|e| match e {
+                FsEntry::Symlink { target, .. } => target.ends_with("init.d/xdriver-sysinit"),
+                FsEntry::ReplaceLine { new, .. } => new.contains("/etc/init.d/xdriver-sysinit"),
+                _ => false,
+            });
+            let replaces = !init.replaced_boot_scripts().is_empty();
+            assert_eq!(replaces, has_script && started, "{init}: switches off Debian's scripts: {replaces}, runs its own: {}", has_script && started);
+        }
+        assert!(Init::SYSTEMD.replaced_boot_scripts().is_empty());
     }
 
     #[test]
@@ -147,7 +173,7 @@ mod tests {
             let entries = provision(init, "vm");
             let starts = entries.iter().any(|e| match e {
                 FsEntry::File { contents, .. } | FsEntry::Append { text: contents, .. } => contents.contains(ACPID),
-                FsEntry::Symlink { .. } => false,
+                FsEntry::Symlink { .. } | FsEntry::ReplaceLine { .. } => false,
             });
             assert!(starts, "{init}: nothing starts acpid");
             let handler = entries.iter().find_map(|e| match e {

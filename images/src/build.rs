@@ -64,6 +64,10 @@ pub enum BuildError {
     /// the build log).
     #[error("the spec's guest additions failed to build:\n{0}")]
     Additions(String),
+    /// A file xdriver adds could not be written as planned (e.g. a line it
+    /// replaces is not in the package's file).
+    #[error("stage `provision`: {0}")]
+    Provision(String),
     /// Host key generation failed.
     #[error("generating the SSH host key: {0}")]
     HostKey(String),
@@ -187,7 +191,10 @@ fn in_root(root: &Path, path: &str) -> PathBuf {
 fn apply(root: &Path, entries: &[FsEntry]) -> Result<(), BuildError> {
     for e in entries {
         let rel = match e {
-            FsEntry::File { path, .. } | FsEntry::Symlink { path, .. } | FsEntry::Append { path, .. } => in_root(root, path),
+            FsEntry::File { path, .. }
+            | FsEntry::Symlink { path, .. }
+            | FsEntry::Append { path, .. }
+            | FsEntry::ReplaceLine { path, .. } => in_root(root, path),
         };
         if let Some(parent) = rel.parent() {
             std::fs::create_dir_all(parent).map_err(io(parent))?;
@@ -205,6 +212,14 @@ fn apply(root: &Path, entries: &[FsEntry]) -> Result<(), BuildError> {
             FsEntry::Append { text, .. } => {
                 let mut f = OpenOptions::new().create(true).append(true).open(&rel).map_err(io(&rel))?;
                 f.write_all(text.as_bytes()).map_err(io(&rel))?;
+            }
+            FsEntry::ReplaceLine { path, old, new } => {
+                let text = std::fs::read_to_string(&rel).map_err(io(&rel))?;
+                if !text.lines().any(|l| l == old) {
+                    return Err(BuildError::Provision(format!("{path} has no line `{old}` to replace")));
+                }
+                let out: Vec<&str> = text.lines().map(|l| if l == old { new.as_str() } else { l }).collect();
+                std::fs::write(&rel, out.join("\n") + "\n").map_err(io(&rel))?;
             }
         }
     }
@@ -594,7 +609,8 @@ fn build_debian(recipe: &Recipe, name: &ImageName, hash: &str, out: &Path, kerne
     let t = Instant::now();
     let pb = stages.bar("provision");
     apply(&rootfs, &xdriver_guests::provision(name.init, "xdriver"))?;
-    let disabled: Vec<String> = recipe.disable_services.iter().chain(&init.disable_services).cloned().collect();
+    let replaced = name.init.replaced_boot_scripts().iter().map(|s| s.to_string());
+    let disabled: Vec<String> = recipe.disable_services.iter().chain(&init.disable_services).cloned().chain(replaced).collect();
     disable_services(&rootfs, &disabled)?;
     let derived = match &recipe.additions {
         Some(add) => Some(disable_added_services(&rootfs, &base_list, add, name)?),

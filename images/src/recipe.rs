@@ -236,6 +236,9 @@ impl Recipe {
         for e in xdriver_guests::provision(init, "xdriver") {
             h.update(format!("{e:?}").as_bytes());
         }
+        for s in init.replaced_boot_scripts() {
+            h.update(s.as_bytes());
+        }
         hex::encode(h.finalize())
     }
 }

@@ -3,6 +3,7 @@
 //! for imported images).
 
 mod bsdinit;
+mod early;
 mod openrc;
 mod registry;
 mod runit;

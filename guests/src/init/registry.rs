@@ -34,6 +34,12 @@ pub trait InitSystem: Sync + Send + fmt::Debug {
     /// a serial getty, besides what every image gets
     /// ([`provision`](crate::provision)).
     fn boot_files(&self, acpid: &str) -> Vec<FsEntry>;
+    /// Debian boot scripts an image of this init has switched off because
+    /// its [`boot_files`](Self::boot_files) do their work (see
+    /// `early.rs`).
+    fn replaced_boot_scripts(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// Every init, in the order docs and matrices list them.

@@ -2,6 +2,7 @@
 
 use crate::provision::{file, symlink, FsEntry};
 
+use super::early;
 use super::registry::InitSystem;
 
 /// runit.
@@ -24,6 +25,10 @@ impl InitSystem for Runit {
     }
     fn boot_files(&self, acpid: &str) -> Vec<FsEntry> {
         vec![
+            // Stage 1 runs /etc/rcS.d/S* in order: xdriver's early boot
+            // first, instead of Debian's scripts.
+            early::script(),
+            symlink("/etc/rcS.d/S00xdriver-sysinit", "../init.d/xdriver-sysinit"),
             file("/etc/sv/xdriver-acpid/run", 0o755, format!("#!/bin/sh\nexec {acpid}\n")),
             symlink("/etc/service/xdriver-acpid", "/etc/sv/xdriver-acpid"),
             file("/etc/sv/xdriver-backdoor/run", 0o755, "#!/bin/sh\nexec /usr/lib/xdriver/backdoor\n"),
@@ -31,5 +36,8 @@ impl InitSystem for Runit {
             file("/etc/sv/getty-ttyS0/run", 0o755, "#!/bin/sh\nexec /sbin/getty -L ttyS0 115200 vt100\n"),
             symlink("/etc/service/getty-ttyS0", "/etc/sv/getty-ttyS0"),
         ]
+    }
+    fn replaced_boot_scripts(&self) -> &'static [&'static str] {
+        early::REPLACED
     }
 }

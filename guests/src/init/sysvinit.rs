@@ -2,6 +2,7 @@
 
 use crate::provision::{FsEntry, BACKDOOR_PATH};
 
+use super::early;
 use super::registry::InitSystem;
 
 /// sysvinit with sysv-rc.
@@ -21,11 +22,22 @@ impl InitSystem for Sysvinit {
     }
     fn boot_files(&self, acpid: &str) -> Vec<FsEntry> {
         vec![
+            early::script(),
+            // init runs xdriver's early boot instead of Debian's rcS, which
+            // it then runs only if rcS.d still has scripts.
+            FsEntry::ReplaceLine {
+                path: "/etc/inittab".into(),
+                old: "si::sysinit:/etc/init.d/rcS".into(),
+                new: format!("si::sysinit:{} boot", early::SCRIPT_PATH),
+            },
             inittab(acpid),
             // inittab entries start after the runlevel's `wait` rc line, so
             // the backdoor comes up once the boot scripts have run.
             FsEntry::Append { path: "/etc/inittab".into(), text: format!("XD:2345:respawn:{BACKDOOR_PATH}\n") },
         ]
+    }
+    fn replaced_boot_scripts(&self) -> &'static [&'static str] {
+        early::REPLACED
     }
 }
 
