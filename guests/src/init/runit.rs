@@ -35,6 +35,11 @@ impl InitSystem for Runit {
             symlink("/etc/service/xdriver-backdoor", "/etc/sv/xdriver-backdoor"),
             file("/etc/sv/getty-ttyS0/run", 0o755, "#!/bin/sh\nexec /sbin/getty -L ttyS0 115200 vt100\n"),
             symlink("/etc/service/getty-ttyS0", "/etc/sv/getty-ttyS0"),
+            // sshd (xdriver's SSH channel): openssh-server ships /etc/sv/ssh;
+            // Debian 12's runit-helper enabled it at install, Debian 13's
+            // and 14's leave it off in a chroot (and then skip the sysv
+            // script because the runit service exists), so no sshd ran.
+            symlink("/etc/service/ssh", "/etc/sv/ssh"),
         ]
     }
     fn replaced_boot_scripts(&self) -> &'static [&'static str] {
