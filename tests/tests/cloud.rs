@@ -153,3 +153,57 @@ fn a_restored_cloud_vm_takes_its_store_hot_plugged_and_streams_all_its_output() 
     assert_eq!((run.code, run.stdout.as_str()), (0, "hot-plugged\n1\ndone\n"), "built image: {}", run.stderr);
     assert!(run.stderr.contains("restored from the RAM snapshot"), "built image: {}", run.stderr);
 }
+
+/// The Debian 13 cloud image with cloud-init switched off the way Debian
+/// documents it (`/etc/cloud/cloud-init.disabled`, written into a copy of
+/// the vendor disk's root partition with debugfs, no mounts): nothing will
+/// run xdriver's NoCloud seed, so its preparation must end soon after the
+/// login prompt, exit 125, saying why, with the console's last lines (not
+/// at the 900 s boot deadline), and leave no QEMU and no prepared disk.
+#[test]
+fn an_image_with_cloud_init_switched_off_fails_its_preparation_early_and_says_why() {
+    let work = xdriver_tests::workdir();
+    let raw = work.path().join("nocloud.raw");
+    let root = work.path().join("root.img");
+    let sh = |script: &str| {
+        let out = std::process::Command::new("sh").arg("-ec").arg(script).output().expect("sh runs");
+        assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let disk = image_dir("debian-13-cloud").join("disk.qcow2");
+    sh(&format!("qemu-img convert -O raw {} {}", disk.display(), raw.display()));
+    // The root partition (Linux, type 83) by sfdisk's own numbers.
+    let table: serde_json::Value = serde_json::from_str(&sh(&format!("sfdisk -J {}", raw.display()))).expect("sfdisk json");
+    let part = table["partitiontable"]["partitions"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["type"] == "83"))
+        .unwrap_or_else(|| panic!("no Linux partition: {table}"));
+    let (start, size) = (part["start"].as_u64().expect("start"), part["size"].as_u64().expect("size"));
+    sh(&format!(
+        "dd if={raw} of={root} bs=512 skip={start} count={size} conv=sparse status=none
+         debugfs -w -R 'write /dev/null /etc/cloud/cloud-init.disabled' {root} >/dev/null 2>&1
+         debugfs -R 'stat /etc/cloud/cloud-init.disabled' {root} 2>/dev/null | grep -q 'Type: regular'
+         dd if={root} of={raw} bs=512 seek={start} conv=notrunc,sparse status=none",
+        raw = raw.display(),
+        root = root.display()
+    ));
+    let raw_s = raw.to_str().expect("utf-8");
+    let import = xdriver(&["image", "import", "debian-13-nocloud", raw_s, "--os", "debian-13-cloud", "--firmware", "bios"], work.path());
+    assert_eq!(import.code, 0, "{}", import.stderr);
+    let t = std::time::Instant::now();
+    let run = xdriver(&["run", "--image", "debian-13-nocloud", "--accel", "tcg", "--", "true"], work.path());
+    let took = t.elapsed();
+    let dir = image_dir("debian-13-nocloud");
+    let prepared: Vec<_> = std::fs::read_dir(&dir).expect("image dir").flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".qcow2") && e.file_name() != "disk.qcow2").collect();
+    let _ = xdriver(&["image", "rm", "debian-13-nocloud"], work.path());
+    assert_eq!(run.code, 125, "{}", run.stderr);
+    assert!(run.stderr.contains("shows no first-boot agent") && run.stderr.contains("cloud-init.disabled"), "{}", run.stderr);
+    assert!(run.stderr.contains(" login: "), "the console's last lines, with the prompt: {}", run.stderr);
+    assert!(took < std::time::Duration::from_secs(400), "took {took:?}: {}", run.stderr);
+    assert!(prepared.is_empty(), "a failed preparation left {prepared:?}");
+    // The run's directory is kept (its console and QEMU logs); nothing of
+    // it still runs.
+    let kept = run.stderr.split("logs kept in ").nth(1).and_then(|r| r.split(')').next()).unwrap_or_else(|| panic!("no kept run dir: {}", run.stderr));
+    assert!(std::path::Path::new(kept).join("serial.log").is_file(), "{kept}");
+    assert!(xdriver_tests::pids_mentioning(kept).is_empty(), "QEMU outlived xdriver: {:?}", xdriver_tests::pids_mentioning(kept));
+}

@@ -822,13 +822,29 @@ impl Vm {
                     if seeded && prompt_at.is_none() && login_prompt(&log) {
                         prompt_at = Some(std::time::Instant::now());
                     }
-                    if let Some(at) = prompt_at.filter(|at| at.elapsed() >= FIRST_BOOT_GRACE) {
-                        return format!(
-                            "the guest reached its login prompt {} s ago, but its first-boot agent has not run xdriver's NoCloud seed \
-                             (the user-data that starts the backdoor): the image has no cloud-init (or nuageinit), or its NoCloud \
-                             datasource is off (a datasource_list without NoCloud, /etc/cloud/cloud-init.disabled); given up early",
-                            at.elapsed().as_secs()
-                        );
+                    // No agent on the console by the prompt: none will run
+                    // (systemd runs cloud-init before the getty and prints
+                    // its lines there; FreeBSD's rc runs nuageinit before
+                    // its gettys start).
+                    let agent = first_boot_agent_seen(&log);
+                    let grace = if agent { FIRST_BOOT_GRACE } else { NO_AGENT_GRACE };
+                    if let Some(at) = prompt_at.filter(|at| at.elapsed() >= grace) {
+                        return if agent {
+                            format!(
+                                "the guest reached its login prompt {} s ago, and its first-boot agent ran, but it has not run \
+                                 xdriver's NoCloud seed (the user-data that starts the backdoor): its NoCloud datasource is off \
+                                 (a datasource_list without NoCloud) or it failed (see the console); given up early",
+                                at.elapsed().as_secs()
+                            )
+                        } else {
+                            format!(
+                                "the guest reached its login prompt {} s ago and its console shows no first-boot agent (no \
+                                 cloud-init or nuageinit line), so nothing will run xdriver's NoCloud seed (the user-data that \
+                                 starts the backdoor): the image has no cloud-init (or nuageinit), or it is switched off \
+                                 (/etc/cloud/cloud-init.disabled, cloud-init=disabled on the kernel command line); given up early",
+                                at.elapsed().as_secs()
+                            )
+                        };
                     }
                 }
             };
@@ -1446,6 +1462,20 @@ impl RamCopy {
 /// to the backdoor on the Debian cloud images under TCG.
 const FIRST_BOOT_GRACE: Duration = Duration::from_secs(180);
 
+/// The same wait when the console has shown no first-boot agent at all by
+/// the prompt: a little time for a late line, no more.
+const NO_AGENT_GRACE: Duration = Duration::from_secs(20);
+
+/// Whether a console log shows a first-boot agent at work: cloud-init's
+/// units or its own lines (`cloud-init[PID]: Cloud-init v. …`), or
+/// FreeBSD's nuageinit.
+pub fn first_boot_agent_seen(log: &str) -> bool {
+    log.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.contains("cloud-init") || l.contains("nuageinit")
+    })
+}
+
 /// Whether a console log shows a getty's login prompt (`host login: `, or
 /// FreeBSD's `login: ` on a line of its own).
 pub fn login_prompt(log: &str) -> bool {
@@ -1499,6 +1529,15 @@ mod tests {
     const STALL: &str = "[   22.705481] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n[   22.706219] rcu: \t0-...!: (4 GPs behind) idle=f580/0/0x0 softirq=40/45 fqs=1 (false positive?)\n";
     const STALL2: &str = "[   43.729395] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n";
     const STALL3: &str = "[   64.753371] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n";
+
+    #[test]
+    fn a_first_boot_agent_is_seen_by_its_units_or_its_lines() {
+        use super::first_boot_agent_seen;
+        assert!(first_boot_agent_seen("[   46.2] cloud-init[549]: Cloud-init v. 25.1.4 running 'init-local'\n"));
+        assert!(first_boot_agent_seen("         Starting \x1b[0;1;39mcloud-init-local.service\x1b[0m\n"));
+        assert!(first_boot_agent_seen("Starting nuageinit.\n"));
+        assert!(!first_boot_agent_seen("[  OK  ] Reached target getty.target\r\nxdriver login: "));
+    }
 
     #[test]
     fn a_login_prompt_is_told_from_other_lines_with_login_in_them() {
