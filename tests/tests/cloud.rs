@@ -203,7 +203,7 @@ fn an_image_with_cloud_init_switched_off_fails_its_preparation_early_and_says_wh
     assert!(prepared.is_empty(), "a failed preparation left {prepared:?}");
     // The run's directory is kept (its console and QEMU logs); nothing of
     // it still runs.
-    let kept = run.stderr.split("logs kept in ").nth(1).and_then(|r| r.split(')').next()).unwrap_or_else(|| panic!("no kept run dir: {}", run.stderr));
+    let kept = run.stderr.split("(run directory kept: ").nth(1).and_then(|r| r.split(')').next()).unwrap_or_else(|| panic!("no kept run dir: {}", run.stderr));
     assert!(std::path::Path::new(kept).join("serial.log").is_file(), "{kept}");
     assert!(xdriver_tests::pids_mentioning(kept).is_empty(), "QEMU outlived xdriver: {:?}", xdriver_tests::pids_mentioning(kept));
 }

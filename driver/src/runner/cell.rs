@@ -483,7 +483,7 @@ async fn boot_and_test(
     let (boot_timeout, cut) = opts.clamp(Duration::from_secs(180));
     cfg.boot_timeout = boot_timeout.max(Duration::from_secs(1));
     let label = format!("cell-{}", cell.dir_name());
-    let before = run_dirs(&label);
+    let before = crate::vm::rundir::RunDir::existing(&label);
     let boot_started = Instant::now();
     let mut vm = match Vm::start(cfg).await {
         Ok(vm) => vm,
@@ -493,7 +493,7 @@ async fn boot_and_test(
             if cut {
                 reason = format!("{DEADLINE} while booting; {reason}");
             }
-            if let Some(kept) = run_dirs(&label).into_iter().find(|d| !before.contains(d)) {
+            if let Some(kept) = crate::vm::rundir::RunDir::existing(&label).into_iter().find(|d| !before.contains(d)) {
                 for f in ["serial.log", "qemu.log", "qemu.cmdline"] {
                     let _ = std::fs::copy(kept.join(f), dir.join(f));
                 }
@@ -542,18 +542,6 @@ async fn boot_and_test(
     // guest's own power-off (a test that wants one has a `shutdown` step).
     let _ = vm.quit().await;
     (outcome, false)
-}
-
-fn run_dirs(label: &str) -> Vec<PathBuf> {
-    // RunDir names start with the first 24 characters of the label.
-    let prefix: String = label.chars().take(24).collect();
-    std::fs::read_dir(crate::vm::rundir::RunDir::base())
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .map(|e| e.path())
-        .collect()
 }
 
 /// Deploys, then runs the steps, recording every step (and the ones not

@@ -52,11 +52,10 @@ pub fn plan(backend: &Backend, sys: &System) -> Result<DeployPlan, RenderError> 
     }
     // Every group, then every user, in one command: each command is a
     // round trip to the guest (a quarter to half a second under TCG).
-    let groups = sys.processes.iter().flat_map(|p| p.credentials.groups.iter().map(|g| os.add_group(g)));
-    let users = sys.processes.iter().flat_map(|p| p.credentials.users.iter().map(|u| os.add_user(u)));
-    let credentials: Vec<String> = groups.chain(users).map(|c| format!("{{ {c}; }}")).collect();
-    if !credentials.is_empty() {
-        prepare.push(cmd("prepare", credentials.join(" && ")));
+    let groups: Vec<_> = sys.processes.iter().flat_map(|p| p.credentials.groups.iter().cloned()).collect();
+    let users: Vec<_> = sys.processes.iter().flat_map(|p| p.credentials.users.iter().cloned()).collect();
+    if let Some(c) = os.add_credentials(&groups, &users) {
+        prepare.push(cmd("prepare", c));
     }
     let mut files: Vec<GuestFile> = sys
         .processes

@@ -282,7 +282,19 @@ async fn boot_and_prepare(
         let _ = std::fs::set_permissions(w, std::os::unix::fs::PermissionsExt::from_mode(0o755));
         cfg.shares = vec![crate::vm::qemu::Share { host: d.clone(), guest: crate::vm::packages::GUEST_DIR.into(), writable: false }];
     }
-    let mut vm = Vm::start(cfg).await.map_err(|e| fail(chain_error(&e)))?;
+    let label = cfg.name.clone();
+    let before = crate::vm::rundir::RunDir::existing(&label);
+    let mut vm = match Vm::start(cfg).await {
+        Ok(vm) => vm,
+        Err(e) => {
+            // The failed VM's run directory (its console and QEMU logs) is kept.
+            let mut detail = chain_error(&e);
+            if let Some(kept) = crate::vm::rundir::RunDir::existing(&label).into_iter().find(|d| !before.contains(d)) {
+                detail.push_str(&format!("\n(run directory kept: {})", kept.display()));
+            }
+            return Err(fail(detail));
+        }
+    };
     let mut applied = None;
     if let (Some(d), Some((a, w))) = (&downloads, additions) {
         match crate::vm::packages::apply(&vm, os, a, d, &w.join("apt")).await {

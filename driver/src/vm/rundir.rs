@@ -43,6 +43,21 @@ impl RunDir {
         Err(std::io::Error::other("could not create a unique run directory"))
     }
 
+    /// The run directories there now whose names start like one for
+    /// `label` (a VM that failed to start keeps its own: compare the
+    /// lists before and after the start to find it).
+    pub fn existing(label: &str) -> Vec<PathBuf> {
+        // RunDir names start with the first 24 characters of the label.
+        let prefix: String = label.chars().take(24).collect();
+        std::fs::read_dir(RunDir::base())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| e.path())
+            .collect()
+    }
+
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.path

@@ -82,6 +82,10 @@ impl GuestOs for Freebsd {
         let Some(u) = &profile.user else { return cmd.to_string() };
         format!("su -m {} -c {}", quote(&u.name), quote(&format!("HOME={h}; export HOME; cd {h} && {cmd}", h = quote(&u.home))))
     }
+    fn add_credentials(&self, groups: &[Group], users: &[User]) -> Option<String> {
+        let all: Vec<String> = groups.iter().map(|g| self.add_group(g)).chain(users.iter().map(|u| self.add_user(u))).map(|c| format!("{{ {c}; }}")).collect();
+        (!all.is_empty()).then(|| all.join(" && "))
+    }
     fn add_group(&self, g: &Group) -> String {
         let n = quote(&g.name);
         let gid = g.gid.map(|id| format!(" -g {id}")).unwrap_or_default();

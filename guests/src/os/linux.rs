@@ -38,6 +38,79 @@ pub(super) fn add_user(u: &User) -> String {
     format!("getent passwd {n} >/dev/null || useradd --system{uid}{group}{mk} -d {home} -s {shell} -c {} {n}", quote(&u.description))
 }
 
+/// Every group, then every user, in one shell command line (each round
+/// trip to the guest costs a quarter to half a second under TCG), each
+/// created unless it exists. Which exist is asked once per database (one
+/// `getent` for all the groups, one for all the users, instead of one per
+/// name: 0.1 s each under TCG), and a group named after the one user whose
+/// primary group it is, without a fixed gid, is made by that user's
+/// `useradd -U` (one `groupadd` fewer: 0.36 s each under TCG).
+pub(super) fn add_credentials(groups: &[Group], users: &[User]) -> Option<String> {
+    let mut gs: Vec<&Group> = Vec::new();
+    for g in groups {
+        if !gs.iter().any(|x| x.name == g.name) {
+            gs.push(g);
+        }
+    }
+    let mut us: Vec<&User> = Vec::new();
+    for u in users {
+        if !us.iter().any(|x| x.name == u.name) {
+            us.push(u);
+        }
+    }
+    if gs.is_empty() && us.is_empty() {
+        return None;
+    }
+    // A group made with its user: no gid, named after the user, and no
+    // other user's primary group.
+    let with_user = |g: &Group| {
+        g.gid.is_none()
+            && us.iter().filter(|u| u.group.as_deref() == Some(g.name.as_str())).count() == 1
+            && us.iter().any(|u| u.name == g.name && u.group.as_deref() == Some(g.name.as_str()))
+    };
+    let names = |v: Vec<&str>| v.iter().map(|n| quote(n)).collect::<Vec<_>>().join(" ");
+    let mut parts = vec![
+        "nl='
+'".to_string(),
+        format!("g=$(getent group {}; true)", {
+            let mut v: Vec<&str> = Vec::new();
+            for n in gs.iter().map(|g| g.name.as_str()).chain(us.iter().filter_map(|u| u.group.as_deref())) {
+                if !v.contains(&n) {
+                    v.push(n);
+                }
+            }
+            names(v)
+        }),
+    ];
+    if !us.is_empty() {
+        parts.push(format!("p=$(getent passwd {}; true)", names(us.iter().map(|u| u.name.as_str()).collect())));
+    }
+    let unless = |var: &str, name: &str, then: String| format!("case \"$nl${var}\" in *\"$nl\"{}:*) ;; *) {then} ;; esac", quote(name));
+    for g in gs.iter().filter(|g| !with_user(g)) {
+        let gid = g.gid.map(|id| format!(" -g {id}")).unwrap_or_default();
+        parts.push(unless("g", &g.name, format!("groupadd --system{gid} {}", quote(&g.name))));
+    }
+    for u in &us {
+        let useradd = |group: &str| {
+            let home = quote(u.home.as_deref().unwrap_or("/nonexistent"));
+            let mk = if u.create_home { " -m" } else { " -M" };
+            let uid = u.uid.map(|id| format!(" -u {id}")).unwrap_or_default();
+            let shell = quote(u.shell.as_deref().unwrap_or("/usr/sbin/nologin"));
+            format!("useradd --system{uid}{group}{mk} -d {home} -s {shell} -c {} {}", quote(&u.description), quote(&u.name))
+        };
+        let create = match u.group.as_deref() {
+            // The group is made here unless it exists already (then joined).
+            Some(g) if gs.iter().any(|x| x.name == g && with_user(x)) => {
+                format!("case \"$nl$g\" in *\"$nl\"{}:*) {} ;; *) {} ;; esac", quote(g), useradd(&format!(" -g {}", quote(g))), useradd(" -U"))
+            }
+            Some(g) => useradd(&format!(" -g {}", quote(g))),
+            None => useradd(" -U"),
+        };
+        parts.push(unless("p", &u.name, create));
+    }
+    Some(parts.join(" && "))
+}
+
 pub(super) fn add_profile_user(profile: &Profile) -> Option<String> {
     let u = profile.user.as_ref()?;
     let n = quote(&u.name);
@@ -201,3 +274,57 @@ fi
 sync
 cat /etc/ssh/ssh_host_ed25519_key.pub
 ";
+
+#[cfg(test)]
+mod credential_tests {
+    use super::*;
+
+    fn user(name: &str, group: Option<&str>) -> User {
+        User { name: name.into(), group: group.map(Into::into), description: format!("U {name}"), home: None, create_home: false, uid: None, shell: None }
+    }
+
+    /// Runs the command under dash with getent/groupadd/useradd shims that
+    /// know the names in `groups` and `passwd` and log every call.
+    fn run(cmd: &str, groups: &str, passwd: &str) -> String {
+        let dir = std::env::temp_dir().join(format!("xdriver-cred-{}-{}", std::process::id(), groups.len() + passwd.len()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let log = dir.join("log");
+        let shim = |name: &str, body: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).expect("shim");
+            std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(&p).expect("meta").permissions(), 0o755);
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+        };
+        shim("getent", &format!("echo \"getent $*\" >>{l}\ndb=$1; shift; for n; do case \"$db\" in group) list='{groups}';; *) list='{passwd}';; esac; for k in $list; do [ \"$k\" = \"$n\" ] && echo \"$n:x:1:\"; done; done; exit 2", l = log.display()));
+        shim("groupadd", &format!("echo \"groupadd $*\" >>{}", log.display()));
+        shim("useradd", &format!("echo \"useradd $*\" >>{}", log.display()));
+        let out = std::process::Command::new("sh").arg("-c").arg(cmd).env("PATH", format!("{}:/usr/bin:/bin", dir.display())).output().expect("sh");
+        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let _ = std::fs::remove_dir_all(&dir);
+        text
+    }
+
+    #[test]
+    fn credentials_are_made_once_each_and_a_users_own_group_with_it() {
+        let groups = [Group { name: "web".into(), gid: None }, Group { name: "shared".into(), gid: Some(500) }, Group { name: "web".into(), gid: None }];
+        let users = [user("web", Some("web")), user("a", Some("shared")), user("b", Some("shared")), user("old", Some("shared"))];
+        let cmd = add_credentials(&groups, &users).expect("a command");
+        let log = run(&cmd, "", "old");
+        assert_eq!(
+            log,
+            "getent group web shared\n\
+             getent passwd web a b old\n\
+             groupadd --system -g 500 shared\n\
+             useradd --system -U -M -d /nonexistent -s /usr/sbin/nologin -c U web web\n\
+             useradd --system -g shared -M -d /nonexistent -s /usr/sbin/nologin -c U a a\n\
+             useradd --system -g shared -M -d /nonexistent -s /usr/sbin/nologin -c U b b\n"
+        );
+        // The user's own group already there (an image's, or a rerun):
+        // joined, not made again.
+        let log = run(&cmd, "web shared", "");
+        assert!(log.contains("useradd --system -g web -M") && !log.contains("groupadd"), "{log}");
+        assert!(add_credentials(&[], &[]).is_none());
+    }
+}

@@ -204,6 +204,11 @@ pub trait GuestOs: Sync + Send + fmt::Debug {
     fn add_user(&self, u: &User) -> String {
         linux::add_user(u)
     }
+    /// Creates every group, then every user, unless they exist: one shell
+    /// command line (None when there are none).
+    fn add_credentials(&self, groups: &[Group], users: &[User]) -> Option<String> {
+        linux::add_credentials(groups, users)
+    }
     /// Creates the unprivileged profile's login user (uid fixed by the profile).
     fn add_profile_user(&self, profile: &Profile) -> Option<String> {
         linux::add_profile_user(profile)
