@@ -16,5 +16,6 @@ pub mod qmp;
 pub mod rundir;
 pub mod snapshot;
 pub mod ssh;
+pub mod vlan;
 
 pub use instance::{kill_all, Channel, DiskUse, Stopped, Vm, VmConfig, VmError};

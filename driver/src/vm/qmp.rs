@@ -194,6 +194,12 @@ impl Qmp {
         self.raw("device_add", device, Duration::from_secs(30)).await.map(|_| ())
     }
 
+    /// Runs a QMP command given as JSON arguments (for commands whose
+    /// arguments the typed API makes awkward: `netdev_add`, `device_add`).
+    pub async fn raw_command(&self, name: &'static str, args: Value, timeout: Duration) -> Result<Value, QmpError> {
+        self.raw(name, args, timeout).await
+    }
+
     async fn ignore_shared(&self) -> Result<(), QmpError> {
         let caps = serde_json::json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] });
         self.raw("migrate-set-capabilities", caps, Duration::from_secs(10)).await.map(|_| ())

@@ -82,6 +82,16 @@ impl GuestOs for Freebsd {
         let Some(u) = &profile.user else { return cmd.to_string() };
         format!("su -m {} -c {}", quote(&u.name), quote(&format!("HOME={h}; export HOME; cd {h} && {cmd}", h = quote(&u.home))))
     }
+    fn configure_nic(&self, mac: &str, cidr: &str) -> String {
+        // ifconfig(8) lists each interface's `ether` address.
+        format!(
+            "n=; i=0; while :; do for x in $(ifconfig -l); do ifconfig \"$x\" | grep -q \"ether {mac}\" && n=$x; done; \
+             [ -n \"$n\" ] && break; i=$((i+1)); [ $i -lt 100 ] || {{ echo 'no network interface with MAC {mac} after 10 s' >&2; exit 1; }}; sleep 0.1; done; \
+             ifconfig \"$n\" inet {cidr} up",
+            mac = mac,
+            cidr = quote(cidr)
+        )
+    }
     fn add_credentials(&self, groups: &[Group], users: &[User]) -> Option<String> {
         let all: Vec<String> = groups.iter().map(|g| self.add_group(g)).chain(users.iter().map(|u| self.add_user(u))).map(|c| format!("{{ {c}; }}")).collect();
         (!all.is_empty()).then(|| all.join(" && "))

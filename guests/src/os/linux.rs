@@ -120,6 +120,17 @@ pub(super) fn add_profile_user(profile: &Profile) -> Option<String> {
     Some(format!("getent passwd {n} >/dev/null || useradd -m -u {uid} -g {g} -d {h} -s /bin/sh -p '*' {n}", uid = u.uid, g = quote(&u.group), h = quote(&u.home)))
 }
 
+pub(super) fn configure_nic(mac: &str, cidr: &str) -> String {
+    // The hot-plugged NIC, found by its MAC (it may take a moment to appear).
+    format!(
+        "n=; i=0; while :; do for d in /sys/class/net/*; do read -r a <\"$d/address\" && [ \"$a\" = {mac} ] && n=${{d##*/}}; done; \
+         [ -n \"$n\" ] && break; i=$((i+1)); [ $i -lt 100 ] || {{ echo 'no network interface with MAC {mac} after 10 s' >&2; exit 1; }}; sleep 0.1; done; \
+         ip addr add {cidr} dev \"$n\" && ip link set \"$n\" up",
+        mac = quote(mac),
+        cidr = quote(cidr)
+    )
+}
+
 pub(super) fn port_open(port: u16) -> String {
     format!("ss -Htln 'sport = :{port}' | grep -q .")
 }

@@ -1,0 +1,203 @@
+//! Virtual networks between a test's machines, as the NixOS test driver
+//! makes them: one switch per vlan, Debian's `vde_switch`, its sockets in
+//! a directory of the run (no TAP, no bridge, no host interface: nothing
+//! on a vlan can reach outside the machines on it). A VM's NIC on a vlan
+//! is hot-plugged once the VM is up (a restored RAM snapshot has none),
+//! configured over the backdoor (node *i* on vlan *v* is 192.168.*v*.*i*,
+//! MAC 52:54:00:12:*v*:*i*, both in hex in the MAC as in the NixOS
+//! driver), and cut or restored with QMP `set_link` (`block()` /
+//! `unblock()`). The user-mode NIC (host forwarding, `restrict=on`) is on
+//! no vlan.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::instance::{Channel, Vm, VmError};
+
+/// Vlans are numbered 1..=254 (the third byte of their addresses).
+pub const VLANS: std::ops::RangeInclusive<u32> = 1..=254;
+/// Nodes are numbered 1..=254 on each vlan (the fourth byte).
+pub const NODES: std::ops::RangeInclusive<u32> = 1..=254;
+
+/// A failure to make or use a vlan.
+#[derive(Debug, thiserror::Error)]
+pub enum VlanError {
+    /// `vde_switch` is not installed.
+    #[error("vlans need Debian's vde2 (`vde_switch` not found: apt-get install vde2)")]
+    NoSwitch,
+    /// The switch did not start.
+    #[error("vlan {vlan}: vde_switch did not start: {detail}")]
+    Switch {
+        /// The vlan.
+        vlan: u32,
+        /// Why.
+        detail: String,
+    },
+    /// QEMU refused the NIC.
+    #[error("vlan {vlan}: hot-plugging the NIC into {vm}: {detail}")]
+    Plug {
+        /// The vlan.
+        vlan: u32,
+        /// The VM.
+        vm: String,
+        /// QEMU's words.
+        detail: String,
+    },
+    /// The guest did not take its address.
+    #[error("vlan {vlan}: configuring {addr} in {vm}: {detail}")]
+    Guest {
+        /// The vlan.
+        vlan: u32,
+        /// The VM.
+        vm: String,
+        /// The address.
+        addr: Ipv4Addr,
+        /// What the guest said.
+        detail: String,
+    },
+    /// The VM went away.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+}
+
+/// One running vde_switch. It ends when this is dropped (killed by its
+/// PID), and on its own if xdriver dies: its standard input is a pipe
+/// xdriver holds, and vde_switch quits at end of input.
+#[derive(Debug)]
+pub struct Switch {
+    vlan: u32,
+    dir: PathBuf,
+    child: Child,
+    _stdin: ChildStdin,
+}
+
+impl Switch {
+    /// Starts the switch of `vlan` with its sockets in `parent/vlanN`.
+    pub fn start(vlan: u32, parent: &Path) -> Result<Switch, VlanError> {
+        let dir = parent.join(format!("vlan{vlan}"));
+        let fail = |detail: String| VlanError::Switch { vlan, detail };
+        let mut child = Command::new("vde_switch")
+            .arg("--sock")
+            .arg(&dir)
+            .args(["--mode", "0600", "--dirmode", "0700"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| if e.kind() == std::io::ErrorKind::NotFound { VlanError::NoSwitch } else { fail(e.to_string()) })?;
+        let stdin = child.stdin.take().expect("piped");
+        let t0 = Instant::now();
+        while !dir.join("ctl").exists() {
+            if let Ok(Some(st)) = child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                return Err(fail(format!("exited with {st}: {}", err.trim())));
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(fail(format!("no control socket in {} after 10 s", dir.display())));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        tracing::info!(vlan, pid = child.id(), dir = %dir.display(), "vde_switch up");
+        Ok(Switch { vlan, dir, child, _stdin: stdin })
+    }
+
+    /// The vlan's number.
+    pub fn vlan(&self) -> u32 {
+        self.vlan
+    }
+
+    /// The directory QEMU's `vde` netdev connects to.
+    pub fn sock(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The switch's process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A node's NIC on one vlan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nic {
+    /// The vlan.
+    pub vlan: u32,
+    /// The node's number on it (1-based).
+    pub node: u32,
+}
+
+impl Nic {
+    /// 192.168.*vlan*.*node*.
+    pub fn addr(&self) -> Ipv4Addr {
+        Ipv4Addr::new(192, 168, self.vlan as u8, self.node as u8)
+    }
+
+    /// 52:54:00:12:*vlan*:*node* (hex), as the NixOS test driver numbers them.
+    pub fn mac(&self) -> String {
+        format!("52:54:00:12:{:02x}:{:02x}", self.vlan, self.node)
+    }
+
+    /// The QEMU id of its netdev and device.
+    pub fn id(&self) -> String {
+        format!("vlan{}", self.vlan)
+    }
+}
+
+impl Vm {
+    /// Plugs a NIC on `switch`'s vlan into this running VM and gives it
+    /// its address in the guest.
+    pub async fn attach_vlan(&self, nic: &Nic, switch: &Switch) -> Result<(), VlanError> {
+        let id = nic.id();
+        let plug = |detail: String| VlanError::Plug { vlan: nic.vlan, vm: self.name.clone(), detail };
+        let netdev = serde_json::json!({ "type": "vde", "id": id, "sock": switch.sock().display().to_string() });
+        self.qmp.raw_command("netdev_add", netdev, Duration::from_secs(10)).await.map_err(|e| plug(e.to_string()))?;
+        let device = serde_json::json!({ "driver": "virtio-net-pci", "id": id, "netdev": id, "mac": nic.mac() });
+        self.qmp.raw_command("device_add", device, Duration::from_secs(30)).await.map_err(|e| plug(e.to_string()))?;
+        let cmd = self.os.configure_nic(&nic.mac(), &format!("{}/24", nic.addr()));
+        let out = self.exec(Channel::Backdoor, &cmd, &[], Duration::from_secs(30), None).await?;
+        if !out.success() {
+            return Err(VlanError::Guest { vlan: nic.vlan, vm: self.name.clone(), addr: nic.addr(), detail: format!("exit {}: {}", out.status, out.stderr_str().trim()) });
+        }
+        Ok(())
+    }
+
+    /// Cuts (`up = false`) or restores this VM's link on `vlan`, as the
+    /// NixOS driver's `block()` / `unblock()` do; the guest sees its
+    /// carrier go.
+    pub async fn set_vlan_link(&self, vlan: u32, up: bool) -> Result<(), VlanError> {
+        let name = Nic { vlan, node: 1 }.id();
+        self.qmp
+            .raw_command("set_link", serde_json::json!({ "name": name, "up": up }), Duration::from_secs(10))
+            .await
+            .map_err(|e| VlanError::Plug { vlan, vm: self.name.clone(), detail: e.to_string() })?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_and_macs_follow_the_nixos_driver() {
+        let n = Nic { vlan: 1, node: 2 };
+        assert_eq!(n.addr(), Ipv4Addr::new(192, 168, 1, 2));
+        assert_eq!(n.mac(), "52:54:00:12:01:02");
+        assert_eq!(Nic { vlan: 17, node: 254 }.mac(), "52:54:00:12:11:fe");
+    }
+}
