@@ -59,6 +59,10 @@ pub fn describe(cmd: &str, out: &Output) -> String {
     s
 }
 
+/// The exit status `wait_for_service`'s probe gives when the manager has
+/// given up on the instance.
+const GAVE_UP: i32 = 99;
+
 impl<'a> Machine<'a> {
     /// The guest OS.
     pub fn os(&self) -> Os {
@@ -92,6 +96,20 @@ impl<'a> Machine<'a> {
 
     /// Repeats `cmd` until its status satisfies `want`, or the deadline.
     async fn poll(&mut self, context: &str, cmd: &str, want_success: bool, timeout: Duration, what: &str) -> Result<Output, StepError> {
+        self.poll_or_give_up(context, cmd, want_success, timeout, what, None).await
+    }
+
+    /// [`Self::poll`], ending at once with the failure `give_up.1` when the
+    /// command exits `give_up.0`.
+    async fn poll_or_give_up(
+        &mut self,
+        context: &str,
+        cmd: &str,
+        want_success: bool,
+        timeout: Duration,
+        what: &str,
+        give_up: Option<(i32, &str)>,
+    ) -> Result<Output, StepError> {
         let start = Instant::now();
         let mut delay = Duration::from_millis(200);
         let mut last: Output;
@@ -104,6 +122,10 @@ impl<'a> Machine<'a> {
             if out.success() == want_success {
                 self.transcript.push(context, cmd, Some(out.status), out.stdout_str(), out.stderr_str(), start.elapsed());
                 return Ok(out);
+            }
+            if let Some((_, why)) = give_up.filter(|(code, _)| out.status == *code) {
+                self.transcript.push(context, cmd, Some(out.status), out.stdout_str(), out.stderr_str(), start.elapsed());
+                return Err(StepError::Failed(format!("{why} (after {tries} tries); {}", describe(cmd, &out))));
             }
             last = out;
             if start.elapsed() + delay >= timeout {
@@ -165,8 +187,18 @@ impl<'a> Machine<'a> {
                 self.poll(context, &c, true, timeout, &format!("file {f}")).await.map(|_| None)
             }
             Action::WaitForService(s) => {
-                let c = self.backend.status(s);
-                self.poll(context, &c, true, timeout, &format!("{} to report `{s}` running", self.backend.manager)).await.map(|_| None)
+                let what = format!("{} to report `{s}` running", self.backend.manager);
+                match self.backend.failed(s) {
+                    // One round trip per try: the status, and when it is not
+                    // running, whether the manager has given up on it.
+                    Some(failed) => {
+                        // (Statuses may `exit`: each check in a subshell.)
+                        let c = format!("( {} ); st=$?; [ $st -eq 0 ] && exit 0; if ( {failed} ) >/dev/null 2>&1; then exit {GAVE_UP}; fi; exit $st", self.backend.status(s));
+                        let why = format!("{} holds `{s}` failed (it will not start it again by itself)", self.backend.manager);
+                        self.poll_or_give_up(context, &c, true, timeout, &what, Some((GAVE_UP, &why))).await.map(|_| None)
+                    }
+                    None => self.poll(context, &self.backend.status(s), true, timeout, &what).await.map(|_| None),
+                }
             }
             Action::StartService(s) => self.succeed(context, &self.backend.start(s), timeout).await.map(Some),
             Action::StopService(s) => self.succeed(context, &self.backend.stop(s), timeout).await.map(Some),

@@ -133,6 +133,12 @@ impl Backend {
         self.manager.status(self, name)
     }
 
+    /// Exits 0 when the manager holds the instance failed for good (see
+    /// [`ManagerBackend::failed`](super::registry::ManagerBackend::failed)).
+    pub fn failed(&self, name: &str) -> Option<String> {
+        self.manager.failed(self, name)
+    }
+
     /// `cmd` run as the profile's user (unchanged when privileged).
     pub fn as_user(&self, cmd: &str) -> String {
         self.os.as_user(&self.profile, cmd)

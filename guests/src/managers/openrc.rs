@@ -174,4 +174,8 @@ impl ManagerBackend for Openrc {
     fn status(&self, b: &Backend, name: &str) -> String {
         b.as_user(&format!("{} {} status", rc_service(b), quote(name)))
     }
+    /// `crashed`: started, and its daemon is gone.
+    fn failed(&self, b: &Backend, name: &str) -> Option<String> {
+        Some(b.as_user(&format!("case \"$({} {} status 2>&1)\" in *crashed*) exit 0;; esac; exit 1", rc_service(b), quote(name))))
+    }
 }

@@ -63,6 +63,13 @@ pub trait ManagerBackend: Sync + Send + fmt::Debug {
     /// Exits 0 when the instance is running (and ready, where the manager
     /// tracks readiness); prints the manager's own status text.
     fn status(&self, b: &Backend, name: &str) -> String;
+    /// A command that exits 0 when the manager holds the instance failed
+    /// for good (it will not start it again by itself), as `wait_for_unit`
+    /// needs to fail at once; None where the manager has no such state
+    /// (a supervisor that restarts for ever).
+    fn failed(&self, _b: &Backend, _name: &str) -> Option<String> {
+        None
+    }
 }
 
 /// Every manager, in the order docs and matrices list them.
@@ -163,5 +170,23 @@ mod tests {
         let e = "upstart".parse::<Manager>().expect_err("unknown");
         assert!(e.to_string().contains("systemd, sysvinit, openrc, runit, s6, supervisord, bsdrc"), "{e}");
         assert!(Manager::SYSTEMD < Manager::BSDRC);
+    }
+
+    /// The managers that give up on a service have a failed check, and it
+    /// is a shell command line dash accepts, in both profiles; the ones that
+    /// restart for ever have none.
+    #[test]
+    fn failed_checks_exist_where_the_manager_gives_up_and_parse() {
+        use crate::model::Profile;
+        let with: Vec<&str> = Manager::all().filter(|m| Backend::new(*m, crate::Os::DEBIAN_12, Profile::privileged()).failed("x").is_some()).map(|m| m.name()).collect();
+        assert_eq!(with, ["systemd", "sysvinit", "openrc", "supervisord"]);
+        for m in Manager::all().filter(|m| m.family() == crate::os::Family::Linux) {
+            for p in [Profile::privileged(), Profile::unprivileged("u", 1000)] {
+                if let Some(c) = Backend::new(m, crate::Os::DEBIAN_14, p).failed("web") {
+                    let st = std::process::Command::new("sh").args(["-n", "-c", &c]).status().expect("sh");
+                    assert!(st.success(), "{m}: {c}");
+                }
+            }
+        }
     }
 }

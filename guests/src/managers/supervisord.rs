@@ -148,4 +148,8 @@ impl ManagerBackend for Supervisord {
     fn status(&self, b: &Backend, name: &str) -> String {
         format!("out=$({}); echo \"$out\"; case $out in *RUNNING*) exit 0;; esac; exit 3", ctl(b, &format!("status {}", quote(name))))
     }
+    /// FATAL: supervisord gave up starting it (startretries spent).
+    fn failed(&self, b: &Backend, name: &str) -> Option<String> {
+        Some(format!("case \"$({})\" in *FATAL*) exit 0;; esac; exit 1", ctl(b, &format!("status {}", quote(name)))))
+    }
 }

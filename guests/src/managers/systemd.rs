@@ -167,6 +167,12 @@ impl ManagerBackend for Systemd {
     fn status(&self, b: &Backend, name: &str) -> String {
         ctl(b, &format!("is-active {}", quote(&format!("{name}.service"))))
     }
+    /// `failed`: systemd gave up on it (a unit that restarts is
+    /// `activating` between tries), as the NixOS driver's `wait_for_unit`
+    /// checks.
+    fn failed(&self, b: &Backend, name: &str) -> Option<String> {
+        Some(ctl(b, &format!("is-failed --quiet {}", quote(&format!("{name}.service")))))
+    }
 }
 
 #[cfg(test)]

@@ -164,4 +164,9 @@ impl ManagerBackend for Sysvinit {
     fn status(&self, b: &Backend, name: &str) -> String {
         run(b, name, "status")
     }
+    /// LSB's status codes 1 and 2: the program is dead but its pid or lock
+    /// file is there (it started and died; sysvinit does not restart it).
+    fn failed(&self, b: &Backend, name: &str) -> Option<String> {
+        Some(format!("{} >/dev/null 2>&1; s=$?; [ $s -eq 1 ] || [ $s -eq 2 ]", run(b, name, "status")))
+    }
 }
