@@ -127,7 +127,9 @@ class Machine:
     # Running commands: bash, `set -euo pipefail`, working directory /tmp,
     # stdout returned (stderr goes to the transcript), as in the NixOS driver.
     def execute(self, command, check_return=True, check_output=True, timeout=900):
-        r = _call("exec", command=command, timeout=_secs(timeout), expect=None, call=f"execute({command!r})")
+        # timeout=None: no limit but the run's (--timeout), as in the NixOS driver.
+        limit = "none" if timeout is None else _secs(timeout)
+        r = _call("exec", command=command, timeout=limit, expect=None, call=f"execute({command!r})")
         if not check_output:
             return (-2, "")
         if not check_return:

@@ -41,6 +41,14 @@ fn group_of(script: &PyScript, line: usize) -> String {
 
 /// A step's deadline from the script (seconds or null), cut to the run's.
 fn deadline(v: &Value, default: Duration, opts: &RunOptions) -> (Duration, bool) {
+    // "none" (`execute(timeout=None)`): no limit but the run's; zero means
+    // none to `Vm::exec`.
+    if v.as_str() == Some("none") {
+        return match opts.deadline {
+            Some(_) => opts.clamp(Duration::MAX),
+            None => (Duration::ZERO, false),
+        };
+    }
     let want = v.as_f64().filter(|s| *s > 0.0).map(Duration::from_secs_f64).unwrap_or(default);
     opts.clamp(want)
 }
