@@ -288,7 +288,11 @@ class Machine:
         self.booted = self.connected = False
 
     def is_up(self):
-        return self.booted and self.connected
+        # Asked of the VM: a guest that powered off or crashed from inside
+        # (a command's `poweroff`, a kernel panic) is not up.
+        up = bool(_call("is_up"))
+        self.booted = self.connected = up
+        return up
 
     # Files.
     def copy_from_host(self, source, target):

@@ -288,6 +288,12 @@ async fn perform(m: &mut Machine<'_>, op: &str, req: &Value, group: &str, opts: 
                 Err(StepError::Infra(e)) => Done::infra(chain_error(&e)),
             }
         }
+        // QEMU running and its guest answering on the backdoor now (a guest
+        // crashed or powered off from inside is not up).
+        "is_up" => {
+            let up = m.vm.is_running() && m.vm.exec(Channel::Backdoor, "true", &[], Duration::from_secs(10), None).await.is_ok_and(|o| o.success());
+            Done::ok(json!(up))
+        }
         "console_log" => {
             let log = std::fs::read(m.vm.run_dir().join("serial.log")).unwrap_or_default();
             Done::ok(json!(String::from_utf8_lossy(&log).replace('\r', "")))
