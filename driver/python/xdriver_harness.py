@@ -232,6 +232,30 @@ class Machine:
             return self.execute(f"su -l {user} --shell /bin/sh -c $'XDG_RUNTIME_DIR=/run/user/`id -u` systemctl --user {q}'")
         return self.execute(f"systemctl {q}")
 
+    # systemd's view of a unit, as the NixOS driver gives it (systemd cells
+    # only: systemctl() refuses elsewhere, saying which manager the cell has).
+    def get_unit_info(self, unit, user=None):
+        status, lines = self.systemctl(f'--no-pager show "{unit}"', user)
+        if status != 0:
+            under = "" if user is None else f" under user {user!r}"
+            raise MachineError(f'retrieving systemctl info for unit "{unit}"{under} failed with exit code {status}')
+        return dict(l.split("=", 1) for l in lines.splitlines() if "=" in l)
+
+    def get_unit_property(self, unit, property, user=None):
+        status, lines = self.systemctl(f'--no-pager show --property="{property}" "{unit}"', user)
+        if status != 0:
+            under = "" if user is None else f" under user {user!r}"
+            raise MachineError(f'retrieving systemctl property "{property}" for unit "{unit}"{under} failed with exit code {status}')
+        key, _, value = lines.rstrip("\n").partition("=")
+        if key != property:
+            raise MachineError(f'systemctl show printed {lines!r} for property "{property}" of unit "{unit}"')
+        return value
+
+    def require_unit_state(self, unit, require_state="active"):
+        state = self.get_unit_info(unit)["ActiveState"]
+        if state != require_state:
+            raise RequestedAssertionFailed(f"Expected unit '{unit}' to to be in state '{require_state}' but it is in state '{state}'")
+
     # Screen, keyboard, console, monitor.
     def screenshot(self, filename):
         _step(f"screenshot({filename!r})", {"screenshot": str(filename)})
