@@ -22,6 +22,10 @@ impl<'a> Templates<'a> {
         env.set_keep_trailing_newline(true);
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        // Python's str/dict/list methods (`name.startswith('redis')`,
+        // `.upper()`, `.items()`), which Jinja users write and Jinja2
+        // runs: minijinja's own compatibility layer.
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         Templates { env, loc, literal }
     }
 
@@ -86,5 +90,24 @@ fn shorten(s: &str) -> String {
         format!("{}…", one.chars().take(60).collect::<String>())
     } else {
         one
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_string_methods_render_as_jinja2_renders_them() {
+        let loc = Locator::new(std::path::Path::new("x.toml"), "name = 'x'\n");
+        let t = Templates::new(&loc, false);
+        let ctx = serde_json::json!({ "instanceName": "redis-primary", "ports": { "a": 1 } });
+        let out = t.render("{{ instanceName.startswith('redis') }} {{ instanceName.upper() }} {{ instanceName.split('-')[1] }}", &ctx, 0..1).expect("renders");
+        assert_eq!(out, "True REDIS-PRIMARY primary");
+        let out = t.render("{% for k, v in ports.items() %}{{ k }}={{ v }}{% endfor %}", &ctx, 0..1).expect("renders");
+        assert_eq!(out, "a=1");
+        // A method Python's str does not have is still an error, where written.
+        let e = t.render("{{ instanceName.frobnicate() }}", &ctx, 0..1).expect_err("unknown method");
+        assert!(e.to_string().contains("unknown method"), "{e}");
     }
 }
