@@ -72,6 +72,10 @@ class MachineError(Exception):
 
 
 def _call(op, **args):
+    # A machine call inside a polling condition's block checks it first
+    # (not the calls the condition itself makes).
+    if _ACTIVE_CONDITIONS and op not in ("log", "subtest"):
+        _check_conditions()
     args["op"] = op
     args["line"] = _script_line()
     _rpc_out.write(json.dumps(args) + "\n")
@@ -408,6 +412,77 @@ def retry(fn, timeout=900, timeout_seconds=None):
         raise RequestedAssertionFailed(f"action timed out after {elapsed:.2f} seconds (timeout={budget:g})")
 
 
+class PollingConditionError(Exception):
+    """A polling condition did not hold while its `with` block ran."""
+
+
+# The conditions whose `with` blocks are open, innermost last; each is
+# checked (at most every seconds_interval) before a machine call.
+_ACTIVE_CONDITIONS = []
+
+
+class _Condition:
+    """A check that must keep holding while a `with` block runs (the NixOS
+    driver's polling_condition): true, or None, or no exception, is a pass."""
+
+    def __init__(self, fn, seconds_interval, description):
+        self.fn = fn
+        self.seconds_interval = float(seconds_interval)
+        self.description = str(description) if description is not None else (fn.__doc__ or fn.__name__).strip()
+        self.last = float("-inf")
+        self.running = 0
+
+    def _holds(self):
+        self.running += 1
+        try:
+            try:
+                r = self.fn()
+            except Exception:
+                r = False
+            return r is None or bool(r)
+        finally:
+            self.running -= 1
+            self.last = time.monotonic()
+
+    def check(self, force=False):
+        due = time.monotonic() - self.last >= self.seconds_interval
+        if self.running or (not due and not force):
+            return True
+        ok = self._holds()
+        print(f"polling condition {'held' if ok else 'failed'}: {self.description}")
+        return ok
+
+    def __enter__(self):
+        _ACTIVE_CONDITIONS.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        assert _ACTIVE_CONDITIONS and _ACTIVE_CONDITIONS[-1] is self
+        _ACTIVE_CONDITIONS.pop()
+
+    def wait(self, timeout=900):
+        """Waits until the condition holds (checked once a second)."""
+        retry(lambda last: self.check(force=True), timeout=timeout)
+
+    def __call__(self):
+        return self.fn()
+
+
+def polling_condition(fun_=None, *, seconds_interval=2.0, description=None):
+    """As a decorator, bare or with arguments: `with cond:` checks cond
+    before each machine call in the block, at most every seconds_interval,
+    and raises PollingConditionError when it fails."""
+    if fun_ is None:
+        return lambda fn: _Condition(fn, seconds_interval, description)
+    return _Condition(fun_, seconds_interval, description)
+
+
+def _check_conditions():
+    for c in list(_ACTIVE_CONDITIONS):
+        if not c.check():
+            raise PollingConditionError(f"polling condition failed: {c.description}")
+
+
 class _AssertionTester(unittest.TestCase):
     failureException = RequestedAssertionFailed
 
@@ -425,6 +500,7 @@ def _symbols():
         "serial_stdout_on": serial_stdout_on, "serial_stdout_off": serial_stdout_off,
         "Machine": Machine, "RequestedAssertionFailed": RequestedAssertionFailed,
         "TestScriptError": TestScriptError, "MachineError": MachineError,
+        "polling_condition": polling_condition, "PollingConditionError": PollingConditionError,
         "_xdriver_step": _step,
         "_xdriver_step_json": lambda call, action, timeout: _step(call, json.loads(action), timeout),
     }
