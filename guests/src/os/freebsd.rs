@@ -114,7 +114,7 @@ impl GuestOs for Freebsd {
         let u = profile.user.as_ref()?;
         let n = quote(&u.name);
         Some(format!(
-            "pw groupshow {g} >/dev/null 2>&1 || pw groupadd {g}; pw usershow {n} >/dev/null 2>&1 || pw useradd -n {n} -u {uid} -g {g} -m -d {h} -s /bin/sh",
+            "pw groupshow {g} >/dev/null 2>&1 || pw groupadd {g}; pw usershow {n} >/dev/null 2>&1 || {{ s=/bin/sh; [ -x /usr/local/bin/bash ] && s=/usr/local/bin/bash; pw useradd -n {n} -u {uid} -g {g} -m -d {h} -s \"$s\"; }}",
             uid = u.uid,
             g = quote(&u.group),
             h = quote(&u.home)

@@ -116,8 +116,15 @@ pub(super) fn add_profile_user(profile: &Profile) -> Option<String> {
     let n = quote(&u.name);
     // Password `*`: no password logs in, but the account is not locked
     // (`!`), which sshd without PAM (a test's own sshd) would refuse even
-    // for a key.
-    Some(format!("getent passwd {n} >/dev/null || useradd -m -u {uid} -g {g} -d {h} -s /bin/sh -p '*' {n}", uid = u.uid, g = quote(&u.group), h = quote(&u.home)))
+    // for a key. Login shell bash where the guest has it, as a NixOS
+    // user's is: tests written for NixOS run `su USER -c '… $(type -p ls) …'`
+    // (dash's `type` has no -p).
+    Some(format!(
+        "getent passwd {n} >/dev/null || {{ s=/bin/sh; [ -x /bin/bash ] && s=/bin/bash; useradd -m -u {uid} -g {g} -d {h} -s \"$s\" -p '*' {n}; }}",
+        uid = u.uid,
+        g = quote(&u.group),
+        h = quote(&u.home)
+    ))
 }
 
 pub(super) fn configure_nic(mac: &str, cidr: &str) -> String {

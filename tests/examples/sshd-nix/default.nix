@@ -5,9 +5,9 @@
 #   xdriver test tests/examples/sshd-nix -A privileged.sysvinit
 # Differences from nix-processmgmt-services' text: systemPackages names
 # pkgs.openssh only when pkgs is nixpkgs (otherwise the guest's OpenSSH
-# is used), the constructors come from ../services-agnostic, and the
-# remote command is found with `command -v` (su runs the user's /bin/sh,
-# dash on Debian, whose `type` has no -p).
+# is used) and the constructors come from ../services-agnostic. The
+# remote command is found with `type -p`, as there: the profile's user has
+# bash as its login shell, as a NixOS user does.
 { pkgs, testService, processManagers, profiles, nix-processmgmt }:
 
 let
@@ -42,7 +42,7 @@ testService {
     let
       ssh = "ssh -i key -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no";
       portArg = optionalString (!(instanceName == "sshd" && !forceDisableUserChange)) "-p ${toString instance.port} ";
-      cmd = "${ssh} ${portArg}localhost $(command -v ls) /";
+      cmd = "${ssh} ${portArg}localhost $(type -p ls) /";
     in
     if forceDisableUserChange then ''
       out = machine.succeed("su unprivileged -c '${cmd}'")
