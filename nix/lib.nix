@@ -19,6 +19,23 @@ let
     in if bad == [ ] then set
        else throw "${what}: unknown attribute `${head bad}`${at (head bad) set}; known: ${concatStringsSep ", " known}";
 
+  # A value as a cell (JSON) can carry it. nix-processmgmt lets
+  # extraParams (and nixosConfig) hold any Nix value: what toJSON takes
+  # stays; a derivation or path becomes its store path; a function, and an
+  # attribute set too big or too deep to walk (nixpkgs' `pkgs`), becomes a
+  # note of what it was. Nothing reads these back as code: for a Nix spec
+  # the strings are final, and `params` only shows in plans and reports.
+  jsonableAt = depth: v:
+    if isFunction v then "<function>"
+    else if builtins.isPath v then toString v
+    else if isAttrs v then
+      (if v ? outPath then "${v}"
+       else if depth >= 4 || length (attrNames v) > 64 then "<attribute set of ${toString (length (attrNames v))}>"
+       else mapAttrs (_: jsonableAt (depth + 1)) v)
+    else if isList v then
+      (if depth >= 4 || length v > 256 then "<list of ${toString (length v)}>" else map (jsonableAt (depth + 1)) v)
+    else v;
+
   # Drops attributes whose value is null (TOML has no null).
   compact = set: listToAttrs (concatMap (n: if set.${n} == null then [ ] else [ { name = n; value = set.${n}; } ]) (attrNames set));
 
@@ -159,6 +176,7 @@ let
 in
 rec {
   inherit compact check nameOf smallLib;
+  jsonable = jsonableAt 0;
 
   # Whether <nixpkgs> is on NIX_PATH (then `pkgs` is nixpkgs).
   hasNixpkgs = builtins.any (e: e.prefix == "nixpkgs") builtins.nixPath;

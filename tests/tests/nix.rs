@@ -171,6 +171,34 @@ fn nix_errors_come_with_nixs_message_and_location() {
     assert!(r.code == 2 && r.stderr.contains("for Nix specs"), "{}", r.stderr);
 }
 
+/// nix-processmgmt lets `extraParams` hold any Nix value and `nixosConfig`
+/// be a module function: the cell still evaluates (a function becomes a
+/// note of what it was, a big attribute set such as nixpkgs' `pkgs` is not
+/// walked, a path becomes its string), and nixosConfig is reported as
+/// ignored on a guest that is not NixOS.
+#[test]
+fn extra_params_may_hold_functions_and_nixos_config_may_be_a_module_function() {
+    let d = xdriver_tests::workdir();
+    std::fs::write(
+        d.path().join("model.nix"),
+        "{ createManagedProcess, n, ... }:\n{ a = { port = 7000 + n; pkg = createManagedProcess { instanceName = \"a\"; foreground = [ \"/bin/sleep\" \"100${toString n}\" ]; }; }; }\n",
+    )
+    .expect("write");
+    std::fs::write(
+        d.path().join("default.nix"),
+        "{ xdriver ? import <xdriver> { } }:\n{ t = xdriver.testService {\n  name = \"t\"; exprFile = ./model.nix; processManagers = [ \"sysvinit\" ]; profiles = [ \"privileged\" ];\n  \
+         extraParams = { n = 1; f = x: x; here = ./model.nix; big = builtins.listToAttrs (builtins.genList (i: { name = \"a${toString i}\"; value = i; }) 100); };\n  \
+         nixosConfig = { config, pkgs, ... }: { services.openssh.enable = true; };\n}; }\n",
+    )
+    .expect("write");
+    let r = xdriver(&["plan", d.path().to_str().expect("utf-8"), "--json"], d.path());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("nixosConfig applies to NixOS guests only; ignored on debian-12"), "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    let text = v.to_string();
+    assert!(text.contains("\"/bin/sleep\",\"1001\""), "the model got n = 1 from extraParams: {text}");
+}
+
 #[test]
 fn system_packages_and_store_paths_of_a_nix_spec_reach_the_plan() {
     // A tool added to the store by the spec itself (`builtins.path` in

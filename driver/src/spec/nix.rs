@@ -224,7 +224,7 @@ fn cell(file: &Path, attr: String, v: Value) -> Result<NixSpecCell, SpecError> {
     let manager: Manager = c.manager.parse().map_err(|e| here(format!("{e}")))?;
     let profile: ProfileKind = c.profile.parse().map_err(|e| here(format!("{e}")))?;
     if c.nixos_config.is_some() && os != Os::NIXOS {
-        tracing::info!(cell = %attr, "nixosConfig applies to NixOS guests only; ignored for {os}");
+        eprintln!("xdriver: {attr}: nixosConfig applies to NixOS guests only; ignored on {os}");
     }
     // The cell as a spec document: one cell's matrix, the shares, the
     // parameters, the instances with their processes inline.
