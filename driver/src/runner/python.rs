@@ -294,6 +294,27 @@ async fn perform(m: &mut Machine<'_>, op: &str, req: &Value, group: &str, opts: 
             let up = m.vm.is_running() && m.vm.exec(Channel::Backdoor, "true", &[], Duration::from_secs(10), None).await.is_ok_and(|o| o.success());
             Done::ok(json!(up))
         }
+        // start_job/stop_job: the manager's start or stop command, whose
+        // status and output go back to the script (as systemctl's do in the
+        // NixOS driver); a non-zero status is the script's to judge.
+        "service" => {
+            let name = s("name");
+            let cmd = match s("verb").as_str() {
+                "start" => m.backend.start(&name),
+                "stop" => m.backend.stop(&name),
+                v => return Done::infra(format!("no service verb `{v}`")),
+            };
+            let (timeout, _) = deadline(&req["timeout"], default_timeout, opts);
+            let t = Instant::now();
+            match m.vm.exec(Channel::Backdoor, &cmd, &[], timeout, None).await {
+                Ok(out) => {
+                    m.transcript.push(group, &cmd, Some(out.status), out.stdout_str(), out.stderr_str(), t.elapsed());
+                    let text = format!("{}{}", out.stdout_str(), out.stderr_str());
+                    Done::ok(json!({ "status": out.status, "stdout": text }))
+                }
+                Err(e) => Done::infra(chain_error(&e)),
+            }
+        }
         "console_log" => {
             let log = std::fs::read(m.vm.run_dir().join("serial.log")).unwrap_or_default();
             Done::ok(json!(String::from_utf8_lossy(&log).replace('\r', "")))
