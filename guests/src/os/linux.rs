@@ -139,7 +139,13 @@ pub(super) fn configure_nic(mac: &str, cidr: &str) -> String {
 }
 
 pub(super) fn port_open(port: u16) -> String {
-    format!("ss -Htln 'sport = :{port}' | grep -q .")
+    // A connection, as the NixOS driver's `nc -z localhost PORT` makes
+    // (a listener that does not accept yet is not open): bash's /dev/tcp,
+    // IPv4 then IPv6 loopback; the listening sockets where there is no bash.
+    format!(
+        "if command -v bash >/dev/null 2>&1; then bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}' 2>/dev/null || bash -c 'exec 3<>/dev/tcp/::1/{port}' 2>/dev/null; \
+         else ss -Htln 'sport = :{port}' | grep -q .; fi"
+    )
 }
 
 pub(super) fn mount_share(tag: &str, guest: &str, writable: bool, kind: ShareKind) -> String {
