@@ -14,6 +14,7 @@
 import contextlib
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -194,6 +195,27 @@ class Machine:
 
     def wait_for_console_text(self, regex, timeout=None):
         _step(f"wait_for_console_text({regex!r})", {"wait_for_console_text": regex}, timeout if timeout is not None else 900)
+
+    # OCR of the screen (Debian's tesseract on the host), as the NixOS
+    # driver's; one reading of the screen, not its three image variants.
+    def get_screen_text(self):
+        return _call("screen_text", call="get_screen_text()")
+
+    def get_screen_text_variants(self):
+        return [self.get_screen_text()]
+
+    def wait_for_text(self, regex, timeout=900):
+        found = []
+
+        def seen(last):
+            text = self.get_screen_text()
+            if re.search(regex, text):
+                found.append(text)
+                return True
+            return False
+
+        retry(seen, timeout=timeout)
+        return found[0] if found else None
 
     def get_console_log(self):
         return _call("console_log")

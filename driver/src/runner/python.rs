@@ -315,6 +315,23 @@ async fn perform(m: &mut Machine<'_>, op: &str, req: &Value, group: &str, opts: 
                 Err(e) => Done::infra(chain_error(&e)),
             }
         }
+        // OCR of the guest's screen: QMP screendump, then Debian's tesseract.
+        "screen_text" => {
+            let png = m.artifacts.join("ocr-screen.png");
+            if let Err(e) = m.vm.screendump(&png).await {
+                return Done::infra(chain_error(&e));
+            }
+            let run = tokio::process::Command::new("tesseract").arg(&png).arg("stdout").stdin(Stdio::null()).output();
+            match tokio::time::timeout(Duration::from_secs(120), run).await {
+                Ok(Ok(out)) if out.status.success() => Done::ok(json!(String::from_utf8_lossy(&out.stdout))),
+                Ok(Ok(out)) => Done::infra(format!("tesseract {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim())),
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Done::infra("OCR needs Debian's tesseract-ocr on the host (`tesseract` not found: apt-get install tesseract-ocr)".into())
+                }
+                Ok(Err(e)) => Done::infra(format!("tesseract: {e}")),
+                Err(_) => Done::infra("tesseract took over 120 s".into()),
+            }
+        }
         "console_log" => {
             let log = std::fs::read(m.vm.run_dir().join("serial.log")).unwrap_or_default();
             Done::ok(json!(String::from_utf8_lossy(&log).replace('\r', "")))
