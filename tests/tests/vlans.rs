@@ -2,7 +2,7 @@
 //! and inits (Debian 12 systemd and Debian 13 sysvinit, each restored from
 //! its RAM snapshot) on one vde_switch whose sockets are in a temporary
 //! directory; each gets its NIC hot-plugged and its NixOS-driver address.
-//! They reach each other; a cut link (QMP `set_link`, the NixOS driver's
+//! They reach each other by name and over IPv4 and IPv6; a cut link (QMP `set_link`, the NixOS driver's
 //! `block()`) stops the traffic, and the user-mode NIC (`restrict=on`) does
 //! not carry it instead; restoring the link brings it back; the switch
 //! ends with its handle.
@@ -33,9 +33,16 @@ async fn two_releases_on_one_vlan_reach_each_other_until_the_link_is_cut() {
     a.attach_vlan(&na, &switch).await.expect("a joins vlan 1");
     b.attach_vlan(&nb, &switch).await.expect("b joins vlan 1");
     let ping = |to: std::net::Ipv4Addr| format!("busybox ping -c 1 -W 3 {to}");
+    // Each reaches the other by name (/etc/hosts), over IPv4 and IPv6.
+    let hosts = vec![(std::net::IpAddr::V4(na.addr()), "node-a".to_string()), (std::net::IpAddr::V4(nb.addr()), "node-b".to_string())];
+    a.add_hosts(&hosts).await.expect("a's /etc/hosts");
+    b.add_hosts(&hosts).await.expect("b's /etc/hosts");
 
-    let (code, out) = sh(&a, &ping(nb.addr())).await;
-    assert_eq!(code, 0, "a -> b over vlan 1: {out}");
+    let (code, out) = sh(&a, "busybox ping -c 1 -W 3 node-b").await;
+    assert_eq!(code, 0, "a -> node-b over vlan 1: {out}");
+    assert!(out.contains("192.168.1.2"), "{out}");
+    let (code, out) = sh(&a, &format!("busybox ping -6 -c 1 -W 3 {}", nb.addr6())).await;
+    assert_eq!(code, 0, "a -> b over vlan 1, IPv6: {out}");
     let (code, out) = sh(&b, &format!("{}; ip -o -4 addr show | grep -c 192.168.1.2/24", ping(na.addr()))).await;
     assert_eq!(code, 0, "b -> a over vlan 1: {out}");
 

@@ -147,6 +147,12 @@ impl Nic {
         Ipv4Addr::new(192, 168, self.vlan as u8, self.node as u8)
     }
 
+    /// 2001:db8:*vlan*::*node* (the documentation prefix; the NixOS test
+    /// driver's IPv6 scheme).
+    pub fn addr6(&self) -> std::net::Ipv6Addr {
+        std::net::Ipv6Addr::new(0x2001, 0xdb8, self.vlan as u16, 0, 0, 0, 0, self.node as u16)
+    }
+
     /// 52:54:00:12:*vlan*:*node* (hex), as the NixOS test driver numbers them.
     pub fn mac(&self) -> String {
         format!("52:54:00:12:{:02x}:{:02x}", self.vlan, self.node)
@@ -168,10 +174,22 @@ impl Vm {
         self.qmp.raw_command("netdev_add", netdev, Duration::from_secs(10)).await.map_err(|e| plug(e.to_string()))?;
         let device = serde_json::json!({ "driver": "virtio-net-pci", "id": id, "netdev": id, "mac": nic.mac() });
         self.qmp.raw_command("device_add", device, Duration::from_secs(30)).await.map_err(|e| plug(e.to_string()))?;
-        let cmd = self.os.configure_nic(&nic.mac(), &format!("{}/24", nic.addr()));
+        let cmd = self.os.configure_nic(&nic.mac(), &format!("{}/24", nic.addr()), &format!("{}/64", nic.addr6()));
         let out = self.exec(Channel::Backdoor, &cmd, &[], Duration::from_secs(30), None).await?;
         if !out.success() {
             return Err(VlanError::Guest { vlan: nic.vlan, vm: self.name.clone(), addr: nic.addr(), detail: format!("exit {}: {}", out.status, out.stderr_str().trim()) });
+        }
+        Ok(())
+    }
+
+    /// Adds `names` (address, host name) to the guest's /etc/hosts, so the
+    /// test's machines reach each other by name.
+    pub async fn add_hosts(&self, names: &[(std::net::IpAddr, String)]) -> Result<(), VlanError> {
+        let lines: String = names.iter().map(|(a, n)| format!("{a} {n}\n")).collect();
+        let cmd = format!("printf '%s' {} >>/etc/hosts", xdriver_guests::shell::quote(&lines));
+        let out = self.exec(Channel::Backdoor, &cmd, &[], Duration::from_secs(30), None).await?;
+        if !out.success() {
+            return Err(VlanError::Plug { vlan: 0, vm: self.name.clone(), detail: format!("/etc/hosts: exit {}: {}", out.status, out.stderr_str().trim()) });
         }
         Ok(())
     }
@@ -199,5 +217,6 @@ mod tests {
         assert_eq!(n.addr(), Ipv4Addr::new(192, 168, 1, 2));
         assert_eq!(n.mac(), "52:54:00:12:01:02");
         assert_eq!(Nic { vlan: 17, node: 254 }.mac(), "52:54:00:12:11:fe");
+        assert_eq!(n.addr6().to_string(), "2001:db8:1::2");
     }
 }

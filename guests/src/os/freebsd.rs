@@ -82,14 +82,15 @@ impl GuestOs for Freebsd {
         let Some(u) = &profile.user else { return cmd.to_string() };
         format!("su -m {} -c {}", quote(&u.name), quote(&format!("HOME={h}; export HOME; cd {h} && {cmd}", h = quote(&u.home))))
     }
-    fn configure_nic(&self, mac: &str, cidr: &str) -> String {
+    fn configure_nic(&self, mac: &str, cidr: &str, cidr6: &str) -> String {
         // ifconfig(8) lists each interface's `ether` address.
         format!(
             "n=; i=0; while :; do for x in $(ifconfig -l); do ifconfig \"$x\" | grep -q \"ether {mac}\" && n=$x; done; \
              [ -n \"$n\" ] && break; i=$((i+1)); [ $i -lt 100 ] || {{ echo 'no network interface with MAC {mac} after 10 s' >&2; exit 1; }}; sleep 0.1; done; \
-             ifconfig \"$n\" inet {cidr} up",
+             ifconfig \"$n\" inet {cidr} up && ifconfig \"$n\" inet6 {cidr6} alias",
             mac = mac,
-            cidr = quote(cidr)
+            cidr = quote(cidr),
+            cidr6 = quote(cidr6)
         )
     }
     fn add_credentials(&self, groups: &[Group], users: &[User]) -> Option<String> {

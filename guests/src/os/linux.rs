@@ -127,14 +127,15 @@ pub(super) fn add_profile_user(profile: &Profile) -> Option<String> {
     ))
 }
 
-pub(super) fn configure_nic(mac: &str, cidr: &str) -> String {
+pub(super) fn configure_nic(mac: &str, cidr: &str, cidr6: &str) -> String {
     // The hot-plugged NIC, found by its MAC (it may take a moment to appear).
     format!(
         "n=; i=0; while :; do for d in /sys/class/net/*; do read -r a <\"$d/address\" && [ \"$a\" = {mac} ] && n=${{d##*/}}; done; \
          [ -n \"$n\" ] && break; i=$((i+1)); [ $i -lt 100 ] || {{ echo 'no network interface with MAC {mac} after 10 s' >&2; exit 1; }}; sleep 0.1; done; \
-         ip addr add {cidr} dev \"$n\" && ip link set \"$n\" up",
+         ip addr add {cidr} dev \"$n\" && ip -6 addr add {cidr6} dev \"$n\" nodad && ip link set \"$n\" up",
         mac = quote(mac),
-        cidr = quote(cidr)
+        cidr = quote(cidr),
+        cidr6 = quote(cidr6)
     )
 }
 

@@ -213,10 +213,10 @@ pub trait GuestOs: Sync + Send + fmt::Debug {
     fn add_profile_user(&self, profile: &Profile) -> Option<String> {
         linux::add_profile_user(profile)
     }
-    /// Gives the NIC with `mac` (just hot-plugged) the address `cidr` and
-    /// brings it up.
-    fn configure_nic(&self, mac: &str, cidr: &str) -> String {
-        linux::configure_nic(mac, cidr)
+    /// Gives the NIC with `mac` (just hot-plugged) the addresses `cidr`
+    /// (IPv4) and `cidr6` (IPv6) and brings it up.
+    fn configure_nic(&self, mac: &str, cidr: &str, cidr6: &str) -> String {
+        linux::configure_nic(mac, cidr, cidr6)
     }
     /// Exits 0 when something listens on TCP `port` (any local address).
     fn port_open(&self, port: u16) -> String {
