@@ -458,8 +458,14 @@ impl Vm {
         let boot_s = vm.backdoor_ready_after.as_secs_f64();
         let t1 = Instant::now();
         // Services still starting would go on starting in every restored
-        // VM: save once the last of xdriver's (its sshd) listens.
-        let probe = vm.os.port_open(xdriver_guests::SSH_PORT);
+        // VM: save once the last of xdriver's (its sshd) listens and the
+        // init has reached what deployments wait for (systemd: basic.target;
+        // it is what every restored systemd cell waited 17 s for when the
+        // snapshot was saved before it).
+        let probe = match vm.init.settled_probe() {
+            Some(init) => format!("{} && {init}", vm.os.port_open(xdriver_guests::SSH_PORT)),
+            None => vm.os.port_open(xdriver_guests::SSH_PORT),
+        };
         let settle_deadline = Instant::now() + cfg.boot_timeout.min(Duration::from_secs(90));
         loop {
             let out = vm.exec(Channel::Backdoor, &probe, &[], Duration::from_secs(10), None).await?;
@@ -467,7 +473,7 @@ impl Vm {
                 break;
             }
             if Instant::now() > settle_deadline {
-                tracing::warn!(vm = %vm.name, "saving the snapshot before the guest's sshd listens");
+                tracing::warn!(vm = %vm.name, "saving the snapshot before the guest's sshd listens or its init has settled");
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -9,6 +9,12 @@ use super::registry::InitSystem;
 pub struct Systemd;
 
 impl InitSystem for Systemd {
+    // The backdoor and sshd start as soon as systemd runs (no default
+    // dependencies); the systemd backend's deployments wait for
+    // basic.target (`boot_wait`).
+    fn settled_probe(&self) -> Option<&'static str> {
+        Some("systemctl is-active -q basic.target")
+    }
     fn name(&self) -> &'static str {
         "systemd"
     }
