@@ -417,7 +417,7 @@ impl Vm {
                     Ok(mut vm) => {
                         vm.start_note = match saved {
                             Some(m) => format!(
-                                "restored from the RAM snapshot {} it saved first (cold boot {:.1} s to the backdoor, {:.1} s more until sshd listened, save {:.1} s)",
+                                "restored from the RAM snapshot {} it saved first (cold boot {:.1} s to the backdoor, {:.1} s more until sshd listened and the init settled, save {:.1} s)",
                                 snap.dir.display(),
                                 m.boot_s,
                                 m.settle_s,
