@@ -196,14 +196,6 @@ pub trait GuestOs: Sync + Send + fmt::Debug {
     fn as_user(&self, profile: &Profile, cmd: &str) -> String {
         linux::as_user(profile, cmd)
     }
-    /// Creates a group unless it exists.
-    fn add_group(&self, g: &Group) -> String {
-        linux::add_group(g)
-    }
-    /// Creates a system user unless it exists.
-    fn add_user(&self, u: &User) -> String {
-        linux::add_user(u)
-    }
     /// Creates every group, then every user, unless they exist: one shell
     /// command line (None when there are none).
     fn add_credentials(&self, groups: &[Group], users: &[User]) -> Option<String> {
