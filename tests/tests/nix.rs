@@ -127,11 +127,7 @@ fn the_sshd_test_logs_in_to_two_sshd_instances_as_root_on_22_and_as_unprivileged
 #[test]
 fn nix_errors_come_with_nixs_message_and_location() {
     let d = xdriver_tests::workdir();
-    let write = |name: &str, text: &str| {
-        let p = d.path().join(name);
-        std::fs::write(&p, text).expect("write");
-        p.display().to_string()
-    };
+    let write = |name: &str, text: &str| write_file(d.path(), name, text);
     // A syntax error: Nix's message, file and line; a usage error (2).
     let bad = write("syntax.nix", "{ xdriver ? import <xdriver> { } }:\n{\n  broken = ;\n}\n");
     let r = xdriver(&["plan", &bad], d.path());
@@ -176,21 +172,28 @@ fn nix_errors_come_with_nixs_message_and_location() {
 /// note of what it was, a big attribute set such as nixpkgs' `pkgs` is not
 /// walked, a path becomes its string), and nixosConfig is reported as
 /// ignored on a guest that is not NixOS.
+/// Writes `text` to `dir/name`; returns the path.
+fn write_file(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write");
+    p.display().to_string()
+}
+
 #[test]
 fn extra_params_may_hold_functions_and_nixos_config_may_be_a_module_function() {
     let d = xdriver_tests::workdir();
-    std::fs::write(
-        d.path().join("model.nix"),
+    write_file(
+        d.path(),
+        "model.nix",
         "{ createManagedProcess, n, ... }:\n{ a = { port = 7000 + n; pkg = createManagedProcess { instanceName = \"a\"; foreground = [ \"/bin/sleep\" \"100${toString n}\" ]; }; }; }\n",
-    )
-    .expect("write");
-    std::fs::write(
-        d.path().join("default.nix"),
+    );
+    write_file(
+        d.path(),
+        "default.nix",
         "{ xdriver ? import <xdriver> { } }:\n{ t = xdriver.testService {\n  name = \"t\"; exprFile = ./model.nix; processManagers = [ \"sysvinit\" ]; profiles = [ \"privileged\" ];\n  \
          extraParams = { n = 1; f = x: x; here = ./model.nix; big = builtins.listToAttrs (builtins.genList (i: { name = \"a${toString i}\"; value = i; }) 100); };\n  \
          nixosConfig = { config, pkgs, ... }: { services.openssh.enable = true; };\n}; }\n",
-    )
-    .expect("write");
+    );
     let r = xdriver(&["plan", d.path().to_str().expect("utf-8"), "--json"], d.path());
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.contains("nixosConfig applies to NixOS guests only; ignored on debian-12"), "{}", r.stderr);
@@ -207,16 +210,16 @@ fn system_packages_and_store_paths_of_a_nix_spec_reach_the_plan() {
     let d = xdriver_tests::workdir();
     std::fs::create_dir_all(d.path().join("tool/bin")).expect("mkdir");
     std::fs::write(d.path().join("tool/bin/xd-hello"), "#!/bin/sh\necho hello\n").expect("write");
-    std::fs::write(
-        d.path().join("model.nix"),
+    write_file(
+        d.path(),
+        "model.nix",
         "{ createManagedProcess, ... }:\n{ a = { port = 7000; pkg = createManagedProcess { instanceName = \"a\"; foreground = [ \"/bin/sleep\" \"1000\" ]; }; }; }\n",
-    )
-    .expect("write");
-    std::fs::write(
-        d.path().join("default.nix"),
+    );
+    write_file(
+        d.path(),
+        "default.nix",
         "{ xdriver ? import <xdriver> { } }:\nlet tool = builtins.path { path = ./tool; name = \"xd-tool\"; }; in\n{ t = xdriver.testService {\n  name = \"t\"; exprFile = ./model.nix; processManagers = [ \"sysvinit\" ]; profiles = [ \"privileged\" ];\n  systemPackages = [ tool ];\n  tests = { instance, ... }: [ { succeed = \"xd-hello | grep hello\"; name = \"tool on PATH\"; } ];\n}; }\n",
-    )
-    .expect("write");
+    );
     let r = xdriver(&["plan", d.path().to_str().expect("utf-8"), "--json"], d.path());
     assert_eq!(r.code, 0, "{}", r.stderr);
     let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
