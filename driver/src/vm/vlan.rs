@@ -57,6 +57,14 @@ pub enum VlanError {
         /// What the guest said.
         detail: String,
     },
+    /// The guest's /etc/hosts could not be written.
+    #[error("writing the machines' names into {vm}'s /etc/hosts: {detail}")]
+    Hosts {
+        /// The VM.
+        vm: String,
+        /// What the guest said.
+        detail: String,
+    },
     /// The VM went away.
     #[error(transparent)]
     Vm(#[from] VmError),
@@ -132,6 +140,11 @@ impl Drop for Switch {
     }
 }
 
+/// The QEMU id of a VM's netdev and device on `vlan` (one NIC per vlan).
+fn nic_id(vlan: u32) -> String {
+    format!("vlan{vlan}")
+}
+
 /// A node's NIC on one vlan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Nic {
@@ -160,7 +173,7 @@ impl Nic {
 
     /// The QEMU id of its netdev and device.
     pub fn id(&self) -> String {
-        format!("vlan{}", self.vlan)
+        nic_id(self.vlan)
     }
 }
 
@@ -189,7 +202,7 @@ impl Vm {
         let cmd = format!("printf '%s' {} >>/etc/hosts", xdriver_guests::shell::quote(&lines));
         let out = self.exec(Channel::Backdoor, &cmd, &[], Duration::from_secs(30), None).await?;
         if !out.success() {
-            return Err(VlanError::Plug { vlan: 0, vm: self.name.clone(), detail: format!("/etc/hosts: exit {}: {}", out.status, out.stderr_str().trim()) });
+            return Err(VlanError::Hosts { vm: self.name.clone(), detail: format!("exit {}: {}", out.status, out.stderr_str().trim()) });
         }
         Ok(())
     }
@@ -198,9 +211,8 @@ impl Vm {
     /// NixOS driver's `block()` / `unblock()` do; the guest sees its
     /// carrier go.
     pub async fn set_vlan_link(&self, vlan: u32, up: bool) -> Result<(), VlanError> {
-        let name = Nic { vlan, node: 1 }.id();
         self.qmp
-            .raw_command("set_link", serde_json::json!({ "name": name, "up": up }), Duration::from_secs(10))
+            .raw_command("set_link", serde_json::json!({ "name": nic_id(vlan), "up": up }), Duration::from_secs(10))
             .await
             .map_err(|e| VlanError::Plug { vlan, vm: self.name.clone(), detail: e.to_string() })?;
         Ok(())
