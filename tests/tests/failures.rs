@@ -106,6 +106,34 @@ async fn a_guest_that_never_boots_fails_within_its_deadline_with_the_serial_tail
     assert!(msg.contains("init /nonexistent not found"), "serial tail missing from: {msg}");
 }
 
+/// A kernel panic at boot (here a real one: no initramfs init, no root
+/// driver) gets one more boot, cold or saving a snapshot; when that one
+/// panics too, the error shows both and both run directories are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kernel_panic_at_boot_gets_one_more_boot_and_both_run_dirs_are_kept() {
+    for snapshots in [false, true] {
+        let mut cfg = config(Init::SYSTEMD, if snapshots { "panic-save" } else { "panic-cold" });
+        cfg.extra_cmdline = vec!["rdinit=/nonexistent".into()];
+        cfg.snapshots = snapshots;
+        let before = xdriver::vm::rundir::RunDir::existing(&cfg.name);
+        let name = cfg.name.clone();
+        let err = Vm::start(cfg).await.expect_err("cannot boot");
+        let msg = err.to_string();
+        assert!(matches!(err, VmError::BootedTwice { .. }), "snapshots {snapshots}: {msg}");
+        assert_eq!(err.kernel_panic(), Some("Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)"), "{msg}");
+        let kept: Vec<_> = xdriver::vm::rundir::RunDir::existing(&name).into_iter().filter(|d| !before.contains(d)).collect();
+        assert_eq!(kept.len(), 2, "snapshots {snapshots}: run directories kept: {kept:?}");
+        // The error names the first boot's directory (the second's is
+        // the one a caller finds new after the start, as the runner does).
+        assert!(kept.iter().any(|d| msg.contains(&format!("run directory {} kept", d.display()))), "{msg}");
+        for d in &kept {
+            let log = std::fs::read_to_string(d.join("serial.log")).expect("serial.log");
+            assert!(log.contains("Kernel panic - not syncing"), "{}", d.display());
+            std::fs::remove_dir_all(d).expect("rm");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_text_waits_see_boot_messages_and_time_out_cleanly() {
     let vm = boot(Init::SYSVINIT, "console", vec![]).await;

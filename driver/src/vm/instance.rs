@@ -124,6 +124,28 @@ pub enum VmError {
         /// What failed.
         detail: String,
     },
+    /// The guest's kernel panicked at boot, and the boot made again (see
+    /// [`Vm::start`]) failed too.
+    #[error("{last}\n(booted twice: the first boot's kernel panicked too: {first})")]
+    BootedTwice {
+        /// The first boot's panic line, and its kept run directory.
+        first: String,
+        /// How the second boot failed.
+        last: Box<VmError>,
+    },
+}
+
+impl VmError {
+    /// The guest kernel's panic line, if this error is QEMU exiting or a
+    /// boot timing out with one in the serial tail.
+    pub fn kernel_panic(&self) -> Option<&str> {
+        let serial = match self {
+            VmError::QemuExited { serial, .. } | VmError::BootTimeout { serial, .. } => serial,
+            VmError::BootedTwice { last, .. } => return last.kernel_panic(),
+            _ => return None,
+        };
+        serial.lines().map(str::trim).find_map(|l| l.find("Kernel panic - not syncing").map(|i| &l[i..]))
+    }
 }
 
 /// Snapshots whose restores could not take their virtio-fs devices
@@ -140,7 +162,7 @@ enum SaveFailure {
 }
 
 /// How [`Vm::launch`] brings a VM up.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 enum Launch {
     /// A cold boot.
     Cold,
@@ -416,12 +438,13 @@ impl Vm {
                     }
                     Ok(mut vm) => {
                         vm.start_note = match saved {
-                            Some(m) => format!(
-                                "restored from the RAM snapshot {} it saved first (cold boot {:.1} s to the backdoor, {:.1} s more until sshd listened and the init settled, save {:.1} s)",
+                            Some((m, again)) => format!(
+                                "restored from the RAM snapshot {} it saved first (cold boot {:.1} s to the backdoor, {:.1} s more until sshd listened and the init settled, save {:.1} s{})",
                                 snap.dir.display(),
                                 m.boot_s,
                                 m.settle_s,
-                                m.save_s
+                                m.save_s,
+                                again.map(|a| format!("; {a}")).unwrap_or_default()
                             ),
                             None => match waited_s {
                                 Some(w) => format!("restored from the RAM snapshot {} after {w:.1} s waiting for another VM to save it", snap.dir.display()),
@@ -434,9 +457,40 @@ impl Vm {
                 }
             }
         }
-        let mut vm = Vm::launch(cfg, Launch::Cold).await?;
-        vm.start_note = format!("cold boot ({cold_why})");
+        let (mut vm, again) = Vm::launch_booting(&cfg, Launch::Cold).await?;
+        vm.start_note = format!("cold boot ({cold_why}){}", again.map(|a| format!("; {a}")).unwrap_or_default());
         Ok(vm)
+    }
+
+    /// Boots `cfg` cold (to use or to save a snapshot). A guest kernel that
+    /// panics before the backdoor is up gets one more boot, when that boot
+    /// starts from the same disk (an overlay; not a disk being prepared):
+    /// under TCG, QEMU 7.2 now and then runs a stale copy of code Linux
+    /// 6.12 has just patched (seen: "Oops: int3" in `sched_clock_cpu` as
+    /// the sched_clock static key flips, then "Kernel panic - not
+    /// syncing"), which no service and no test caused. The first boot's run
+    /// directory is kept; the second boot's note (or error) names it.
+    async fn launch_booting(cfg: &VmConfig, mode: Launch) -> Result<(Vm, Option<String>), VmError> {
+        let before = RunDir::existing(&cfg.name);
+        let e = match Vm::launch(cfg.clone(), mode.clone()).await {
+            Ok(vm) => return Ok((vm, None)),
+            Err(e) => e,
+        };
+        let again = matches!(cfg.disk, DiskUse::Image | DiskUse::Prepared { .. });
+        let Some(panic) = e.kernel_panic().filter(|_| again).map(str::to_string) else {
+            return Err(e);
+        };
+        let kept = RunDir::existing(&cfg.name).into_iter().find(|d| !before.contains(d));
+        let first = match &kept {
+            Some(d) => format!("\"{panic}\", run directory {} kept", d.display()),
+            None => format!("\"{panic}\""),
+        };
+        tracing::info!(vm = %cfg.name, %first, "the guest's kernel panicked at boot; booting it again");
+        eprintln!("xdriver: warning: {}: the guest's kernel panicked at boot ({first}); booting it again", cfg.name);
+        match Vm::launch(cfg.clone(), mode).await {
+            Ok(vm) => Ok((vm, Some(format!("booted twice: the first boot's kernel panicked ({first})")))),
+            Err(last) => Err(VmError::BootedTwice { first, last: Box::new(last) }),
+        }
     }
 
     /// How the VM came up: a cold boot (and why), or restored from which
@@ -448,10 +502,11 @@ impl Vm {
     /// Boots a VM of `cfg`'s shape cold with its RAM in the snapshot's
     /// file, waits until its init has started its services (xdriver's sshd
     /// listens), and saves it.
-    async fn save_snapshot(cfg: &VmConfig, snap: &Snapshot, shape: &snapshot::Shape) -> Result<Meta, SaveFailure> {
+    async fn save_snapshot(cfg: &VmConfig, snap: &Snapshot, shape: &snapshot::Shape) -> Result<(Meta, Option<String>), SaveFailure> {
         let t0 = Instant::now();
-        let vm = Vm::launch(cfg.clone(), Launch::Save(snap.clone())).await.map_err(SaveFailure::Boot)?;
-        Vm::save_booted(vm, cfg, snap, shape, t0).await.map_err(SaveFailure::Save)
+        let (vm, again) = Vm::launch_booting(cfg, Launch::Save(snap.clone())).await.map_err(SaveFailure::Boot)?;
+        let meta = Vm::save_booted(vm, cfg, snap, shape, t0).await.map_err(SaveFailure::Save)?;
+        Ok((meta, again))
     }
 
     async fn save_booted(vm: Vm, cfg: &VmConfig, snap: &Snapshot, shape: &snapshot::Shape, t0: Instant) -> Result<Meta, VmError> {
