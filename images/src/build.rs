@@ -609,9 +609,15 @@ fn build_debian(recipe: &Recipe, name: &ImageName, hash: &str, out: &Path, kerne
     let t = Instant::now();
     let pb = stages.bar("provision");
     apply(&rootfs, &xdriver_guests::provision(name.init, "xdriver"))?;
-    let replaced = name.init.replaced_boot_scripts().iter().map(|s| s.to_string());
+    let replaced = name.init.replaced_boot_scripts().iter().chain(name.init.pruned_init_scripts()).map(|s| s.to_string());
     let disabled: Vec<String> = recipe.disable_services.iter().chain(&init.disable_services).cloned().chain(replaced).collect();
     disable_services(&rootfs, &disabled)?;
+    for s in name.init.pruned_init_scripts() {
+        let p = rootfs.join("etc/init.d").join(s);
+        if p.symlink_metadata().is_ok() {
+            std::fs::remove_file(&p).map_err(io(&p))?;
+        }
+    }
     let derived = match &recipe.additions {
         Some(add) => Some(disable_added_services(&rootfs, &base_list, add, name)?),
         None => None,

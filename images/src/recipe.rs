@@ -239,6 +239,10 @@ impl Recipe {
         for s in init.replaced_boot_scripts() {
             h.update(s.as_bytes());
         }
+        for s in init.pruned_init_scripts() {
+            h.update(b"pruned ");
+            h.update(s.as_bytes());
+        }
         hex::encode(h.finalize())
     }
 }

@@ -40,6 +40,13 @@ pub trait InitSystem: Sync + Send + fmt::Debug {
     fn replaced_boot_scripts(&self) -> &'static [&'static str] {
         &[]
     }
+    /// Scripts an image of this init deletes from /etc/init.d (besides
+    /// switching them off), because the init reads every script there at
+    /// each boot: OpenRC's dependency cache, rebuilt at every boot, sources
+    /// each one (about 0.14 s per script under TCG).
+    fn pruned_init_scripts(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// A command that exits 0 once the init has finished the part of its
     /// boot a deployment waits for, when the backdoor can answer before
     /// that (None: the backdoor starts after the boot scripts). A RAM
