@@ -129,12 +129,19 @@ class Machine:
     def __repr__(self):
         return f"<Machine '{self.name}'>"
 
+    # Every call names the node it is for.
+    def _call(self, op, **args):
+        return _call(op, node=self.name, **args)
+
+    def _step(self, call, action, timeout=None):
+        return _call("step", node=self.name, call=call, action=action, timeout=_secs(timeout))
+
     # Running commands: bash, `set -euo pipefail`, working directory /tmp,
     # stdout returned (stderr goes to the transcript), as in the NixOS driver.
     def execute(self, command, check_return=True, check_output=True, timeout=900):
         # timeout=None: no limit but the run's (--timeout), as in the NixOS driver.
         limit = "none" if timeout is None else _secs(timeout)
-        r = _call("exec", command=command, timeout=limit, expect=None, call=f"execute({command!r})")
+        r = self._call("exec", command=command, timeout=limit, expect=None, call=f"execute({command!r})")
         if not check_output:
             return (-2, "")
         if not check_return:
@@ -144,7 +151,7 @@ class Machine:
     def succeed(self, *commands, timeout=None):
         output = ""
         for command in commands:
-            r = _call("exec", command=command, timeout=_secs(timeout), expect="success", call=f"succeed({command!r})")
+            r = self._call("exec", command=command, timeout=_secs(timeout), expect="success", call=f"succeed({command!r})")
             if r["status"] != 0:
                 print(f"output: {r['stdout']}")
                 raise RequestedAssertionFailed(f"command `{command}` failed (exit code {r['status']})")
@@ -154,17 +161,17 @@ class Machine:
     def fail(self, *commands, timeout=None):
         output = ""
         for command in commands:
-            r = _call("exec", command=command, timeout=_secs(timeout), expect="failure", call=f"fail({command!r})")
+            r = self._call("exec", command=command, timeout=_secs(timeout), expect="failure", call=f"fail({command!r})")
             if r["status"] == 0:
                 raise RequestedAssertionFailed(f"command `{command}` unexpectedly succeeded")
             output += r["stdout"]
         return output
 
     def wait_until_succeeds(self, command, timeout=900):
-        return _step(f"wait_until_succeeds({command!r})", {"wait_until_succeeds": command}, timeout)["stdout"]
+        return self._step(f"wait_until_succeeds({command!r})", {"wait_until_succeeds": command}, timeout)["stdout"]
 
     def wait_until_fails(self, command, timeout=900):
-        return _step(f"wait_until_fails({command!r})", {"wait_until_fails": command}, timeout)["stdout"]
+        return self._step(f"wait_until_fails({command!r})", {"wait_until_fails": command}, timeout)["stdout"]
 
     def sleep(self, secs):
         self.succeed(f"sleep {_secs(secs):g}")
@@ -174,32 +181,32 @@ class Machine:
     # `nc -z ADDR PORT`, as in the NixOS driver.
     def wait_for_open_port(self, port, addr="localhost", timeout=900):
         if addr in _LOCAL:
-            _step(f"wait_for_open_port({port})", {"wait_for_open_port": int(port)}, timeout)
+            self._step(f"wait_for_open_port({port})", {"wait_for_open_port": int(port)}, timeout)
         else:
-            _step(f"wait_for_open_port({port}, {addr!r})", {"wait_until_succeeds": f"nc -z {addr} {int(port)}"}, timeout)
+            self._step(f"wait_for_open_port({port}, {addr!r})", {"wait_until_succeeds": f"nc -z {addr} {int(port)}"}, timeout)
 
     def wait_for_closed_port(self, port, addr="localhost", timeout=900):
         if addr in _LOCAL:
-            _step(f"wait_for_closed_port({port})", {"wait_for_closed_port": int(port)}, timeout)
+            self._step(f"wait_for_closed_port({port})", {"wait_for_closed_port": int(port)}, timeout)
         else:
-            _step(f"wait_for_closed_port({port}, {addr!r})", {"wait_until_fails": f"nc -z {addr} {int(port)}"}, timeout)
+            self._step(f"wait_for_closed_port({port}, {addr!r})", {"wait_until_fails": f"nc -z {addr} {int(port)}"}, timeout)
 
     def wait_for_open_unix_socket(self, addr, is_datagram=False, timeout=900):
         flags = "-uU" if is_datagram else "-U"
         cmd = f"test -S {addr} && {{ ! command -v nc >/dev/null 2>&1 || nc -z {flags} {addr}; }}"
-        _step(f"wait_for_open_unix_socket({addr!r})", {"wait_until_succeeds": cmd}, timeout)
+        self._step(f"wait_for_open_unix_socket({addr!r})", {"wait_until_succeeds": cmd}, timeout)
 
     def wait_for_file(self, filename, timeout=900):
         # Unquoted, as in the NixOS driver: globs and variables expand.
-        _step(f"wait_for_file({filename!r})", {"wait_until_succeeds": f"test -e {filename}"}, timeout)
+        self._step(f"wait_for_file({filename!r})", {"wait_until_succeeds": f"test -e {filename}"}, timeout)
 
     def wait_for_console_text(self, regex, timeout=None):
-        _step(f"wait_for_console_text({regex!r})", {"wait_for_console_text": regex}, timeout if timeout is not None else 900)
+        self._step(f"wait_for_console_text({regex!r})", {"wait_for_console_text": regex}, timeout if timeout is not None else 900)
 
     # OCR of the screen (Debian's tesseract on the host), as the NixOS
     # driver's; one reading of the screen, not its three image variants.
     def get_screen_text(self):
-        return _call("screen_text", call="get_screen_text()")
+        return self._call("screen_text", call="get_screen_text()")
 
     def get_screen_text_variants(self):
         return [self.get_screen_text()]
@@ -218,7 +225,7 @@ class Machine:
         return found[0] if found else None
 
     def get_console_log(self):
-        return _call("console_log")
+        return self._call("console_log")
 
     # Services: mapped to the cell's process manager. A unit name means the
     # instance of that name (".service" and nix-processmgmt's "nix-process-"
@@ -233,16 +240,16 @@ class Machine:
         return unit
 
     def wait_for_unit(self, unit, user=None, timeout=900):
-        _step(f"wait_for_unit({unit!r})", {"wait_for_service": self._instance(unit)}, timeout)
+        self._step(f"wait_for_unit({unit!r})", {"wait_for_service": self._instance(unit)}, timeout)
 
     # The manager's own start/stop: (status, its output), as systemctl's
     # in the NixOS driver; a failure is the script's to judge.
     def start_job(self, jobname, user=None):
-        r = _call("service", verb="start", name=self._instance(jobname), call=f"start_job({jobname!r})")
+        r = self._call("service", verb="start", name=self._instance(jobname), call=f"start_job({jobname!r})")
         return (r["status"], r["stdout"])
 
     def stop_job(self, jobname, user=None):
-        r = _call("service", verb="stop", name=self._instance(jobname), call=f"stop_job({jobname!r})")
+        r = self._call("service", verb="stop", name=self._instance(jobname), call=f"stop_job({jobname!r})")
         return (r["status"], r["stdout"])
 
     def systemctl(self, q, user=None):
@@ -280,82 +287,82 @@ class Machine:
 
     # Screen, keyboard, console, monitor.
     def screenshot(self, filename):
-        _step(f"screenshot({filename!r})", {"screenshot": str(filename)})
+        self._step(f"screenshot({filename!r})", {"screenshot": str(filename)})
 
     def send_monitor_command(self, command):
-        return _call("hmp", command=command, call=f"send_monitor_command({command!r})")
+        return self._call("hmp", command=command, call=f"send_monitor_command({command!r})")
 
     def send_key(self, key, delay=0.01, log=True):
         # A character is typed as send_chars types it; anything else is a
         # QEMU key name (e.g. "ctrl-alt-delete").
         if len(key) == 1:
-            _step(f"send_key({key!r})", {"send_chars": key})
+            self._step(f"send_key({key!r})", {"send_chars": key})
         else:
-            _call("hmp", command=f"sendkey {key}", call=f"send_key({key!r})", quiet=not log)
+            self._call("hmp", command=f"sendkey {key}", call=f"send_key({key!r})", quiet=not log)
         if delay:
             time.sleep(delay)
 
     def send_chars(self, chars, delay=0.01):
-        _step(f"send_chars({chars!r})", {"send_chars": chars})
+        self._step(f"send_chars({chars!r})", {"send_chars": chars})
 
     def send_console(self, chars):
-        _call("send_console", chars=chars, call=f"send_console({chars!r})")
+        self._call("send_console", chars=chars, call=f"send_console({chars!r})")
 
     # The network: block/unblock take the VM's NIC down and up (xdriver has
     # one, the user-mode NIC; the NixOS driver's block() leaves that one up
     # and takes the test VLAN down). forward_port listens on 127.0.0.1 only.
     def block(self):
-        _step("block()", "block")
+        self._step("block()", "block")
 
     def unblock(self):
-        _step("unblock()", "unblock")
+        self._step("unblock()", "unblock")
 
     def forward_port(self, host_port=8080, guest_port=80):
-        _step(f"forward_port({host_port}, {guest_port})", {"forward_port": {"host_port": int(host_port), "guest_port": int(guest_port)}})
+        self._step(f"forward_port({host_port}, {guest_port})", {"forward_port": {"host_port": int(host_port), "guest_port": int(guest_port)}})
 
     # Lifecycle.
     def start(self, allow_reboot=False):
-        _step("start()", "start")
+        self._step("start()", "start")
         self.booted = self.connected = True
 
     def shutdown(self):
-        _step("shutdown()", "shutdown")
+        self._step("shutdown()", "shutdown")
         self.booted = self.connected = False
 
     def crash(self):
-        _step("crash()", "crash")
+        self._step("crash()", "crash")
         self.booted = self.connected = False
 
     def reboot(self):
-        _step("reboot()", "reboot")
+        self._step("reboot()", "reboot")
 
     def wait_for_shutdown(self):
-        _call("wait_for_shutdown", call="wait_for_shutdown()")
+        self._call("wait_for_shutdown", call="wait_for_shutdown()")
         self.booted = self.connected = False
 
     def is_up(self):
         # Asked of the VM: a guest that powered off or crashed from inside
         # (a command's `poweroff`, a kernel panic) is not up.
-        up = bool(_call("is_up"))
+        up = bool(self._call("is_up"))
         self.booted = self.connected = up
         return up
 
     # Files.
     def copy_from_host(self, source, target):
-        _call("copy_from_host", source=os.path.abspath(str(source)), target=str(target),
+        self._call("copy_from_host", source=os.path.abspath(str(source)), target=str(target),
               call=f"copy_from_host({str(source)!r}, {str(target)!r})")
 
     def copy_from_host_via_shell(self, source, target):
         self.copy_from_host(source, target)
 
     def copy_from_vm(self, source, target_dir=""):
-        _step(f"copy_from_vm({source!r}, {target_dir!r})", {"copy_from_vm": {"source": str(source), "target": str(target_dir) or "."}})
+        self._step(f"copy_from_vm({source!r}, {target_dir!r})", {"copy_from_vm": {"source": str(source), "target": str(target_dir) or "."}})
 
     copy_from_machine = copy_from_vm
 
     # xdriver's own steps, for a test that wants them by name.
     def wait_for_service(self, instance, timeout=900):
-        _step(f"wait_for_service({instance!r})", {"wait_for_service": instance}, timeout)
+        self._step(f"wait_for_service({instance!r})", {"wait_for_service": instance}, timeout)
 
     def log(self, msg):
         log.log(msg)
@@ -385,17 +392,29 @@ class _Log:
 
 
 log = _Log()
-machine = Machine(META.get("machine", "machine"))
-machines = [machine]
+# The cell's nodes, in the spec's order ([nodes.NAME]; one, `machine`,
+# without). `machine` is the first node, as the NixOS driver has it for a
+# test of one machine.
+machines = [Machine(n) for n in META.get("nodes") or [META.get("machine", "machine")]]
+machine = machines[0]
+_by_name = {m.name: m for m in machines}
 
 
 def start_all():
-    """The cell's VM is up and deployed before the script runs."""
-    _step("start_all()", "start")
+    """Every node is up and deployed before the script runs: start_all()
+    boots again any node the script shut down or crashed."""
+    for m in machines:
+        m._step("start_all()" if len(machines) == 1 else f"start_all(): {m.name}", "start")
 
 
 def join_all():
-    machine.wait_for_shutdown()
+    for m in machines:
+        m.wait_for_shutdown()
+
+
+def _step_json(call, action, timeout, node=None):
+    m = _by_name[node] if node is not None else machine
+    return m._step(call, json.loads(action), timeout)
 
 
 def serial_stdout_on():
@@ -520,9 +539,10 @@ def _symbols():
         "TestScriptError": TestScriptError, "MachineError": MachineError,
         "polling_condition": polling_condition, "PollingConditionError": PollingConditionError,
         "_xdriver_step": _step,
-        "_xdriver_step_json": lambda call, action, timeout: _step(call, json.loads(action), timeout),
+        "_xdriver_step_json": _step_json,
     }
-    s[machine.name] = machine
+    for m in machines:
+        s[m.name] = m
     return s
 
 
@@ -570,8 +590,10 @@ def _prompt(source):
         exec(compile(source, SCRIPT, "exec"), symbols)
 
     symbols["test_script"] = test_script
-    banner = (f"xdriver: {META['os']}/{META['manager']}: deployed; `machine` is ready "
-              f"(e.g. machine.succeed(\"uname -a\")).\n"
+    names = ", ".join(f"`{m.name}`" for m in machines)
+    banner = (f"xdriver: {META['os']}/{META['manager']}: deployed; {names} "
+              + ("is" if len(machines) == 1 else "are") + " ready "
+              f"(e.g. {machine.name}.succeed(\"uname -a\")).\n"
               + ("test_script() runs the cell's test script. " if source.strip() else "")
               + "Ctrl-D ends the session and stops the VM.")
     code.interact(banner=banner, local=symbols, exitmsg="")

@@ -18,7 +18,7 @@ use super::machine::{describe, Machine, StepError};
 use super::transcript::Transcript;
 use crate::error_chain::chain_error;
 use crate::vm::qemu::{Accel, Share};
-use crate::spec::{Cell, CellCtx, Resolved, Spec, SpecError, Step};
+use crate::spec::{Cell, CellCtx, Node, Resolved, Spec, SpecError, Step};
 use crate::vm::{DiskUse, Vm, VmConfig};
 
 /// How a cell ended.
@@ -256,6 +256,29 @@ pub struct Prepared {
     pub mem_mib: u32,
     /// vCPUs.
     pub cpus: u32,
+    /// The cell's machines, in the spec's order; the first is the one the
+    /// fields above describe. One, `machine`, for a spec without `[nodes]`.
+    pub nodes: Vec<NodePrepared>,
+    /// Whether the spec has `[nodes]` (then every node is named in the
+    /// results and has NICs on its vlans).
+    pub multi: bool,
+}
+
+/// One machine of a cell, as far as it is known without a guest.
+#[derive(Debug, Clone)]
+pub struct NodePrepared {
+    /// The node.
+    pub node: Node,
+    /// Its manager backend.
+    pub backend: Backend,
+    /// Its deployment (None: it runs no instance).
+    pub deploy: Option<DeployPlan>,
+    /// What the spec's `[guest]` adds to its image.
+    pub additions: Option<xdriver_images::GuestAdditions>,
+    /// Guest RAM (MiB).
+    pub mem_mib: u32,
+    /// vCPUs.
+    pub cpus: u32,
 }
 
 /// Resolves, renders and plans a cell (spec errors surface here).
@@ -264,9 +287,58 @@ pub fn prepare(spec: &Spec, cell: &Cell, overrides: &std::collections::BTreeMap<
     let resolved = spec.resolve(&ctx)?;
     let backend = Backend::new(cell.manager, cell.os, ctx.profile.clone());
     let deploy = deploy::plan(&backend, &resolved.system).map_err(|e| spec.loc.whole(format!("{}: {e}", cell.id())))?;
-    let steps = spec.steps(&resolved)?;
+    let mut steps = spec.steps(&resolved)?;
     let additions = spec.file.guest.additions(cell.os).map_err(|e| spec.loc.whole(format!("{}: {e}", cell.id())))?;
-    Ok(Prepared { backend, resolved, deploy, steps, additions, mem_mib: spec.file.guest.memory(), cpus: spec.file.guest.vcpus() })
+    let plan = spec.nodes(cell);
+    let multi = !spec.file.nodes.is_empty();
+    let (mem_mib, cpus) = (spec.file.guest.memory(), spec.file.guest.vcpus());
+    if !multi {
+        let node = NodePrepared { node: plan[0].clone(), backend: backend.clone(), deploy: Some(deploy.clone()), additions: additions.clone(), mem_mib, cpus };
+        return Ok(Prepared { backend, resolved, deploy, steps, additions, mem_mib, cpus, nodes: vec![node], multi });
+    }
+    // Each node deploys its own instances, resolved with its own OS,
+    // manager and profile; a dependency on another node's instance is that
+    // node's to start (the deploys do not wait on each other).
+    let mut nodes = Vec::new();
+    for n in &plan {
+        let nctx = CellCtx { os: n.os, manager: n.manager, profile: profile(n.profile), overrides: overrides.clone() };
+        let r = if (n.os, n.manager, n.profile) == (cell.os, cell.manager, cell.profile) { resolved.clone() } else { spec.resolve(&nctx)? };
+        let mut sys = r.system.clone();
+        sys.processes.retain(|pr| crate::spec::node_of(&plan, &pr.name).name == n.name);
+        let names: std::collections::BTreeSet<String> = sys.processes.iter().map(|pr| pr.name.clone()).collect();
+        for pr in &mut sys.processes {
+            pr.dependencies.retain(|d| names.contains(d));
+        }
+        let nbackend = Backend::new(n.manager, n.os, nctx.profile.clone());
+        let ndeploy = if sys.processes.is_empty() {
+            None
+        } else {
+            Some(deploy::plan(&nbackend, &sys).map_err(|e| spec.loc.whole(format!("{}: node {}: {e}", cell.id(), n.name)))?)
+        };
+        let nadd = spec.file.guest.additions(n.os).map_err(|e| spec.loc.whole(format!("{}: node {}: {e}", cell.id(), n.name)))?;
+        nodes.push(NodePrepared { node: n.clone(), backend: nbackend, deploy: ndeploy, additions: nadd, mem_mib: n.memory_mib.unwrap_or(mem_mib), cpus: n.cpus.unwrap_or(cpus) });
+    }
+    // An instance's readiness and tests run on its node.
+    for s in &mut steps {
+        if s.node.is_none() {
+            if let Some(inst) = s.group.strip_prefix("readiness/").or_else(|| s.group.strip_prefix("tests/")) {
+                s.node = Some(crate::spec::node_of(&plan, inst).name.clone());
+            }
+        }
+    }
+    let first = &nodes[0];
+    let empty = DeployPlan { prepare: Vec::new(), files: Vec::new(), run: Vec::new() };
+    Ok(Prepared {
+        backend: first.backend.clone(),
+        resolved,
+        deploy: first.deploy.clone().unwrap_or(empty),
+        steps,
+        additions: first.additions.clone(),
+        mem_mib: first.mem_mib,
+        cpus: first.cpus,
+        nodes,
+        multi,
+    })
 }
 
 /// The spec's shares with paths resolved (env expanded, relative to the spec).
@@ -289,8 +361,11 @@ pub fn shares(spec: &Spec) -> Result<Vec<Share>, SpecError> {
 /// Writes the rendered files under `<dir>/configs/<guest path>` and the
 /// plan as `plan.json`.
 pub fn write_configs(dir: &Path, p: &Prepared) -> std::io::Result<()> {
-    for f in &p.deploy.files {
-        let dest = dir.join("configs").join(f.path.trim_start_matches('/'));
+    // A cell of several nodes: `configs/<node>/<guest path>`.
+    let files = p.nodes.iter().filter_map(|n| n.deploy.as_ref().map(|d| (n, d))).flat_map(|(n, d)| d.files.iter().map(move |f| (n, f)));
+    for (n, f) in files {
+        let base = if p.multi { dir.join("configs").join(&n.node.name) } else { dir.join("configs") };
+        let dest = base.join(f.path.trim_start_matches('/'));
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent)?;
         }
@@ -300,7 +375,10 @@ pub fn write_configs(dir: &Path, p: &Prepared) -> std::io::Result<()> {
             (None, None) => {}
         }
     }
-    let plan = serde_json::json!({ "deploy": p.deploy, "steps": p.steps, "processes": p.resolved.system.processes });
+    let mut plan = serde_json::json!({ "deploy": p.deploy, "steps": p.steps, "processes": p.resolved.system.processes });
+    if p.multi {
+        plan["nodes"] = p.nodes.iter().map(|n| serde_json::json!({ "node": n.node, "deploy": n.deploy })).collect();
+    }
     std::fs::write(dir.join("plan.json"), serde_json::to_string_pretty(&plan).map_err(std::io::Error::other)?)
 }
 
@@ -321,6 +399,11 @@ pub async fn run(spec: &Spec, cell: &Cell, prepared: Option<Prepared>, shares: &
         }
         (Ok(i), Some(p)) => (i.clone(), p),
     };
+    if let Some((n, Err(reason))) = prepared.nodes.iter().map(|n| (&n.node.name, &n.node.image)).find(|(_, i)| i.is_err()) {
+        result.outcome = Outcome::Skip { reason: format!("node {n}: {reason}") };
+        return finish(result, started);
+    }
+    let _ = image;
     // A cell that runs starts from an empty results directory; one that is
     // skipped (above) keeps what an earlier run left there.
     let _ = std::fs::remove_dir_all(&dir);
@@ -339,7 +422,7 @@ pub async fn run(spec: &Spec, cell: &Cell, prepared: Option<Prepared>, shares: &
             result.outcome = Outcome::Error { reason: format!("results directory {}: {e}", dir.display()) };
             return finish(result, started);
         }
-        let (outcome, boot_failed) = boot_and_test(cell, &image, &prepared, shares, opts, &dir, &mut result, progress).await;
+        let (outcome, boot_failed) = boot_and_test(cell, &prepared, shares, opts, &dir, &mut result, progress).await;
         result.outcome = outcome;
         let retry = boot_failed && (result.attempts.len() as u32) < opts.retries && !opts.expired();
         if !retry {
@@ -390,16 +473,18 @@ fn finish(mut r: CellResult, started: Instant) -> CellResult {
     r
 }
 
-/// The image a cell boots and the disk it boots from: a built OS's image
+/// The image a node boots and the disk it boots from: a built OS's image
 /// is built if missing; an imported OS's must have been imported (or the
 /// cell fails saying how), and is prepared on first use.
-async fn find_image(os: xdriver_guests::Os, image: &str, p: &Prepared, opts: &RunOptions) -> Result<(xdriver_images::Entry, DiskUse), String> {
+async fn find_image(n: &NodePrepared, opts: &RunOptions) -> Result<(xdriver_images::Entry, DiskUse), String> {
+    let os = n.node.os;
+    let image = n.node.image.as_deref().map_err(Clone::clone)?;
     let cache = xdriver_images::ImageCache::open_default().map_err(|e| format!("image {image}: {}", chain_error(&e)))?;
     match os.images() {
         Images::Built { .. } => {
             let name: ImageName = image.parse().map_err(|e| format!("image {image}: {e}"))?;
             // The spec's [guest] additions make a derived image, built once.
-            let add = p.additions.clone();
+            let add = n.additions.clone();
             let image = add.as_ref().map(|a| a.image_name(&name)).unwrap_or_else(|| image.to_string());
             match tokio::task::spawn_blocking(move || cache.ensure_with(&name, add.as_ref(), false)).await {
                 Ok(Ok(e)) => Ok((e, DiskUse::Image)),
@@ -417,181 +502,313 @@ async fn find_image(os: xdriver_guests::Os, image: &str, p: &Prepared, opts: &Ru
             if entry.manifest.os != os.name() {
                 return Err(format!("image {image} holds {}, not {os} (see `xdriver image list`)", entry.manifest.os));
             }
-            let p = crate::vm::prepare::ensure(&cache, &entry, p.additions.as_ref(), opts.accel, opts.mem_mib.unwrap_or(p.mem_mib)).await.map_err(|e| chain_error(&e))?;
+            let p = crate::vm::prepare::ensure(&cache, &entry, n.additions.as_ref(), opts.accel, opts.mem_mib.unwrap_or(n.mem_mib)).await.map_err(|e| chain_error(&e))?;
             Ok((entry, DiskUse::Prepared { disk: p.disk, host_key: p.host_key }))
         }
     }
 }
 
-/// The VM a cell boots: its image and disk, the run's accelerator, the
+/// The VM name of a node: `cell-<cell>` (`-<node>` when the spec has
+/// nodes).
+fn vm_name(cell: &Cell, n: &NodePrepared, multi: bool) -> String {
+    if multi {
+        format!("cell-{}-{}", cell.dir_name(), n.node.name)
+    } else {
+        format!("cell-{}", cell.dir_name())
+    }
+}
+
+/// The VM a node boots: its image and disk, the run's accelerator, the
 /// spec's (or the flags') vCPUs and memory, shares, store and snapshots.
-fn vm_config(cell: &Cell, entry: xdriver_images::Entry, disk: DiskUse, p: &Prepared, shares: &[Share], opts: &RunOptions) -> Result<VmConfig, String> {
-    let mut cfg = VmConfig::new(&format!("cell-{}", cell.dir_name()), entry);
+fn vm_config(name: String, n: &NodePrepared, entry: xdriver_images::Entry, disk: DiskUse, shares: &[Share], opts: &RunOptions) -> Result<VmConfig, String> {
+    let mut cfg = VmConfig::new(&name, entry);
     cfg.disk = disk;
     cfg.accel = opts.accel;
-    cfg.cpus = opts.cpus.unwrap_or(p.cpus);
-    cfg.mem_mib = opts.mem_mib.unwrap_or(p.mem_mib);
+    cfg.cpus = opts.cpus.unwrap_or(n.cpus);
+    cfg.mem_mib = opts.mem_mib.unwrap_or(n.mem_mib);
     cfg.shares = shares.to_vec();
     cfg.snapshots = opts.snapshots;
     if let Some(plan) = &opts.store {
-        let (share, why) = plan.share_for(cell.os).map_err(|e| format!("store: {e}"))?;
-        tracing::info!(cell = %cell.id(), store = %share.host.display(), fs = share.fs.name(), %why, "shared store");
+        let (share, why) = plan.share_for(n.node.os).map_err(|e| format!("store: {e}"))?;
+        tracing::info!(vm = %name, store = %share.host.display(), fs = share.fs.name(), %why, "shared store");
         cfg.store = Some(share);
     }
     Ok(cfg)
 }
 
-/// Everything a cell needs before its VM can start, done ahead of the
-/// run (`xdriver test --prepare-only`): the image built (or the derived
-/// image, or the imported image's preparation), and, with snapshots on,
-/// the RAM snapshot its later cells restore, saved by one VM booted the way
-/// the cell would boot it and then ended. Returns how the VM started.
+/// Everything a cell needs before its VMs can start, done ahead of the
+/// run (`xdriver test --prepare-only`): each node's image built (or the
+/// derived image, or the imported image's preparation), and, with
+/// snapshots on, the RAM snapshot its later cells restore, saved by one VM
+/// booted the way the cell would boot it and then ended. Returns how the
+/// VMs started.
 pub async fn warm(cell: &Cell, prepared: &Prepared, shares: &[Share], opts: &RunOptions) -> Result<String, String> {
-    let image = cell.image.as_ref().map_err(Clone::clone)?;
-    let (entry, disk) = find_image(cell.os, image, prepared, opts).await?;
-    let mut cfg = vm_config(cell, entry, disk, prepared, shares, opts)?;
-    cfg.name = format!("warm-{}", cell.dir_name());
-    let vm = Vm::start(cfg).await.map_err(|e| format!("boot: {}", chain_error(&e)))?;
-    let how = vm.how_started().to_string();
-    let _ = vm.quit().await;
-    Ok(how)
+    let mut how = Vec::new();
+    for n in &prepared.nodes {
+        let (entry, disk) = find_image(n, opts).await?;
+        let cfg = vm_config(format!("warm-{}", cell.dir_name()), n, entry, disk, shares, opts)?;
+        let vm = Vm::start(cfg).await.map_err(|e| format!("boot: {}", chain_error(&e)))?;
+        how.push(if prepared.multi { format!("{}: {}", n.node.name, vm.how_started()) } else { vm.how_started().to_string() });
+        let _ = vm.quit().await;
+    }
+    Ok(how.join("; "))
 }
 
-/// Boots, deploys and runs the steps. The flag says whether the VM failed
+/// Boots, deploys and runs the steps. The flag says whether a VM failed
 /// to come up (the only failure `--retries` retries).
-#[allow(clippy::too_many_arguments)]
-async fn boot_and_test(
-    cell: &Cell,
-    image: &str,
-    p: &Prepared,
-    shares: &[Share],
-    opts: &RunOptions,
-    dir: &Path,
-    result: &mut CellResult,
-    progress: &dyn Progress,
-) -> (Outcome, bool) {
+async fn boot_and_test(cell: &Cell, p: &Prepared, shares: &[Share], opts: &RunOptions, dir: &Path, result: &mut CellResult, progress: &dyn Progress) -> (Outcome, bool) {
     progress.phase(cell, Phase::Image);
-    let (entry, disk) = match find_image(cell.os, image, p, opts).await {
-        Ok(e) => e,
-        Err(reason) => return (Outcome::Error { reason }, false),
-    };
+    let mut cfgs = Vec::new();
+    for n in &p.nodes {
+        let (entry, disk) = match find_image(n, opts).await {
+            Ok(e) => e,
+            Err(reason) => return (Outcome::Error { reason: node_says(p, n, reason) }, false),
+        };
+        match vm_config(vm_name(cell, n, p.multi), n, entry, disk, shares, opts) {
+            Ok(cfg) => cfgs.push(cfg),
+            Err(reason) => return (Outcome::Error { reason: node_says(p, n, reason) }, false),
+        }
+    }
     progress.phase(cell, Phase::Boot);
-    let mut cfg = match vm_config(cell, entry, disk, p, shares, opts) {
-        Ok(cfg) => cfg,
-        Err(reason) => return (Outcome::Error { reason }, false),
-    };
     let (boot_timeout, cut) = opts.clamp(Duration::from_secs(180));
-    cfg.boot_timeout = boot_timeout.max(Duration::from_secs(1));
-    let label = format!("cell-{}", cell.dir_name());
-    let before = crate::vm::rundir::RunDir::existing(&label);
+    let before: Vec<Vec<PathBuf>> = cfgs.iter().map(|c| crate::vm::rundir::RunDir::existing(&c.name)).collect();
+    let labels: Vec<String> = cfgs.iter().map(|c| c.name.clone()).collect();
     let boot_started = Instant::now();
-    let mut vm = match Vm::start(cfg).await {
-        Ok(vm) => vm,
-        Err(e) => {
-            // The failed VM's run directory is kept; bring its logs along.
-            let mut reason = format!("boot: {}", chain_error(&e));
-            if cut {
-                reason = format!("{DEADLINE} while booting; {reason}");
+    // The nodes boot (or restore) side by side.
+    let starts = cfgs.into_iter().map(|mut cfg| {
+        cfg.boot_timeout = boot_timeout.max(Duration::from_secs(1));
+        Vm::start(cfg)
+    });
+    let mut vms = Vec::new();
+    let mut failed = None;
+    for (i, r) in futures::future::join_all(starts).await.into_iter().enumerate() {
+        match r {
+            Ok(vm) => vms.push(vm),
+            Err(e) if failed.is_none() => failed = Some((i, e)),
+            Err(_) => {}
+        }
+    }
+    if let Some((i, e)) = failed {
+        for vm in vms {
+            let _ = vm.quit().await;
+        }
+        let n = &p.nodes[i];
+        // The failed VM's run directory is kept; bring its logs along.
+        let mut reason = node_says(p, n, format!("boot: {}", chain_error(&e)));
+        if cut {
+            reason = format!("{DEADLINE} while booting; {reason}");
+        }
+        let ndir = node_dir(dir, p, n);
+        let _ = std::fs::create_dir_all(&ndir);
+        if let Some(kept) = crate::vm::rundir::RunDir::existing(&labels[i]).into_iter().find(|d| !before[i].contains(d)) {
+            for f in ["serial.log", "qemu.log", "qemu.cmdline"] {
+                let _ = std::fs::copy(kept.join(f), ndir.join(f));
             }
-            if let Some(kept) = crate::vm::rundir::RunDir::existing(&label).into_iter().find(|d| !before.contains(d)) {
-                for f in ["serial.log", "qemu.log", "qemu.cmdline"] {
-                    let _ = std::fs::copy(kept.join(f), dir.join(f));
-                }
-                reason.push_str(&format!("\n(run directory kept: {})", kept.display()));
+            reason.push_str(&format!("\n(run directory kept: {})", kept.display()));
+        }
+        if let Ok(log) = std::fs::read(ndir.join("serial.log")) {
+            result.serial_tail = Some(crate::vm::console::tail_lines(&log, 60));
+        }
+        result.record("boot", if p.multi { &n.node.name } else { "boot" }, StepStatus::Error, boot_started.elapsed(), Some(reason.clone()));
+        return (Outcome::Error { reason }, true);
+    }
+    let starts: Vec<String> = vms.iter().zip(&p.nodes).map(|(vm, n)| if p.multi { format!("{}: {}", n.node.name, vm.how_started()) } else { vm.how_started().to_string() }).collect();
+    result.start = Some(starts.join("; "));
+    tracing::info!(cell = %cell.id(), start = ?result.start, "VMs up");
+    // The vlans: one switch each, in a run directory of the cell's.
+    let (net, switches) = match join_vlans(cell, p, &vms).await {
+        Ok(v) => v,
+        Err(reason) => {
+            for vm in vms {
+                let _ = vm.quit().await;
             }
-            if let Ok(log) = std::fs::read(dir.join("serial.log")) {
-                result.serial_tail = Some(crate::vm::console::tail_lines(&log, 60));
-            }
-            result.record("boot", "boot", StepStatus::Error, boot_started.elapsed(), Some(reason.clone()));
+            result.record("boot", "vlans", StepStatus::Error, boot_started.elapsed(), Some(reason.clone()));
             return (Outcome::Error { reason }, true);
         }
     };
-    result.start = Some(vm.how_started().to_string());
-    tracing::info!(cell = %cell.id(), start = vm.how_started(), "VM up");
-    let mut m = Machine { vm: &mut vm, backend: &p.backend, transcript: Transcript::default(), artifacts: dir };
-    let outcome = deploy_and_steps(&mut m, cell, p, opts, result, progress).await.err().unwrap_or(Outcome::Pass);
+    let node_dirs: Vec<PathBuf> = p.nodes.iter().map(|n| node_dir(dir, p, n)).collect();
+    for d in &node_dirs {
+        let _ = std::fs::create_dir_all(d);
+    }
+    let mut ms: Vec<Machine> = vms
+        .iter_mut()
+        .zip(&p.nodes)
+        .zip(&node_dirs)
+        .map(|((vm, n), d)| Machine {
+            vm,
+            backend: &n.backend,
+            transcript: Transcript::default(),
+            artifacts: d,
+            name: n.node.name.clone(),
+            net: n.node.vlans.iter().filter_map(|v| switches.iter().find(|s| s.vlan() == *v)).map(|s| (s, crate::vm::vlan::Nic { vlan: s.vlan(), node: n.node.index })).collect(),
+        })
+        .collect();
+    let outcome = deploy_and_steps(&mut ms, cell, p, opts, result, progress).await.err().unwrap_or(Outcome::Pass);
     progress.phase(cell, Phase::Shutdown);
     let failed = !matches!(outcome, Outcome::Pass);
-    if failed && m.vm.is_running() {
-        // What the guest's screen and serial console showed at the failure.
-        let shot = dir.join("screenshot.png");
-        match m.vm.screendump(&shot).await {
-            Ok(()) if shot.is_file() => result.screenshot = Some("screenshot.png".into()),
-            Ok(()) => {}
-            Err(e) => tracing::warn!(error = %e, "screendump failed"),
+    for m in ms.iter_mut() {
+        if failed && m.vm.is_running() {
+            // What the guest's screen and serial console showed at the failure.
+            let shot = m.artifacts.join("screenshot.png");
+            match m.vm.screendump(&shot).await {
+                Ok(()) if shot.is_file() && m.artifacts == dir => result.screenshot = Some("screenshot.png".into()),
+                Ok(()) if shot.is_file() && result.screenshot.is_none() => result.screenshot = shot.strip_prefix(dir).ok().map(|r| r.display().to_string()),
+                Ok(()) => {}
+                Err(e) => tracing::warn!(error = %e, "screendump failed"),
+            }
         }
+        if failed {
+            let tail = m.vm.serial_tail(60);
+            let _ = std::fs::write(m.artifacts.join("serial-tail.txt"), &tail);
+            if result.serial_tail.is_none() {
+                result.serial_tail = Some(if p.multi { format!("[{}]\n{tail}", m.name) } else { tail });
+            }
+        }
+        let node_artifacts = m.artifacts;
+        collect_guest_logs(m, node_artifacts, failed).await;
+        let _ = m.transcript.save(node_artifacts);
     }
-    if failed {
-        let tail = m.vm.serial_tail(60);
-        let _ = std::fs::write(dir.join("serial-tail.txt"), &tail);
-        result.serial_tail = Some(tail);
+    if p.multi {
+        // The cell's own commands.json: every node's commands, each
+        // context prefixed with its node.
+        let mut all = Transcript::default();
+        for m in &ms {
+            all.records.extend(m.transcript.records.iter().cloned().map(|mut r| {
+                r.context = format!("{}: {}", m.name, r.context);
+                r
+            }));
+        }
+        let _ = all.save(dir);
     }
-    collect_guest_logs(&mut m, dir, failed).await;
-    let _ = m.transcript.save(dir);
-    if failed && opts.keep && m.vm.is_running() && !matches!(outcome, Outcome::Skip { .. }) {
-        hold(&mut m, cell, p, opts, result).await;
+    if failed && opts.keep && ms.iter().all(|m| m.vm.is_running()) && !matches!(outcome, Outcome::Skip { .. }) {
+        hold(&mut ms, cell, p, opts, result).await;
     }
-    drop(m);
-    if failed {
-        vm.keep_run_dir();
+    drop(ms);
+    for ((vm, n), d) in vms.into_iter().zip(&p.nodes).zip(&node_dirs) {
+        let mut vm = vm;
+        if failed {
+            vm.keep_run_dir();
+        }
+        let _ = std::fs::copy(vm.run_dir().join("serial.log"), d.join("serial.log"));
+        // A VM started again (`start`) keeps its first run's console too.
+        let _ = std::fs::copy(vm.run_dir().join("serial-earlier.log"), d.join("serial-earlier.log"));
+        // The first node's console is also the cell's serial.log (reports).
+        if p.multi && n.node.index == 1 {
+            let _ = std::fs::copy(vm.run_dir().join("serial.log"), dir.join("serial.log"));
+        }
+        // The overlay is thrown away: QEMU goes without waiting for the
+        // guest's own power-off (a test that wants one has a `shutdown` step).
+        let _ = vm.quit().await;
     }
-    let _ = std::fs::copy(vm.run_dir().join("serial.log"), dir.join("serial.log"));
-    // A VM started again (`start`) keeps its first run's console too.
-    let _ = std::fs::copy(vm.run_dir().join("serial-earlier.log"), dir.join("serial-earlier.log"));
-    // The overlay is thrown away: QEMU goes without waiting for the
-    // guest's own power-off (a test that wants one has a `shutdown` step).
-    let _ = vm.quit().await;
+    drop(switches);
+    drop(net);
     (outcome, false)
 }
 
-/// Deploys, then runs the steps, recording every step (and the ones not
-/// reached) in `result`.
-async fn deploy_and_steps(
-    m: &mut Machine<'_>,
-    cell: &Cell,
-    p: &Prepared,
-    opts: &RunOptions,
-    result: &mut CellResult,
-    progress: &dyn Progress,
-) -> Result<(), Outcome> {
-    progress.phase(cell, Phase::Deploy);
-    let tar = deploy::tar(&p.deploy.files).map_err(|e| Outcome::Error { reason: format!("packing the deployment: {e}") })?;
-    let mut commands: Vec<(&str, &str, &[u8])> = p.deploy.prepare.iter().map(|c| (c.phase, c.command.as_str(), &[][..])).collect();
-    commands.push(("files", "tar -x --no-overwrite-dir -C /", &tar));
-    commands.extend(p.deploy.run.iter().map(|c| (c.phase, c.command.as_str(), &[][..])));
-    let mut failure = None;
-    for (phase, cmd, stdin) in commands {
-        // Deploy steps are named by phase and what the command does.
-        let first = cmd.lines().next().unwrap_or_default();
-        let what: String = first.chars().take(72).collect();
-        let ellipsis = if what.len() < cmd.len() { "…" } else { "" };
-        let label = format!("{phase}: {what}{ellipsis}");
-        if failure.is_some() {
-            result.record("deploy", &label, StepStatus::NotRun, Duration::ZERO, None);
-            continue;
+/// `reason`, naming the node when the cell has several.
+fn node_says(p: &Prepared, n: &NodePrepared, reason: String) -> String {
+    if p.multi {
+        format!("node {}: {reason}", n.node.name)
+    } else {
+        reason
+    }
+}
+
+/// Where a node's artifacts go: the cell's directory, or `nodes/<name>/`
+/// in it when the spec has nodes.
+fn node_dir(dir: &Path, p: &Prepared, n: &NodePrepared) -> PathBuf {
+    if p.multi {
+        dir.join("nodes").join(&n.node.name)
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// Starts a switch for every vlan a node names, plugs every node's NICs
+/// in (node *i* on vlan *v* is 192.168.*v*.*i*, 2001:db8:*v*::*i*) and
+/// writes every node's name into every guest's /etc/hosts (its first
+/// vlan's addresses), as the NixOS driver does. Nothing for a cell of one.
+async fn join_vlans(cell: &Cell, p: &Prepared, vms: &[Vm]) -> Result<(Option<crate::vm::rundir::RunDir>, Vec<crate::vm::vlan::Switch>), String> {
+    use crate::vm::vlan::{Nic, Switch};
+    let vlans: std::collections::BTreeSet<u32> = p.nodes.iter().flat_map(|n| n.node.vlans.iter().copied()).collect();
+    if vlans.is_empty() {
+        return Ok((None, Vec::new()));
+    }
+    let run = crate::vm::rundir::RunDir::create(&format!("net-{}", cell.dir_name())).map_err(|e| format!("vlans: run directory: {e}"))?;
+    let mut switches = Vec::new();
+    for v in vlans {
+        switches.push(Switch::start(v, run.path()).map_err(|e| e.to_string())?);
+    }
+    let mut hosts = Vec::new();
+    for n in &p.nodes {
+        if let Some(v) = n.node.vlans.first() {
+            let nic = Nic { vlan: *v, node: n.node.index };
+            hosts.push((std::net::IpAddr::V4(nic.addr()), n.node.name.clone()));
+            hosts.push((std::net::IpAddr::V6(nic.addr6()), n.node.name.clone()));
         }
-        let t = Instant::now();
-        let (timeout, cut) = opts.clamp(Duration::from_secs(120));
-        let (status, outcome) = match m.run(&format!("deploy/{phase}"), cmd, stdin, timeout).await {
-            Ok(out) if out.success() => (StepStatus::Pass, None),
-            Ok(out) => {
-                let mut reason = describe(cmd, &out);
-                if cut {
-                    reason = format!("{DEADLINE}; {reason}");
-                }
-                (StepStatus::Fail, Some(Outcome::Fail { group: "deploy".into(), step: label.clone(), reason }))
+    }
+    let plug = vms.iter().zip(&p.nodes).map(|(vm, n)| {
+        let (switches, hosts) = (&switches, &hosts);
+        async move {
+            for v in &n.node.vlans {
+                let s = switches.iter().find(|s| s.vlan() == *v).expect("a switch per vlan");
+                vm.attach_vlan(&Nic { vlan: *v, node: n.node.index }, s).await.map_err(|e| format!("node {}: {e}", n.node.name))?;
             }
-            Err(e) => (StepStatus::Error, Some(Outcome::Error { reason: chain_error(&e) })),
-        };
-        let message = outcome.as_ref().map(outcome_reason);
-        result.record("deploy", &label, status, t.elapsed(), message);
-        failure = outcome;
+            vm.add_hosts(hosts).await.map_err(|e| format!("node {}: {e}", n.node.name))
+        }
+    });
+    for r in futures::future::join_all(plug).await {
+        r?;
+    }
+    Ok((Some(run), switches))
+}
+
+/// Deploys every node that runs instances (in the spec's order), then
+/// runs the steps, each on its node, recording every step (and the ones not
+/// reached) in `result`.
+async fn deploy_and_steps(ms: &mut [Machine<'_>], cell: &Cell, p: &Prepared, opts: &RunOptions, result: &mut CellResult, progress: &dyn Progress) -> Result<(), Outcome> {
+    progress.phase(cell, Phase::Deploy);
+    let mut failure = None;
+    for (m, n) in ms.iter_mut().zip(&p.nodes) {
+        let Some(plan) = &n.deploy else { continue };
+        let tar = deploy::tar(&plan.files).map_err(|e| Outcome::Error { reason: node_says(p, n, format!("packing the deployment: {e}")) })?;
+        let mut commands: Vec<(&str, &str, &[u8])> = plan.prepare.iter().map(|c| (c.phase, c.command.as_str(), &[][..])).collect();
+        commands.push(("files", "tar -x --no-overwrite-dir -C /", &tar));
+        commands.extend(plan.run.iter().map(|c| (c.phase, c.command.as_str(), &[][..])));
+        for (phase, cmd, stdin) in commands {
+            // Deploy steps are named by phase and what the command does
+            // (and by node, in a cell of several).
+            let first = cmd.lines().next().unwrap_or_default();
+            let what: String = first.chars().take(72).collect();
+            let ellipsis = if what.len() < cmd.len() { "…" } else { "" };
+            let label = if p.multi { format!("{}: {phase}: {what}{ellipsis}", n.node.name) } else { format!("{phase}: {what}{ellipsis}") };
+            if failure.is_some() {
+                result.record("deploy", &label, StepStatus::NotRun, Duration::ZERO, None);
+                continue;
+            }
+            let t = Instant::now();
+            let (timeout, cut) = opts.clamp(Duration::from_secs(120));
+            let (status, outcome) = match m.run(&format!("deploy/{phase}"), cmd, stdin, timeout).await {
+                Ok(out) if out.success() => (StepStatus::Pass, None),
+                Ok(out) => {
+                    let mut reason = describe(cmd, &out);
+                    if cut {
+                        reason = format!("{DEADLINE}; {reason}");
+                    }
+                    (StepStatus::Fail, Some(Outcome::Fail { group: "deploy".into(), step: label.clone(), reason }))
+                }
+                Err(e) => (StepStatus::Error, Some(Outcome::Error { reason: node_says(p, n, chain_error(&e)) })),
+            };
+            let message = outcome.as_ref().map(outcome_reason);
+            result.record("deploy", &label, status, t.elapsed(), message);
+            failure = outcome;
+        }
     }
     if opts.interactive && failure.is_none() {
-        // The NixOS driver's interactive mode: `machine` at a prompt, the
+        // The NixOS driver's interactive mode: the nodes at a prompt, the
         // script at hand as test_script().
         let script = cell_script(p);
-        python::session(m, &script, opts, Duration::from_secs(120), result, python::Mode::Prompt).await?;
+        python::session(ms, &script, opts, Duration::from_secs(120), result, python::Mode::Prompt).await?;
         return Err(Outcome::Skip { reason: INTERACTIVE.into() });
     }
     let mut phase = Phase::Deploy;
@@ -608,26 +825,30 @@ async fn deploy_and_steps(
         if let crate::spec::Action::Python(script) = &s.action {
             // Its calls are the steps: the script's own step is replaced.
             result.steps_total -= 1;
-            if let Err(o) = python::run(m, script, opts, s.timeout, result).await {
+            if let Err(o) = python::run(ms, script, opts, s.timeout, result).await {
                 failure = Some(o);
             }
             continue;
         }
+        // A step names its node (checked against the spec's nodes).
+        let i = s.node.as_ref().and_then(|n| ms.iter().position(|m| m.name == *n)).unwrap_or(0);
+        let name = if p.multi { format!("{}: {}", ms[i].name, s.name) } else { s.name.clone() };
+        let m = &mut ms[i];
         let t = Instant::now();
         let (timeout, cut) = opts.clamp(s.timeout);
         match m.step(&s.group, &s.action, timeout).await {
             Ok(()) => {
                 result.steps_passed += 1;
-                result.record(&s.group, &s.name, StepStatus::Pass, t.elapsed(), None);
+                result.record(&s.group, &name, StepStatus::Pass, t.elapsed(), None);
             }
             Err(StepError::Failed(reason)) => {
                 let reason = if cut { format!("{DEADLINE} during this step; {reason}") } else { reason };
-                result.record(&s.group, &s.name, StepStatus::Fail, t.elapsed(), Some(reason.clone()));
-                failure = Some(Outcome::Fail { group: s.group.clone(), step: s.name.clone(), reason });
+                result.record(&s.group, &name, StepStatus::Fail, t.elapsed(), Some(reason.clone()));
+                failure = Some(Outcome::Fail { group: s.group.clone(), step: name, reason });
             }
             Err(StepError::Infra(e)) => {
                 let reason = chain_error(&e);
-                result.record(&s.group, &s.name, StepStatus::Error, t.elapsed(), Some(reason.clone()));
+                result.record(&s.group, &name, StepStatus::Error, t.elapsed(), Some(reason.clone()));
                 failure = Some(Outcome::Error { reason });
             }
         }
@@ -653,49 +874,59 @@ fn cell_script(p: &Prepared) -> crate::spec::PyScript {
 /// how to reach it, then a Python prompt with `machine` if stdin is a
 /// terminal, else waits for SIGINT/SIGTERM or the guest's own power-off.
 /// One cell holds the terminal at a time.
-async fn hold(m: &mut Machine<'_>, cell: &Cell, p: &Prepared, opts: &RunOptions, result: &mut CellResult) {
+async fn hold(ms: &mut [Machine<'_>], cell: &Cell, p: &Prepared, opts: &RunOptions, result: &mut CellResult) {
     use std::io::IsTerminal;
     use std::sync::atomic::Ordering;
     static TERMINAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _terminal = TERMINAL.lock().await;
     crate::cli::HANDLES_SIGNALS.store(true, Ordering::SeqCst);
-    let rd = m.vm.run_dir().to_path_buf();
-    let keyfile = rd.join("id_ed25519");
-    let key_ok = {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&keyfile)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, m.vm.client_key().private_openssh().as_bytes()))
-            .is_ok()
-    };
     let tty = std::io::stdin().is_terminal();
-    let mut text = format!("\nxdriver: {} failed; its VM is kept running (--keep), QEMU pid {}. Reach it with:\n", cell.id(), m.vm.pid());
-    if key_ok && m.vm.ssh_port != 0 {
-        text.push_str(&format!(
-            "  ssh -i {} -p {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@127.0.0.1\n",
-            keyfile.display(),
-            m.vm.ssh_port
-        ));
+    let what = if ms.len() == 1 { "its VM is" } else { "its VMs are" };
+    let mut text = format!("\nxdriver: {} failed; {what} kept running (--keep). Reach ", cell.id());
+    text.push_str(if ms.len() == 1 { "it with:\n" } else { "them with:\n" });
+    for m in ms.iter() {
+        let rd = m.vm.run_dir().to_path_buf();
+        let keyfile = rd.join("id_ed25519");
+        let key_ok = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&keyfile)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, m.vm.client_key().private_openssh().as_bytes()))
+                .is_ok()
+        };
+        if p.multi {
+            text.push_str(&format!("  {} (QEMU pid {}):\n", m.name, m.vm.pid()));
+        } else {
+            text = text.replace("(--keep). Reach", &format!("(--keep), QEMU pid {}. Reach", m.vm.pid()));
+        }
+        if key_ok && m.vm.ssh_port != 0 {
+            text.push_str(&format!(
+                "  ssh -i {} -p {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@127.0.0.1\n",
+                keyfile.display(),
+                m.vm.ssh_port
+            ));
+        }
+        text.push_str(&format!("  serial log: {}/serial.log; results: {}\n", rd.display(), m.artifacts.display()));
     }
-    text.push_str(&format!("  serial log: {}/serial.log; results: {}\n", rd.display(), m.artifacts.display()));
+    let names: Vec<String> = ms.iter().map(|m| format!("`{}`", m.name)).collect();
     if tty {
-        text.push_str("  Python: the prompt below has `machine`; Ctrl-D ends it and stops the VM.\n");
+        text.push_str(&format!("  Python: the prompt below has {}; Ctrl-D ends it and stops the VM.\n", names.join(", ")));
     } else {
-        text.push_str(&format!("  Python: run it from a terminal for a prompt with `machine`.\nCtrl-C (or SIGTERM to {}) stops it.\n", std::process::id()));
+        text.push_str(&format!("  Python: run it from a terminal for a prompt with {}.\nCtrl-C (or SIGTERM to {}) stops it.\n", names.join(", "), std::process::id()));
     }
     let _ = std::io::Write::write_all(&mut std::io::stderr(), text.as_bytes());
     if tty {
         let script = cell_script(p);
         // Calls made at the prompt are recorded, but the cell stays failed.
         let mut scratch = result.clone();
-        let _ = python::session(m, &script, opts, Duration::from_secs(120), &mut scratch, python::Mode::Prompt).await;
+        let _ = python::session(ms, &script, opts, Duration::from_secs(120), &mut scratch, python::Mode::Prompt).await;
     } else {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let mut ex = m.vm.qmp.subscribe();
+        let mut ex = ms[0].vm.qmp.subscribe();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},

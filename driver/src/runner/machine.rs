@@ -39,6 +39,12 @@ pub struct Machine<'a> {
     pub transcript: Transcript,
     /// Where `copy_from_vm` puts things.
     pub artifacts: &'a Path,
+    /// The node's name (`machine` in a cell of one).
+    pub name: String,
+    /// Its NICs on the cell's vlans, with their switches (none in a cell
+    /// of one): `block()` cuts these, and a VM started again gets them
+    /// back.
+    pub net: Vec<(&'a crate::vm::vlan::Switch, crate::vm::vlan::Nic)>,
 }
 
 fn tail(s: &str, n: usize) -> String {
@@ -238,6 +244,19 @@ impl<'a> Machine<'a> {
                 tokio::time::sleep(Duration::from_secs_f64(*s)).await;
                 Ok(None)
             }
+            // On vlans, the NixOS driver's block(): the vlan NICs go down,
+            // the user-mode NIC stays; a cell of one has only that one.
+            Action::Block | Action::Unblock if !self.net.is_empty() => {
+                let up = matches!(action, Action::Unblock);
+                let t = Instant::now();
+                for (_, nic) in &self.net {
+                    self.vm.set_vlan_link(nic.vlan, up).await.map_err(|e| StepError::Infra(VmError::Prepare(e.to_string())))?;
+                }
+                let vlans: Vec<String> = self.net.iter().map(|(_, n)| n.vlan.to_string()).collect();
+                let what = format!("set_link of the NICs on vlan {} {}", vlans.join(", "), if up { "on" } else { "off" });
+                self.transcript.push(context, &action.display(), Some(0), what, String::new(), t.elapsed());
+                Ok(None)
+            }
             Action::Block => self.monitor(context, "block()", "set_link nic0 off").await,
             Action::Unblock => self.monitor(context, "unblock()", "set_link nic0 on").await,
             Action::ForwardPort { host_port, guest_port } => {
@@ -273,6 +292,12 @@ impl<'a> Machine<'a> {
                 let t = Instant::now();
                 let was_running = self.vm.is_running();
                 self.vm.start_again().await?;
+                // A new QEMU has none of the hot-plugged vlan NICs.
+                if !was_running {
+                    for (switch, nic) in &self.net {
+                        self.vm.attach_vlan(nic, switch).await.map_err(|e| StepError::Infra(VmError::Prepare(e.to_string())))?;
+                    }
+                }
                 let note = if was_running { "already running" } else { "booted again on its disk" };
                 self.transcript.push(context, "start()", Some(0), note.into(), String::new(), t.elapsed());
                 Ok(None)

@@ -86,32 +86,39 @@ pub enum Mode {
 /// `timeout` is a call's default deadline. The script, the harness, its
 /// segment table and `python.log` (the script's own output and any
 /// traceback) stay in the cell's results.
-pub async fn run(m: &mut Machine<'_>, script: &PyScript, opts: &RunOptions, timeout: Duration, result: &mut CellResult) -> Result<(), Outcome> {
-    session(m, script, opts, timeout, result, Mode::Script).await
+pub async fn run(ms: &mut [Machine<'_>], script: &PyScript, opts: &RunOptions, timeout: Duration, result: &mut CellResult) -> Result<(), Outcome> {
+    session(ms, script, opts, timeout, result, Mode::Script).await
 }
 
 /// Runs the harness in `mode`. Requests and replies go over a Unix socket
 /// in the VM's run directory (short enough for a socket path), so the
 /// harness's stdin and stdout are free for a prompt.
-pub async fn session(m: &mut Machine<'_>, script: &PyScript, opts: &RunOptions, timeout: Duration, result: &mut CellResult, mode: Mode) -> Result<(), Outcome> {
+pub async fn session(ms: &mut [Machine<'_>], script: &PyScript, opts: &RunOptions, timeout: Duration, result: &mut CellResult, mode: Mode) -> Result<(), Outcome> {
     if mode == Mode::Prompt {
         // Ctrl-C at the prompt is Python's KeyboardInterrupt, not the end
         // of the run: the binary's handler leaves it alone meanwhile.
         crate::cli::HANDLES_SIGNALS.store(true, std::sync::atomic::Ordering::SeqCst);
-        let r = run_session(m, script, opts, timeout, result, mode).await;
+        let r = run_session(ms, script, opts, timeout, result, mode).await;
         crate::cli::HANDLES_SIGNALS.store(false, std::sync::atomic::Ordering::SeqCst);
         return r;
     }
-    run_session(m, script, opts, timeout, result, mode).await
+    run_session(ms, script, opts, timeout, result, mode).await
 }
 
-async fn run_session(m: &mut Machine<'_>, script: &PyScript, opts: &RunOptions, timeout: Duration, result: &mut CellResult, mode: Mode) -> Result<(), Outcome> {
+async fn run_session(ms: &mut [Machine<'_>], script: &PyScript, opts: &RunOptions, timeout: Duration, result: &mut CellResult, mode: Mode) -> Result<(), Outcome> {
     let err = |reason: String| Outcome::Error { reason };
-    let dir = &std::path::absolute(m.artifacts).map_err(|e| err(format!("{}: {e}", m.artifacts.display())))?;
+    // The script's files go in the cell's directory: the first node's
+    // (a cell of one), or the one above the nodes' own.
+    let first = ms[0].artifacts;
+    let nodes_dir = first.parent().filter(|p| p.file_name().is_some_and(|n| n == "nodes"));
+    let base = nodes_dir.and_then(Path::parent).unwrap_or(first);
+    let dir = &std::path::absolute(base).map_err(|e| err(format!("{}: {e}", base.display())))?;
+    let names: Vec<String> = ms.iter().map(|m| m.name.clone()).collect();
+    let m = &ms[0];
     let script_path = dir.join("test-script.py");
     let meta_path = dir.join("test-script.json");
     let harness_path = dir.join("xdriver_harness.py");
-    let meta = json!({ "segments": script.segments, "manager": m.backend.manager.name(), "os": m.os().name(), "machine": "machine" });
+    let meta = json!({ "segments": script.segments, "manager": m.backend.manager.name(), "os": m.os().name(), "machine": names[0], "nodes": names });
     for (p, text) in [(&script_path, script.text.clone()), (&meta_path, meta.to_string()), (&harness_path, HARNESS.to_string())] {
         std::fs::write(p, text).map_err(|e| err(format!("writing {}: {e}", p.display())))?;
     }
@@ -201,8 +208,15 @@ async fn run_session(m: &mut Machine<'_>, script: &PyScript, opts: &RunOptions, 
             _ => {}
         }
         let call = req["call"].as_str().unwrap_or(&op).to_string();
+        // The call's node (a cell of several names it in the step).
+        let node = req["node"].as_str().unwrap_or(&names[0]);
+        let Some(i) = ms.iter().position(|m| m.name == node) else {
+            failure = Some(err(format!("the script called node `{node}`, which this cell does not have")));
+            break;
+        };
+        let call = if names.len() > 1 && !matches!(op.as_str(), "log" | "subtest" | "done" | "failed") { format!("{node}.{call}") } else { call };
         let started = Instant::now();
-        let d = perform(m, &op, &req, &group, opts, timeout).await;
+        let d = perform(&mut ms[i], &op, &req, &group, opts, timeout).await;
         let quiet = matches!(op.as_str(), "log" | "console_log") || req["quiet"].as_bool() == Some(true) || (op == "subtest" && req["phase"] == "start");
         if !quiet {
             result.steps_total += 1;

@@ -105,6 +105,7 @@ impl Spec {
             None => loc.whole(e.message().trim().to_string()),
         })?;
         file.guest.check(&loc)?;
+        super::nodes::check(&file, &loc)?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
         let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
         Ok(Spec { path: path.to_path_buf(), dir, file, loc, literal: false, instance_steps: None })

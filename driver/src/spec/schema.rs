@@ -40,6 +40,31 @@ pub struct SpecFile {
     /// disk, memory, vCPUs.
     #[serde(default)]
     pub guest: super::guest::GuestDef,
+    /// The machines of a multi-machine cell (none: one machine, `machine`).
+    #[serde(default)]
+    pub nodes: BTreeMap<Spanned<String>, Spanned<NodeDef>>,
+}
+
+/// `[nodes.NAME]`: one machine of a cell. What it does not set, it takes
+/// from the cell (so the matrix varies it); what it sets stays fixed.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeDef {
+    /// Guest OS (default: the cell's).
+    pub os: Option<Spanned<String>>,
+    /// Process manager (default: the cell's).
+    pub manager: Option<Spanned<String>>,
+    /// Profile (default: the cell's).
+    pub profile: Option<Spanned<String>>,
+    /// The instances it runs (default: the first node runs every instance
+    /// no node names).
+    pub instances: Option<Vec<Spanned<String>>>,
+    /// The vlans it has a NIC on (default: vlan 1).
+    pub vlans: Option<Vec<Spanned<i64>>>,
+    /// Guest RAM in MiB (default: `[guest] memory_mib`).
+    pub memory_mib: Option<u32>,
+    /// vCPUs (default: `[guest] cpus`).
+    pub cpus: Option<u32>,
 }
 
 /// `[matrix]`: default values of `--os`, `--manager`, `--profile`.
@@ -368,6 +393,9 @@ pub struct StepDef {
     pub each: Option<String>,
     /// Seconds (default: `[timeouts]`).
     pub timeout: Option<u64>,
+    /// The node it runs on (a template; default: the instance's node for
+    /// readiness and tests, else the first node).
+    pub node: Option<String>,
     /// Run; must exit 0.
     pub succeed: Option<String>,
     /// Run; must exit non-zero.

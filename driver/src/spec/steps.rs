@@ -66,7 +66,8 @@ impl PyScript {
         let mut text = String::new();
         for s in steps {
             let action = serde_json::to_string(&s.action).unwrap_or_default();
-            text.push_str(&format!("_xdriver_step_json({}, {}, {})\n", lit(&s.name), lit(&action), s.timeout.as_secs_f64()));
+            let node = s.node.as_deref().map(|n| format!(", {}", lit(n))).unwrap_or_default();
+            text.push_str(&format!("_xdriver_step_json({}, {}, {}{node})\n", lit(&s.name), lit(&action), s.timeout.as_secs_f64()));
         }
         self.push(&text, group, origin, None);
     }
@@ -188,6 +189,10 @@ pub struct Step {
     /// Its deadline.
     #[serde(with = "secs")]
     pub timeout: Duration,
+    /// The node it runs on (None: the instance's node for readiness and
+    /// tests, else the first).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub node: Option<String>,
 }
 
 mod secs {
@@ -248,7 +253,7 @@ impl Spec {
             let mut script = PyScript { text: String::new(), segments: Vec::new() };
             script.push(py.get_ref(), "python", &format!("{}:{base}", self.path.display()), Some(base));
             let timeout = Duration::from_secs(self.file.timeouts.step);
-            out.push(Step { group: "python".into(), name: "[tests] python".into(), action: Action::Python(script), timeout });
+            out.push(Step { group: "python".into(), name: "[tests] python".into(), action: Action::Python(script), timeout, node: None });
         }
         Ok(out)
     }
@@ -281,7 +286,7 @@ impl Spec {
         }
         add(&mut script, &per.post_tests, "postTests", "postTests")?;
         let timeout = Duration::from_secs(self.file.timeouts.step);
-        Ok(vec![Step { group: "python".into(), name: "testScript".into(), action: Action::Python(script), timeout }])
+        Ok(vec![Step { group: "python".into(), name: "testScript".into(), action: Action::Python(script), timeout, node: None }])
     }
 
     fn expand(&self, t: &Templates, defs: &[Spanned<StepDef>], ctx: &Value, group: &str, out: &mut Vec<Step>) -> Result<(), SpecError> {
@@ -323,7 +328,18 @@ impl Spec {
                     Some(n) => t.render(n, &item, span.clone())?,
                     None => action.display(),
                 };
-                out.push(Step { group: group.to_string(), name, action, timeout });
+                let node = match &def.node {
+                    Some(n) => {
+                        let n = t.render(n, &item, span.clone())?;
+                        let known = if self.file.nodes.is_empty() { n == "machine" } else { self.file.nodes.keys().any(|k| *k.get_ref() == n) };
+                        if !known {
+                            return Err(self.loc.at(span, format!("step on node `{n}`, which the spec does not have ([nodes.NAME]; without [nodes], the one node is `machine`)")));
+                        }
+                        Some(n)
+                    }
+                    None => None,
+                };
+                out.push(Step { group: group.to_string(), name, action, timeout, node });
             }
         }
         Ok(())

@@ -219,3 +219,77 @@ fn the_guest_table_gives_each_os_its_additions_and_checks_values_where_written()
         assert!(line > SPEC.lines().count(), "{bad}: where? {e}");
     }
 }
+
+const NODES: &str = r#"
+name = "n"
+[nodes.server]
+instances = ["web"]
+[nodes.client]
+os = "debian-13"
+manager = "sysvinit"
+profile = "privileged"
+vlans = [1, 2]
+[instances.web]
+process.foreground = ["/bin/web"]
+[instances.other]
+process.foreground = ["/bin/other"]
+process.dependencies = ["web"]
+[tests]
+tests = [ { node = "client", succeed = "curl server" } ]
+"#;
+
+#[test]
+fn nodes_take_what_they_do_not_set_from_the_cell() {
+    use xdriver_guests::ProfileKind;
+    let s = spec(NODES);
+    let cell = super::Cell { os: Os::DEBIAN_12, manager: Manager::OPENRC, profile: ProfileKind::Unprivileged, image: Err("no image here".into()) };
+    let nodes = s.nodes(&cell);
+    let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["server", "client"], "file order");
+    let (server, client) = (&nodes[0], &nodes[1]);
+    assert_eq!((server.index, server.os, server.manager, server.profile), (1, Os::DEBIAN_12, Manager::OPENRC, ProfileKind::Unprivileged));
+    assert_eq!(server.image, Err("no image here".into()), "the cell's own image and reason");
+    assert_eq!(server.vlans, [1], "vlan 1 by default");
+    assert_eq!((client.index, client.os, client.manager, client.profile), (2, Os::DEBIAN_13, Manager::SYSVINIT, ProfileKind::Privileged));
+    assert_eq!(client.image.as_deref(), Ok("debian-13-sysvinit"));
+    assert_eq!(client.vlans, [1, 2]);
+    // Unplaced instances go to the first node.
+    assert_eq!(super::node_of(&nodes, "web").name, "server");
+    assert_eq!(super::node_of(&nodes, "other").name, "server");
+    let steps = s.steps(&s.resolve(&self::cell(Manager::OPENRC, true)).expect("resolves")).expect("steps");
+    assert!(steps.iter().all(|st| st.node.as_deref() == Some("client")), "{steps:?}");
+    // Without [nodes]: one node, `machine`, the cell, on no vlan.
+    let one = spec(SPEC).nodes(&cell);
+    assert_eq!(one.len(), 1);
+    assert_eq!((one[0].name.as_str(), one[0].vlans.len(), one[0].instances.is_none()), ("machine", 0, true));
+}
+
+#[test]
+fn bad_nodes_are_spec_errors_that_say_where() {
+    let cases = [
+        ("[nodes.2fast]\n", "not a Python identifier", 2),
+        ("[nodes.start_all]\n", "is taken", 2),
+        ("[nodes.a]\nvlans = [0]\n", "vlan 0 is out of range", 3),
+        ("[nodes.a]\nvlans = [3, 3]\n", "vlan 3 is listed twice", 3),
+        ("[nodes.a]\ninstances = [\"nope\"]\n", "no instance `nope`", 3),
+        ("[nodes.a]\ninstances = [\"web\"]\n[nodes.b]\ninstances = [\"web\"]\n", "placed on another node too", 5),
+        ("[nodes.a]\nos = \"plan9\"\n", "node `a`", 3),
+        ("[nodes.a]\nmanager = \"upstart\"\n", "node `a`", 3),
+    ];
+    for (nodes, want, line) in cases {
+        let text = format!("name = \"n\"\n{nodes}[instances.web]\nprocess.foreground = [\"/bin/web\"]\n");
+        let e = Spec::parse(Path::new("t.toml"), &text).expect_err(nodes);
+        assert!(e.message.contains(want), "{nodes}: {e}");
+        assert_eq!(e.at.map(|a| a.0), Some(line), "{nodes}: {e}");
+    }
+    // A step on a node the spec does not have: at the step.
+    let text = "name = \"n\"\n[nodes.a]\n[instances.web]\nprocess.foreground = [\"/bin/web\"]\n[tests]\npost_tests = [ { node = \"b\", succeed = \"true\" } ]\n";
+    let s = spec(text);
+    let e = s.steps(&s.resolve(&cell(Manager::SYSTEMD, false)).expect("resolves")).expect_err("unknown node");
+    assert!(e.message.contains("node `b`"), "{e}");
+    assert_eq!(e.at.map(|a| a.0), Some(6), "{e}");
+    // Without [nodes], only `machine`.
+    let s = spec("name = \"n\"\n[instances.web]\nprocess.foreground = [\"/bin/web\"]\n[tests]\npost_tests = [ { node = \"machine\", succeed = \"true\" }, { node = \"x\", succeed = \"true\" } ]\n");
+    let e = s.steps(&s.resolve(&cell(Manager::SYSTEMD, false)).expect("resolves")).expect_err("unknown node");
+    assert!(e.message.contains("node `x`"), "{e}");
+}
