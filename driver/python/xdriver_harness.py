@@ -404,7 +404,7 @@ def start_all():
     """Every node is up and deployed before the script runs: start_all()
     boots again any node the script shut down or crashed."""
     for m in machines:
-        m._step("start_all()" if len(machines) == 1 else f"start_all(): {m.name}", "start")
+        m._step("start_all()", "start")
 
 
 def join_all():

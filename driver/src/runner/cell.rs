@@ -388,22 +388,20 @@ pub async fn run(spec: &Spec, cell: &Cell, prepared: Option<Prepared>, shares: &
     let dir = opts.cell_dir(spec, cell);
     let mut result = CellResult::new(cell, dir.clone(), Outcome::Pass);
     result.steps_total = prepared.as_ref().map(|p| p.steps.len()).unwrap_or(0);
-    let (image, prepared) = match (&cell.image, prepared) {
-        (Err(reason), _) => {
-            result.outcome = Outcome::Skip { reason: reason.clone() };
+    // The cell runs when every node's image can run here (a cell of one:
+    // the cell's own image).
+    let prepared = match prepared {
+        Some(p) => p,
+        None => {
+            result.outcome = Outcome::Skip { reason: cell.image.as_ref().err().cloned().unwrap_or_else(|| "not prepared".into()) };
             return finish(result, started);
         }
-        (Ok(_), None) => {
-            result.outcome = Outcome::Skip { reason: "not prepared".into() };
-            return finish(result, started);
-        }
-        (Ok(i), Some(p)) => (i.clone(), p),
     };
-    if let Some((n, Err(reason))) = prepared.nodes.iter().map(|n| (&n.node.name, &n.node.image)).find(|(_, i)| i.is_err()) {
-        result.outcome = Outcome::Skip { reason: format!("node {n}: {reason}") };
+    if let Some(n) = prepared.nodes.iter().find(|n| n.node.image.is_err()) {
+        let reason = n.node.image.as_ref().err().cloned().unwrap_or_default();
+        result.outcome = Outcome::Skip { reason: if prepared.multi { format!("node {}: {reason}", n.node.name) } else { reason } };
         return finish(result, started);
     }
-    let _ = image;
     // A cell that runs starts from an empty results directory; one that is
     // skipped (above) keeps what an earlier run left there.
     let _ = std::fs::remove_dir_all(&dir);
