@@ -572,10 +572,23 @@ async fn boot_and_test(cell: &Cell, p: &Prepared, shares: &[Share], opts: &RunOp
     let before: Vec<Vec<PathBuf>> = cfgs.iter().map(|c| crate::vm::rundir::RunDir::existing(&c.name)).collect();
     let labels: Vec<String> = cfgs.iter().map(|c| c.name.clone()).collect();
     let boot_started = Instant::now();
-    // The nodes boot (or restore) side by side.
-    let starts = cfgs.into_iter().map(|mut cfg| {
+    // The vlans' switches first; then every node boots (or restores) and
+    // joins its vlans, side by side, each as soon as it is up.
+    let (net, switches, hosts) = match start_vlans(cell, p) {
+        Ok(v) => v,
+        Err(reason) => return (Outcome::Error { reason }, false),
+    };
+    let starts = cfgs.into_iter().zip(&p.nodes).map(|(mut cfg, n)| {
         cfg.boot_timeout = boot_timeout.max(Duration::from_secs(1));
-        Vm::start(cfg)
+        let (switches, hosts) = (&switches, &hosts);
+        async move {
+            let vm = Vm::start(cfg).await.map_err(|e| (true, format!("boot: {}", chain_error(&e))))?;
+            if let Err(e) = join_vlans(&vm, n, switches, hosts).await {
+                let _ = vm.quit().await;
+                return Err((false, e));
+            }
+            Ok(vm)
+        }
     });
     let mut vms = Vec::new();
     let mut failed = None;
@@ -586,13 +599,13 @@ async fn boot_and_test(cell: &Cell, p: &Prepared, shares: &[Share], opts: &RunOp
             Err(_) => {}
         }
     }
-    if let Some((i, e)) = failed {
+    if let Some((i, (booting, why))) = failed {
         for vm in vms {
             let _ = vm.quit().await;
         }
         let n = &p.nodes[i];
         // The failed VM's run directory is kept; bring its logs along.
-        let mut reason = node_says(p, n, format!("boot: {}", chain_error(&e)));
+        let mut reason = node_says(p, n, why);
         if cut {
             reason = format!("{DEADLINE} while booting; {reason}");
         }
@@ -607,23 +620,17 @@ async fn boot_and_test(cell: &Cell, p: &Prepared, shares: &[Share], opts: &RunOp
         if let Ok(log) = std::fs::read(ndir.join("serial.log")) {
             result.serial_tail = Some(crate::vm::console::tail_lines(&log, 60));
         }
-        result.record("boot", if p.multi { &n.node.name } else { "boot" }, StepStatus::Error, boot_started.elapsed(), Some(reason.clone()));
+        let step = match (p.multi, booting) {
+            (false, _) => "boot".to_string(),
+            (true, true) => n.node.name.clone(),
+            (true, false) => format!("{}: vlans", n.node.name),
+        };
+        result.record("boot", &step, StepStatus::Error, boot_started.elapsed(), Some(reason.clone()));
         return (Outcome::Error { reason }, true);
     }
     let starts: Vec<String> = vms.iter().zip(&p.nodes).map(|(vm, n)| if p.multi { format!("{}: {}", n.node.name, vm.how_started()) } else { vm.how_started().to_string() }).collect();
     result.start = Some(starts.join("; "));
     tracing::info!(cell = %cell.id(), start = ?result.start, "VMs up");
-    // The vlans: one switch each, in a run directory of the cell's.
-    let (net, switches) = match join_vlans(cell, p, &vms).await {
-        Ok(v) => v,
-        Err(reason) => {
-            for vm in vms {
-                let _ = vm.quit().await;
-            }
-            result.record("boot", "vlans", StepStatus::Error, boot_started.elapsed(), Some(reason.clone()));
-            return (Outcome::Error { reason }, true);
-        }
-    };
     let node_dirs: Vec<PathBuf> = p.nodes.iter().map(|n| node_dir(dir, p, n)).collect();
     for d in &node_dirs {
         let _ = std::fs::create_dir_all(d);
@@ -722,15 +729,16 @@ fn node_dir(dir: &Path, p: &Prepared, n: &NodePrepared) -> PathBuf {
     }
 }
 
-/// Starts a switch for every vlan a node names, plugs every node's NICs
-/// in (node *i* on vlan *v* is 192.168.*v*.*i*, 2001:db8:*v*::*i*) and
-/// writes every node's name into every guest's /etc/hosts (its first
-/// vlan's addresses), as the NixOS driver does. Nothing for a cell of one.
-async fn join_vlans(cell: &Cell, p: &Prepared, vms: &[Vm]) -> Result<(Option<crate::vm::rundir::RunDir>, Vec<crate::vm::vlan::Switch>), String> {
+/// Starts a switch for every vlan a node names, in a run directory of the
+/// cell's, and lists every node's name at its first vlan's addresses (node
+/// *i* on vlan *v* is 192.168.*v*.*i*, 2001:db8:*v*::*i*), as the NixOS
+/// driver's /etc/hosts has them. Nothing for a cell of one.
+#[allow(clippy::type_complexity)]
+fn start_vlans(cell: &Cell, p: &Prepared) -> Result<(Option<crate::vm::rundir::RunDir>, Vec<crate::vm::vlan::Switch>, Vec<(std::net::IpAddr, String)>), String> {
     use crate::vm::vlan::{Nic, Switch};
     let vlans: std::collections::BTreeSet<u32> = p.nodes.iter().flat_map(|n| n.node.vlans.iter().copied()).collect();
     if vlans.is_empty() {
-        return Ok((None, Vec::new()));
+        return Ok((None, Vec::new(), Vec::new()));
     }
     let run = crate::vm::rundir::RunDir::create(&format!("net-{}", cell.dir_name())).map_err(|e| format!("vlans: run directory: {e}"))?;
     let mut switches = Vec::new();
@@ -745,20 +753,20 @@ async fn join_vlans(cell: &Cell, p: &Prepared, vms: &[Vm]) -> Result<(Option<cra
             hosts.push((std::net::IpAddr::V6(nic.addr6()), n.node.name.clone()));
         }
     }
-    let plug = vms.iter().zip(&p.nodes).map(|(vm, n)| {
-        let (switches, hosts) = (&switches, &hosts);
-        async move {
-            for v in &n.node.vlans {
-                let s = switches.iter().find(|s| s.vlan() == *v).expect("a switch per vlan");
-                vm.attach_vlan(&Nic { vlan: *v, node: n.node.index }, s).await.map_err(|e| format!("node {}: {e}", n.node.name))?;
-            }
-            vm.add_hosts(hosts).await.map_err(|e| format!("node {}: {e}", n.node.name))
-        }
-    });
-    for r in futures::future::join_all(plug).await {
-        r?;
+    Ok((Some(run), switches, hosts))
+}
+
+/// Plugs a node's NICs into its vlans' switches and writes every node's
+/// name into its /etc/hosts.
+async fn join_vlans(vm: &Vm, n: &NodePrepared, switches: &[crate::vm::vlan::Switch], hosts: &[(std::net::IpAddr, String)]) -> Result<(), String> {
+    if n.node.vlans.is_empty() {
+        return Ok(());
     }
-    Ok((Some(run), switches))
+    for v in &n.node.vlans {
+        let s = switches.iter().find(|s| s.vlan() == *v).expect("a switch per vlan");
+        vm.attach_vlan(&crate::vm::vlan::Nic { vlan: *v, node: n.node.index }, s).await.map_err(|e| format!("vlan {v}: {e}"))?;
+    }
+    vm.add_hosts(hosts).await.map_err(|e| e.to_string())
 }
 
 /// Deploys every node that runs instances (in the spec's order), then

@@ -208,6 +208,24 @@ find_port() {
     }
 }
 
+/// Creates a group unless it exists (pw(8)).
+fn pw_group(g: &Group) -> String {
+    let n = quote(&g.name);
+    let gid = g.gid.map(|id| format!(" -g {id}")).unwrap_or_default();
+    format!("pw groupshow {n} >/dev/null 2>&1 || pw groupadd -n {n}{gid}")
+}
+
+/// Creates a system user unless it exists (pw(8)).
+fn pw_user(u: &User) -> String {
+    let n = quote(&u.name);
+    let home = quote(u.home.as_deref().unwrap_or("/nonexistent"));
+    let group = u.group.as_ref().map(|g| format!(" -g {}", quote(g))).unwrap_or_default();
+    let mk = if u.create_home { " -m" } else { "" };
+    let uid = u.uid.map(|id| format!(" -u {id}")).unwrap_or_default();
+    let shell = quote(u.shell.as_deref().unwrap_or("/usr/sbin/nologin"));
+    format!("pw usershow {n} >/dev/null 2>&1 || pw useradd -n {n}{uid}{group}{mk} -d {home} -s {shell} -c {}", quote(&u.description))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,22 +247,4 @@ mod tests {
         assert!(RC_SCRIPT.contains("command_args=\"-f -P ${pidfile} -r -R 1 /bin/sh /usr/local/libexec/xdriver/backdoor\""));
         assert!(Freebsd.prepare_finish().trim_end().ends_with("cat /etc/ssh/ssh_host_ed25519_key.pub"));
     }
-}
-
-/// Creates a group unless it exists (pw(8)).
-fn pw_group(g: &Group) -> String {
-    let n = quote(&g.name);
-    let gid = g.gid.map(|id| format!(" -g {id}")).unwrap_or_default();
-    format!("pw groupshow {n} >/dev/null 2>&1 || pw groupadd -n {n}{gid}")
-}
-
-/// Creates a system user unless it exists (pw(8)).
-fn pw_user(u: &User) -> String {
-    let n = quote(&u.name);
-    let home = quote(u.home.as_deref().unwrap_or("/nonexistent"));
-    let group = u.group.as_ref().map(|g| format!(" -g {}", quote(g))).unwrap_or_default();
-    let mk = if u.create_home { " -m" } else { "" };
-    let uid = u.uid.map(|id| format!(" -u {id}")).unwrap_or_default();
-    let shell = quote(u.shell.as_deref().unwrap_or("/usr/sbin/nologin"));
-    format!("pw usershow {n} >/dev/null 2>&1 || pw useradd -n {n}{uid}{group}{mk} -d {home} -s {shell} -c {}", quote(&u.description))
 }
