@@ -78,3 +78,40 @@ fn a_bad_node_is_a_spec_error_with_its_place() {
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.contains("xdriver.toml:4:10") && run.stderr.contains("vlan 300 is out of range"), "{}", run.stderr);
 }
+
+/// A node that cannot boot (40 MiB of RAM: the guest dies before its
+/// kernel prints a line and QEMU, run with -no-reboot, exits) makes
+/// the cell an infrastructure error naming it; the node that came up is
+/// torn down with its console kept, the failed one's logs are kept, and no
+/// QEMU or vde_switch of the cell is left.
+#[test]
+fn a_node_that_fails_to_boot_is_an_infrastructure_error_and_nothing_is_left_running() {
+    let work = xdriver_tests::workdir();
+    std::fs::write(
+        work.path().join("xdriver.toml"),
+        "name = \"nodefail\"\n[nodes.lonely]\n[nodes.starved]\nmemory_mib = 40\n[instances.web]\nprocess.foreground = [\"/bin/sleep\", \"600\"]\n",
+    )
+    .expect("write");
+    let run = run_xdriver(
+        &["test", "xdriver.toml", "--os", "debian-12", "--manager", "systemd", "--profile", "privileged", "--accel", "tcg", "--no-progress", "--results-dir", "results"],
+        work.path(),
+    );
+    assert_eq!(run.code, 125, "{}\n{}", run.stderr, run.stdout);
+    assert!(run.stdout.contains("ERROR debian-12/systemd/privileged") && run.stdout.contains("node starved: boot: QEMU exited"), "{}", run.stdout);
+    let cell = work.path().join("results/nodefail/debian-12-systemd-privileged/nodes");
+    let up = std::fs::read_to_string(cell.join("lonely/serial.log")).expect("the node that came up keeps its console");
+    assert!(up.contains("Linux version"), "{up}");
+    assert!(cell.join("starved/qemu.cmdline").is_file(), "the failed node's logs");
+    // No QEMU of either node is left.
+    for label in ["cell-lonely-debian-12-sy", "cell-starved-debian-12-s"] {
+        let left = std::process::Command::new("pgrep").args(["-f", label]).output().expect("pgrep");
+        assert!(left.stdout.is_empty(), "{label}: {}", String::from_utf8_lossy(&left.stdout));
+    }
+    // Every vde_switch still running (other tests' included) has its
+    // socket directory: a leaked one would name the cell's removed one.
+    let out = std::process::Command::new("pgrep").args(["-a", "vde_switch"]).output().expect("pgrep");
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let sock = line.split_whitespace().skip_while(|w| *w != "-s" && *w != "--sock").nth(1).unwrap_or_default();
+        assert!(std::path::Path::new(sock).is_dir(), "a vde_switch outlived its run directory: {line}");
+    }
+}

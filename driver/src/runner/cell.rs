@@ -510,7 +510,9 @@ async fn find_image(n: &NodePrepared, opts: &RunOptions) -> Result<(xdriver_imag
 /// nodes).
 fn vm_name(cell: &Cell, n: &NodePrepared, multi: bool) -> String {
     if multi {
-        format!("cell-{}-{}", cell.dir_name(), n.node.name)
+        // The node first: run directories are named by the first 24
+        // characters, and each node's must be told apart.
+        format!("cell-{}-{}", n.node.name, cell.dir_name())
     } else {
         format!("cell-{}", cell.dir_name())
     }
@@ -590,17 +592,25 @@ async fn boot_and_test(cell: &Cell, p: &Prepared, shares: &[Share], opts: &RunOp
             Ok(vm)
         }
     });
-    let mut vms = Vec::new();
+    let mut up = Vec::new();
     let mut failed = None;
     for (i, r) in futures::future::join_all(starts).await.into_iter().enumerate() {
         match r {
-            Ok(vm) => vms.push(vm),
-            Err(e) if failed.is_none() => failed = Some((i, e)),
-            Err(_) => {}
+            Ok(vm) => up.push(Some(vm)),
+            Err(e) => {
+                failed = failed.or(Some((i, e)));
+                up.push(None);
+            }
         }
     }
     if let Some((i, (booting, why))) = failed {
-        for vm in vms {
+        // Every node that came up goes, its console kept with the cell's
+        // results.
+        for (vm, n) in up.into_iter().zip(&p.nodes).filter_map(|(vm, n)| vm.map(|vm| (vm, n))) {
+            let ndir = node_dir(dir, p, n);
+            if std::fs::create_dir_all(&ndir).is_ok() {
+                let _ = std::fs::copy(vm.run_dir().join("serial.log"), ndir.join("serial.log"));
+            }
             let _ = vm.quit().await;
         }
         let n = &p.nodes[i];
@@ -628,6 +638,7 @@ async fn boot_and_test(cell: &Cell, p: &Prepared, shares: &[Share], opts: &RunOp
         result.record("boot", &step, StepStatus::Error, boot_started.elapsed(), Some(reason.clone()));
         return (Outcome::Error { reason }, true);
     }
+    let mut vms: Vec<Vm> = up.into_iter().flatten().collect();
     let starts: Vec<String> = vms.iter().zip(&p.nodes).map(|(vm, n)| if p.multi { format!("{}: {}", n.node.name, vm.how_started()) } else { vm.how_started().to_string() }).collect();
     result.start = Some(starts.join("; "));
     tracing::info!(cell = %cell.id(), start = ?result.start, "VMs up");
