@@ -48,6 +48,13 @@
 , shares ? [ ]
   # Seconds: { step; command; boot; }.
 , timeouts ? { }
+  # Several machines in each cell (a TOML spec's [nodes.NAME]):
+  # { <name> = { os; manager; profile; instances ? [ … ]; vlans ? [ 1 ];
+  #   memoryMib; cpus; }; }. What a node does not set it takes from the
+  # cell; instances no node names run on the first node, and the first is
+  # the first by name (Nix sorts attribute names). Test hooks' Python has
+  # every node as a global.
+, nodes ? { }
 }@args:
 
 let
@@ -103,6 +110,26 @@ let
       os = if guest ? os then mapAttrs (_: perOs) guest.os else null;
     };
 
+  # `nodes` as the TOML [nodes] tables (snake_case).
+  nodesTable = mapAttrs
+    (n: v:
+      let
+        known = [ "os" "manager" "profile" "instances" "vlans" "memoryMib" "cpus" ];
+        unknown = builtins.filter (k: !(builtins.elem k known)) (attrNames v);
+      in
+      if !(isAttrs v) then throw "${testName}: nodes.${n} must be an attribute set"
+      else if unknown != [ ] then throw "${testName}: nodes.${n} has no attribute `${builtins.head unknown}` (it takes ${builtins.concatStringsSep ", " known})"
+      else lib.compact {
+        os = v.os or null;
+        manager = v.manager or null;
+        profile = v.profile or null;
+        instances = v.instances or null;
+        vlans = v.vlans or null;
+        memory_mib = v.memoryMib or null;
+        cpus = v.cpus or null;
+      })
+    nodes;
+
   mkCell = os: processManager: profile:
     let
       params = profileParams.${profile} // { inherit processManager os profile; } // extraParams;
@@ -135,6 +162,7 @@ let
         # exists (not here yet), reported as ignored elsewhere.
         nixos_config = lib.jsonable nixosConfig;
         guest = guestTable;
+        nodes = nodesTable;
       };
     in
     # What the host must build or add before the guest can use the cell:

@@ -3,8 +3,8 @@
 //! profile the cell gives, a Debian 13 sysvinit `client` node that stays
 //! fixed) on a vde vlan, by name, over IPv4 and IPv6, across a partition
 //! (`block()` cuts the server's vlan NIC), as TOML steps and as a NixOS-style
-//! Python testScript. One cell each (CI's share; the whole matrix is
-//! `xdriver test tests/examples/client-server`).
+//! Python testScript, and from Nix. One cell each (CI's share; the whole
+//! matrix is `xdriver test tests/examples/client-server`).
 
 use xdriver_tests::{example, run_xdriver};
 
@@ -64,6 +64,18 @@ fn a_client_node_reaches_the_server_node_by_name_until_it_is_cut_off_in_toml_and
         let found = steps.iter().find(|(n, _)| n == want);
         assert_eq!(found.map(|(_, s)| s.as_str()), Some("pass"), "{want}: {steps:?}");
     }
+
+    // And from Nix (testService's `nodes`, Python hooks), the server under
+    // s6, unprivileged: Nix sorts the nodes, so `client` is node 1 there.
+    let (_w, dir) = cell("client-server-nix", "debian-12", "s6", "unprivileged");
+    let steps = steps_of(&dir);
+    for want in ["server.wait_for_open_port(8080)", "server.block()", "client.fail('curl -sf --max-time 5 http://server:8080/')"] {
+        let found = steps.iter().find(|(n, _)| n == want);
+        assert_eq!(found.map(|(_, s)| s.as_str()), Some("pass"), "{want}: {steps:?}");
+    }
+    let plan: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("plan.json")).expect("plan.json")).expect("json");
+    assert_eq!(plan["nodes"][0]["node"]["name"], "client", "{plan}");
+    assert_eq!(plan["nodes"][0]["node"]["index"], 1);
 }
 
 #[test]

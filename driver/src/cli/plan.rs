@@ -146,6 +146,12 @@ pub(super) fn main(args: PlanArgs) -> Result<i32, CliError> {
         let v: Vec<Value> = cells
             .iter()
             .map(|(c, p)| match p {
+                Some(p) if p.multi => serde_json::json!({
+                    "cell": c,
+                    "processes": p.resolved.system.processes,
+                    "nodes": p.nodes.iter().map(|n| serde_json::json!({ "node": n.node, "deploy": n.deploy })).collect::<Vec<_>>(),
+                    "steps": p.steps,
+                }),
                 Some(p) => serde_json::json!({
                     "cell": c,
                     "processes": p.resolved.system.processes,
@@ -190,25 +196,32 @@ pub fn render_text(c: &Cell, p: Option<&Prepared>) -> String {
             pr.dependencies.join(", ")
         ));
     }
-    s.push_str("\n--- deploy: prepare\n");
-    for c in &p.deploy.prepare {
-        s.push_str(&format!("$ {}\n", c.command));
-    }
-    for f in &p.deploy.files {
-        match (&f.contents, &f.link) {
-            (_, Some(t)) => s.push_str(&format!("\n--- file {} -> {t}\n", f.path)),
-            (Some(text), None) => {
-                s.push_str(&format!("\n--- file {} ({:04o})\n{text}", f.path, f.mode));
-                if !text.ends_with('\n') {
-                    s.push('\n');
-                }
-            }
-            (None, None) => {}
+    if p.multi {
+        s.push_str("nodes:\n");
+        let all: Vec<crate::spec::Node> = p.nodes.iter().map(|n| n.node.clone()).collect();
+        for n in &p.nodes {
+            let nd = &n.node;
+            let addrs: Vec<String> = nd.vlans.iter().map(|v| format!("vlan {v} {}", crate::vm::vlan::Nic { vlan: *v, node: nd.index }.addr())).collect();
+            let insts: Vec<&str> = p.resolved.system.processes.iter().map(|x| x.name.as_str()).filter(|i| crate::spec::node_of(&all, i).name == nd.name).collect();
+            s.push_str(&format!(
+                "  {} (node {}): {}/{}/{}, image {}, {}; instances: {}\n",
+                nd.name,
+                nd.index,
+                nd.os,
+                nd.manager,
+                nd.profile,
+                nd.image.as_deref().unwrap_or_else(|e| e),
+                addrs.join(", "),
+                if insts.is_empty() { "none".to_string() } else { insts.join(" ") }
+            ));
         }
-    }
-    s.push_str("\n--- deploy: run\n");
-    for c in &p.deploy.run {
-        s.push_str(&format!("[{}] $ {}\n", c.phase, c.command));
+        for n in &p.nodes {
+            if let Some(d) = &n.deploy {
+                render_deploy(&mut s, d, &format!(" of {}", n.node.name));
+            }
+        }
+    } else {
+        render_deploy(&mut s, &p.deploy, "");
     }
     s.push_str("\n--- steps\n");
     for st in &p.steps {
@@ -224,8 +237,33 @@ pub fn render_text(c: &Cell, p: Option<&Prepared>) -> String {
             }
             continue;
         }
-        s.push_str(&format!("[{}] {} (timeout {} s)\n", st.group, st.name, st.timeout.as_secs()));
+        let on = st.node.as_ref().map(|n| format!(" on {n}")).unwrap_or_default();
+        s.push_str(&format!("[{}] {} (timeout {} s){on}\n", st.group, st.name, st.timeout.as_secs()));
     }
     s.push('\n');
     s
+}
+
+/// A deployment's commands and files (`which`: "" or " of NODE").
+fn render_deploy(s: &mut String, d: &crate::runner::DeployPlan, which: &str) {
+    s.push_str(&format!("\n--- deploy{which}: prepare\n"));
+    for c in &d.prepare {
+        s.push_str(&format!("$ {}\n", c.command));
+    }
+    for f in &d.files {
+        match (&f.contents, &f.link) {
+            (_, Some(t)) => s.push_str(&format!("\n--- file {} -> {t}\n", f.path)),
+            (Some(text), None) => {
+                s.push_str(&format!("\n--- file {} ({:04o})\n{text}", f.path, f.mode));
+                if !text.ends_with('\n') {
+                    s.push('\n');
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    s.push_str(&format!("\n--- deploy{which}: run\n"));
+    for c in &d.run {
+        s.push_str(&format!("[{}] $ {}\n", c.phase, c.command));
+    }
 }

@@ -97,6 +97,8 @@ struct NixCell {
     guest: serde_json::Map<String, Value>,
     #[serde(default)]
     realise: Vec<String>,
+    #[serde(default)]
+    nodes: serde_json::Map<String, Value>,
 }
 
 /// A cell of a Nix spec, ready to prepare and run.
@@ -243,6 +245,9 @@ fn cell(file: &Path, attr: String, v: Value) -> Result<NixSpecCell, SpecError> {
     doc.insert("instances".into(), Value::Object(c.instances));
     if !c.guest.is_empty() {
         doc.insert("guest".into(), Value::Object(c.guest));
+    }
+    if !c.nodes.is_empty() {
+        doc.insert("nodes".into(), Value::Object(c.nodes));
     }
     let toml_value: toml::Value =
         serde_json::from_value(strip_nulls(Value::Object(doc))).map_err(|e| here(format!("not representable as a spec: {e}")))?;
