@@ -115,6 +115,18 @@ fn cell_panel(o: &mut String, i: usize, c: &CellReport) {
     if let Some(t) = &c.serial_tail {
         let _ = writeln!(o, "<details><summary>Serial log (tail)</summary><pre class=\"serial\">{}</pre></details>", escape(t));
     }
+    for n in &c.nodes {
+        let image = n.image.as_deref().map(|i| format!(", image {}", escape(i))).unwrap_or_default();
+        let _ = writeln!(o, "<details class=\"node\"><summary>Node <code>{}</code> ({}{image})</summary>", escape(&n.name), escape(&n.id));
+        let _ = writeln!(o, "<p>artifacts <code>{}</code></p>", escape(&n.artifacts_dir));
+        if let Some(png) = &n.screenshot_png {
+            let _ = writeln!(o, "<img class=\"shot\" alt=\"screenshot of node {}\" src=\"data:image/png;base64,{png}\">", escape(&n.name));
+        }
+        if let Some(t) = &n.serial_tail {
+            let _ = writeln!(o, "<details><summary>Serial log of {} (tail)</summary><pre class=\"serial\">{}</pre></details>", escape(&n.name), escape(t));
+        }
+        o.push_str("</details>\n");
+    }
     if !c.configs.is_empty() {
         let _ = writeln!(o, "<details><summary>Rendered configs ({})</summary>", c.configs.len());
         for f in &c.configs {

@@ -108,6 +108,51 @@ pub struct CellReport {
     pub screenshot_png: Option<String>,
     /// The rendered files deployed into the guest.
     pub configs: Vec<ConfigFile>,
+    /// A cell of several machines (`[nodes]`): each node, with its own
+    /// console and screen (absent for a cell of one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeReport>,
+}
+
+/// One machine of a cell of several.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeReport {
+    /// Its name.
+    pub name: String,
+    /// `os/manager/profile`.
+    pub id: String,
+    /// The image it booted.
+    pub image: Option<String>,
+    /// Its artifacts directory (`nodes/NAME/` in the cell's).
+    pub artifacts_dir: String,
+    /// Its serial log's last lines.
+    pub serial_tail: Option<String>,
+    /// Its screen when the cell failed, PNG as base64.
+    pub screenshot_png: Option<String>,
+}
+
+/// The nodes of a cell of several, from its plan.json and `nodes/`.
+fn node_reports(dir: &Path) -> Vec<NodeReport> {
+    let Ok(text) = std::fs::read_to_string(dir.join("plan.json")) else { return Vec::new() };
+    let Ok(plan) = serde_json::from_str::<serde_json::Value>(&text) else { return Vec::new() };
+    let Some(nodes) = plan["nodes"].as_array() else { return Vec::new() };
+    nodes
+        .iter()
+        .map(|n| {
+            let n = &n["node"];
+            let s = |k: &str| n[k].as_str().unwrap_or_default().to_string();
+            let name = s("name");
+            let ndir = dir.join("nodes").join(&name);
+            NodeReport {
+                id: format!("{}/{}/{}", s("os"), s("manager"), s("profile")),
+                image: n["image"]["Ok"].as_str().map(str::to_string),
+                artifacts_dir: ndir.display().to_string(),
+                serial_tail: std::fs::read(ndir.join("serial.log")).ok().map(|b| crate::vm::console::tail_lines(&b, SERIAL_LINES)),
+                screenshot_png: std::fs::read(ndir.join("screenshot.png")).ok().map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
+                name,
+            }
+        })
+        .collect()
 }
 
 /// A step group.
@@ -288,6 +333,7 @@ impl CellReport {
             serial_tail,
             screenshot_png,
             configs: read_configs(&r.dir),
+            nodes: node_reports(&r.dir),
         }
     }
 }

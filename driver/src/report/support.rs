@@ -104,6 +104,7 @@ mod tests {
             serial_tail: None,
             screenshot_png: None,
             configs: Vec::new(),
+            nodes: Vec::new(),
         }
     }
 

@@ -40,6 +40,7 @@ fn cell(id: &str, status: &str) -> CellReport {
         serial_tail: Some("login:".into()),
         screenshot_png: None,
         configs: vec![ConfigFile { path: "/etc/x.conf".into(), contents: "a < b".into() }],
+        nodes: Vec::new(),
     }
 }
 
@@ -134,4 +135,26 @@ fn output_is_capped_at_the_end() {
     let s = "x".repeat(100) + "END";
     let c = cap(&s, 10);
     assert!(c.ends_with("END") && c.starts_with("[…"), "{c}");
+}
+
+#[test]
+fn nodes_get_their_own_sections_and_older_reports_without_them_still_load() {
+    let mut c = cell("debian-12/s6/privileged", "fail");
+    c.nodes = vec![NodeReport {
+        name: "server".into(),
+        id: "debian-12/s6/privileged".into(),
+        image: Some("debian-12-sysvinit".into()),
+        artifacts_dir: "/r/nodes/server".into(),
+        serial_tail: Some("server <console>".into()),
+        screenshot_png: Some("iVBORw0KGgo=".into()),
+    }];
+    let html = super::html::render(&report(vec![c.clone()], "1/1"));
+    assert!(html.contains("Node <code>server</code> (debian-12/s6/privileged, image debian-12-sysvinit)"), "{html}");
+    assert!(html.contains("server &lt;console&gt;") && html.contains("alt=\"screenshot of node server\""));
+    // A cell of one writes no `nodes`; a report.json from before they
+    // existed reads as cells of one.
+    let one = serde_json::to_value(cell("debian-12/s6/privileged", "pass")).expect("json");
+    assert!(one.get("nodes").is_none(), "{one}");
+    let back: CellReport = serde_json::from_value(one).expect("reads");
+    assert!(back.nodes.is_empty());
 }
