@@ -1,4 +1,15 @@
-//! The host terminal: size and raw mode for interactive shells.
+//! The host terminal: size and raw mode for interactive shells, and who
+//! handles its Ctrl-C.
+
+/// Set while a command handles SIGINT/SIGTERM itself (`run --keep`, a VM
+/// kept by `test --keep`, a Python prompt), so the binary's global handler
+/// leaves its VM to it.
+pub static HANDLES_SIGNALS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the running command handles SIGINT/SIGTERM itself.
+pub fn handles_signals() -> bool {
+    HANDLES_SIGNALS.load(std::sync::atomic::Ordering::SeqCst)
+}
 
 /// (columns, rows) of the controlling terminal, 80x24 if unknown.
 pub fn size() -> (u32, u32) {

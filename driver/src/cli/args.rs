@@ -342,10 +342,7 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
-/// vCPUs of a VM when neither `--cpus` nor the spec says.
-pub const DEFAULT_CPUS: u32 = 2;
-/// Guest RAM (MiB) when neither `--mem-mib` nor the spec says.
-pub const DEFAULT_MEM_MIB: u32 = 1024;
+pub use crate::vm::{DEFAULT_CPUS, DEFAULT_MEM_MIB};
 
 /// Accelerator and size of each VM.
 #[derive(Debug, Args, Clone)]

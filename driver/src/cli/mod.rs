@@ -16,15 +16,7 @@ pub use error::CliError;
 pub use plan::render_text as plan_text;
 pub use test::{cell_line, exit_code};
 
-/// Set while a command handles SIGINT/SIGTERM itself (`run --keep`, a VM
-/// kept by `test --keep`, a Python prompt), so the binary's global handler
-/// leaves its VM to it.
-pub static HANDLES_SIGNALS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Whether the running command handles SIGINT/SIGTERM itself.
-pub fn handles_signals() -> bool {
-    HANDLES_SIGNALS.load(std::sync::atomic::Ordering::SeqCst)
-}
+pub use crate::terminal::{handles_signals, HANDLES_SIGNALS};
 
 /// Runs a parsed command line and returns the process exit code.
 pub async fn main(cli: Cli) -> Result<i32, CliError> {

@@ -896,7 +896,7 @@ async fn hold(ms: &mut [Machine<'_>], cell: &Cell, p: &Prepared, opts: &RunOptio
     use std::sync::atomic::Ordering;
     static TERMINAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _terminal = TERMINAL.lock().await;
-    crate::cli::HANDLES_SIGNALS.store(true, Ordering::SeqCst);
+    crate::terminal::HANDLES_SIGNALS.store(true, Ordering::SeqCst);
     let tty = std::io::stdin().is_terminal();
     let what = if ms.len() == 1 { "its VM is" } else { "its VMs are" };
     let mut text = format!("\nxdriver: {} failed; {what} kept running (--keep). Reach ", cell.id());
@@ -951,7 +951,7 @@ async fn hold(ms: &mut [Machine<'_>], cell: &Cell, p: &Prepared, opts: &RunOptio
         }
     }
     eprintln!("xdriver: {}: letting the kept VM go", cell.id());
-    crate::cli::HANDLES_SIGNALS.store(false, Ordering::SeqCst);
+    crate::terminal::HANDLES_SIGNALS.store(false, Ordering::SeqCst);
 }
 
 fn outcome_reason(o: &Outcome) -> String {

@@ -97,9 +97,9 @@ pub async fn session(ms: &mut [Machine<'_>], script: &PyScript, opts: &RunOption
     if mode == Mode::Prompt {
         // Ctrl-C at the prompt is Python's KeyboardInterrupt, not the end
         // of the run: the binary's handler leaves it alone meanwhile.
-        crate::cli::HANDLES_SIGNALS.store(true, std::sync::atomic::Ordering::SeqCst);
+        crate::terminal::HANDLES_SIGNALS.store(true, std::sync::atomic::Ordering::SeqCst);
         let r = run_session(ms, script, opts, timeout, result, mode).await;
-        crate::cli::HANDLES_SIGNALS.store(false, std::sync::atomic::Ordering::SeqCst);
+        crate::terminal::HANDLES_SIGNALS.store(false, std::sync::atomic::Ordering::SeqCst);
         return r;
     }
     run_session(ms, script, opts, timeout, result, mode).await

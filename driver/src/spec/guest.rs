@@ -120,12 +120,12 @@ impl GuestDef {
 
     /// The VM's RAM (MiB) the spec asks for, else the default.
     pub fn memory(&self) -> u32 {
-        self.memory_mib.as_ref().map_or(crate::cli::DEFAULT_MEM_MIB, |m| *m.get_ref())
+        self.memory_mib.as_ref().map_or(crate::vm::DEFAULT_MEM_MIB, |m| *m.get_ref())
     }
 
     /// The VM's vCPUs the spec asks for, else the default.
     pub fn vcpus(&self) -> u32 {
-        self.cpus.as_ref().map_or(crate::cli::DEFAULT_CPUS, |c| *c.get_ref())
+        self.cpus.as_ref().map_or(crate::vm::DEFAULT_CPUS, |c| *c.get_ref())
     }
 
     /// What a cell of `os` adds to its image; None when it adds nothing

@@ -148,6 +148,11 @@ impl VmError {
     }
 }
 
+/// vCPUs of a VM when neither `--cpus` nor the spec says.
+pub const DEFAULT_CPUS: u32 = 2;
+/// Guest RAM (MiB) when neither `--mem-mib` nor the spec says.
+pub const DEFAULT_MEM_MIB: u32 = 1024;
+
 /// Snapshots whose restores could not take their virtio-fs devices
 /// hot-plugged, in this process: later VMs of their shape that need
 /// virtio-fs boot cold at once instead of trying again.
@@ -256,8 +261,8 @@ impl VmConfig {
             name: name.into(),
             image,
             accel: Accel::Tcg,
-            cpus: 2,
-            mem_mib: 1024,
+            cpus: DEFAULT_CPUS,
+            mem_mib: DEFAULT_MEM_MIB,
             shares: Vec::new(),
             ssh: true,
             boot_timeout: Duration::from_secs(120),
