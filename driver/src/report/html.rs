@@ -11,6 +11,11 @@ use crate::runner::StepStatus;
 
 const STYLE: &str = r#"
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
+.timeline{margin:1em 0;max-width:70em}.axis{color:#666;font-size:12px;margin-left:16em}
+.tl-row{display:flex;align-items:center;height:1.3em}.tl-label{width:16em;flex:none;font-size:12px;white-space:pre;overflow:hidden;text-overflow:ellipsis}
+.tl-bar{position:relative;flex:1;height:1em;background:#f3f3f3}.tl-bar span{position:absolute;top:0;height:100%;min-width:1px}
+.tl-key span{display:inline-block;width:1em;height:.8em;margin:0 .2em 0 .8em;vertical-align:middle}
+.tl-image{background:#9e9e9e}.tl-boot{background:#5c6bc0}.tl-vlans{background:#26a69a}.tl-deploy{background:#ffa726}.tl-readiness{background:#ab47bc}.tl-tests{background:#66bb6a}.tl-shutdown{background:#bdbdbd}
 h1{font-size:1.3em} h2{font-size:1.1em;margin-top:1.5em}
 table.grid{border-collapse:collapse;margin:1em 0}
 table.grid th,table.grid td{border:1px solid #bbb;padding:.4em .8em;text-align:left}
@@ -183,10 +188,45 @@ pub fn render(r: &Report) -> String {
         }
         o.push_str("</tr>\n");
     }
-    o.push_str("</table>\n<h2>Cells</h2>\n");
+    o.push_str("</table>\n");
+    timeline(&mut o, r);
+    o.push_str("<h2>Cells</h2>\n");
     for (i, c) in r.cells.iter().enumerate() {
         cell_panel(&mut o, i, c);
     }
     o.push_str("</body></html>\n");
     o
+}
+
+/// Every cell's phases (and each node's boot and vlans) on one time axis
+/// of the run: where the time went, at a glance.
+fn timeline(o: &mut String, r: &Report) {
+    let cells: Vec<(usize, &CellReport, f64)> = r.cells.iter().enumerate().filter_map(|(i, c)| c.started_at.filter(|_| !c.timeline.is_empty()).map(|t| (i, c, t))).collect();
+    let Some(t0) = cells.iter().map(|c| c.2).reduce(f64::min) else { return };
+    let end = cells.iter().map(|(_, c, t)| t - t0 + c.timeline.iter().map(|s| s.end_s).fold(0.0, f64::max)).fold(0.0, f64::max).max(1.0);
+    let pct = |s: f64| format!("{:.3}%", (s / end * 100.0).clamp(0.0, 100.0));
+    let _ = writeln!(o, "<h2>Timeline</h2>\n<div class=\"timeline\"><div class=\"axis\">0 s … {end:.1} s</div>");
+    for (i, c, t) in cells {
+        let off = t - t0;
+        let mut rows: Vec<(String, Vec<&crate::runner::Span>)> = vec![(c.id.clone(), c.timeline.iter().filter(|s| s.node.is_none()).collect())];
+        for n in &c.nodes {
+            rows.push((format!("  {}", n.name), c.timeline.iter().filter(|s| s.node.as_deref() == Some(&n.name)).collect()));
+        }
+        for (label, spans) in rows {
+            let _ = write!(o, "<div class=\"tl-row\"><a class=\"tl-label\" href=\"#{}\">{}</a><div class=\"tl-bar\">", anchor(i), escape(&label));
+            for s in spans {
+                let _ = write!(
+                    o,
+                    "<span class=\"tl-{w}\" style=\"left:{l};width:{wd}\" title=\"{w}: {d:.1} s (at {a:.1} s)\"></span>",
+                    w = escape(&s.what),
+                    l = pct(off + s.start_s),
+                    wd = pct((s.end_s - s.start_s).max(0.0)),
+                    d = s.end_s - s.start_s,
+                    a = off + s.start_s
+                );
+            }
+            o.push_str("</div></div>\n");
+        }
+    }
+    o.push_str("<p class=\"tl-key\"><span class=\"tl-image\"></span>image <span class=\"tl-boot\"></span>boot or restore <span class=\"tl-vlans\"></span>vlans <span class=\"tl-deploy\"></span>deploy <span class=\"tl-readiness\"></span>readiness <span class=\"tl-tests\"></span>tests <span class=\"tl-shutdown\"></span>shutdown</p></div>\n");
 }

@@ -112,6 +112,13 @@ pub struct CellReport {
     /// console and screen (absent for a cell of one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<NodeReport>,
+    /// When the cell started (seconds since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<f64>,
+    /// Where its time went: phases, and each node's boot and vlans, in
+    /// seconds from its start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<crate::runner::Span>,
 }
 
 /// One machine of a cell of several.
@@ -334,6 +341,8 @@ impl CellReport {
             screenshot_png,
             configs: read_configs(&r.dir),
             nodes: node_reports(&r.dir),
+            started_at: Some(r.started_at).filter(|t| *t > 0.0),
+            timeline: r.timeline.clone(),
         }
     }
 }

@@ -105,6 +105,8 @@ mod tests {
             screenshot_png: None,
             configs: Vec::new(),
             nodes: Vec::new(),
+            started_at: None,
+            timeline: Vec::new(),
         }
     }
 

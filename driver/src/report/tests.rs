@@ -41,6 +41,8 @@ fn cell(id: &str, status: &str) -> CellReport {
         screenshot_png: None,
         configs: vec![ConfigFile { path: "/etc/x.conf".into(), contents: "a < b".into() }],
         nodes: Vec::new(),
+        started_at: None,
+        timeline: Vec::new(),
     }
 }
 
@@ -157,4 +159,31 @@ fn nodes_get_their_own_sections_and_older_reports_without_them_still_load() {
     assert!(one.get("nodes").is_none(), "{one}");
     let back: CellReport = serde_json::from_value(one).expect("reads");
     assert!(back.nodes.is_empty());
+}
+
+#[test]
+fn the_timeline_puts_every_cells_phases_and_nodes_on_one_axis() {
+    use crate::runner::Span;
+    let span = |what: &str, node: Option<&str>, a: f64, b: f64| Span { what: what.into(), node: node.map(Into::into), start_s: a, end_s: b };
+    let mut first = cell("debian-12/s6/privileged", "pass");
+    first.started_at = Some(1000.0);
+    first.timeline = vec![span("boot", None, 0.0, 5.0), span("tests", None, 5.0, 10.0), span("boot", Some("server"), 0.0, 4.0)];
+    first.nodes = vec![NodeReport {
+        name: "server".into(),
+        id: "debian-12/s6/privileged".into(),
+        image: None,
+        artifacts_dir: String::new(),
+        serial_tail: None,
+        screenshot_png: None,
+    }];
+    let mut second = cell("debian-12/systemd/privileged", "pass");
+    second.started_at = Some(1010.0);
+    second.timeline = vec![span("deploy", None, 0.0, 10.0)];
+    let html = super::html::render(&report(vec![first, second], "1/1"));
+    assert!(html.contains("0 s … 20.0 s"), "the axis spans the run: {html}");
+    // The second cell starts half-way along the run, and lasts half of it.
+    assert!(html.contains("class=\"tl-deploy\" style=\"left:50.000%;width:50.000%\""), "{html}");
+    assert!(html.contains("class=\"tl-boot\" style=\"left:0.000%;width:20.000%\" title=\"boot: 4.0 s (at 0.0 s)\""), "the node's row: {html}");
+    // A report without timelines (older, or merged from one) has none.
+    assert!(!super::html::render(&report(vec![cell("debian-12/s6/privileged", "pass")], "1/1")).contains("<h2>Timeline</h2>"));
 }

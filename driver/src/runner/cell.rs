@@ -129,6 +129,60 @@ pub struct CellResult {
     /// How its VM came up: a cold boot (and why), or restored from which
     /// RAM snapshot.
     pub start: Option<String>,
+    /// When it started (seconds since the Unix epoch): the run's timeline
+    /// lines its cells up by it.
+    pub started_at: f64,
+    /// Where its time went: each phase, and each node's boot (or restore)
+    /// in a cell of several, from the cell's start.
+    pub timeline: Vec<Span>,
+}
+
+/// A stretch of a cell's time.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Span {
+    /// The phase (`image`, `boot`, `deploy`, `readiness`, `tests`,
+    /// `shutdown`), or `boot` of a node.
+    pub what: String,
+    /// The node, for a node's own span.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Seconds from the cell's start.
+    pub start_s: f64,
+    /// Seconds from the cell's start.
+    pub end_s: f64,
+}
+
+/// Passes phases on to the run's display and keeps them for the cell's
+/// timeline.
+struct PhaseLog<'a> {
+    inner: &'a dyn Progress,
+    t0: Instant,
+    marks: std::sync::Mutex<Vec<(Phase, f64)>>,
+}
+
+impl Progress for PhaseLog<'_> {
+    fn phase(&self, cell: &Cell, phase: Phase) {
+        self.marks.lock().expect("lock").push((phase, self.t0.elapsed().as_secs_f64()));
+        self.inner.phase(cell, phase);
+    }
+    fn finished(&self, result: &CellResult, line: &str) {
+        self.inner.finished(result, line);
+    }
+    fn note(&self, line: &str) {
+        self.inner.note(line);
+    }
+}
+
+impl PhaseLog<'_> {
+    /// The phases as spans, the last one ending at `end_s`.
+    fn spans(&self, end_s: f64) -> Vec<Span> {
+        let marks = self.marks.lock().expect("lock");
+        marks
+            .iter()
+            .enumerate()
+            .map(|(i, (p, start))| Span { what: p.name().into(), node: None, start_s: *start, end_s: marks.get(i + 1).map_or(end_s, |m| m.1) })
+            .collect()
+    }
 }
 
 impl CellResult {
@@ -146,6 +200,8 @@ impl CellResult {
             screenshot: None,
             serial_tail: None,
             start: None,
+            started_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+            timeline: Vec::new(),
         }
     }
 
@@ -385,6 +441,7 @@ pub fn write_configs(dir: &Path, p: &Prepared) -> std::io::Result<()> {
 /// Runs one cell, reporting its phases to `progress`.
 pub async fn run(spec: &Spec, cell: &Cell, prepared: Option<Prepared>, shares: &[Share], opts: &RunOptions, progress: &dyn Progress) -> CellResult {
     let started = Instant::now();
+    let progress = &PhaseLog { inner: progress, t0: started, marks: std::sync::Mutex::new(Vec::new()) };
     let dir = opts.cell_dir(spec, cell);
     let mut result = CellResult::new(cell, dir.clone(), Outcome::Pass);
     result.steps_total = prepared.as_ref().map(|p| p.steps.len()).unwrap_or(0);
@@ -442,6 +499,9 @@ pub async fn run(spec: &Spec, cell: &Cell, prepared: Option<Prepared>, shares: &
         result.screenshot = None;
         result.serial_tail = None;
     }
+    let nodes = std::mem::take(&mut result.timeline);
+    result.timeline = progress.spans(started.elapsed().as_secs_f64());
+    result.timeline.extend(nodes);
     finish(result, started)
 }
 
@@ -580,23 +640,34 @@ async fn boot_and_test(cell: &Cell, p: &Prepared, shares: &[Share], opts: &RunOp
         Ok(v) => v,
         Err(reason) => return (Outcome::Error { reason }, false),
     };
+    // Seconds since the cell started, for its timeline.
+    let since_start = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0) - result.started_at;
     let starts = cfgs.into_iter().zip(&p.nodes).map(|(mut cfg, n)| {
         cfg.boot_timeout = boot_timeout.max(Duration::from_secs(1));
         let (switches, hosts) = (&switches, &hosts);
         async move {
+            let t = std::time::SystemTime::now();
             let vm = Vm::start(cfg).await.map_err(|e| (true, format!("boot: {}", chain_error(&e))))?;
+            let booted = std::time::SystemTime::now();
             if let Err(e) = join_vlans(&vm, n, switches, hosts).await {
                 let _ = vm.quit().await;
                 return Err((false, e));
             }
-            Ok(vm)
+            Ok((vm, [t, booted, std::time::SystemTime::now()]))
         }
     });
     let mut up = Vec::new();
     let mut failed = None;
     for (i, r) in futures::future::join_all(starts).await.into_iter().enumerate() {
         match r {
-            Ok(vm) => up.push(Some(vm)),
+            Ok((vm, [t, booted, joined])) => {
+                if p.multi {
+                    let node = Some(p.nodes[i].node.name.clone());
+                    result.timeline.push(Span { what: "boot".into(), node: node.clone(), start_s: since_start(t), end_s: since_start(booted) });
+                    result.timeline.push(Span { what: "vlans".into(), node, start_s: since_start(booted), end_s: since_start(joined) });
+                }
+                up.push(Some(vm));
+            }
             Err(e) => {
                 failed = failed.or(Some((i, e)));
                 up.push(None);

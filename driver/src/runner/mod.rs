@@ -9,7 +9,7 @@ pub mod progress;
 mod transcript;
 
 pub use cell::{
-    prepare, profile, run, shares, warm, write_configs, Attempt, CellResult, GroupResult, Outcome, Prepared, RunOptions, StepResult, StepStatus, DEADLINE, INTERACTIVE,
+    prepare, profile, run, shares, warm, write_configs, Attempt, CellResult, GroupResult, NodePrepared, Outcome, Prepared, RunOptions, Span, StepResult, StepStatus, DEADLINE, INTERACTIVE,
 };
 pub use deploy::{plan, tar, DeployCommand, DeployPlan};
 pub use machine::{describe, Machine, StepError};
