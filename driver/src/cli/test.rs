@@ -3,12 +3,12 @@
 //! table at the end, optional reports, and an exit code that tells test
 //! failures from infrastructure failures.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use futures::FutureExt;
 use tokio::sync::Semaphore;
+
+pub use crate::runner::schedule::cell_line;
 
 use super::args::TestArgs;
 use super::error::CliError;
@@ -17,22 +17,6 @@ use crate::exit;
 use crate::report::Report;
 use crate::runner::progress::{self, Progress};
 use crate::runner::{self, CellResult, Outcome, RunOptions};
-
-/// The line printed for a finished cell.
-pub fn cell_line(r: &CellResult) -> String {
-    let id = r.cell.id();
-    let tries = if r.attempts.is_empty() { String::new() } else { format!(" [{} tries]", r.attempts.len() + 1) };
-    match &r.outcome {
-        Outcome::Pass => format!("PASS  {id:<36} {:>6.1} s  ({} steps){tries}", r.duration_s, r.steps_passed),
-        Outcome::Fail { group, step, reason } => {
-            format!("FAIL  {id:<36} {:>6.1} s  {group} › {step}{tries}\n      {}", r.duration_s, reason.replace('\n', "\n      "))
-        }
-        Outcome::Skip { reason } => format!("SKIP  {id:<36}           {reason}"),
-        Outcome::Error { reason } => {
-            format!("ERROR {id:<36} {:>6.1} s  infrastructure{tries}: {}", r.duration_s, reason.replace('\n', "\n      "))
-        }
-    }
-}
 
 /// The exit code for a set of results: tests failed (100) beats
 /// infrastructure failed (125) beats no cell run (4) beats success.
@@ -133,50 +117,7 @@ pub(super) async fn main(args: TestArgs) -> Result<i32, CliError> {
     let plain = args.no_progress || args.interactive || args.keep;
     let progress: Box<dyn Progress> = if plain { Box::new(progress::Lines::new()) } else { progress::for_terminal(runnable) };
     let progress = progress.as_ref();
-    let permits = Semaphore::new(jobs);
-    let stop = AtomicBool::new(false);
-    let run_cell = |cell: crate::spec::Cell, prepared| {
-        let (spec, shares, opts, permits, stop) = (&spec, &shares, &opts, &permits, &stop);
-        async move {
-            let not_run = |outcome| CellResult::new(&cell, opts.cell_dir(spec, &cell), outcome);
-            let r = if cell.image.is_err() {
-                runner::run(spec, &cell, prepared, shares, opts, progress).await
-            } else {
-                let _permit = permits.acquire().await.expect("semaphore open");
-                if stop.load(Ordering::SeqCst) {
-                    not_run(Outcome::Skip { reason: "not run: --fail-fast stopped the run after a failure".into() })
-                } else {
-                    // A panic in one cell must not take the others down.
-                    match AssertUnwindSafe(runner::run(spec, &cell, prepared, shares, opts, progress)).catch_unwind().await {
-                        Ok(r) => r,
-                        Err(p) => {
-                            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
-                            not_run(Outcome::Error { reason: format!("xdriver bug: the cell's task panicked: {}", msg.unwrap_or_default()) })
-                        }
-                    }
-                }
-            };
-            if args.fail_fast && matches!(r.outcome, Outcome::Fail { .. } | Outcome::Error { .. }) {
-                stop.store(true, Ordering::SeqCst);
-            }
-            progress.finished(&r, &cell_line(&r));
-            r
-        }
-    };
-    // Cells take their turns (the semaphore is fair) in an order that
-    // starts the first cell of every image before the second of any: an
-    // image's first cell boots it cold and saves its RAM snapshot, and the
-    // later ones restore it, rather than waiting beside it.
-    let order = start_order(cells.iter().map(|(c, _)| c.image.as_ref().ok().map(String::as_str)));
-    let mut slots: Vec<Option<(crate::spec::Cell, _)>> = cells.into_iter().map(Some).collect();
-    let started_cells = order.iter().map(|&i| {
-        let (c, p) = slots[i].take().expect("each cell once");
-        let fut = run_cell(c, p);
-        async move { (i, fut.await) }
-    });
-    let mut indexed: Vec<(usize, CellResult)> = futures::future::join_all(started_cells.collect::<Vec<_>>()).await;
-    indexed.sort_by_key(|(i, _)| *i);
-    let results: Vec<CellResult> = indexed.into_iter().map(|(_, r)| r).collect();
+    let results = runner::schedule::run_cells(&spec, cells, &shares, &opts, jobs, args.fail_fast, progress).await;
     let report = Report::new(&spec.file.name, &results, started.elapsed().as_secs_f64(), args.shard.map(|s| s.to_string()));
     println!();
     print!("{}", crate::report::summary(&report));
@@ -243,33 +184,4 @@ async fn prepare_only(
     });
     futures::future::join_all(work).await;
     Ok(if failed.load(Ordering::SeqCst) { exit::INFRA } else { exit::SUCCESS })
-}
-
-/// The order cells start in: by how many cells of the same image come
-/// before them (first cells of every image, then second ones, …), else as
-/// listed. Cells without an image (skipped) keep their place in front.
-fn start_order<'a>(images: impl Iterator<Item = Option<&'a str>>) -> Vec<usize> {
-    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-    let mut rank: Vec<(usize, usize)> = images
-        .enumerate()
-        .map(|(i, img)| match img {
-            None => (0, i),
-            Some(img) => {
-                let n = seen.entry(img).or_default();
-                *n += 1;
-                (*n - 1, i)
-            }
-        })
-        .collect();
-    rank.sort();
-    rank.into_iter().map(|(_, i)| i).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn every_images_first_cell_starts_before_any_second_one() {
-        let images = [Some("systemd"), Some("systemd"), Some("sysvinit"), None, Some("sysvinit"), Some("openrc"), Some("sysvinit")];
-        assert_eq!(super::start_order(images.into_iter()), vec![0, 2, 3, 5, 1, 4, 6]);
-    }
 }

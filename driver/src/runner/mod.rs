@@ -5,6 +5,7 @@ mod cell;
 mod deploy;
 mod machine;
 pub mod python;
+pub mod schedule;
 pub mod progress;
 mod transcript;
 
