@@ -95,6 +95,11 @@ def _call(op, **args):
     if not reply:
         raise MachineError("xdriver closed the channel (the run's deadline, or xdriver stopped)")
     r = json.loads(reply)
+    # What the nodes' serial consoles printed since the last call (while
+    # serial_stdout is on), as the NixOS driver logs it: "node # line".
+    for node, text in (r.get("console") or {}).items():
+        for line in text.splitlines():
+            print(f"{node} # {line}", file=sys.stderr)
     if "error" in r:
         if r.get("kind") == "failed":
             raise RequestedAssertionFailed(r["error"])
@@ -418,11 +423,13 @@ def _step_json(call, action, timeout, node=None):
 
 
 def serial_stdout_on():
-    pass
+    """Each node's serial console goes to the script's log (python.log), a
+    call at a time (on at the start, as in the NixOS driver)."""
+    _call("serial_stdout", on=True)
 
 
 def serial_stdout_off():
-    pass
+    _call("serial_stdout", on=False)
 
 
 @contextlib.contextmanager

@@ -33,6 +33,10 @@ fn a_python_script_drives_the_machine_api_and_a_failing_line_is_reported_where_i
         assert!(steps.iter().any(|s| s == want), "no step {want}: {steps:?}");
     }
     assert!(steps.len() >= 25, "{steps:?}");
+    // The console went to the script's log while serial_stdout was on only.
+    let log = std::fs::read_to_string(results.join("debian-12-systemd-privileged/python.log")).expect("python.log");
+    assert!(log.lines().any(|l| l == "machine # console-while-on"), "{log}");
+    assert!(!log.contains("machine # console-while-off"), "{log}");
     // The failing cell: the traceback names the script line, the spec line
     // it came from, and the command's output.
     let bad: serde_json::Value =

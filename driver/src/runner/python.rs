@@ -4,7 +4,7 @@
 //! here as one line of JSON; each is run on the cell's VM and recorded as
 //! a step of the group its script line came from.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -155,6 +155,11 @@ async fn run_session(ms: &mut [Machine<'_>], script: &PyScript, opts: &RunOption
     let mut from_py = BufReader::new(rd).lines();
     let mut done = false;
     let mut failure: Option<Outcome> = None;
+    // serial_stdout: each node's console since the last call goes back with
+    // every reply (on from the start, as the NixOS driver logs it), read
+    // from where the script started.
+    let mut serial_stdout = true;
+    let mut console_at: Vec<(PathBuf, u64)> = ms.iter().map(|m| serial_end(&m.vm.run_dir().join("serial.log"))).collect();
     // The reason of the last call that failed, by script line: the
     // traceback that follows it gets the command's output appended.
     let mut last_fail: Option<(usize, String)> = None;
@@ -186,6 +191,17 @@ async fn run_session(ms: &mut [Machine<'_>], script: &PyScript, opts: &RunOption
         match op.as_str() {
             "done" => {
                 done = true;
+                continue;
+            }
+            "serial_stdout" => {
+                serial_stdout = req["on"].as_bool().unwrap_or(true);
+                if serial_stdout {
+                    // From now on: what it printed while off is not logged.
+                    console_at = ms.iter().map(|m| serial_end(&m.vm.run_dir().join("serial.log"))).collect();
+                }
+                if to_py.write_all(b"{\"value\":null}\n").await.is_err() {
+                    break;
+                }
                 continue;
             }
             "failed" => {
@@ -228,7 +244,20 @@ async fn run_session(ms: &mut [Machine<'_>], script: &PyScript, opts: &RunOption
         if d.status != StepStatus::Pass {
             last_fail = Some((at, d.message.clone().unwrap_or_default()));
         }
-        let mut text = d.reply.to_string();
+        let mut reply = d.reply;
+        if serial_stdout {
+            let mut console = serde_json::Map::new();
+            for (m, at) in ms.iter().zip(console_at.iter_mut()) {
+                let text = serial_since(&m.vm.run_dir().join("serial.log"), at);
+                if !text.is_empty() {
+                    console.insert(m.name.clone(), json!(text));
+                }
+            }
+            if !console.is_empty() {
+                reply["console"] = Value::Object(console);
+            }
+        }
+        let mut text = reply.to_string();
         text.push('\n');
         if to_py.write_all(text.as_bytes()).await.is_err() {
             break;
@@ -255,6 +284,28 @@ async fn run_session(ms: &mut [Machine<'_>], script: &PyScript, opts: &RunOption
         )));
     }
     Ok(())
+}
+
+/// A serial log's path and its length now.
+fn serial_end(path: &Path) -> (PathBuf, u64) {
+    (path.to_path_buf(), std::fs::metadata(path).map(|m| m.len()).unwrap_or(0))
+}
+
+/// What `path` got since `at` (a VM started again has a new log: from its
+/// start), with `at` moved to its end; carriage returns dropped.
+fn serial_since(path: &Path, at: &mut (PathBuf, u64)) -> String {
+    use std::io::{Read, Seek};
+    if at.0 != path {
+        *at = (path.to_path_buf(), 0);
+    }
+    let Ok(mut f) = std::fs::File::open(path) else { return String::new() };
+    if f.seek(std::io::SeekFrom::Start(at.1)).is_err() {
+        return String::new();
+    }
+    let mut buf = Vec::new();
+    let _ = f.take(1 << 20).read_to_end(&mut buf);
+    at.1 += buf.len() as u64;
+    String::from_utf8_lossy(&buf).replace('\r', "")
 }
 
 /// Does one call.
