@@ -39,6 +39,18 @@ pub fn default_jobs(mem_mib: u32) -> (usize, String) {
     (jobs, why)
 }
 
+/// Cells at once by default: the VMs [`default_jobs`] allows, divided by
+/// the VMs of the largest cell (a cell of N nodes runs N), at least 1.
+pub fn default_cell_jobs(mem_mib: u32, cells: &[(crate::spec::Cell, Option<crate::runner::Prepared>)]) -> (usize, String) {
+    let (vms, why) = default_jobs(mem_mib);
+    let per_cell = cells.iter().filter_map(|(_, p)| p.as_ref().map(|p| p.nodes.len())).max().unwrap_or(1);
+    if per_cell > 1 {
+        ((vms / per_cell).max(1), format!("{why}; {vms} VMs at a time, {per_cell} per cell"))
+    } else {
+        (vms, why)
+    }
+}
+
 pub(super) fn main(args: ListArgs) -> Result<i32, CliError> {
     let (spec, cells) = super::plan::load(&args.cells)?;
     let cells = shard_of(cells, args.shard);
@@ -87,7 +99,7 @@ pub(super) fn main(args: ListArgs) -> Result<i32, CliError> {
             (Err(why), _) => println!("SKIP  {:<36} {why}", c.id()),
         }
     }
-    let (jobs, why) = default_jobs(1024);
+    let (jobs, why) = default_cell_jobs(spec.file.guest.memory(), &cells);
     println!(
         "{}: {} cells, {runnable} to run, {} skipped{}; default --jobs here: {jobs} ({why})",
         spec.file.name,

@@ -64,16 +64,7 @@ pub(super) async fn main(args: TestArgs) -> Result<i32, CliError> {
     let (jobs, why) = match args.jobs {
         Some(0) => return Err(CliError::usage("--jobs must be at least 1")),
         Some(j) => (j, "--jobs".to_string()),
-        None => {
-            // The default budgets VMs, not cells: a cell of N nodes runs N.
-            let (vms, why) = super::list::default_jobs(args.vm.mem_mib.unwrap_or(spec.file.guest.memory()));
-            let per_cell = cells.iter().filter_map(|(_, p)| p.as_ref().map(|p| p.nodes.len())).max().unwrap_or(1);
-            if per_cell > 1 {
-                ((vms / per_cell).max(1), format!("{why}; {vms} VMs at a time, {per_cell} per cell"))
-            } else {
-                (vms, why)
-            }
-        }
+        None => super::list::default_cell_jobs(args.vm.mem_mib.unwrap_or(spec.file.guest.memory()), &cells),
     };
     let mut store = crate::vm::nix_store::StorePlan::from_flags(args.vm.store.as_deref(), args.vm.no_store, args.vm.share_fs).map_err(CliError::usage)?;
     if let Some(plan) = &mut store {
