@@ -11,29 +11,41 @@ use crate::provision::{file, FsEntry};
 pub(super) const SCRIPT_PATH: &str = "/etc/init.d/xdriver-sysinit";
 
 /// Debian's early boot scripts (from `initscripts`, `procps`, `ifupdown`,
-/// `udev`, `kmod`) the script replaces. Under TCG each cost 0.3-9 s of
-/// shell (measured on Debian 12 by running each again in a booted guest:
-/// checkroot.sh 8.7 s, mountall.sh 5.0 s, mountkernfs.sh 4.3 s,
-/// mountdevsubfs.sh 3.3 s): 23 s of a sysvinit boot against systemd's 5 s.
-pub(super) const REPLACED: &[&str] = &[
-    "hostname.sh",
-    "mountkernfs.sh",
-    "mountdevsubfs.sh",
-    "checkroot.sh",
-    "checkroot-bootclean.sh",
-    "mountall.sh",
-    "mountall-bootclean.sh",
-    "bootmisc.sh",
-    "procps",
-    "networking",
-    "udev",
-    "kmod",
-    // No-ops in these images, each a second of OpenRC's LSB wrapper: the
-    // early boot makes no /etc/nologin for rmnologin to remove, and there
-    // is no /etc/rc.local (xdriver's systemd images mask its generator).
-    "rmnologin",
-    "rc.local",
-];
+/// `udev`, `kmod`) the script replaces, followed by the names given: one
+/// list for [`REPLACED`] and for what an init adds to it (OpenRC's). Under
+/// TCG each cost 0.3-9 s of shell (measured on Debian 12 by running each
+/// again in a booted guest: checkroot.sh 8.7 s, mountall.sh 5.0 s,
+/// mountkernfs.sh 4.3 s, mountdevsubfs.sh 3.3 s): 23 s of a sysvinit boot
+/// against systemd's 5 s.
+macro_rules! replaced_and {
+    ($($extra:literal),* $(,)?) => {
+        &[
+            "hostname.sh",
+            "mountkernfs.sh",
+            "mountdevsubfs.sh",
+            "checkroot.sh",
+            "checkroot-bootclean.sh",
+            "mountall.sh",
+            "mountall-bootclean.sh",
+            "bootmisc.sh",
+            "procps",
+            "networking",
+            "udev",
+            "kmod",
+            // No-ops in these images, each a second of OpenRC's LSB wrapper:
+            // the early boot makes no /etc/nologin for rmnologin to remove,
+            // and there is no /etc/rc.local (xdriver's systemd images mask
+            // its generator).
+            "rmnologin",
+            "rc.local",
+            $($extra),*
+        ]
+    };
+}
+pub(super) use replaced_and;
+
+/// The boot scripts the script replaces (see [`replaced_and`]).
+pub(super) const REPLACED: &[&str] = replaced_and!();
 
 /// The script. `start` does the work; `boot` (sysvinit's `si::sysinit`
 /// line) then hands over to Debian's rcS when rcS.d still has scripts (ones

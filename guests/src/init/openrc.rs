@@ -1,7 +1,7 @@
 //! OpenRC as the rc system under sysvinit as PID 1: Debian's `openrc`
 //! with `sysvinit-core`.
 
-use crate::provision::{FsEntry, BACKDOOR_PATH};
+use crate::provision::FsEntry;
 
 use super::early;
 use super::registry::InitSystem;
@@ -10,45 +10,15 @@ use super::registry::InitSystem;
 /// early boot replaces, and OpenRC's `cgroups` (its `openrc` action mounts
 /// cgroup v2 as that service does in the unified mode these images set; the
 /// script stays, for services that name it).
-const REPLACED: &[&str] = &[
-    "hostname.sh",
-    "mountkernfs.sh",
-    "mountdevsubfs.sh",
-    "checkroot.sh",
-    "checkroot-bootclean.sh",
-    "mountall.sh",
-    "mountall-bootclean.sh",
-    "bootmisc.sh",
-    "procps",
-    "networking",
-    "udev",
-    "kmod",
-    "rmnologin",
-    "rc.local",
-    "cgroups",
-];
+const REPLACED: &[&str] = early::replaced_and!("cgroups");
 
 /// What an OpenRC image deletes from /etc/init.d: the scripts xdriver's
-/// early boot replaces and the boot scripts that are off in every image
-/// (none is in a runlevel, and no script left `need`s one). OpenRC forces
+/// early boot replaces (not `cgroups`) and the boot scripts that are off
+/// in every image (none is in a runlevel, and no script left `need`s one). OpenRC forces
 /// a rebuild of its dependency cache at every boot (rc.c, `do_sysinit`),
 /// which sources every script in /etc/init.d: measured in a booted Debian
 /// 12 guest, `rc-update -u` took 5.2 s over 37 scripts.
-const PRUNED: &[&str] = &[
-    "hostname.sh",
-    "mountkernfs.sh",
-    "mountdevsubfs.sh",
-    "checkroot.sh",
-    "checkroot-bootclean.sh",
-    "mountall.sh",
-    "mountall-bootclean.sh",
-    "bootmisc.sh",
-    "procps",
-    "networking",
-    "udev",
-    "kmod",
-    "rmnologin",
-    "rc.local",
+const PRUNED: &[&str] = early::replaced_and!(
     // Off in these images already: no fsck (the root is checked by
     // nothing: a test VM's overlay is new), no NFS, the kernel sets the
     // clock from the RTC and seeds its own RNG.
@@ -67,7 +37,7 @@ const PRUNED: &[&str] = &[
     "single",
     "agetty",
     "umountnfs.sh",
-];
+);
 
 /// OpenRC.
 #[derive(Debug)]
@@ -104,12 +74,11 @@ impl InitSystem for Openrc {
                 text: "\n# xdriver: cgroup v2 only (the default, hybrid, mounts each v1 controller too)\nrc_cgroup_mode=\"unified\"\n".into(),
             },
             // PID 1 (sysvinit) respawns the backdoor, as in the sysvinit
-            // image: inittab's entries start after the runlevel's `wait`
-            // line (`openrc default`), so it comes up once OpenRC has
-            // started the default runlevel. As an OpenRC service it cost a
-            // second more of openrc-run and supervise-daemon under TCG,
-            // and its script a share of every boot's dependency cache.
-            FsEntry::Append { path: "/etc/inittab".into(), text: format!("XD:2345:respawn:{BACKDOOR_PATH}\n") },
+            // image, once OpenRC has started the default runlevel. As an
+            // OpenRC service it cost a second more of openrc-run and
+            // supervise-daemon under TCG, and its script a share of every
+            // boot's dependency cache.
+            super::sysvinit::backdoor_inittab(),
         ]
     }
     fn replaced_boot_scripts(&self) -> &'static [&'static str] {

@@ -31,9 +31,7 @@ impl InitSystem for Sysvinit {
                 new: format!("si::sysinit:{} boot", early::SCRIPT_PATH),
             },
             inittab(acpid),
-            // inittab entries start after the runlevel's `wait` rc line, so
-            // the backdoor comes up once the boot scripts have run.
-            FsEntry::Append { path: "/etc/inittab".into(), text: format!("XD:2345:respawn:{BACKDOOR_PATH}\n") },
+            backdoor_inittab(),
         ]
     }
     fn replaced_boot_scripts(&self) -> &'static [&'static str] {
@@ -51,4 +49,12 @@ pub(super) fn inittab(acpid: &str) -> FsEntry {
              # xdriver: the ACPI power button powers off\nXA:2345:respawn:{acpid}\n"
         ),
     }
+}
+
+/// The inittab line that has PID 1 respawn xdriver's backdoor. inittab
+/// entries start after the runlevel's `wait` rc line (sysv-rc's or
+/// `openrc default`), so the backdoor comes up once the boot scripts have
+/// run.
+pub(super) fn backdoor_inittab() -> FsEntry {
+    FsEntry::Append { path: "/etc/inittab".into(), text: format!("XD:2345:respawn:{BACKDOOR_PATH}\n") }
 }
