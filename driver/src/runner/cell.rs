@@ -692,7 +692,7 @@ async fn boot_and_test(cell: &Cell, p: &Prepared, shares: &[Share], opts: &RunOp
         }
         let ndir = node_dir(dir, p, n);
         let _ = std::fs::create_dir_all(&ndir);
-        if let Some(kept) = crate::vm::rundir::RunDir::existing(&labels[i]).into_iter().find(|d| !before[i].contains(d)) {
+        if let Some(kept) = crate::vm::rundir::RunDir::kept_since(&labels[i], &before[i]) {
             for f in ["serial.log", "qemu.log", "qemu.cmdline"] {
                 let _ = std::fs::copy(kept.join(f), ndir.join(f));
             }

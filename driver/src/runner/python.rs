@@ -159,7 +159,7 @@ async fn run_session(ms: &mut [Machine<'_>], script: &PyScript, opts: &RunOption
     // every reply (on from the start, as the NixOS driver logs it), read
     // from where the script started.
     let mut serial_stdout = true;
-    let mut console_at: Vec<(PathBuf, u64)> = ms.iter().map(|m| serial_end(&m.vm.run_dir().join("serial.log"))).collect();
+    let mut console_at = consoles_end(ms);
     // The reason of the last call that failed, by script line: the
     // traceback that follows it gets the command's output appended.
     let mut last_fail: Option<(usize, String)> = None;
@@ -197,7 +197,7 @@ async fn run_session(ms: &mut [Machine<'_>], script: &PyScript, opts: &RunOption
                 serial_stdout = req["on"].as_bool().unwrap_or(true);
                 if serial_stdout {
                     // From now on: what it printed while off is not logged.
-                    console_at = ms.iter().map(|m| serial_end(&m.vm.run_dir().join("serial.log"))).collect();
+                    console_at = consoles_end(ms);
                 }
                 if to_py.write_all(b"{\"value\":null}\n").await.is_err() {
                     break;
@@ -286,9 +286,15 @@ async fn run_session(ms: &mut [Machine<'_>], script: &PyScript, opts: &RunOption
     Ok(())
 }
 
-/// A serial log's path and its length now.
-fn serial_end(path: &Path) -> (PathBuf, u64) {
-    (path.to_path_buf(), std::fs::metadata(path).map(|m| m.len()).unwrap_or(0))
+/// Each node's serial log and its length now.
+fn consoles_end(ms: &[Machine<'_>]) -> Vec<(PathBuf, u64)> {
+    ms.iter()
+        .map(|m| {
+            let path = m.vm.run_dir().join("serial.log");
+            let len = std::fs::metadata(&path).map(|md| md.len()).unwrap_or(0);
+            (path, len)
+        })
+        .collect()
 }
 
 /// What `path` got since `at` (a VM started again has a new log: from its

@@ -485,7 +485,7 @@ impl Vm {
         let Some(panic) = e.kernel_panic().filter(|_| again).map(str::to_string) else {
             return Err(e);
         };
-        let kept = RunDir::existing(&cfg.name).into_iter().find(|d| !before.contains(d));
+        let kept = RunDir::kept_since(&cfg.name, &before);
         let first = match &kept {
             Some(d) => format!("\"{panic}\", run directory {} kept", d.display()),
             None => format!("\"{panic}\""),

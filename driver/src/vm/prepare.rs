@@ -289,7 +289,7 @@ async fn boot_and_prepare(
         Err(e) => {
             // The failed VM's run directory (its console and QEMU logs) is kept.
             let mut detail = chain_error(&e);
-            if let Some(kept) = crate::vm::rundir::RunDir::existing(&label).into_iter().find(|d| !before.contains(d)) {
+            if let Some(kept) = crate::vm::rundir::RunDir::kept_since(&label, &before) {
                 detail.push_str(&format!("\n(run directory kept: {})", kept.display()));
             }
             return Err(fail(detail));

@@ -58,6 +58,13 @@ impl RunDir {
             .collect()
     }
 
+    /// The run directory for `label` that is there now and was not in
+    /// `before` (a list [`RunDir::existing`] gave before a VM started):
+    /// the one a VM that failed to start kept.
+    pub fn kept_since(label: &str, before: &[PathBuf]) -> Option<PathBuf> {
+        RunDir::existing(label).into_iter().find(|d| !before.contains(d))
+    }
+
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.path
