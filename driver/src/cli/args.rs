@@ -93,8 +93,9 @@ pub struct TestArgs {
     /// Where each cell's artifacts go (<dir>/<spec name>/<os>-<manager>-<profile>/).
     #[arg(long, default_value = "xdriver-results")]
     pub results_dir: PathBuf,
-    /// Cells run at once (default: what the host's CPUs and free memory
-    /// allow, see `xdriver list`).
+    /// Cells run at once (default: the VMs the host's CPUs and free memory
+    /// allow, divided by the VMs of the spec's largest cell; see `xdriver
+    /// list`).
     #[arg(long, short = 'j')]
     pub jobs: Option<usize>,
     /// Start no new cell after the first failure (running cells finish).
@@ -123,8 +124,8 @@ pub struct TestArgs {
     /// Plain log lines instead of progress bars even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
-    /// Bring the one selected cell's VM up, deploy, and open a Python
-    /// prompt with `machine` ready instead of running the tests
+    /// Bring the one selected cell's VMs up, deploy, and open a Python
+    /// prompt with `machine` (and every node of a cell of several) ready instead of running the tests
     /// (`test_script()` runs a Python test script); Ctrl-D stops the VM.
     #[arg(long, conflicts_with_all = ["shard", "keep", "jobs"])]
     pub interactive: bool,
