@@ -73,6 +73,19 @@ pub enum FsEntry {
         /// Its replacement.
         new: String,
     },
+    /// A line of an existing text file commented out (`#` put before it)
+    /// where the file has it; nothing where it has not (releases differ).
+    CommentOut {
+        /// Absolute guest path.
+        path: String,
+        /// The whole line as the package wrote it.
+        line: String,
+    },
+    /// A file or symbolic link removed where there is one.
+    Remove {
+        /// Absolute guest path.
+        path: String,
+    },
 }
 
 pub(crate) fn file(path: &str, mode: u32, contents: impl Into<String>) -> FsEntry {
@@ -142,10 +155,10 @@ mod tests {
         for init in Init::built() {
             let entries = provision(init, "vm");
             let starts = entries.iter().any(|e| match e {
-                FsEntry::File { contents, .. } | FsEntry::Append { text: contents, .. } => {
+                FsEntry::File { contents, .. } | FsEntry::Append { text: contents, .. } | FsEntry::ReplaceLine { new: contents, .. } => {
                     contents.contains(BACKDOOR_PATH) && !contents.starts_with("#!/bin/bash")
                 }
-                FsEntry::Symlink { .. } | FsEntry::ReplaceLine { .. } => false,
+                FsEntry::Symlink { .. } | FsEntry::CommentOut { .. } | FsEntry::Remove { .. } => false,
             });
             assert!(starts, "{init}: nothing starts the backdoor");
         }
@@ -155,12 +168,21 @@ mod tests {
     fn inits_that_switch_off_debians_early_boot_run_xdrivers_instead() {
         for init in Init::built() {
             let entries = provision(init, "vm");
-            let has_script = entries.iter().any(|e| matches!(e, FsEntry::File { path, .. } if path == "/etc/init.d/xdriver-sysinit"));
-            let started = entries.iter().any(|e| match e {
-                FsEntry::Symlink { target, .. } => target.ends_with("init.d/xdriver-sysinit"),
-                FsEntry::ReplaceLine { new, .. } => new.contains("/etc/init.d/xdriver-sysinit"),
-                _ => false,
+            // In /etc/init.d (sysvinit, runit) or, for OpenRC, outside it;
+            // started from inittab or by a link in rcS.d.
+            let path = entries.iter().find_map(|e| match e {
+                FsEntry::File { path, contents, .. } if contents.contains("# Provides:          xdriver-sysinit") => Some(path.clone()),
+                _ => None,
             });
+            let has_script = path.is_some();
+            let path = path.unwrap_or_default();
+            let name = path.trim_start_matches("/etc/init.d/");
+            let started = has_script
+                && entries.iter().any(|e| match e {
+                    FsEntry::Symlink { target, .. } => path.starts_with("/etc/init.d/") && target.ends_with(&format!("init.d/{name}")),
+                    FsEntry::ReplaceLine { new, .. } => new.contains(&path),
+                    _ => false,
+                });
             let replaces = !init.replaced_boot_scripts().is_empty();
             assert_eq!(replaces, has_script && started, "{init}: switches off Debian's scripts: {replaces}, runs its own: {}", has_script && started);
         }
@@ -173,7 +195,7 @@ mod tests {
             let entries = provision(init, "vm");
             let starts = entries.iter().any(|e| match e {
                 FsEntry::File { contents, .. } | FsEntry::Append { text: contents, .. } => contents.contains(ACPID),
-                FsEntry::Symlink { .. } | FsEntry::ReplaceLine { .. } => false,
+                FsEntry::Symlink { .. } | FsEntry::ReplaceLine { .. } | FsEntry::CommentOut { .. } | FsEntry::Remove { .. } => false,
             });
             assert!(starts, "{init}: nothing starts acpid");
             let handler = entries.iter().find_map(|e| match e {

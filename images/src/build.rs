@@ -194,8 +194,16 @@ fn apply(root: &Path, entries: &[FsEntry]) -> Result<(), BuildError> {
             FsEntry::File { path, .. }
             | FsEntry::Symlink { path, .. }
             | FsEntry::Append { path, .. }
-            | FsEntry::ReplaceLine { path, .. } => in_root(root, path),
+            | FsEntry::ReplaceLine { path, .. }
+            | FsEntry::CommentOut { path, .. }
+            | FsEntry::Remove { path } => in_root(root, path),
         };
+        if let FsEntry::Remove { .. } = e {
+            if rel.symlink_metadata().is_ok() {
+                std::fs::remove_file(&rel).map_err(io(&rel))?;
+            }
+            continue;
+        }
         if let Some(parent) = rel.parent() {
             std::fs::create_dir_all(parent).map_err(io(parent))?;
         }
@@ -221,6 +229,14 @@ fn apply(root: &Path, entries: &[FsEntry]) -> Result<(), BuildError> {
                 let out: Vec<&str> = text.lines().map(|l| if l == old { new.as_str() } else { l }).collect();
                 std::fs::write(&rel, out.join("\n") + "\n").map_err(io(&rel))?;
             }
+            FsEntry::CommentOut { line, .. } => {
+                let text = std::fs::read_to_string(&rel).map_err(io(&rel))?;
+                if text.lines().any(|l| l == line) {
+                    let out: Vec<String> = text.lines().map(|l| if l == line { format!("#{l}") } else { l.to_string() }).collect();
+                    std::fs::write(&rel, out.join("\n") + "\n").map_err(io(&rel))?;
+                }
+            }
+            FsEntry::Remove { .. } => unreachable!("handled above"),
         }
     }
     Ok(())
@@ -733,6 +749,27 @@ fn shared_kernel(apt: &PrivateApt, recipe: &Recipe, kernels: &Path) -> Result<(P
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_are_commented_out_where_present_and_files_removed_where_there() {
+        let root = std::env::temp_dir().join(format!("xdriver-apply-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("etc/service")).expect("dirs");
+        std::fs::write(root.join("etc/inittab"), "1:2345:respawn:/sbin/getty tty1\n2:23:respawn:/sbin/getty tty2\n").expect("inittab");
+        symlink("/etc/sv/getty-tty2", root.join("etc/service/getty-tty2")).expect("link");
+        let entries = [
+            FsEntry::CommentOut { path: "/etc/inittab".into(), line: "2:23:respawn:/sbin/getty tty2".into() },
+            FsEntry::CommentOut { path: "/etc/inittab".into(), line: "3:23:respawn:/sbin/getty tty3".into() },
+            FsEntry::Remove { path: "/etc/service/getty-tty2".into() },
+            FsEntry::Remove { path: "/etc/service/getty-tty3".into() },
+        ];
+        let r = apply(&root, &entries);
+        let inittab = std::fs::read_to_string(root.join("etc/inittab")).expect("read");
+        let link_gone = root.join("etc/service/getty-tty2").symlink_metadata().is_err();
+        let _ = std::fs::remove_dir_all(&root);
+        r.expect("applies");
+        assert_eq!(inittab, "1:2345:respawn:/sbin/getty tty1\n#2:23:respawn:/sbin/getty tty2\n");
+        assert!(link_gone);
+    }
 
     #[test]
     fn the_services_of_added_packages_are_found_and_boot_services_kept() {

@@ -6,9 +6,16 @@
 
 use crate::provision::{file, FsEntry};
 
-/// Where the script lives: in /etc/init.d, with an LSB header, so sysv-rc,
-/// OpenRC and runit's stage 1 can each run it as one of their own.
+/// Where the script lives: in /etc/init.d, with an LSB header, so sysv-rc
+/// and runit's stage 1 can each run it as one of their own. OpenRC's images
+/// keep it at [`OPENRC_SCRIPT_PATH`] instead.
 pub(super) const SCRIPT_PATH: &str = "/etc/init.d/xdriver-sysinit";
+
+/// Where an OpenRC image keeps the script: outside /etc/init.d, because
+/// OpenRC rebuilds its dependency cache at every boot by reading each
+/// script there (Debian's `gendepends.sh` runs `lsb2rcconf` on each LSB
+/// script: ~0.1 s apiece under TCG), and inittab, not OpenRC, runs it.
+pub(super) const OPENRC_SCRIPT_PATH: &str = "/usr/lib/xdriver/sysinit";
 
 /// Debian's early boot scripts (from `initscripts`, `procps`, `ifupdown`,
 /// `udev`, `kmod`) the script replaces, followed by the names given: one
@@ -111,9 +118,10 @@ fi
 exit 0
 "#;
 
-/// The script, as an image file.
-pub(super) fn script() -> FsEntry {
-    file(SCRIPT_PATH, 0o755, SCRIPT)
+/// The script, as an image file at `path` ([`SCRIPT_PATH`] or
+/// [`OPENRC_SCRIPT_PATH`]).
+pub(super) fn script(path: &str) -> FsEntry {
+    file(path, 0o755, SCRIPT)
 }
 
 #[cfg(test)]

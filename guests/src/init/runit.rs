@@ -27,7 +27,7 @@ impl InitSystem for Runit {
         vec![
             // Stage 1 runs /etc/rcS.d/S* in order: xdriver's early boot
             // first, instead of Debian's scripts.
-            early::script(),
+            early::script(early::SCRIPT_PATH),
             symlink("/etc/rcS.d/S00xdriver-sysinit", "../init.d/xdriver-sysinit"),
             file("/etc/sv/xdriver-acpid/run", 0o755, format!("#!/bin/sh\nexec {acpid}\n")),
             symlink("/etc/service/xdriver-acpid", "/etc/sv/xdriver-acpid"),
@@ -41,6 +41,12 @@ impl InitSystem for Runit {
             // script because the runit service exists), so no sshd ran.
             symlink("/etc/service/ssh", "/etc/sv/ssh"),
         ]
+        .into_iter()
+        // Debian 12's getty-run enables a getty on tty1-tty6, 13's and 14's
+        // on tty1 only: tty2-tty6 go, as in the sysvinit images (see
+        // `sysvinit::spare_gettys_off`).
+        .chain((2..=6).map(|n| FsEntry::Remove { path: format!("/etc/service/getty-tty{n}") }))
+        .collect()
     }
     fn replaced_boot_scripts(&self) -> &'static [&'static str] {
         early::REPLACED

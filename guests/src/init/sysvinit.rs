@@ -1,6 +1,6 @@
 //! sysvinit as PID 1 with sysv-rc: Debian's `sysvinit-core`.
 
-use crate::provision::{FsEntry, BACKDOOR_PATH};
+use crate::provision::FsEntry;
 
 use super::early;
 use super::registry::InitSystem;
@@ -22,7 +22,7 @@ impl InitSystem for Sysvinit {
     }
     fn boot_files(&self, acpid: &str) -> Vec<FsEntry> {
         vec![
-            early::script(),
+            early::script(early::SCRIPT_PATH),
             // init runs xdriver's early boot instead of Debian's rcS, which
             // it then runs only if rcS.d still has scripts.
             FsEntry::ReplaceLine {
@@ -33,6 +33,9 @@ impl InitSystem for Sysvinit {
             inittab(acpid),
             backdoor_inittab(),
         ]
+        .into_iter()
+        .chain(spare_gettys_off())
+        .collect()
     }
     fn replaced_boot_scripts(&self) -> &'static [&'static str] {
         early::REPLACED
@@ -56,5 +59,27 @@ pub(super) fn inittab(acpid: &str) -> FsEntry {
 /// `openrc default`), so the backdoor comes up once the boot scripts have
 /// run.
 pub(super) fn backdoor_inittab() -> FsEntry {
-    FsEntry::Append { path: "/etc/inittab".into(), text: format!("XD:2345:respawn:{BACKDOOR_PATH}\n") }
+    FsEntry::Append { path: "/etc/inittab".into(), text: format!("{BACKDOOR_INITTAB_LINE}\n") }
+}
+
+/// The inittab line itself.
+pub(super) const BACKDOOR_INITTAB_LINE: &str = "XD:2345:respawn:/usr/lib/xdriver/backdoor";
+
+/// Debian 12's inittab runs a getty on each of tty1-tty6; Debian 13's and
+/// 14's on none (tty1's comes from elsewhere). The images keep tty1's (the
+/// screen a test reads) and comment out tty2-tty6's: five gettys that init
+/// starts beside the backdoor, at the moment it comes up, for consoles a
+/// test VM never switches to. As systemd starts `getty@tty1` only.
+pub(super) fn spare_gettys_off() -> Vec<FsEntry> {
+    (2..=6)
+        .map(|n| FsEntry::CommentOut { path: "/etc/inittab".into(), line: format!("{n}:23:respawn:/sbin/getty 38400 tty{n}") })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_inittab_line_starts_the_backdoor() {
+        assert!(super::BACKDOOR_INITTAB_LINE.ends_with(crate::provision::BACKDOOR_PATH));
+    }
 }

@@ -133,6 +133,11 @@ impl ManagerBackend for Openrc {
     fn needs_init(&self) -> Option<Init> {
         Some(Init::OPENRC)
     }
+    /// The OpenRC image's backdoor answers once OpenRC's sysinit is done,
+    /// before the default runlevel (see `init::openrc::SETTLED`).
+    fn boot_wait(&self, _b: &Backend) -> Option<String> {
+        Some(super::deploy::wait_until(Init::OPENRC.settled_probe().unwrap_or("true"), 300, "OpenRC to finish starting its default runlevel"))
+    }
     fn render(&self, b: &Backend, sys: &System) -> Result<Vec<GuestFile>, RenderError> {
         let (init_d, runlevel) = dirs(b);
         let mut files = Vec::new();
