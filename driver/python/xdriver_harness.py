@@ -14,6 +14,7 @@
 import contextlib
 import json
 import os
+import pathlib
 import re
 import socket
 import sys
@@ -405,6 +406,29 @@ machine = machines[0]
 _by_name = {m.name: m for m in machines}
 
 
+class VLan:
+    """A vlan of the cell (a `vde_switch` xdriver started), as the NixOS
+    driver's: `nr`, `socket_dir` (the switch's socket directory, in the run
+    directory) and `pid`. xdriver starts and stops it; the script only
+    reads it."""
+
+    def __init__(self, nr, socket_dir, pid):
+        self.nr = nr
+        self.socket_dir = pathlib.Path(socket_dir)
+        self.pid = pid
+
+    def __repr__(self):
+        return f"<VLan {self.nr}>"
+
+
+vlans = [VLan(v["nr"], v["socket_dir"], v["pid"]) for v in META.get("vlans") or []]
+
+
+def create_machine(*args, **kwargs):
+    raise MachineError("create_machine() is not supported by xdriver: a cell's machines are its spec's [nodes] "
+                       "(or the Nix spec's `nodes`), started before the script")
+
+
 def start_all():
     """Every node is up and deployed before the script runs: start_all()
     boots again any node the script shut down or crashed."""
@@ -548,9 +572,40 @@ def _symbols():
         "_xdriver_step": _step,
         "_xdriver_step_json": _step_json,
     }
+    s["vlans"] = vlans
+    s["create_machine"] = create_machine
+    s["driver"] = driver
+    for v in vlans:
+        s[f"vlan{v.nr}"] = v
     for m in machines:
         s[m.name] = m
     return s
+
+
+class _Driver:
+    """`driver` in the script, as the NixOS driver's object for what scripts
+    read of it: `machines`, `vlans`, `test_symbols()` and the script
+    functions as methods. Not that driver: no `run_tests`, `test_script`
+    or `global_timeout` (xdriver runs the script and keeps the cell's
+    timeout)."""
+
+    machines = machines
+    vlans = vlans
+
+    def test_symbols(self):
+        return _symbols()
+
+    start_all = staticmethod(start_all)
+    join_all = staticmethod(join_all)
+    subtest = staticmethod(subtest)
+    retry = staticmethod(retry)
+    polling_condition = staticmethod(polling_condition)
+    serial_stdout_on = staticmethod(serial_stdout_on)
+    serial_stdout_off = staticmethod(serial_stdout_off)
+    create_machine = staticmethod(create_machine)
+
+
+driver = _Driver()
 
 
 def _failure_text(e):

@@ -40,6 +40,9 @@ fn a_client_node_reaches_the_server_node_by_name_until_it_is_cut_off_in_toml_and
     for want in [
         "client: the client reaches the server by name",
         "client: and over IPv6",
+        // The client's own [guest] (wget), not the server's.
+        "client: the client's own [guest] brought wget",
+        "server: which the server's image has not",
         "server: block()",
         "client: the client's request fails while the server is cut off",
         "server: unblock()",

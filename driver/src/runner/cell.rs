@@ -371,8 +371,13 @@ pub fn prepare(spec: &Spec, cell: &Cell, overrides: &std::collections::BTreeMap<
         } else {
             Some(deploy::plan(&nbackend, &sys).map_err(|e| spec.loc.whole(format!("{}: node {}: {e}", cell.id(), n.name)))?)
         };
-        let nadd = spec.file.guest.additions(n.os).map_err(|e| spec.loc.whole(format!("{}: node {}: {e}", cell.id(), n.name)))?;
-        nodes.push(NodePrepared { node: n.clone(), backend: nbackend, deploy: ndeploy, additions: nadd, mem_mib: n.memory_mib.unwrap_or(mem_mib), cpus: n.cpus.unwrap_or(cpus) });
+        // The node's own [guest] if it has one, else the spec's; RAM and
+        // vCPUs: the node's own keys, then its [guest]'s, then the spec's.
+        let g = spec.guest_of(&n.name);
+        let nadd = g.additions(n.os).map_err(|e| spec.loc.whole(format!("{}: node {}: {e}", cell.id(), n.name)))?;
+        let nmem = n.memory_mib.or(g.memory_mib.as_ref().map(|m| *m.get_ref())).unwrap_or(mem_mib);
+        let ncpus = n.cpus.or(g.cpus.as_ref().map(|c| *c.get_ref())).unwrap_or(cpus);
+        nodes.push(NodePrepared { node: n.clone(), backend: nbackend, deploy: ndeploy, additions: nadd, mem_mib: nmem, cpus: ncpus });
     }
     // An instance's readiness and tests run on its node.
     for s in &mut steps {
@@ -1056,5 +1061,25 @@ async fn collect_guest_logs(m: &mut Machine<'_>, dir: &Path, failed: bool) {
                 let _ = tar::Archive::new(out.stdout.as_slice()).unpack(&dest);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_node_with_its_own_guest_table_takes_it_whole_and_the_others_the_specs() {
+        use xdriver_guests::ProfileKind;
+        let text = "name = \"n\"\n[guest]\npackages = [\"redis-server\"]\nmemory_mib = 768\n\
+                    [nodes.server]\n[nodes.client]\nos = \"debian-13\"\n[nodes.client.guest]\npackages = [\"wget\"]\ncpus = 1\n\
+                    [instances.web]\nprocess.foreground = [\"/bin/web\"]\n";
+        let s = crate::spec::Spec::parse(std::path::Path::new("t.toml"), text).unwrap_or_else(|e| panic!("{e}"));
+        let cell = crate::spec::Cell { os: xdriver_guests::Os::DEBIAN_12, manager: xdriver_guests::Manager::SYSTEMD, profile: ProfileKind::Privileged, image: Ok("debian-12-systemd".into()) };
+        let p = super::prepare(&s, &cell, &Default::default()).expect("prepares");
+        let (server, client) = (&p.nodes[0], &p.nodes[1]);
+        assert_eq!(server.additions.as_ref().map(|a| a.packages.clone()), Some(vec!["redis-server".to_string()]));
+        assert_eq!(client.additions.as_ref().map(|a| a.packages.clone()), Some(vec!["wget".to_string()]));
+        assert_eq!((server.mem_mib, server.cpus), (768, crate::vm::DEFAULT_CPUS));
+        // The client's own [guest] sets no RAM: the spec's [guest] still does.
+        assert_eq!((client.mem_mib, client.cpus), (768, 1));
     }
 }

@@ -118,7 +118,16 @@ async fn run_session(ms: &mut [Machine<'_>], script: &PyScript, opts: &RunOption
     let script_path = dir.join("test-script.py");
     let meta_path = dir.join("test-script.json");
     let harness_path = dir.join("xdriver_harness.py");
-    let meta = json!({ "segments": script.segments, "manager": m.backend.manager.name(), "os": m.os().name(), "machine": names[0], "nodes": names });
+    // The cell's vlans, each once, in number order: the script's `vlans`.
+    let mut vlans: Vec<(u32, String, u32)> = Vec::new();
+    for (sw, _) in ms.iter().flat_map(|m| m.net.iter()) {
+        if !vlans.iter().any(|v| v.0 == sw.vlan()) {
+            vlans.push((sw.vlan(), sw.sock().display().to_string(), sw.pid()));
+        }
+    }
+    vlans.sort();
+    let vlans: Vec<_> = vlans.into_iter().map(|(nr, dir, pid)| json!({ "nr": nr, "socket_dir": dir, "pid": pid })).collect();
+    let meta = json!({ "segments": script.segments, "manager": m.backend.manager.name(), "os": m.os().name(), "machine": names[0], "nodes": names, "vlans": vlans });
     for (p, text) in [(&script_path, script.text.clone()), (&meta_path, meta.to_string()), (&harness_path, HARNESS.to_string())] {
         std::fs::write(p, text).map_err(|e| err(format!("writing {}: {e}", p.display())))?;
     }

@@ -79,6 +79,9 @@ pub fn check(file: &SpecFile, loc: &Locator) -> Result<(), SpecError> {
         if let Some(p) = &def.profile {
             p.get_ref().parse::<ProfileKind>().map_err(|e| loc.at(p.span(), format!("node `{n}`: {e}")))?;
         }
+        if let Some(g) = &def.guest {
+            g.check(loc)?;
+        }
         let mut seen = BTreeSet::new();
         for v in def.vlans.iter().flatten() {
             if !(1..=MAX_VLAN).contains(v.get_ref()) {
@@ -147,6 +150,14 @@ impl Spec {
                 }
             })
             .collect()
+    }
+}
+
+impl Spec {
+    /// The `[guest]` of the node named `node`: its own
+    /// (`[nodes.NAME.guest]`), else the spec's.
+    pub fn guest_of(&self, node: &str) -> &super::guest::GuestDef {
+        self.file.nodes.iter().find(|(k, _)| k.get_ref() == node).and_then(|(_, d)| d.get_ref().guest.as_ref()).unwrap_or(&self.file.guest)
     }
 }
 

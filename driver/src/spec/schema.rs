@@ -65,6 +65,9 @@ pub struct NodeDef {
     pub memory_mib: Option<u32>,
     /// vCPUs (default: `[guest] cpus`).
     pub cpus: Option<u32>,
+    /// The node's own `[guest]` (`[nodes.NAME.guest]`): replaces the
+    /// spec's `[guest]` for this node, whole (default: the spec's).
+    pub guest: Option<super::guest::GuestDef>,
 }
 
 /// `[matrix]`: default values of `--os`, `--manager`, `--profile`.

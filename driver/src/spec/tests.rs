@@ -275,6 +275,8 @@ fn bad_nodes_are_spec_errors_that_say_where() {
         ("[nodes.a]\ninstances = [\"web\"]\n[nodes.b]\ninstances = [\"web\"]\n", "placed on another node too", 5),
         ("[nodes.a]\nos = \"plan9\"\n", "node `a`", 3),
         ("[nodes.a]\nmanager = \"upstart\"\n", "node `a`", 3),
+        ("[nodes.a]\n[nodes.a.guest]\npackages = [\"Not_A_Package\"]\n", "Not_A_Package", 4),
+        ("[nodes.a.guest]\nmemory_mib = 1\n", "memory_mib", 3),
     ];
     for (nodes, want, line) in cases {
         let text = format!("name = \"n\"\n{nodes}[instances.web]\nprocess.foreground = [\"/bin/web\"]\n");
