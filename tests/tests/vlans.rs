@@ -30,13 +30,13 @@ async fn two_releases_on_one_vlan_reach_each_other_until_the_link_is_cut() {
     b_cfg.ssh = false;
     let (a, b) = tokio::join!(xdriver_tests::start(a_cfg), xdriver_tests::start(b_cfg));
     let (na, nb) = (Nic { vlan: 1, node: 1 }, Nic { vlan: 1, node: 2 });
-    a.attach_vlan(&na, &switch).await.expect("a joins vlan 1");
-    b.attach_vlan(&nb, &switch).await.expect("b joins vlan 1");
+    // Each joins with every node's name in its /etc/hosts (one guest
+    // command for the NIC and the names).
+    let hosts = vec![(std::net::IpAddr::V4(na.addr()), "node-a".to_string()), (std::net::IpAddr::V4(nb.addr()), "node-b".to_string())];
+    a.join_vlans(&[(&na, &switch)], &hosts).await.expect("a joins vlan 1");
+    b.join_vlans(&[(&nb, &switch)], &hosts).await.expect("b joins vlan 1");
     let ping = |to: std::net::Ipv4Addr| format!("busybox ping -c 1 -W 3 {to}");
     // Each reaches the other by name (/etc/hosts), over IPv4 and IPv6.
-    let hosts = vec![(std::net::IpAddr::V4(na.addr()), "node-a".to_string()), (std::net::IpAddr::V4(nb.addr()), "node-b".to_string())];
-    a.add_hosts(&hosts).await.expect("a's /etc/hosts");
-    b.add_hosts(&hosts).await.expect("b's /etc/hosts");
 
     let (code, out) = sh(&a, "busybox ping -c 1 -W 3 node-b").await;
     assert_eq!(code, 0, "a -> node-b over vlan 1: {out}");

@@ -585,7 +585,7 @@ fn vm_name(cell: &Cell, n: &NodePrepared, multi: bool) -> String {
 
 /// The VM a node boots: its image and disk, the run's accelerator, the
 /// spec's (or the flags') vCPUs and memory, shares, store and snapshots.
-fn vm_config(name: String, n: &NodePrepared, entry: xdriver_images::Entry, disk: DiskUse, shares: &[Share], opts: &RunOptions) -> Result<VmConfig, String> {
+fn vm_config(name: String, n: &NodePrepared, multi: bool, entry: xdriver_images::Entry, disk: DiskUse, shares: &[Share], opts: &RunOptions) -> Result<VmConfig, String> {
     let mut cfg = VmConfig::new(&name, entry);
     cfg.disk = disk;
     cfg.accel = opts.accel;
@@ -593,6 +593,9 @@ fn vm_config(name: String, n: &NodePrepared, entry: xdriver_images::Entry, disk:
     cfg.mem_mib = opts.mem_mib.unwrap_or(n.mem_mib);
     cfg.shares = shares.to_vec();
     cfg.snapshots = opts.snapshots;
+    // Several nodes: each VM's SSH handshake waits until every node is up
+    // and on its vlans (`begin_ssh` below).
+    cfg.ssh_later = multi;
     if let Some(plan) = &opts.store {
         let (share, why) = plan.share_for(n.node.os).map_err(|e| format!("store: {e}"))?;
         tracing::info!(vm = %name, store = %share.host.display(), fs = share.fs.name(), %why, "shared store");
@@ -611,7 +614,7 @@ pub async fn warm(cell: &Cell, prepared: &Prepared, shares: &[Share], opts: &Run
     let mut how = Vec::new();
     for n in &prepared.nodes {
         let (entry, disk) = find_image(n, opts).await?;
-        let cfg = vm_config(format!("warm-{}", cell.dir_name()), n, entry, disk, shares, opts)?;
+        let cfg = vm_config(format!("warm-{}", cell.dir_name()), n, false, entry, disk, shares, opts)?;
         let vm = Vm::start(cfg).await.map_err(|e| format!("boot: {}", chain_error(&e)))?;
         how.push(if prepared.multi { format!("{}: {}", n.node.name, vm.how_started()) } else { vm.how_started().to_string() });
         let _ = vm.quit().await;
@@ -629,7 +632,7 @@ async fn boot_and_test(cell: &Cell, p: &Prepared, shares: &[Share], opts: &RunOp
             Ok(e) => e,
             Err(reason) => return (Outcome::Error { reason: node_says(p, n, reason) }, false),
         };
-        match vm_config(vm_name(cell, n, p.multi), n, entry, disk, shares, opts) {
+        match vm_config(vm_name(cell, n, p.multi), n, p.multi, entry, disk, shares, opts) {
             Ok(cfg) => cfgs.push(cfg),
             Err(reason) => return (Outcome::Error { reason: node_says(p, n, reason) }, false),
         }
@@ -715,6 +718,9 @@ async fn boot_and_test(cell: &Cell, p: &Prepared, shares: &[Share], opts: &RunOp
         return (Outcome::Error { reason }, true);
     }
     let mut vms: Vec<Vm> = up.into_iter().flatten().collect();
+    for vm in &vms {
+        vm.begin_ssh();
+    }
     let starts: Vec<String> = vms.iter().zip(&p.nodes).map(|(vm, n)| if p.multi { format!("{}: {}", n.node.name, vm.how_started()) } else { vm.how_started().to_string() }).collect();
     result.start = Some(starts.join("; "));
     tracing::info!(cell = %cell.id(), start = ?result.start, "VMs up");
@@ -849,11 +855,14 @@ async fn join_vlans(vm: &Vm, n: &NodePrepared, switches: &[crate::vm::vlan::Swit
     if n.node.vlans.is_empty() {
         return Ok(());
     }
-    for v in &n.node.vlans {
-        let s = switches.iter().find(|s| s.vlan() == *v).expect("a switch per vlan");
-        vm.attach_vlan(&crate::vm::vlan::Nic { vlan: *v, node: n.node.index }, s).await.map_err(|e| format!("vlan {v}: {e}"))?;
-    }
-    vm.add_hosts(hosts).await.map_err(|e| e.to_string())
+    let nics: Vec<(crate::vm::vlan::Nic, &crate::vm::vlan::Switch)> = n
+        .node
+        .vlans
+        .iter()
+        .map(|v| (crate::vm::vlan::Nic { vlan: *v, node: n.node.index }, switches.iter().find(|s| s.vlan() == *v).expect("a switch per vlan")))
+        .collect();
+    let refs: Vec<(&crate::vm::vlan::Nic, &crate::vm::vlan::Switch)> = nics.iter().map(|(n, s)| (n, *s)).collect();
+    vm.join_vlans(&refs, hosts).await.map_err(|e| e.to_string())
 }
 
 /// Deploys every node that runs instances (in the spec's order), then

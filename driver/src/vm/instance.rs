@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -207,6 +207,13 @@ pub struct VmConfig {
     /// the start (for imported images: once the backdoor has installed the
     /// run's key); [`Vm::start`] does not wait for it, [`Vm::ssh`] does.
     pub ssh: bool,
+    /// Whether the SSH handshake waits for [`Vm::begin_ssh`] (or the first
+    /// use of SSH) instead of starting with the VM: a cell of several nodes
+    /// starts it once every node has joined its vlans, so that the
+    /// handshakes (the guest's sshd forks and its key exchange: ~0.5 s of
+    /// guest CPU under TCG) do not compete with the nodes' starts for the
+    /// host's cores.
+    pub ssh_later: bool,
     /// Deadline for the guest to come up (the backdoor; SSH separately).
     pub boot_timeout: Duration,
     /// Extra kernel command-line words.
@@ -265,6 +272,7 @@ impl VmConfig {
             mem_mib: DEFAULT_MEM_MIB,
             shares: Vec::new(),
             ssh: true,
+            ssh_later: false,
             boot_timeout: Duration::from_secs(120),
             extra_cmdline: Vec::new(),
             qemu: "qemu-system-x86_64".into(),
@@ -333,6 +341,8 @@ pub struct Vm {
     /// was started without SSH).
     ssh: Option<watch::Receiver<Option<SshOutcome>>>,
     ssh_task: Option<tokio::task::AbortHandle>,
+    /// Lets a deferred SSH set-up go ([`VmConfig::ssh_later`]).
+    ssh_go: Option<Arc<tokio::sync::Notify>>,
     key: ClientKey,
     /// Host port forwarded to the guest's sshd.
     pub ssh_port: u16,
@@ -795,6 +805,7 @@ impl Vm {
             backdoor,
             ssh: None,
             ssh_task: None,
+            ssh_go: cfg.ssh_later.then(|| Arc::new(tokio::sync::Notify::new())),
             key,
             ssh_port,
             init: m.init,
@@ -983,7 +994,11 @@ impl Vm {
     fn spawn_ssh(&mut self, t0: Instant, timeout: Duration) {
         let (tx, rx) = watch::channel(None);
         let (port, host_key, key) = (self.ssh_port, self.host_key.clone(), self.key.clone());
+        let go = self.ssh_go.clone();
         let task = tokio::spawn(async move {
+            if let Some(go) = go {
+                go.notified().await;
+            }
             let outcome = match Ssh::connect(port, &host_key, &key, timeout).await {
                 Ok(s) => SshOutcome::Up(s, t0.elapsed()),
                 Err(SshError::Connect { timeout, last, .. }) => SshOutcome::TimedOut { timeout, last },
@@ -993,6 +1008,14 @@ impl Vm {
         });
         self.ssh = Some(rx);
         self.ssh_task = Some(task.abort_handle());
+    }
+
+    /// Lets an SSH set-up held back by [`VmConfig::ssh_later`] start (a
+    /// no-op otherwise, and the second time).
+    pub fn begin_ssh(&self) {
+        if let Some(go) = &self.ssh_go {
+            go.notify_one();
+        }
     }
 
     /// Mounts every share and the store (at the start, after a restore,
@@ -1115,6 +1138,7 @@ impl Vm {
     /// The SSH connection, once the background set-up has finished
     /// (waits for it; an error if it failed, timed out or QEMU exited).
     pub async fn ssh(&self) -> Result<Ssh, VmError> {
+        self.begin_ssh();
         let mut rx = self.ssh.clone().ok_or(VmError::NoSsh)?;
         let outcome = self.until_exit("connecting over SSH", async move { rx.wait_for(Option::is_some).await.map(|o| o.clone()) }).await?;
         match outcome {

@@ -181,28 +181,44 @@ impl Vm {
     /// Plugs a NIC on `switch`'s vlan into this running VM and gives it
     /// its address in the guest.
     pub async fn attach_vlan(&self, nic: &Nic, switch: &Switch) -> Result<(), VlanError> {
-        let id = nic.id();
-        let plug = |detail: String| VlanError::Plug { vlan: nic.vlan, vm: self.name.clone(), detail };
-        let netdev = serde_json::json!({ "type": "vde", "id": id, "sock": switch.sock().display().to_string() });
-        self.qmp.raw_command("netdev_add", netdev, Duration::from_secs(10)).await.map_err(|e| plug(e.to_string()))?;
-        let device = serde_json::json!({ "driver": "virtio-net-pci", "id": id, "netdev": id, "mac": nic.mac() });
-        self.qmp.raw_command("device_add", device, Duration::from_secs(30)).await.map_err(|e| plug(e.to_string()))?;
-        let cmd = self.os.configure_nic(&nic.mac(), &format!("{}/24", nic.addr()), &format!("{}/64", nic.addr6()));
-        let out = self.exec(Channel::Backdoor, &cmd, &[], Duration::from_secs(30), None).await?;
-        if !out.success() {
-            return Err(VlanError::Guest { vlan: nic.vlan, vm: self.name.clone(), addr: nic.addr(), detail: format!("exit {}: {}", out.status, out.stderr_str().trim()) });
-        }
-        Ok(())
+        self.join_vlans(&[(nic, switch)], &[]).await
     }
 
-    /// Adds `names` (address, host name) to the guest's /etc/hosts, so the
-    /// test's machines reach each other by name.
-    pub async fn add_hosts(&self, names: &[(std::net::IpAddr, String)]) -> Result<(), VlanError> {
-        let lines: String = names.iter().map(|(a, n)| format!("{a} {n}\n")).collect();
-        let cmd = format!("printf '%s' {} >>/etc/hosts", xdriver_guests::shell::quote(&lines));
-        let out = self.exec(Channel::Backdoor, &cmd, &[], Duration::from_secs(30), None).await?;
+    /// Plugs a NIC on each of `nics`' vlans into this running VM (QMP),
+    /// then, in one guest command (each a round trip through a guest that
+    /// may share the host's cores with other nodes), gives each its
+    /// addresses and adds `names` (address, host name) to /etc/hosts, so
+    /// the test's machines reach each other by name.
+    pub async fn join_vlans(&self, nics: &[(&Nic, &Switch)], names: &[(std::net::IpAddr, String)]) -> Result<(), VlanError> {
+        let mut cmds = Vec::new();
+        for (nic, switch) in nics {
+            let id = nic.id();
+            let plug = |detail: String| VlanError::Plug { vlan: nic.vlan, vm: self.name.clone(), detail };
+            let netdev = serde_json::json!({ "type": "vde", "id": id, "sock": switch.sock().display().to_string() });
+            self.qmp.raw_command("netdev_add", netdev, Duration::from_secs(10)).await.map_err(|e| plug(e.to_string()))?;
+            let device = serde_json::json!({ "driver": "virtio-net-pci", "id": id, "netdev": id, "mac": nic.mac() });
+            self.qmp.raw_command("device_add", device, Duration::from_secs(30)).await.map_err(|e| plug(e.to_string()))?;
+            cmds.push(self.os.configure_nic(&nic.mac(), &format!("{}/24", nic.addr()), &format!("{}/64", nic.addr6())));
+        }
+        // Each NIC's command in a subshell of its own, marked, so a failure
+        // names its vlan; then the hosts.
+        let mut script = String::new();
+        for ((nic, _), c) in nics.iter().zip(&cmds) {
+            script.push_str(&format!("( {c}\n) || {{ echo 'xdriver-vlan-failed {}' >&2; exit 3; }}\n", nic.vlan));
+        }
+        if !names.is_empty() {
+            let lines: String = names.iter().map(|(a, n)| format!("{a} {n}\n")).collect();
+            script.push_str(&format!("printf '%s' {} >>/etc/hosts || {{ echo 'xdriver-hosts-failed' >&2; exit 4; }}\n", xdriver_guests::shell::quote(&lines)));
+        }
+        let out = self.exec(Channel::Backdoor, &script, &[], Duration::from_secs(30), None).await?;
         if !out.success() {
-            return Err(VlanError::Hosts { vm: self.name.clone(), detail: format!("exit {}: {}", out.status, out.stderr_str().trim()) });
+            let err = out.stderr_str();
+            let detail = format!("exit {}: {}", out.status, err.trim());
+            let failed = err.lines().find_map(|l| l.strip_prefix("xdriver-vlan-failed ")).and_then(|v| v.trim().parse::<u32>().ok());
+            return Err(match nics.iter().find(|(n, _)| Some(n.vlan) == failed) {
+                Some((nic, _)) => VlanError::Guest { vlan: nic.vlan, vm: self.name.clone(), addr: nic.addr(), detail },
+                None => VlanError::Hosts { vm: self.name.clone(), detail },
+            });
         }
         Ok(())
     }
