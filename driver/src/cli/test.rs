@@ -15,7 +15,8 @@ use super::error::CliError;
 use crate::vm::accel;
 use crate::exit;
 use crate::report::Report;
-use crate::runner::progress::{self, Progress};
+use crate::runner::event::{Collector, Dispatcher, Reporter};
+use crate::runner::progress;
 use crate::runner::{self, CellResult, Outcome, RunOptions};
 
 /// The exit code for a set of results: tests failed (100) beats
@@ -106,9 +107,16 @@ pub(super) async fn main(args: TestArgs) -> Result<i32, CliError> {
     );
     // A prompt shares the terminal: no progress bars under it.
     let plain = args.no_progress || args.interactive || args.keep;
-    let progress: Box<dyn Progress> = if plain { Box::new(progress::Lines::new()) } else { progress::for_terminal(runnable) };
-    let progress = progress.as_ref();
-    let results = runner::schedule::run_cells(&spec, cells, &shares, &opts, jobs, args.fail_fast, progress).await;
+    let display: Box<dyn Reporter> = if plain { Box::new(progress::Lines::new()) } else { progress::for_terminal(runnable) };
+    // The run's events go to the display and to the collector the
+    // reports are made from.
+    let collector = Collector::new();
+    let events = Dispatcher::new(vec![display.as_ref(), &collector]);
+    let order: Vec<crate::spec::Cell> = cells.iter().map(|(c, _)| c.clone()).collect();
+    runner::schedule::run_cells(&spec, cells, &shares, &opts, jobs, args.fail_fast, &events).await;
+    drop(events);
+    drop(display);
+    let results = collector.results_in(&order);
     let report = Report::new(&spec.file.name, &results, started.elapsed().as_secs_f64(), args.shard.map(|s| s.to_string()));
     println!();
     print!("{}", crate::report::summary(&report));

@@ -15,6 +15,8 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::runner::{CellResult, Outcome, Record, StepStatus};
+// The runner's own types, shared rather than copied.
+pub use crate::runner::{ConfigFile, NodeReport};
 
 pub use support::support_matrix;
 pub use table::summary;
@@ -121,47 +123,6 @@ pub struct CellReport {
     pub timeline: Vec<crate::runner::Span>,
 }
 
-/// One machine of a cell of several.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NodeReport {
-    /// Its name.
-    pub name: String,
-    /// `os/manager/profile`.
-    pub id: String,
-    /// The image it booted.
-    pub image: Option<String>,
-    /// Its artifacts directory (`nodes/NAME/` in the cell's).
-    pub artifacts_dir: String,
-    /// Its serial log's last lines.
-    pub serial_tail: Option<String>,
-    /// Its screen when the cell failed, PNG as base64.
-    pub screenshot_png: Option<String>,
-}
-
-/// The nodes of a cell of several, from its plan.json and `nodes/`.
-fn node_reports(dir: &Path) -> Vec<NodeReport> {
-    let Ok(text) = std::fs::read_to_string(dir.join("plan.json")) else { return Vec::new() };
-    let Ok(plan) = serde_json::from_str::<serde_json::Value>(&text) else { return Vec::new() };
-    let Some(nodes) = plan["nodes"].as_array() else { return Vec::new() };
-    nodes
-        .iter()
-        .map(|n| {
-            let n = &n["node"];
-            let s = |k: &str| n[k].as_str().unwrap_or_default().to_string();
-            let name = s("name");
-            let ndir = dir.join("nodes").join(&name);
-            NodeReport {
-                id: format!("{}/{}/{}", s("os"), s("manager"), s("profile")),
-                image: n["image"]["Ok"].as_str().map(str::to_string),
-                artifacts_dir: ndir.display().to_string(),
-                serial_tail: std::fs::read(ndir.join("serial.log")).ok().map(|b| crate::vm::console::tail_lines(&b, SERIAL_LINES)),
-                screenshot_png: std::fs::read(ndir.join("screenshot.png")).ok().map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
-                name,
-            }
-        })
-        .collect()
-}
-
 /// A step group.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GroupReport {
@@ -197,15 +158,6 @@ pub struct AttemptReport {
     pub duration_s: f64,
     /// Its artifacts, relative to the cell's directory.
     pub artifacts: String,
-}
-
-/// A rendered file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ConfigFile {
-    /// Guest path.
-    pub path: String,
-    /// Contents (capped).
-    pub contents: String,
 }
 
 /// Report read/write failures.
@@ -253,56 +205,26 @@ fn status_name(o: &Outcome) -> &'static str {
     }
 }
 
-fn read_configs(dir: &Path) -> Vec<ConfigFile> {
-    let root = dir.join("configs");
-    let mut out = Vec::new();
-    let mut stack = vec![root.clone()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(bytes) = std::fs::read(&p) {
-                let rel = p.strip_prefix(&root).map(|r| format!("/{}", r.display())).unwrap_or_default();
-                out.push(ConfigFile { path: rel, contents: cap(&String::from_utf8_lossy(&bytes), CONFIG_CAP) });
-            }
-        }
-    }
-    out.sort_by(|a, b| a.path.cmp(&b.path));
-    out
-}
-
-fn failed_commands(dir: &Path) -> Vec<Record> {
-    let Ok(text) = std::fs::read_to_string(dir.join("commands.json")) else { return Vec::new() };
-    let Ok(records) = serde_json::from_str::<Vec<Record>>(&text) else { return Vec::new() };
-    // Waits that passed after failing tries are recorded once, as passes;
-    // what is left are commands that really failed. Keep the last few (the
-    // failure is at the end).
-    let failed: Vec<Record> = records.into_iter().filter(|r| r.status != Some(0)).collect();
-    let skip = failed.len().saturating_sub(20);
-    failed
-        .into_iter()
-        .skip(skip)
-        .map(|r| Record { stdout: cap(&r.stdout, OUTPUT_CAP), stderr: cap(&r.stderr, OUTPUT_CAP), ..r })
-        .collect()
+/// The failed commands a report keeps: the last few (the failure is at the
+/// end), their output capped. Waits that passed after failing tries are
+/// recorded once, as passes: these are commands that really failed.
+fn last_failed(records: &[Record]) -> Vec<Record> {
+    let skip = records.len().saturating_sub(20);
+    records[skip..].iter().cloned().map(|r| Record { stdout: cap(&r.stdout, OUTPUT_CAP), stderr: cap(&r.stderr, OUTPUT_CAP), ..r }).collect()
 }
 
 impl CellReport {
-    /// The report of a finished cell, reading its artifacts directory.
+    /// The report of a finished cell, from what the runner carried in its
+    /// result (no file is read back).
     pub fn from_result(r: &CellResult) -> CellReport {
         let (reason, group, step) = match &r.outcome {
             Outcome::Pass => (None, None, None),
             Outcome::Fail { group, step, reason } => (Some(reason.clone()), Some(group.clone()), Some(step.clone())),
             Outcome::Error { reason } | Outcome::Skip { reason } => (Some(reason.clone()), None, None),
         };
-        let serial_tail = r.serial_tail.clone().or_else(|| {
-            std::fs::read(r.dir.join("serial.log")).ok().map(|b| crate::vm::console::tail_lines(&b, SERIAL_LINES))
-        });
-        let screenshot_png = r
-            .screenshot
-            .as_ref()
-            .and_then(|f| std::fs::read(r.dir.join(f)).ok())
-            .map(|b| base64::engine::general_purpose::STANDARD.encode(b));
+        let shown = &r.shown;
+        let serial_tail = r.serial_tail.clone().or_else(|| shown.serial_log.as_deref().map(|b| crate::vm::console::tail_lines(b, SERIAL_LINES)));
+        let screenshot_png = shown.screenshot_png.as_ref().map(|b| base64::engine::general_purpose::STANDARD.encode(b));
         CellReport {
             id: r.cell.id(),
             os: r.cell.os.to_string(),
@@ -336,11 +258,11 @@ impl CellReport {
                 .map(|a| AttemptReport { reason: a.reason.clone(), duration_s: a.duration_s, artifacts: a.artifacts.clone() })
                 .collect(),
             artifacts_dir: r.dir.display().to_string(),
-            failed_commands: if matches!(r.outcome, Outcome::Pass | Outcome::Skip { .. }) { Vec::new() } else { failed_commands(&r.dir) },
+            failed_commands: if matches!(r.outcome, Outcome::Pass | Outcome::Skip { .. }) { Vec::new() } else { last_failed(&shown.failed_commands) },
             serial_tail,
             screenshot_png,
-            configs: read_configs(&r.dir),
-            nodes: node_reports(&r.dir),
+            configs: shown.configs.iter().map(|c| ConfigFile { path: c.path.clone(), contents: cap(&c.contents, CONFIG_CAP) }).collect(),
+            nodes: shown.nodes.clone(),
             started_at: Some(r.started_at).filter(|t| *t > 0.0),
             timeline: r.timeline.clone(),
         }

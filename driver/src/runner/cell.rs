@@ -12,7 +12,8 @@ use xdriver_guests::Images;
 use xdriver_images::ImageName;
 
 use super::deploy::{self, DeployPlan};
-use super::progress::{Phase, Progress};
+use super::event::{Event, Reporter};
+use super::progress::Phase;
 use super::python;
 use super::machine::{describe, Machine, StepError};
 use super::transcript::Transcript;
@@ -135,6 +136,54 @@ pub struct CellResult {
     /// Where its time went: each phase, and each node's boot (or restore)
     /// in a cell of several, from the cell's start.
     pub timeline: Vec<Span>,
+    /// What the reports show beside the above, carried from the runner to
+    /// them (in the [`super::event::Event::Finished`] event) rather than
+    /// read back from the files the runner wrote; not in result.json (the
+    /// files are in `dir`).
+    #[serde(skip)]
+    pub shown: Shown,
+}
+
+/// What a cell's report shows of its artifacts (see [`CellResult::shown`]).
+#[derive(Debug, Clone, Default)]
+pub struct Shown {
+    /// The rendered files deployed into the guest(s).
+    pub configs: Vec<ConfigFile>,
+    /// Every command that exited non-zero or broke, in order, every node's
+    /// (a cell of several: contexts prefixed `NODE: `).
+    pub failed_commands: Vec<super::transcript::Record>,
+    /// The first node's serial log (its tail is what reports show).
+    pub serial_log: Option<Vec<u8>>,
+    /// The screen at the failure, PNG.
+    pub screenshot_png: Option<Vec<u8>>,
+    /// A cell of several machines: each node.
+    pub nodes: Vec<NodeReport>,
+}
+
+/// A rendered file, as reports show it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ConfigFile {
+    /// Guest path (a cell of several: `/NODE/path`).
+    pub path: String,
+    /// Contents (capped in reports).
+    pub contents: String,
+}
+
+/// One machine of a cell of several, as reports show it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct NodeReport {
+    /// Its name.
+    pub name: String,
+    /// `os/manager/profile`.
+    pub id: String,
+    /// The image it booted.
+    pub image: Option<String>,
+    /// Its artifacts directory (`nodes/NAME/` in the cell's).
+    pub artifacts_dir: String,
+    /// Its serial log's last lines.
+    pub serial_tail: Option<String>,
+    /// Its screen when the cell failed, PNG as base64.
+    pub screenshot_png: Option<String>,
 }
 
 /// A stretch of a cell's time.
@@ -155,21 +204,17 @@ pub struct Span {
 /// Passes phases on to the run's display and keeps them for the cell's
 /// timeline.
 struct PhaseLog<'a> {
-    inner: &'a dyn Progress,
+    inner: &'a dyn Reporter,
     t0: Instant,
     marks: std::sync::Mutex<Vec<(Phase, f64)>>,
 }
 
-impl Progress for PhaseLog<'_> {
-    fn phase(&self, cell: &Cell, phase: Phase) {
-        self.marks.lock().expect("lock").push((phase, self.t0.elapsed().as_secs_f64()));
-        self.inner.phase(cell, phase);
-    }
-    fn finished(&self, result: &CellResult, line: &str) {
-        self.inner.finished(result, line);
-    }
-    fn note(&self, line: &str) {
-        self.inner.note(line);
+impl Reporter for PhaseLog<'_> {
+    fn event(&self, e: &Event<'_>) {
+        if let Event::Phase { phase, .. } = e {
+            self.marks.lock().expect("lock").push((*phase, self.t0.elapsed().as_secs_f64()));
+        }
+        self.inner.event(e);
     }
 }
 
@@ -199,13 +244,15 @@ impl CellResult {
             attempts: Vec::new(),
             screenshot: None,
             serial_tail: None,
+            shown: Shown::default(),
             start: None,
             started_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
             timeline: Vec::new(),
         }
     }
 
-    pub(crate) fn record(&mut self, group: &str, step: &str, status: StepStatus, duration: Duration, message: Option<String>) {
+    /// Records a step and reports it (an [`Event::Step`]).
+    pub(crate) fn record(&mut self, to: &dyn Reporter, group: &str, step: &str, status: StepStatus, duration: Duration, message: Option<String>) {
         let d = duration.as_secs_f64();
         if self.groups.last().is_none_or(|g| g.name != group) {
             self.groups.push(GroupResult { name: group.into(), status: StepStatus::NotRun, duration_s: 0.0, steps: Vec::new() });
@@ -214,6 +261,7 @@ impl CellResult {
         g.duration_s += d;
         g.status = g.status.max(status);
         g.steps.push(StepResult { name: step.into(), status, duration_s: d, message });
+        to.event(&Event::Step { cell: &self.cell, group, step: g.steps.last().expect("just pushed") });
     }
 }
 
@@ -419,6 +467,28 @@ pub fn shares(spec: &Spec) -> Result<Vec<Share>, SpecError> {
     Ok(out)
 }
 
+/// The rendered files of `p`'s deployment(s), as reports show them
+/// (`/NODE/path` in a cell of several; symlinks as `symlink -> TARGET`).
+pub fn configs_of(p: &Prepared) -> Vec<ConfigFile> {
+    let mut out: Vec<ConfigFile> = p
+        .nodes
+        .iter()
+        .filter_map(|n| n.deploy.as_ref().map(|d| (n, d)))
+        .flat_map(|(n, d)| d.files.iter().map(move |f| (n, f)))
+        .filter_map(|(n, f)| {
+            let contents = match (&f.contents, &f.link) {
+                (_, Some(t)) => format!("symlink -> {t}\n"),
+                (Some(c), None) => c.clone(),
+                (None, None) => return None,
+            };
+            let path = if p.multi { format!("/{}{}", n.node.name, f.path) } else { f.path.clone() };
+            Some(ConfigFile { path, contents })
+        })
+        .collect();
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
 /// Writes the rendered files under `<dir>/configs/<guest path>` and the
 /// plan as `plan.json`.
 pub fn write_configs(dir: &Path, p: &Prepared) -> std::io::Result<()> {
@@ -444,9 +514,10 @@ pub fn write_configs(dir: &Path, p: &Prepared) -> std::io::Result<()> {
 }
 
 /// Runs one cell, reporting its phases to `progress`.
-pub async fn run(spec: &Spec, cell: &Cell, prepared: Option<Prepared>, shares: &[Share], opts: &RunOptions, progress: &dyn Progress) -> CellResult {
+pub async fn run(spec: &Spec, cell: &Cell, prepared: Option<Prepared>, shares: &[Share], opts: &RunOptions, progress: &dyn Reporter) -> CellResult {
     let started = Instant::now();
     let progress = &PhaseLog { inner: progress, t0: started, marks: std::sync::Mutex::new(Vec::new()) };
+    progress.event(&Event::Started { cell });
     let dir = opts.cell_dir(spec, cell);
     let mut result = CellResult::new(cell, dir.clone(), Outcome::Pass);
     result.steps_total = prepared.as_ref().map(|p| p.steps.len()).unwrap_or(0);
@@ -482,6 +553,7 @@ pub async fn run(spec: &Spec, cell: &Cell, prepared: Option<Prepared>, shares: &
             result.outcome = Outcome::Error { reason: format!("results directory {}: {e}", dir.display()) };
             return finish(result, started);
         }
+        result.shown.configs = configs_of(&prepared);
         let (outcome, boot_failed) = boot_and_test(cell, &prepared, shares, opts, &dir, &mut result, progress).await;
         result.outcome = outcome;
         let retry = boot_failed && (result.attempts.len() as u32) < opts.retries && !opts.expired();
@@ -497,12 +569,13 @@ pub async fn run(spec: &Spec, cell: &Cell, prepared: Option<Prepared>, shares: &
             _ => String::new(),
         };
         move_into(&dir, &sub);
-        progress.note(&format!("{}: boot failed, retrying (attempt {} of {})", cell.id(), n + 1, opts.retries + 1));
+        progress.event(&Event::Retried { cell, attempt: n + 1, of: opts.retries + 1, reason: &reason });
         result.attempts.push(Attempt { reason, duration_s: attempt_started.elapsed().as_secs_f64(), artifacts: sub });
         result.groups.clear();
         result.steps_passed = 0;
         result.screenshot = None;
         result.serial_tail = None;
+        result.shown = Shown::default();
     }
     let nodes = std::mem::take(&mut result.timeline);
     result.timeline = progress.spans(started.elapsed().as_secs_f64());
@@ -624,8 +697,8 @@ pub async fn warm(cell: &Cell, prepared: &Prepared, shares: &[Share], opts: &Run
 
 /// Boots, deploys and runs the steps. The flag says whether a VM failed
 /// to come up (the only failure `--retries` retries).
-async fn boot_and_test(cell: &Cell, p: &Prepared, shares: &[Share], opts: &RunOptions, dir: &Path, result: &mut CellResult, progress: &dyn Progress) -> (Outcome, bool) {
-    progress.phase(cell, Phase::Image);
+async fn boot_and_test(cell: &Cell, p: &Prepared, shares: &[Share], opts: &RunOptions, dir: &Path, result: &mut CellResult, progress: &dyn Reporter) -> (Outcome, bool) {
+    progress.event(&Event::Phase { cell, phase: Phase::Image });
     let mut cfgs = Vec::new();
     for n in &p.nodes {
         let (entry, disk) = match find_image(n, opts).await {
@@ -637,7 +710,7 @@ async fn boot_and_test(cell: &Cell, p: &Prepared, shares: &[Share], opts: &RunOp
             Err(reason) => return (Outcome::Error { reason: node_says(p, n, reason) }, false),
         }
     }
-    progress.phase(cell, Phase::Boot);
+    progress.event(&Event::Phase { cell, phase: Phase::Boot });
     let (boot_timeout, cut) = opts.clamp(Duration::from_secs(180));
     let before: Vec<Vec<PathBuf>> = cfgs.iter().map(|c| crate::vm::rundir::RunDir::existing(&c.name)).collect();
     let labels: Vec<String> = cfgs.iter().map(|c| c.name.clone()).collect();
@@ -714,12 +787,16 @@ async fn boot_and_test(cell: &Cell, p: &Prepared, shares: &[Share], opts: &RunOp
             (true, true) => n.node.name.clone(),
             (true, false) => format!("{}: vlans", n.node.name),
         };
-        result.record("boot", &step, StepStatus::Error, boot_started.elapsed(), Some(reason.clone()));
+        result.record(progress, "boot", &step, StepStatus::Error, boot_started.elapsed(), Some(reason.clone()));
         return (Outcome::Error { reason }, true);
     }
     let mut vms: Vec<Vm> = up.into_iter().flatten().collect();
     for vm in &vms {
         vm.begin_ssh();
+    }
+    let up_s = boot_started.elapsed().as_secs_f64();
+    for (vm, n) in vms.iter().zip(&p.nodes) {
+        progress.event(&Event::NodeUp { cell, node: &n.node.name, how: vm.how_started(), at_s: up_s });
     }
     let starts: Vec<String> = vms.iter().zip(&p.nodes).map(|(vm, n)| if p.multi { format!("{}: {}", n.node.name, vm.how_started()) } else { vm.how_started().to_string() }).collect();
     result.start = Some(starts.join("; "));
@@ -742,15 +819,21 @@ async fn boot_and_test(cell: &Cell, p: &Prepared, shares: &[Share], opts: &RunOp
         })
         .collect();
     let outcome = deploy_and_steps(&mut ms, cell, p, opts, result, progress).await.err().unwrap_or(Outcome::Pass);
-    progress.phase(cell, Phase::Shutdown);
+    progress.event(&Event::Phase { cell, phase: Phase::Shutdown });
     let failed = !matches!(outcome, Outcome::Pass);
     for m in ms.iter_mut() {
         if failed && m.vm.is_running() {
             // What the guest's screen and serial console showed at the failure.
             let shot = m.artifacts.join("screenshot.png");
             match m.vm.screendump(&shot).await {
-                Ok(()) if shot.is_file() && m.artifacts == dir => result.screenshot = Some("screenshot.png".into()),
-                Ok(()) if shot.is_file() && result.screenshot.is_none() => result.screenshot = shot.strip_prefix(dir).ok().map(|r| r.display().to_string()),
+                Ok(()) if shot.is_file() && m.artifacts == dir => {
+                    result.screenshot = Some("screenshot.png".into());
+                    result.shown.screenshot_png = std::fs::read(&shot).ok();
+                }
+                Ok(()) if shot.is_file() && result.screenshot.is_none() => {
+                    result.screenshot = shot.strip_prefix(dir).ok().map(|r| r.display().to_string());
+                    result.shown.screenshot_png = std::fs::read(&shot).ok();
+                }
                 Ok(()) => {}
                 Err(e) => tracing::warn!(error = %e, "screendump failed"),
             }
@@ -766,18 +849,22 @@ async fn boot_and_test(cell: &Cell, p: &Prepared, shares: &[Share], opts: &RunOp
         collect_guest_logs(m, node_artifacts, failed).await;
         let _ = m.transcript.save(node_artifacts);
     }
-    if p.multi {
-        // The cell's own commands.json: every node's commands, each
-        // context prefixed with its node.
-        let mut all = Transcript::default();
-        for m in &ms {
-            all.records.extend(m.transcript.records.iter().cloned().map(|mut r| {
+    // Every node's commands, each context prefixed with its node in a
+    // cell of several: the cell's own commands.json, and the failed ones
+    // for the reports.
+    let mut all = Transcript::default();
+    for m in &ms {
+        all.records.extend(m.transcript.records.iter().cloned().map(|mut r| {
+            if p.multi {
                 r.context = format!("{}: {}", m.name, r.context);
-                r
-            }));
-        }
+            }
+            r
+        }));
+    }
+    if p.multi {
         let _ = all.save(dir);
     }
+    result.shown.failed_commands = all.records.into_iter().filter(|r| r.status != Some(0)).collect();
     if failed && opts.keep && ms.iter().all(|m| m.vm.is_running()) && !matches!(outcome, Outcome::Skip { .. }) {
         hold(&mut ms, cell, p, opts, result).await;
     }
@@ -788,6 +875,21 @@ async fn boot_and_test(cell: &Cell, p: &Prepared, shares: &[Share], opts: &RunOp
             vm.keep_run_dir();
         }
         let _ = std::fs::copy(vm.run_dir().join("serial.log"), d.join("serial.log"));
+        let console = std::fs::read(vm.run_dir().join("serial.log")).ok();
+        if n.node.index == 1 {
+            result.shown.serial_log = console.clone();
+        }
+        if p.multi {
+            let shot = d.join("screenshot.png");
+            result.shown.nodes.push(NodeReport {
+                name: n.node.name.clone(),
+                id: format!("{}/{}/{}", n.node.os, n.node.manager, n.node.profile),
+                image: n.node.image.as_ref().ok().cloned(),
+                artifacts_dir: d.display().to_string(),
+                serial_tail: console.as_deref().map(|b| crate::vm::console::tail_lines(b, NODE_SERIAL_LINES)),
+                screenshot_png: std::fs::read(&shot).ok().map(|b| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b)),
+            });
+        }
         // A VM started again (`start`) keeps its first run's console too.
         let _ = std::fs::copy(vm.run_dir().join("serial-earlier.log"), d.join("serial-earlier.log"));
         // The first node's console is also the cell's serial.log (reports).
@@ -802,6 +904,9 @@ async fn boot_and_test(cell: &Cell, p: &Prepared, shares: &[Share], opts: &RunOp
     drop(net);
     (outcome, false)
 }
+
+/// How many of a node's console lines its report shows.
+const NODE_SERIAL_LINES: usize = 150;
 
 /// `reason`, naming the node when the cell has several.
 fn node_says(p: &Prepared, n: &NodePrepared, reason: String) -> String {
@@ -868,8 +973,8 @@ async fn join_vlans(vm: &Vm, n: &NodePrepared, switches: &[crate::vm::vlan::Swit
 /// Deploys every node that runs instances (in the spec's order), then
 /// runs the steps, each on its node, recording every step (and the ones not
 /// reached) in `result`.
-async fn deploy_and_steps(ms: &mut [Machine<'_>], cell: &Cell, p: &Prepared, opts: &RunOptions, result: &mut CellResult, progress: &dyn Progress) -> Result<(), Outcome> {
-    progress.phase(cell, Phase::Deploy);
+async fn deploy_and_steps(ms: &mut [Machine<'_>], cell: &Cell, p: &Prepared, opts: &RunOptions, result: &mut CellResult, progress: &dyn Reporter) -> Result<(), Outcome> {
+    progress.event(&Event::Phase { cell, phase: Phase::Deploy });
     let mut failure = None;
     for (m, n) in ms.iter_mut().zip(&p.nodes) {
         let Some(plan) = &n.deploy else { continue };
@@ -885,7 +990,7 @@ async fn deploy_and_steps(ms: &mut [Machine<'_>], cell: &Cell, p: &Prepared, opt
             let ellipsis = if what.len() < cmd.len() { "…" } else { "" };
             let label = if p.multi { format!("{}: {phase}: {what}{ellipsis}", n.node.name) } else { format!("{phase}: {what}{ellipsis}") };
             if failure.is_some() {
-                result.record("deploy", &label, StepStatus::NotRun, Duration::ZERO, None);
+                result.record(progress, "deploy", &label, StepStatus::NotRun, Duration::ZERO, None);
                 continue;
             }
             let t = Instant::now();
@@ -902,7 +1007,7 @@ async fn deploy_and_steps(ms: &mut [Machine<'_>], cell: &Cell, p: &Prepared, opt
                 Err(e) => (StepStatus::Error, Some(Outcome::Error { reason: node_says(p, n, chain_error(&e)) })),
             };
             let message = outcome.as_ref().map(outcome_reason);
-            result.record("deploy", &label, status, t.elapsed(), message);
+            result.record(progress, "deploy", &label, status, t.elapsed(), message);
             failure = outcome;
         }
     }
@@ -910,24 +1015,24 @@ async fn deploy_and_steps(ms: &mut [Machine<'_>], cell: &Cell, p: &Prepared, opt
         // The NixOS driver's interactive mode: the nodes at a prompt, the
         // script at hand as test_script().
         let script = cell_script(p);
-        python::session(ms, &script, opts, Duration::from_secs(120), result, python::Mode::Prompt).await?;
+        python::session(ms, &script, opts, Duration::from_secs(120), result, python::Mode::Prompt, progress).await?;
         return Err(Outcome::Skip { reason: INTERACTIVE.into() });
     }
     let mut phase = Phase::Deploy;
     for s in &p.steps {
         if failure.is_some() {
-            result.record(&s.group, &s.name, StepStatus::NotRun, Duration::ZERO, None);
+            result.record(progress, &s.group, &s.name, StepStatus::NotRun, Duration::ZERO, None);
             continue;
         }
         let ph = Phase::of_group(&s.group);
         if ph != phase {
-            progress.phase(cell, ph);
+            progress.event(&Event::Phase { cell, phase: ph });
             phase = ph;
         }
         if let crate::spec::Action::Python(script) = &s.action {
             // Its calls are the steps: the script's own step is replaced.
             result.steps_total -= 1;
-            if let Err(o) = python::run(ms, script, opts, s.timeout, result).await {
+            if let Err(o) = python::run(ms, script, opts, s.timeout, result, progress).await {
                 failure = Some(o);
             }
             continue;
@@ -941,16 +1046,16 @@ async fn deploy_and_steps(ms: &mut [Machine<'_>], cell: &Cell, p: &Prepared, opt
         match m.step(&s.group, &s.action, timeout).await {
             Ok(()) => {
                 result.steps_passed += 1;
-                result.record(&s.group, &name, StepStatus::Pass, t.elapsed(), None);
+                result.record(progress, &s.group, &name, StepStatus::Pass, t.elapsed(), None);
             }
             Err(StepError::Failed(reason)) => {
                 let reason = if cut { format!("{DEADLINE} during this step; {reason}") } else { reason };
-                result.record(&s.group, &name, StepStatus::Fail, t.elapsed(), Some(reason.clone()));
+                result.record(progress, &s.group, &name, StepStatus::Fail, t.elapsed(), Some(reason.clone()));
                 failure = Some(Outcome::Fail { group: s.group.clone(), step: name, reason });
             }
             Err(StepError::Infra(e)) => {
                 let reason = chain_error(&e);
-                result.record(&s.group, &name, StepStatus::Error, t.elapsed(), Some(reason.clone()));
+                result.record(progress, &s.group, &name, StepStatus::Error, t.elapsed(), Some(reason.clone()));
                 failure = Some(Outcome::Error { reason });
             }
         }
@@ -1025,7 +1130,7 @@ async fn hold(ms: &mut [Machine<'_>], cell: &Cell, p: &Prepared, opts: &RunOptio
         let script = cell_script(p);
         // Calls made at the prompt are recorded, but the cell stays failed.
         let mut scratch = result.clone();
-        let _ = python::session(ms, &script, opts, Duration::from_secs(120), &mut scratch, python::Mode::Prompt).await;
+        let _ = python::session(ms, &script, opts, Duration::from_secs(120), &mut scratch, python::Mode::Prompt, &super::event::Quiet).await;
     } else {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let mut ex = ms[0].vm.qmp.subscribe();

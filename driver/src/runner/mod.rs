@@ -3,6 +3,7 @@
 
 mod cell;
 mod deploy;
+pub mod event;
 mod machine;
 pub mod python;
 pub mod schedule;
@@ -10,7 +11,7 @@ pub mod progress;
 mod transcript;
 
 pub use cell::{
-    prepare, profile, run, shares, warm, write_configs, Attempt, CellResult, GroupResult, NodePrepared, Outcome, Prepared, RunOptions, Span, StepResult, StepStatus, DEADLINE, INTERACTIVE,
+    configs_of, prepare, profile, run, shares, warm, write_configs, Attempt, CellResult, ConfigFile, NodeReport, Shown, GroupResult, NodePrepared, Outcome, Prepared, RunOptions, Span, StepResult, StepStatus, DEADLINE, INTERACTIVE,
 };
 pub use deploy::{plan, tar, DeployCommand, DeployPlan};
 pub use machine::{describe, Machine, StepError};

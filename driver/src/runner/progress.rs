@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::cell::{CellResult, Outcome};
+use super::event::{Event, Reporter};
 use crate::spec::Cell;
 
 /// The phases of a cell, in order.
@@ -51,16 +52,6 @@ impl Phase {
     }
 }
 
-/// Receives progress from running cells (called from several tasks).
-pub trait Progress: Send + Sync {
-    /// `cell` entered `phase`.
-    fn phase(&self, cell: &Cell, phase: Phase);
-    /// `cell` finished (any outcome, including skips).
-    fn finished(&self, result: &CellResult, line: &str);
-    /// A note about the run (retries, deadline).
-    fn note(&self, line: &str);
-}
-
 /// Plain lines for logs and CI: a line on stderr at every phase change,
 /// the result line on stdout.
 pub struct Lines {
@@ -80,18 +71,24 @@ impl Default for Lines {
     }
 }
 
-impl Progress for Lines {
+impl Reporter for Lines {
+    fn event(&self, e: &Event<'_>) {
+        match e {
+            Event::Phase { cell, phase } => self.phase(cell, *phase),
+            Event::Finished { line, .. } => println!("{line}"),
+            Event::Note(line) => eprintln!("xdriver: {line}"),
+            Event::Retried { cell, attempt, of, .. } => eprintln!("xdriver: {}: boot failed, retrying (attempt {attempt} of {of})", cell.id()),
+            Event::Started { .. } | Event::NodeUp { .. } | Event::Step { .. } => {}
+        }
+    }
+}
+
+impl Lines {
     fn phase(&self, cell: &Cell, phase: Phase) {
         let id = cell.id();
         let mut m = self.started.lock().expect("progress lock");
         let t0 = *m.entry(id.clone()).or_insert_with(Instant::now);
         eprintln!("xdriver: {id}: {} (at {:.1} s)", phase.name(), t0.elapsed().as_secs_f64());
-    }
-    fn finished(&self, _: &CellResult, line: &str) {
-        println!("{line}");
-    }
-    fn note(&self, line: &str) {
-        eprintln!("xdriver: {line}");
     }
 }
 
@@ -119,7 +116,19 @@ impl Bars {
     }
 }
 
-impl Progress for Bars {
+impl Reporter for Bars {
+    fn event(&self, e: &Event<'_>) {
+        match e {
+            Event::Phase { cell, phase } => self.phase(cell, *phase),
+            Event::Finished { result, line } => self.finished(result, line),
+            Event::Note(line) => self.note(line),
+            Event::Retried { cell, attempt, of, .. } => self.note(&format!("{}: boot failed, retrying (attempt {attempt} of {of})", cell.id())),
+            Event::Started { .. } | Event::NodeUp { .. } | Event::Step { .. } => {}
+        }
+    }
+}
+
+impl Bars {
     fn phase(&self, cell: &Cell, phase: Phase) {
         let id = cell.id();
         let mut running = self.running.lock().expect("progress lock");
@@ -165,7 +174,7 @@ impl Drop for Bars {
 }
 
 /// Bars when stderr is a terminal, plain lines otherwise.
-pub fn for_terminal(total: usize) -> Box<dyn Progress> {
+pub fn for_terminal(total: usize) -> Box<dyn Reporter> {
     if std::io::stderr().is_terminal() && std::env::var_os("CI").is_none() {
         Box::new(Bars::new(total))
     } else {

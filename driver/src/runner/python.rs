@@ -4,6 +4,7 @@
 //! here as one line of JSON; each is run on the cell's VM and recorded as
 //! a step of the group its script line came from.
 
+use super::event::Reporter;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -86,26 +87,26 @@ pub enum Mode {
 /// `timeout` is a call's default deadline. The script, the harness, its
 /// segment table and `python.log` (the script's own output and any
 /// traceback) stay in the cell's results.
-pub async fn run(ms: &mut [Machine<'_>], script: &PyScript, opts: &RunOptions, timeout: Duration, result: &mut CellResult) -> Result<(), Outcome> {
-    session(ms, script, opts, timeout, result, Mode::Script).await
+pub async fn run(ms: &mut [Machine<'_>], script: &PyScript, opts: &RunOptions, timeout: Duration, result: &mut CellResult, progress: &dyn Reporter) -> Result<(), Outcome> {
+    session(ms, script, opts, timeout, result, Mode::Script, progress).await
 }
 
 /// Runs the harness in `mode`. Requests and replies go over a Unix socket
 /// in the VM's run directory (short enough for a socket path), so the
 /// harness's stdin and stdout are free for a prompt.
-pub async fn session(ms: &mut [Machine<'_>], script: &PyScript, opts: &RunOptions, timeout: Duration, result: &mut CellResult, mode: Mode) -> Result<(), Outcome> {
+pub async fn session(ms: &mut [Machine<'_>], script: &PyScript, opts: &RunOptions, timeout: Duration, result: &mut CellResult, mode: Mode, progress: &dyn Reporter) -> Result<(), Outcome> {
     if mode == Mode::Prompt {
         // Ctrl-C at the prompt is Python's KeyboardInterrupt, not the end
         // of the run: the binary's handler leaves it alone meanwhile.
         crate::terminal::HANDLES_SIGNALS.store(true, std::sync::atomic::Ordering::SeqCst);
-        let r = run_session(ms, script, opts, timeout, result, mode).await;
+        let r = run_session(ms, script, opts, timeout, result, mode, progress).await;
         crate::terminal::HANDLES_SIGNALS.store(false, std::sync::atomic::Ordering::SeqCst);
         return r;
     }
-    run_session(ms, script, opts, timeout, result, mode).await
+    run_session(ms, script, opts, timeout, result, mode, progress).await
 }
 
-async fn run_session(ms: &mut [Machine<'_>], script: &PyScript, opts: &RunOptions, timeout: Duration, result: &mut CellResult, mode: Mode) -> Result<(), Outcome> {
+async fn run_session(ms: &mut [Machine<'_>], script: &PyScript, opts: &RunOptions, timeout: Duration, result: &mut CellResult, mode: Mode, progress: &dyn Reporter) -> Result<(), Outcome> {
     let err = |reason: String| Outcome::Error { reason };
     // The script's files go in the cell's directory: the first node's
     // (a cell of one), or the one above the nodes' own.
@@ -225,7 +226,7 @@ async fn run_session(ms: &mut [Machine<'_>], script: &PyScript, opts: &RunOption
                     let status = if kind == "infra" { StepStatus::Error } else { StepStatus::Fail };
                     let name = format!("script line {at}: {}", req["type"].as_str().unwrap_or("error"));
                     result.steps_total += 1;
-                    result.record(&group, &name, status, Duration::ZERO, Some(reason.clone()));
+                    result.record(progress, &group, &name, status, Duration::ZERO, Some(reason.clone()));
                 }
                 failure = Some(if kind == "infra" { err(reason) } else { Outcome::Fail { group: group.clone(), step: format!("script line {at}"), reason } });
                 continue;
@@ -248,7 +249,7 @@ async fn run_session(ms: &mut [Machine<'_>], script: &PyScript, opts: &RunOption
             if d.status == StepStatus::Pass {
                 result.steps_passed += 1;
             }
-            result.record(&group, &call, d.status, started.elapsed(), d.message.clone());
+            result.record(progress, &group, &call, d.status, started.elapsed(), d.message.clone());
         }
         if d.status != StepStatus::Pass {
             last_fail = Some((at, d.message.clone().unwrap_or_default()));

@@ -11,7 +11,7 @@ use futures::FutureExt;
 use tokio::sync::Semaphore;
 
 use super::cell::{CellResult, Outcome, Prepared, RunOptions};
-use super::progress::Progress;
+use super::event::{Event, Reporter};
 use crate::spec::{Cell, Spec};
 use crate::vm::qemu::Share;
 
@@ -33,7 +33,7 @@ pub fn cell_line(r: &CellResult) -> String {
 
 /// Runs `cells`, `jobs` at a time, and returns their results in the
 /// order given.
-pub async fn run_cells(spec: &Spec, cells: Vec<(Cell, Option<Prepared>)>, shares: &[Share], opts: &RunOptions, jobs: usize, fail_fast: bool, progress: &dyn Progress) -> Vec<CellResult> {
+pub async fn run_cells(spec: &Spec, cells: Vec<(Cell, Option<Prepared>)>, shares: &[Share], opts: &RunOptions, jobs: usize, fail_fast: bool, progress: &dyn Reporter) -> Vec<CellResult> {
     let permits = Semaphore::new(jobs);
     let stop = AtomicBool::new(false);
     let run_cell = |cell: Cell, prepared| {
@@ -60,7 +60,7 @@ pub async fn run_cells(spec: &Spec, cells: Vec<(Cell, Option<Prepared>)>, shares
             if fail_fast && matches!(r.outcome, Outcome::Fail { .. } | Outcome::Error { .. }) {
                 stop.store(true, Ordering::SeqCst);
             }
-            progress.finished(&r, &cell_line(&r));
+            progress.event(&Event::Finished { result: &r, line: &cell_line(&r) });
             r
         }
     };
