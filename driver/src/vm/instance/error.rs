@@ -1,0 +1,115 @@
+//! VM failures.
+
+use super::*;
+
+/// VM failures. Those after QEMU started carry the serial log's tail.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// The run directory or the overlay could not be made.
+    #[error("preparing the VM: {0}")]
+    Prepare(String),
+    /// QEMU could not be started or did not connect its sockets.
+    #[error("QEMU failed to start: {detail}\n--- QEMU stderr ---\n{stderr}")]
+    Start {
+        /// What went wrong.
+        detail: String,
+        /// QEMU's stderr.
+        stderr: String,
+    },
+    /// QEMU exited while xdriver was using it.
+    #[error("QEMU exited unexpectedly ({status}) while {during}\n--- QEMU stderr ---\n{stderr}\n--- last serial output ---\n{serial}")]
+    QemuExited {
+        /// Exit status.
+        status: String,
+        /// What xdriver was doing.
+        during: String,
+        /// QEMU's stderr.
+        stderr: String,
+        /// Tail of the serial log.
+        serial: String,
+    },
+    /// The guest did not come up in time.
+    #[error("the guest did not come up within {timeout:?}: {waited_for}\n--- last serial output ---\n{serial}")]
+    BootTimeout {
+        /// What was awaited.
+        waited_for: String,
+        /// The deadline.
+        timeout: Duration,
+        /// Tail of the serial log.
+        serial: String,
+    },
+    /// QMP failed.
+    #[error(transparent)]
+    Qmp(#[from] QmpError),
+    /// The backdoor failed.
+    #[error(transparent)]
+    Backdoor(#[from] BackdoorError),
+    /// SSH failed.
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+    /// Waiting for console text timed out.
+    #[error("{source}\n--- last serial output ---\n{serial}")]
+    Console {
+        /// The timeout.
+        #[source]
+        source: ConsoleTimeout,
+        /// Tail of the serial log.
+        serial: String,
+    },
+    /// Mounting a share in the guest failed.
+    #[error("mounting share {host} at {guest} failed: {detail}")]
+    Share {
+        /// Host directory.
+        host: PathBuf,
+        /// Guest mount point.
+        guest: String,
+        /// The guest's message.
+        detail: String,
+    },
+    /// The VM was started without SSH.
+    #[error("this VM has no SSH connection (it was started with the backdoor channel only)")]
+    NoSsh,
+    /// The SSH connection, set up in the background, failed.
+    #[error("SSH to the guest could not be set up: {0}")]
+    SshSetup(String),
+    /// A RAM snapshot could not be restored (the VM then boots cold).
+    #[error("restoring the RAM snapshot {snapshot}: {detail}")]
+    Restore {
+        /// The snapshot's directory.
+        snapshot: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+    /// A restored VM could not get its virtio-fs devices hot-plugged (the
+    /// snapshot is fine; the VM then boots cold, with them on QEMU's
+    /// command line).
+    #[error("hot-plugging virtio-fs into a VM restored from {snapshot}: {detail}")]
+    Hotplug {
+        /// The snapshot's directory.
+        snapshot: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+    /// The guest's kernel panicked at boot, and the boot made again (see
+    /// [`Vm::start`]) failed too.
+    #[error("{last}\n(booted twice: the first boot's kernel panicked too: {first})")]
+    BootedTwice {
+        /// The first boot's panic line, and its kept run directory.
+        first: String,
+        /// How the second boot failed.
+        last: Box<VmError>,
+    },
+}
+
+impl VmError {
+    /// The guest kernel's panic line, if this error is QEMU exiting or a
+    /// boot timing out with one in the serial tail.
+    pub fn kernel_panic(&self) -> Option<&str> {
+        let serial = match self {
+            VmError::QemuExited { serial, .. } | VmError::BootTimeout { serial, .. } => serial,
+            VmError::BootedTwice { last, .. } => return last.kernel_panic(),
+            _ => return None,
+        };
+        serial.lines().map(str::trim).find_map(|l| l.find("Kernel panic - not syncing").map(|i| &l[i..]))
+    }
+}
