@@ -33,8 +33,8 @@ async fn two_releases_on_one_vlan_reach_each_other_until_the_link_is_cut() {
     // Each joins with every node's name in its /etc/hosts (one guest
     // command for the NIC and the names).
     let hosts = vec![(std::net::IpAddr::V4(na.addr()), "node-a".to_string()), (std::net::IpAddr::V4(nb.addr()), "node-b".to_string())];
-    a.join_vlans(&[(&na, &switch)], &hosts).await.expect("a joins vlan 1");
-    b.join_vlans(&[(&nb, &switch)], &hosts).await.expect("b joins vlan 1");
+    a.join_vlans(&[(na.clone(), &switch)], &hosts).await.expect("a joins vlan 1");
+    b.join_vlans(&[(nb.clone(), &switch)], &hosts).await.expect("b joins vlan 1");
     let ping = |to: std::net::Ipv4Addr| format!("busybox ping -c 1 -W 3 {to}");
     // Each reaches the other by name (/etc/hosts), over IPv4 and IPv6.
 

@@ -26,8 +26,6 @@ pub const SCHEMA: &str = "xdriver-report/1";
 
 /// Longest command output kept per stream in the report.
 const OUTPUT_CAP: usize = 8 * 1024;
-/// Serial log lines kept per cell.
-const SERIAL_LINES: usize = 150;
 /// Longest rendered config file kept.
 const CONFIG_CAP: usize = 32 * 1024;
 
@@ -223,7 +221,7 @@ impl CellReport {
             Outcome::Error { reason } | Outcome::Skip { reason } => (Some(reason.clone()), None, None),
         };
         let shown = &r.shown;
-        let serial_tail = r.serial_tail.clone().or_else(|| shown.serial_log.as_deref().map(|b| crate::vm::console::tail_lines(b, SERIAL_LINES)));
+        let serial_tail = r.serial_tail.clone().or_else(|| shown.console_tail.clone());
         let screenshot_png = shown.screenshot_png.as_ref().map(|b| base64::engine::general_purpose::STANDARD.encode(b));
         CellReport {
             id: r.cell.id(),

@@ -152,8 +152,8 @@ pub struct Shown {
     /// Every command that exited non-zero or broke, in order, every node's
     /// (a cell of several: contexts prefixed `NODE: `).
     pub failed_commands: Vec<super::transcript::Record>,
-    /// The first node's serial log (its tail is what reports show).
-    pub serial_log: Option<Vec<u8>>,
+    /// The first node's console, its last [`REPORT_SERIAL_LINES`] lines.
+    pub console_tail: Option<String>,
     /// The screen at the failure, PNG.
     pub screenshot_png: Option<Vec<u8>>,
     /// A cell of several machines: each node.
@@ -489,28 +489,24 @@ pub fn configs_of(p: &Prepared) -> Vec<ConfigFile> {
     out
 }
 
-/// Writes the rendered files under `<dir>/configs/<guest path>` and the
-/// plan as `plan.json`.
-pub fn write_configs(dir: &Path, p: &Prepared) -> std::io::Result<()> {
-    // A cell of several nodes: `configs/<node>/<guest path>`.
-    let files = p.nodes.iter().filter_map(|n| n.deploy.as_ref().map(|d| (n, d))).flat_map(|(n, d)| d.files.iter().map(move |f| (n, f)));
-    for (n, f) in files {
-        let base = if p.multi { dir.join("configs").join(&n.node.name) } else { dir.join("configs") };
-        let dest = base.join(f.path.trim_start_matches('/'));
+/// Writes the rendered files ([`configs_of`]) under `<dir>/configs/<path>`
+/// (a cell of several nodes: `configs/<node>/<guest path>`) and the plan as
+/// `plan.json`; returns the files, for the reports.
+pub fn write_configs(dir: &Path, p: &Prepared) -> std::io::Result<Vec<ConfigFile>> {
+    let configs = configs_of(p);
+    for c in &configs {
+        let dest = dir.join("configs").join(c.path.trim_start_matches('/'));
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        match (&f.contents, &f.link) {
-            (_, Some(t)) => std::fs::write(&dest, format!("symlink -> {t}\n"))?,
-            (Some(c), None) => std::fs::write(&dest, c)?,
-            (None, None) => {}
-        }
+        std::fs::write(&dest, &c.contents)?;
     }
     let mut plan = serde_json::json!({ "deploy": p.deploy, "steps": p.steps, "processes": p.resolved.system.processes });
     if p.multi {
         plan["nodes"] = p.nodes.iter().map(|n| serde_json::json!({ "node": n.node, "deploy": n.deploy })).collect();
     }
-    std::fs::write(dir.join("plan.json"), serde_json::to_string_pretty(&plan).map_err(std::io::Error::other)?)
+    std::fs::write(dir.join("plan.json"), serde_json::to_string_pretty(&plan).map_err(std::io::Error::other)?)?;
+    Ok(configs)
 }
 
 /// Runs one cell, reporting its phases to `progress`.
@@ -549,11 +545,13 @@ pub async fn run(spec: &Spec, cell: &Cell, prepared: Option<Prepared>, shares: &
     }
     loop {
         let attempt_started = Instant::now();
-        if let Err(e) = std::fs::create_dir_all(&dir).and_then(|_| write_configs(&dir, &prepared)) {
-            result.outcome = Outcome::Error { reason: format!("results directory {}: {e}", dir.display()) };
-            return finish(result, started);
+        match std::fs::create_dir_all(&dir).and_then(|_| write_configs(&dir, &prepared)) {
+            Ok(configs) => result.shown.configs = configs,
+            Err(e) => {
+                result.outcome = Outcome::Error { reason: format!("results directory {}: {e}", dir.display()) };
+                return finish(result, started);
+            }
         }
-        result.shown.configs = configs_of(&prepared);
         let (outcome, boot_failed) = boot_and_test(cell, &prepared, shares, opts, &dir, &mut result, progress).await;
         result.outcome = outcome;
         let retry = boot_failed && (result.attempts.len() as u32) < opts.retries && !opts.expired();
@@ -874,10 +872,18 @@ async fn boot_and_test(cell: &Cell, p: &Prepared, shares: &[Share], opts: &RunOp
         if failed {
             vm.keep_run_dir();
         }
-        let _ = std::fs::copy(vm.run_dir().join("serial.log"), d.join("serial.log"));
+        // The console, read once: the node's serial.log, the first node's
+        // also the cell's (reports), and the tails the reports show.
         let console = std::fs::read(vm.run_dir().join("serial.log")).ok();
+        if let Some(c) = &console {
+            let _ = std::fs::write(d.join("serial.log"), c);
+            if p.multi && n.node.index == 1 {
+                let _ = std::fs::write(dir.join("serial.log"), c);
+            }
+        }
+        let tail = console.as_deref().map(|b| crate::vm::console::tail_lines(b, REPORT_SERIAL_LINES));
         if n.node.index == 1 {
-            result.shown.serial_log = console.clone();
+            result.shown.console_tail = tail.clone();
         }
         if p.multi {
             let shot = d.join("screenshot.png");
@@ -886,16 +892,12 @@ async fn boot_and_test(cell: &Cell, p: &Prepared, shares: &[Share], opts: &RunOp
                 id: format!("{}/{}/{}", n.node.os, n.node.manager, n.node.profile),
                 image: n.node.image.as_ref().ok().cloned(),
                 artifacts_dir: d.display().to_string(),
-                serial_tail: console.as_deref().map(|b| crate::vm::console::tail_lines(b, NODE_SERIAL_LINES)),
+                serial_tail: tail,
                 screenshot_png: std::fs::read(&shot).ok().map(|b| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b)),
             });
         }
         // A VM started again (`start`) keeps its first run's console too.
         let _ = std::fs::copy(vm.run_dir().join("serial-earlier.log"), d.join("serial-earlier.log"));
-        // The first node's console is also the cell's serial.log (reports).
-        if p.multi && n.node.index == 1 {
-            let _ = std::fs::copy(vm.run_dir().join("serial.log"), dir.join("serial.log"));
-        }
         // The overlay is thrown away: QEMU goes without waiting for the
         // guest's own power-off (a test that wants one has a `shutdown` step).
         let _ = vm.quit().await;
@@ -905,8 +907,9 @@ async fn boot_and_test(cell: &Cell, p: &Prepared, shares: &[Share], opts: &RunOp
     (outcome, false)
 }
 
-/// How many of a node's console lines its report shows.
-const NODE_SERIAL_LINES: usize = 150;
+/// How many of a console's last lines a report shows (the cell's and each
+/// node's).
+pub const REPORT_SERIAL_LINES: usize = 150;
 
 /// `reason`, naming the node when the cell has several.
 fn node_says(p: &Prepared, n: &NodePrepared, reason: String) -> String {
@@ -960,14 +963,13 @@ async fn join_vlans(vm: &Vm, n: &NodePrepared, switches: &[crate::vm::vlan::Swit
     if n.node.vlans.is_empty() {
         return Ok(());
     }
-    let nics: Vec<(crate::vm::vlan::Nic, &crate::vm::vlan::Switch)> = n
+    let nics: Vec<_> = n
         .node
         .vlans
         .iter()
         .map(|v| (crate::vm::vlan::Nic { vlan: *v, node: n.node.index }, switches.iter().find(|s| s.vlan() == *v).expect("a switch per vlan")))
         .collect();
-    let refs: Vec<(&crate::vm::vlan::Nic, &crate::vm::vlan::Switch)> = nics.iter().map(|(n, s)| (n, *s)).collect();
-    vm.join_vlans(&refs, hosts).await.map_err(|e| e.to_string())
+    vm.join_vlans(&nics, hosts).await.map_err(|e| e.to_string())
 }
 
 /// Deploys every node that runs instances (in the spec's order), then

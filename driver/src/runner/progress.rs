@@ -52,6 +52,11 @@ impl Phase {
     }
 }
 
+/// The note both displays print for a retried cell.
+fn retried_line(cell: &Cell, attempt: usize, of: u32) -> String {
+    format!("{}: boot failed, retrying (attempt {attempt} of {of})", cell.id())
+}
+
 /// Plain lines for logs and CI: a line on stderr at every phase change,
 /// the result line on stdout.
 pub struct Lines {
@@ -77,7 +82,7 @@ impl Reporter for Lines {
             Event::Phase { cell, phase } => self.phase(cell, *phase),
             Event::Finished { line, .. } => println!("{line}"),
             Event::Note(line) => eprintln!("xdriver: {line}"),
-            Event::Retried { cell, attempt, of, .. } => eprintln!("xdriver: {}: boot failed, retrying (attempt {attempt} of {of})", cell.id()),
+            Event::Retried { cell, attempt, of, .. } => eprintln!("xdriver: {}", retried_line(cell, *attempt, *of)),
             Event::Started { .. } | Event::NodeUp { .. } | Event::Step { .. } => {}
         }
     }
@@ -122,7 +127,7 @@ impl Reporter for Bars {
             Event::Phase { cell, phase } => self.phase(cell, *phase),
             Event::Finished { result, line } => self.finished(result, line),
             Event::Note(line) => self.note(line),
-            Event::Retried { cell, attempt, of, .. } => self.note(&format!("{}: boot failed, retrying (attempt {attempt} of {of})", cell.id())),
+            Event::Retried { cell, attempt, of, .. } => self.note(&retried_line(cell, *attempt, *of)),
             Event::Started { .. } | Event::NodeUp { .. } | Event::Step { .. } => {}
         }
     }

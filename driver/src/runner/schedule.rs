@@ -31,9 +31,9 @@ pub fn cell_line(r: &CellResult) -> String {
     }
 }
 
-/// Runs `cells`, `jobs` at a time, and returns their results in the
-/// order given.
-pub async fn run_cells(spec: &Spec, cells: Vec<(Cell, Option<Prepared>)>, shares: &[Share], opts: &RunOptions, jobs: usize, fail_fast: bool, progress: &dyn Reporter) -> Vec<CellResult> {
+/// Runs `cells`, `jobs` at a time; each result goes to `progress` as its
+/// cell's [`Event::Finished`] (a [`super::event::Collector`] keeps them).
+pub async fn run_cells(spec: &Spec, cells: Vec<(Cell, Option<Prepared>)>, shares: &[Share], opts: &RunOptions, jobs: usize, fail_fast: bool, progress: &dyn Reporter) {
     let permits = Semaphore::new(jobs);
     let stop = AtomicBool::new(false);
     let run_cell = |cell: Cell, prepared| {
@@ -61,7 +61,6 @@ pub async fn run_cells(spec: &Spec, cells: Vec<(Cell, Option<Prepared>)>, shares
                 stop.store(true, Ordering::SeqCst);
             }
             progress.event(&Event::Finished { result: &r, line: &cell_line(&r) });
-            r
         }
     };
     // Cells take their turns (the semaphore is fair) in an order that
@@ -70,15 +69,11 @@ pub async fn run_cells(spec: &Spec, cells: Vec<(Cell, Option<Prepared>)>, shares
     // later ones restore it, rather than waiting beside it.
     let order = start_order(cells.iter().map(|(c, _)| c.image.as_ref().ok().map(String::as_str)));
     let mut slots: Vec<Option<(Cell, _)>> = cells.into_iter().map(Some).collect();
-    let started_cells = order.iter().map(|&i| {
+    let started_cells: Vec<_> = order.iter().map(|&i| {
         let (c, p) = slots[i].take().expect("each cell once");
-        let fut = run_cell(c, p);
-        async move { (i, fut.await) }
-    });
-    let mut indexed: Vec<(usize, CellResult)> = futures::future::join_all(started_cells.collect::<Vec<_>>()).await;
-    indexed.sort_by_key(|(i, _)| *i);
-    let results: Vec<CellResult> = indexed.into_iter().map(|(_, r)| r).collect();
-    results
+        run_cell(c, p)
+    }).collect();
+    futures::future::join_all(started_cells).await;
 }
 
 /// The order cells start in: by how many cells of the same image come

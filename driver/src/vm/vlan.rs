@@ -181,7 +181,7 @@ impl Vm {
     /// Plugs a NIC on `switch`'s vlan into this running VM and gives it
     /// its address in the guest.
     pub async fn attach_vlan(&self, nic: &Nic, switch: &Switch) -> Result<(), VlanError> {
-        self.join_vlans(&[(nic, switch)], &[]).await
+        self.join_vlans(&[(nic.clone(), switch)], &[]).await
     }
 
     /// Plugs a NIC on each of `nics`' vlans into this running VM (QMP),
@@ -189,7 +189,7 @@ impl Vm {
     /// may share the host's cores with other nodes), gives each its
     /// addresses and adds `names` (address, host name) to /etc/hosts, so
     /// the test's machines reach each other by name.
-    pub async fn join_vlans(&self, nics: &[(&Nic, &Switch)], names: &[(std::net::IpAddr, String)]) -> Result<(), VlanError> {
+    pub async fn join_vlans(&self, nics: &[(Nic, &Switch)], names: &[(std::net::IpAddr, String)]) -> Result<(), VlanError> {
         let mut cmds = Vec::new();
         for (nic, switch) in nics {
             let id = nic.id();
