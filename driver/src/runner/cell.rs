@@ -21,6 +21,7 @@ use crate::error_chain::chain_error;
 use crate::vm::qemu::{Accel, Share};
 use crate::spec::{Cell, CellCtx, Node, Resolved, Spec, SpecError, Step};
 use crate::vm::{DiskUse, Vm, VmConfig};
+use crate::vm::vlan::{Nic, VlanPort};
 
 /// How a cell ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -697,6 +698,11 @@ pub async fn warm(cell: &Cell, prepared: &Prepared, shares: &[Share], opts: &Run
 /// to come up (the only failure `--retries` retries).
 async fn boot_and_test(cell: &Cell, p: &Prepared, shares: &[Share], opts: &RunOptions, dir: &Path, result: &mut CellResult, progress: &dyn Reporter) -> (Outcome, bool) {
     progress.event(&Event::Phase { cell, phase: Phase::Image });
+    // The vlans' switches first: each node's VM is started on them.
+    let (net, switches, hosts) = match start_vlans(cell, p) {
+        Ok(v) => v,
+        Err(reason) => return (Outcome::Error { reason }, false),
+    };
     let mut cfgs = Vec::new();
     for n in &p.nodes {
         let (entry, disk) = match find_image(n, opts).await {
@@ -704,7 +710,19 @@ async fn boot_and_test(cell: &Cell, p: &Prepared, shares: &[Share], opts: &RunOp
             Err(reason) => return (Outcome::Error { reason: node_says(p, n, reason) }, false),
         };
         match vm_config(vm_name(cell, n, p.multi), n, p.multi, entry, disk, shares, opts) {
-            Ok(cfg) => cfgs.push(cfg),
+            Ok(mut cfg) => {
+                cfg.vlans = n
+                    .node
+                    .vlans
+                    .iter()
+                    .filter_map(|v| switches.iter().find(|s| s.vlan() == *v))
+                    .map(|s| VlanPort { nic: Nic { vlan: s.vlan(), node: n.node.index }, sock: s.sock().to_path_buf() })
+                    .collect();
+                if !cfg.vlans.is_empty() {
+                    cfg.hosts = hosts.clone();
+                }
+                cfgs.push(cfg)
+            }
             Err(reason) => return (Outcome::Error { reason: node_says(p, n, reason) }, false),
         }
     }
@@ -713,37 +731,25 @@ async fn boot_and_test(cell: &Cell, p: &Prepared, shares: &[Share], opts: &RunOp
     let before: Vec<Vec<PathBuf>> = cfgs.iter().map(|c| crate::vm::rundir::RunDir::existing(&c.name)).collect();
     let labels: Vec<String> = cfgs.iter().map(|c| c.name.clone()).collect();
     let boot_started = Instant::now();
-    // The vlans' switches first; then every node boots (or restores) and
-    // joins its vlans, side by side, each as soon as it is up.
-    let (net, switches, hosts) = match start_vlans(cell, p) {
-        Ok(v) => v,
-        Err(reason) => return (Outcome::Error { reason }, false),
-    };
     // Seconds since the cell started, for its timeline.
     let since_start = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0) - result.started_at;
-    let starts = cfgs.into_iter().zip(&p.nodes).map(|(mut cfg, n)| {
+    // Every node boots (or restores) on its vlans, side by side.
+    let starts = cfgs.into_iter().map(|mut cfg| {
         cfg.boot_timeout = boot_timeout.max(Duration::from_secs(1));
-        let (switches, hosts) = (&switches, &hosts);
         async move {
             let t = std::time::SystemTime::now();
-            let vm = Vm::start(cfg).await.map_err(|e| (true, format!("boot: {}", chain_error(&e))))?;
-            let booted = std::time::SystemTime::now();
-            if let Err(e) = join_vlans(&vm, n, switches, hosts).await {
-                let _ = vm.quit().await;
-                return Err((false, e));
-            }
-            Ok((vm, [t, booted, std::time::SystemTime::now()]))
+            let vm = Vm::start(cfg).await.map_err(|e| format!("boot: {}", chain_error(&e)))?;
+            Ok::<_, String>((vm, [t, std::time::SystemTime::now()]))
         }
     });
     let mut up = Vec::new();
     let mut failed = None;
     for (i, r) in futures::future::join_all(starts).await.into_iter().enumerate() {
         match r {
-            Ok((vm, [t, booted, joined])) => {
+            Ok((vm, [t, booted])) => {
                 if p.multi {
                     let node = Some(p.nodes[i].node.name.clone());
-                    result.timeline.push(Span { what: "boot".into(), node: node.clone(), start_s: since_start(t), end_s: since_start(booted) });
-                    result.timeline.push(Span { what: "vlans".into(), node, start_s: since_start(booted), end_s: since_start(joined) });
+                    result.timeline.push(Span { what: "boot".into(), node, start_s: since_start(t), end_s: since_start(booted) });
                 }
                 up.push(Some(vm));
             }
@@ -753,7 +759,7 @@ async fn boot_and_test(cell: &Cell, p: &Prepared, shares: &[Share], opts: &RunOp
             }
         }
     }
-    if let Some((i, (booting, why))) = failed {
+    if let Some((i, why)) = failed {
         // Every node that came up goes, its console kept with the cell's
         // results.
         for (vm, n) in up.into_iter().zip(&p.nodes).filter_map(|(vm, n)| vm.map(|vm| (vm, n))) {
@@ -780,11 +786,7 @@ async fn boot_and_test(cell: &Cell, p: &Prepared, shares: &[Share], opts: &RunOp
         if let Ok(log) = std::fs::read(ndir.join("serial.log")) {
             result.serial_tail = Some(crate::vm::console::tail_lines(&log, 60));
         }
-        let step = match (p.multi, booting) {
-            (false, _) => "boot".to_string(),
-            (true, true) => n.node.name.clone(),
-            (true, false) => format!("{}: vlans", n.node.name),
-        };
+        let step = if p.multi { n.node.name.clone() } else { "boot".to_string() };
         result.record(progress, "boot", &step, StepStatus::Error, boot_started.elapsed(), Some(reason.clone()));
         return (Outcome::Error { reason }, true);
     }
@@ -955,21 +957,6 @@ fn start_vlans(cell: &Cell, p: &Prepared) -> Result<(Option<crate::vm::rundir::R
         }
     }
     Ok((Some(run), switches, hosts))
-}
-
-/// Plugs a node's NICs into its vlans' switches and writes every node's
-/// name into its /etc/hosts.
-async fn join_vlans(vm: &Vm, n: &NodePrepared, switches: &[crate::vm::vlan::Switch], hosts: &[(std::net::IpAddr, String)]) -> Result<(), String> {
-    if n.node.vlans.is_empty() {
-        return Ok(());
-    }
-    let nics: Vec<_> = n
-        .node
-        .vlans
-        .iter()
-        .map(|v| (crate::vm::vlan::Nic { vlan: *v, node: n.node.index }, switches.iter().find(|s| s.vlan() == *v).expect("a switch per vlan")))
-        .collect();
-    vm.join_vlans(&nics, hosts).await.map_err(|e| e.to_string())
 }
 
 /// Deploys every node that runs instances (in the spec's order), then

@@ -177,48 +177,88 @@ impl Nic {
     }
 }
 
+/// A NIC a VM is started with: its vlan and node number, and the socket
+/// directory of that vlan's switch ([`Switch::sock`]). Plugged by QMP
+/// before the guest runs (a cold boot) or right after a restore, and
+/// configured with the VM's other set-up (see [`crate::vm::VmConfig::vlans`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VlanPort {
+    /// The NIC.
+    pub nic: Nic,
+    /// Its switch's socket directory.
+    pub sock: PathBuf,
+}
+
+/// The marker a failed NIC's command prints (with its vlan) on stderr.
+const NIC_FAILED: &str = "xdriver-vlan-failed ";
+/// The marker a failed /etc/hosts update prints on stderr.
+const HOSTS_FAILED: &str = "xdriver-hosts-failed";
+/// The comment line above the machines' names in /etc/hosts: written
+/// once, so a guest that reboots or starts again on its disk gets no
+/// second copy.
+const HOSTS_MARK: &str = "# xdriver: the test's machines";
+
+/// The guest command that gives each of `nics` its addresses (found by
+/// MAC: hot-plugged NICs may take a moment to appear) and adds `names`
+/// (address, host name) to /etc/hosts unless they are there, so that
+/// every node's name resolves to its first vlan address. Shell builtins
+/// but for the OS's own network command: a program start costs ~0.1 s
+/// in a guest under TCG.
+pub fn guest_script(os: &dyn xdriver_guests::GuestOs, nics: &[Nic], names: &[(std::net::IpAddr, String)]) -> String {
+    // Each NIC's command in a subshell of its own, marked, so a failure
+    // names its vlan; then the hosts.
+    let mut script = String::new();
+    for nic in nics {
+        let c = os.configure_nic(&nic.mac(), &format!("{}/24", nic.addr()), &format!("{}/64", nic.addr6()));
+        script.push_str(&format!("( {c}\n) || {{ echo '{NIC_FAILED}{}' >&2; exit 3; }}\n", nic.vlan));
+    }
+    if !names.is_empty() {
+        let lines: String = std::iter::once(format!("{HOSTS_MARK}\n")).chain(names.iter().map(|(a, n)| format!("{a} {n}\n"))).collect();
+        script.push_str(&format!(
+            "xh=; while IFS= read -r l; do [ \"$l\" = {mark} ] && xh=1; done </etc/hosts; \
+             [ -n \"$xh\" ] || printf '%s' {lines} >>/etc/hosts || {{ echo '{HOSTS_FAILED}' >&2; exit 4; }}\n",
+            mark = xdriver_guests::shell::quote(HOSTS_MARK),
+            lines = xdriver_guests::shell::quote(&lines)
+        ));
+    }
+    script
+}
+
+/// What failed in [`guest_script`], from its exit status and stderr.
+pub fn guest_error(vm: &str, nics: &[Nic], status: &str, stderr: &str) -> VlanError {
+    let detail = format!("exit {status}: {}", stderr.lines().filter(|l| !l.starts_with(NIC_FAILED) && *l != HOSTS_FAILED).collect::<Vec<_>>().join("\n").trim());
+    let failed = stderr.lines().find_map(|l| l.strip_prefix(NIC_FAILED)).and_then(|v| v.trim().parse::<u32>().ok());
+    match nics.iter().find(|n| Some(n.vlan) == failed) {
+        Some(nic) => VlanError::Guest { vlan: nic.vlan, vm: vm.into(), addr: nic.addr(), detail },
+        None => VlanError::Hosts { vm: vm.into(), detail },
+    }
+}
+
 impl Vm {
     /// Plugs a NIC on `switch`'s vlan into this running VM and gives it
     /// its address in the guest.
     pub async fn attach_vlan(&self, nic: &Nic, switch: &Switch) -> Result<(), VlanError> {
-        self.join_vlans(&[(nic.clone(), switch)], &[]).await
+        self.plug_vlans(&[VlanPort { nic: nic.clone(), sock: switch.sock().to_path_buf() }]).await?;
+        let nics = [nic.clone()];
+        let out = self.exec(Channel::Backdoor, &guest_script(self.os.profile(), &nics, &[]), &[], Duration::from_secs(30), None).await?;
+        if !out.success() {
+            return Err(guest_error(&self.name, &nics, &out.status.to_string(), &out.stderr_str()));
+        }
+        Ok(())
     }
 
-    /// Plugs a NIC on each of `nics`' vlans into this running VM (QMP),
-    /// then, in one guest command (each a round trip through a guest that
-    /// may share the host's cores with other nodes), gives each its
-    /// addresses and adds `names` (address, host name) to /etc/hosts, so
-    /// the test's machines reach each other by name.
-    pub async fn join_vlans(&self, nics: &[(Nic, &Switch)], names: &[(std::net::IpAddr, String)]) -> Result<(), VlanError> {
-        let mut cmds = Vec::new();
-        for (nic, switch) in nics {
+    /// Plugs each port's NIC into this VM (QMP `netdev_add` of a `vde`
+    /// netdev on the port's switch, then `device_add` of a virtio-net NIC
+    /// with the node's MAC); the guest still has to configure them.
+    pub(crate) async fn plug_vlans(&self, ports: &[VlanPort]) -> Result<(), VlanError> {
+        for VlanPort { nic, sock } in ports {
             let id = nic.id();
             let plug = |detail: String| VlanError::Plug { vlan: nic.vlan, vm: self.name.clone(), detail };
-            let netdev = serde_json::json!({ "type": "vde", "id": id, "sock": switch.sock().display().to_string() });
+            let netdev = serde_json::json!({ "type": "vde", "id": id, "sock": sock.display().to_string() });
             self.qmp.raw_command("netdev_add", netdev, Duration::from_secs(10)).await.map_err(|e| plug(e.to_string()))?;
             let device = serde_json::json!({ "driver": "virtio-net-pci", "id": id, "netdev": id, "mac": nic.mac() });
             self.qmp.raw_command("device_add", device, Duration::from_secs(30)).await.map_err(|e| plug(e.to_string()))?;
-            cmds.push(self.os.configure_nic(&nic.mac(), &format!("{}/24", nic.addr()), &format!("{}/64", nic.addr6())));
-        }
-        // Each NIC's command in a subshell of its own, marked, so a failure
-        // names its vlan; then the hosts.
-        let mut script = String::new();
-        for ((nic, _), c) in nics.iter().zip(&cmds) {
-            script.push_str(&format!("( {c}\n) || {{ echo 'xdriver-vlan-failed {}' >&2; exit 3; }}\n", nic.vlan));
-        }
-        if !names.is_empty() {
-            let lines: String = names.iter().map(|(a, n)| format!("{a} {n}\n")).collect();
-            script.push_str(&format!("printf '%s' {} >>/etc/hosts || {{ echo 'xdriver-hosts-failed' >&2; exit 4; }}\n", xdriver_guests::shell::quote(&lines)));
-        }
-        let out = self.exec(Channel::Backdoor, &script, &[], Duration::from_secs(30), None).await?;
-        if !out.success() {
-            let err = out.stderr_str();
-            let detail = format!("exit {}: {}", out.status, err.trim());
-            let failed = err.lines().find_map(|l| l.strip_prefix("xdriver-vlan-failed ")).and_then(|v| v.trim().parse::<u32>().ok());
-            return Err(match nics.iter().find(|(n, _)| Some(n.vlan) == failed) {
-                Some((nic, _)) => VlanError::Guest { vlan: nic.vlan, vm: self.name.clone(), addr: nic.addr(), detail },
-                None => VlanError::Hosts { vm: self.name.clone(), detail },
-            });
+            tracing::debug!(vm = %self.name, vlan = nic.vlan, "vlan NIC plugged");
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 //! mounted, SSH set up in the background.
 
 use super::*;
+use super::setup::{Part, Setup};
 
 impl Vm {
     pub(super) async fn launch(cfg: VmConfig, mode: Launch) -> Result<Vm, VmError> {
@@ -267,6 +268,12 @@ impl Vm {
                 }
             }
         }
+        // The vlan NICs, before the guest runs: at a cold boot it finds
+        // them as it boots; a restored guest takes them as hot-plugged
+        // (the saving VM had none), while it sets itself up.
+        if !matches!(mode, Launch::Save(_)) {
+            vm.plug_vlans(&cfg.vlans).await.map_err(|e| VmError::Vlan(e.to_string()))?;
+        }
         vm.qmp.execute(qapi::qmp::cont {}).await?;
         let t0 = Instant::now();
         tracing::info!(vm = %vm.name, accel = cfg.accel.name(), after = ?called.elapsed(), "VM started");
@@ -289,24 +296,18 @@ impl Vm {
                 let mut seed = [0u8; 64];
                 getrandom(&mut seed);
                 let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
-                let script = snapshot::after_restore_script(&vm.os.set_clock(epoch), &vm.os.reseed_rng(&hex), &key);
-                let out = match vm.backdoor.exec(&script, &[], Duration::from_secs(20), None).await {
-                    Ok(o) => o,
-                    Err(e) => return Err(VmError::Restore { snapshot: s.dir.clone(), detail: format!("the restored guest's backdoor: {e}") }),
-                };
-                if !out.success() {
-                    return Err(VmError::Restore { snapshot: s.dir.clone(), detail: format!("setting the clock, RNG and key after the restore: {}", out.stderr_str().trim()) });
-                }
-                let after = t0.elapsed();
+                let mut setup = Setup::default();
+                setup.push_isolated(Part::Restored, snapshot::after_restore_script(&vm.os.set_clock(epoch), &vm.os.reseed_rng(&hex), &key));
                 if !hotplugs.is_empty() {
-                    let wait = vm.os.wait_virtiofs_hotplug(hotplugs.len()).unwrap_or_default();
-                    let out = vm.setup_exec(&wait).await?;
-                    if !out.success() {
-                        return Err(VmError::Hotplug { snapshot: s.dir.clone(), detail: format!("the guest did not take the hot-plugged virtio-fs devices: {}", out.stderr_str().trim()) });
-                    }
+                    setup.push(Part::VirtiofsWait, vm.os.wait_virtiofs_hotplug(hotplugs.len()).unwrap_or_default());
                 }
-                vm.mount_shares_and_store().await?;
-                return Ok(after);
+                vm.mount_and_net_parts(&mut setup, true)?;
+                match vm.run_setup(&setup, Some(s)).await {
+                    Err(VmError::Backdoor(e)) => return Err(VmError::Restore { snapshot: s.dir.clone(), detail: format!("the restored guest's backdoor: {e}") }),
+                    r => r?,
+                }
+                tracing::debug!(vm = %vm.name, after = ?t0.elapsed(), "set up after the restore");
+                return Ok(t0.elapsed());
             }
             let ready = vm.backdoor.wait_ready(cfg.boot_timeout);
             // A guest kernel that hangs early (seen under TCG with two
@@ -385,13 +386,12 @@ impl Vm {
             if matches!(mode, Launch::Save(_)) {
                 return Ok(after);
             }
+            let mut setup = Setup::default();
             if want_ssh && key_over_backdoor {
-                let out = vm.setup_exec(&vm.os.authorize_ssh_key(&vm.key.public_openssh())).await?;
-                if !out.success() {
-                    return Err(VmError::SshSetup(format!("installing the run's key over the backdoor: {}", out.stderr_str().trim())));
-                }
+                setup.push_isolated(Part::Key, vm.os.authorize_ssh_key(&vm.key.public_openssh()));
             }
-            vm.mount_shares_and_store().await?;
+            vm.mount_and_net_parts(&mut setup, true)?;
+            vm.run_setup(&setup, None).await?;
             Ok(after)
         };
         vm.backdoor_ready_after = match backdoor_side.await {
@@ -450,64 +450,37 @@ impl Vm {
         }
     }
 
-    /// Mounts every share and the store (at the start, after a restore,
-    /// after a reboot).
+    /// Mounts every share and the store and configures the vlan NICs
+    /// again (after a reboot).
     pub(super) async fn mount_shares_and_store(&self) -> Result<(), VmError> {
-        for (i, s) in self.shares.iter().enumerate() {
-            self.mount_share(i, s).await?;
-        }
-        if let Some(st) = &self.store {
-            self.mount_store(st).await?;
-        }
-        Ok(())
+        let mut setup = Setup::default();
+        self.mount_and_net_parts(&mut setup, false)?;
+        self.run_setup(&setup, None).await
     }
 
-    async fn mount_share(&self, index: usize, s: &Share) -> Result<(), VmError> {
-        // Idempotent, so it can be repeated if the backdoor restarts under it.
-        let kind = if self.os.has_9p() { xdriver_guests::ShareKind::NineP { msize: NINEP_MSIZE } } else { xdriver_guests::ShareKind::Virtiofs };
-        let cmd = self.os.mount_share(&Share::tag(index), &s.guest, s.writable, kind);
-        let out = self.setup_exec(&cmd).await?;
-        if !out.success() {
-            return Err(VmError::Share { host: s.host.clone(), guest: s.guest.clone(), detail: out.stderr_str().trim().into() });
-        }
-        Ok(())
-    }
-
-    /// Mounts the shared store and its overlay (see [`crate::vm::nix_store`]).
-    async fn mount_store(&self, s: &StoreShare) -> Result<(), VmError> {
-        let script = guest_mount_script(s).map_err(|detail| VmError::Share { host: s.host.clone(), guest: s.guest.clone(), detail })?;
-        let out = self.setup_exec(&script).await?;
-        if !out.success() {
-            return Err(VmError::Share {
-                host: s.host.clone(),
-                guest: s.guest.clone(),
-                detail: format!("store over {}: {}", s.fs.name(), out.stderr_str().trim()),
-            });
-        }
-        // A guest with Nix learns the host's store paths, so `nix-store`
-        // there knows what the share holds (the NixOS driver registers its
-        // closure the same way).
-        if out.stdout_str().contains("guest-has-nix") {
-            let share = s.clone();
-            let db = tokio::task::spawn_blocking(move || host_nix_db(&share)).await.ok().flatten();
-            if let Some(db) = db {
-                let t = Instant::now();
-                let load = self.exec(Channel::Backdoor, "nix-store --load-db", &db, Duration::from_secs(120), None).await?;
-                if !load.success() {
-                    return Err(VmError::Share {
-                        host: s.host.clone(),
-                        guest: s.guest.clone(),
-                        detail: format!("registering the host's store paths (nix-store --load-db): {}", load.stderr_str().trim()),
-                    });
-                }
-                tracing::debug!(bytes = db.len(), took = ?t.elapsed(), "host store paths registered in the guest's Nix database");
+    /// Registers the host's store paths in the guest's Nix database, so
+    /// `nix-store` there knows what the shared store holds (the NixOS
+    /// driver registers its closure the same way).
+    pub(super) async fn load_host_nix_db(&self, s: &StoreShare) -> Result<(), VmError> {
+        let share = s.clone();
+        let db = tokio::task::spawn_blocking(move || host_nix_db(&share)).await.ok().flatten();
+        if let Some(db) = db {
+            let t = Instant::now();
+            let load = self.exec(Channel::Backdoor, "nix-store --load-db", &db, Duration::from_secs(120), None).await?;
+            if !load.success() {
+                return Err(VmError::Share {
+                    host: s.host.clone(),
+                    guest: s.guest.clone(),
+                    detail: format!("registering the host's store paths (nix-store --load-db): {}", load.stderr_str().trim()),
+                });
             }
+            tracing::debug!(bytes = db.len(), took = ?t.elapsed(), "host store paths registered in the guest's Nix database");
         }
         Ok(())
     }
 
     /// A setup command on the backdoor while the VM comes up.
-    async fn setup_exec(&self, cmd: &str) -> Result<Output, VmError> {
+    pub(super) async fn setup_exec(&self, cmd: &str) -> Result<Output, VmError> {
         // Rarely (seen on sysvinit guests under load, at the moment the
         // serial getty starts) the backdoor shell is replaced by a new one
         // while this first command runs; the new shell has announced itself

@@ -90,6 +90,10 @@ pub enum VmError {
         /// What failed.
         detail: String,
     },
+    /// A NIC on a vlan could not be plugged or configured (the words are
+    /// [`crate::vm::vlan::VlanError`]'s).
+    #[error("{0}")]
+    Vlan(String),
     /// The guest's kernel panicked at boot, and the boot made again (see
     /// [`Vm::start`]) failed too.
     #[error("{last}\n(booted twice: the first boot's kernel panicked too: {first})")]

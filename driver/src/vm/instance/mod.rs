@@ -30,6 +30,7 @@ use xdriver_guests::shell::quote;
 mod bringup;
 mod error;
 mod power;
+mod setup;
 mod start;
 
 pub use error::VmError;
@@ -113,6 +114,13 @@ pub struct VmConfig {
     /// of that shape; see [`crate::vm::snapshot`]) where the VM can have
     /// one: a fresh overlay of a built or prepared disk, without virtio-fs.
     pub snapshots: bool,
+    /// NICs on vlans (their switches already running): plugged before the
+    /// guest runs or right after a restore, and given their addresses in
+    /// the same guest command that mounts the shares.
+    pub vlans: Vec<crate::vm::vlan::VlanPort>,
+    /// Host names (address, name) the guest's /etc/hosts gets with its
+    /// vlan addresses: every node's.
+    pub hosts: Vec<(std::net::IpAddr, String)>,
 }
 
 /// The disk a VM boots.
@@ -164,6 +172,8 @@ impl VmConfig {
             store: None,
             disk: DiskUse::Image,
             snapshots: false,
+            vlans: Vec::new(),
+            hosts: Vec::new(),
         }
     }
 }

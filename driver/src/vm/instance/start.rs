@@ -172,10 +172,7 @@ impl Vm {
         // init has reached what deployments wait for (systemd: basic.target;
         // it is what every restored systemd cell waited 17 s for when the
         // snapshot was saved before it).
-        let probe = match vm.init.settled_probe() {
-            Some(init) => format!("{} && {init}", vm.os.port_open(xdriver_guests::SSH_PORT)),
-            None => vm.os.port_open(xdriver_guests::SSH_PORT),
-        };
+        let probe = settled_probe(vm.os, vm.init);
         let settle_deadline = Instant::now() + cfg.boot_timeout.min(Duration::from_secs(90));
         loop {
             let out = vm.exec(Channel::Backdoor, &probe, &[], Duration::from_secs(10), None).await?;
@@ -248,6 +245,9 @@ fn snapshot_shape(cfg: &VmConfig) -> Result<snapshot::Shape, String> {
         shape.add("firmware", format!("{:?}", imp.firmware));
     }
     shape.add("cmdline-extra", cfg.extra_cmdline.join(" "));
+    // What the saving VM waited for: a snapshot saved before a stricter
+    // wait (one of an older xdriver) would restore a guest still booting.
+    shape.add("settled", settled_probe(os, m.init));
     shape.add("accel", cfg.accel.name());
     shape.add("cpus", cfg.cpus);
     shape.add("mem-mib", cfg.mem_mib);
@@ -260,6 +260,16 @@ fn snapshot_shape(cfg: &VmConfig) -> Result<snapshot::Shape, String> {
         shape.add("store", st.fs.name());
     }
     Ok(shape)
+}
+
+/// The guest command a VM that saves a snapshot runs until it succeeds:
+/// xdriver's sshd listens, and the init has reached what deployments wait
+/// for (see [`xdriver_guests::InitSystem::settled_probe`]).
+fn settled_probe(os: Os, init: xdriver_guests::Init) -> String {
+    match init.settled_probe() {
+        Some(init) => format!("{} && {init}", os.port_open(xdriver_guests::SSH_PORT)),
+        None => os.port_open(xdriver_guests::SSH_PORT),
+    }
 }
 
 /// Whether a VM's virtio-fs devices (its store, or the shares of a guest
