@@ -47,10 +47,11 @@ pub trait InitSystem: Sync + Send + fmt::Debug {
     fn pruned_init_scripts(&self) -> &'static [&'static str] {
         &[]
     }
-    /// A command that exits 0 once the init has finished the part of its
-    /// boot a deployment waits for, when the backdoor can answer before
-    /// that (None: the backdoor starts after the boot scripts). A RAM
-    /// snapshot is saved only then, so restored VMs do not each wait for it.
+    /// A command that exits 0 once the init has finished its boot (at
+    /// least the part a deployment waits for), when the backdoor can
+    /// answer before that (None: the backdoor starts after the boot
+    /// scripts). A RAM snapshot is saved only then, so restored VMs
+    /// neither wait for it nor spend their first seconds on it.
     fn settled_probe(&self) -> Option<&'static str> {
         None
     }

@@ -111,11 +111,13 @@ pub(super) fn add_profile_user(profile: &Profile) -> Option<String> {
 }
 
 pub(super) fn configure_nic(mac: &str, cidr: &str, cidr6: &str) -> String {
-    // The hot-plugged NIC, found by its MAC (it may take a moment to appear).
+    // The hot-plugged NIC, found by its MAC (it may take a moment to
+    // appear); its addresses and link in one `ip` (a program start costs
+    // ~0.1 s under TCG).
     format!(
         "n=; i=0; while :; do for d in /sys/class/net/*; do read -r a <\"$d/address\" && [ \"$a\" = {mac} ] && n=${{d##*/}}; done; \
          [ -n \"$n\" ] && break; i=$((i+1)); [ $i -lt 100 ] || {{ echo 'no network interface with MAC {mac} after 10 s' >&2; exit 1; }}; sleep 0.1; done; \
-         ip addr add {cidr} dev \"$n\" && ip -6 addr add {cidr6} dev \"$n\" nodad && ip link set \"$n\" up",
+         printf 'addr add %s dev %s\\naddr add %s dev %s nodad\\nlink set %s up\\n' {cidr} \"$n\" {cidr6} \"$n\" \"$n\" | ip -batch -",
         mac = quote(mac),
         cidr = quote(cidr),
         cidr6 = quote(cidr6)
@@ -169,22 +171,32 @@ pub(super) fn forget_share(tag: &str, guest: &str) -> String {
 /// layer at the store's path.
 pub(super) fn mount_store(s: &StoreMount) -> String {
     let g = quote(&s.guest);
-    let tag = quote(&s.tag);
-    let lower = match s.kind {
-        ShareKind::Virtiofs => format!("mount -t virtiofs -o ro {tag} {STORE_LOWER}"),
-        ShareKind::NineP { msize } => format!("mount -t 9p -o trans=virtio,version=9p2000.L,msize={msize},cache=loose,ro {tag} {STORE_LOWER}"),
+    let (fs, opts) = match s.kind {
+        ShareKind::Virtiofs => ("virtiofs", "ro".to_string()),
+        ShareKind::NineP { msize } => ("9p", format!("trans=virtio,version=9p2000.L,msize={msize},cache=loose,ro")),
     };
-    // Builtins but for the two mounts (and mkdir where the directories
-    // are missing): a program start costs ~0.1 s under TCG, and this runs
-    // at every start. `xmounted DIR`: DIR is a mount point in
-    // /proc/mounts (as `mountpoint -q`, without starting it).
+    // fstab(5) fields: a space or tab is written in octal.
+    let field = |f: &str| f.replace('\\', "\\134").replace(' ', "\\040").replace('\t', "\\011").replace('\n', "\\012");
+    let lower = quote(&format!("{} {STORE_LOWER} {fs} {opts} 0 0", field(&s.tag)));
+    let upper = quote(&format!(
+        "overlay {} overlay lowerdir={STORE_LOWER},upperdir=/run/xdriver-store/upper,workdir=/run/xdriver-store/work 0 0",
+        field(&s.guest)
+    ));
+    // Builtins but for mkdir (where the directories are missing) and one
+    // `mount -a` of a small fstab with what is not mounted yet: a program
+    // start costs ~0.1 s under TCG, and this runs at every start.
+    // `xmounted DIR`: DIR is a mount point in /proc/mounts (as
+    // `mountpoint -q`, without starting it).
     format!(
         "xmounted() {{ xr=1; while read -r _ xm _; do [ \"$xm\" = \"$1\" ] && xr=0; done </proc/mounts; return $xr; }}; \
          {{ [ -d {STORE_LOWER} ] && [ -d /run/xdriver-store/upper ] && [ -d /run/xdriver-store/work ] && [ -d {g} ]; }} || \
          mkdir -p {STORE_LOWER} /run/xdriver-store/upper /run/xdriver-store/work {g} || exit 1; \
-         xmounted {STORE_LOWER} || {lower} || exit 1; \
-         xmounted {g} || mount -t overlay overlay -o lowerdir={STORE_LOWER},upperdir=/run/xdriver-store/upper,workdir=/run/xdriver-store/work {g} || exit 1; \
-         if command -v nix-store >/dev/null; then echo guest-has-nix; fi"
+         : >/run/xdriver-store/fstab || exit 1; \
+         xmounted {STORE_LOWER} || printf '%s\\n' {lower} >>/run/xdriver-store/fstab; \
+         xmounted {gm} || printf '%s\\n' {upper} >>/run/xdriver-store/fstab; \
+         [ ! -s /run/xdriver-store/fstab ] || mount -a -T /run/xdriver-store/fstab || exit 1; \
+         if command -v nix-store >/dev/null; then echo guest-has-nix; fi",
+        gm = quote(&field(&s.guest)),
     )
 }
 

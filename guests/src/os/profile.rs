@@ -286,7 +286,7 @@ pub trait GuestOs: Sync + Send + fmt::Debug {
     /// before root's own ~/.ssh (which stays the test's).
     fn authorize_ssh_key(&self, key: &str) -> String {
         format!(
-            "umask 077; mkdir -p /etc/xdriver && chmod 755 /etc/xdriver && printf '%s\\n' {} > /etc/xdriver/authorized_keys",
+            "umask 077; {{ [ -d /etc/xdriver ] || {{ mkdir -p /etc/xdriver && chmod 755 /etc/xdriver; }}; }} && printf '%s\\n' {} > /etc/xdriver/authorized_keys",
             crate::shell::quote(key)
         )
     }

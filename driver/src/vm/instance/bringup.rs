@@ -293,7 +293,7 @@ impl Vm {
                 vm.backdoor.assume_ready();
                 let epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
                 let key = if want_ssh { vm.os.authorize_ssh_key(&vm.key.public_openssh()) } else { "true".into() };
-                let mut seed = [0u8; 64];
+                let mut seed = [0u8; 32];
                 getrandom(&mut seed);
                 let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
                 let mut setup = Setup::default();

@@ -55,11 +55,29 @@ impl Setup {
     /// The guest command: each part in a brace group after its marker,
     /// the command ending at the first part that fails.
     pub(super) fn script(&self) -> String {
-        let mut s = String::new();
+        // `xp N`: part N begins (the marker, with the guest's uptime).
+        let mut s = format!("xp() {{ xu=; read -r xu _ 2>/dev/null </proc/uptime; printf '{PART}%s %s\\n' \"$1\" \"$xu\" >&2; }}\n");
         for (i, (_, cmd)) in self.parts.iter().enumerate() {
-            s.push_str(&format!("printf '{PART}{i}\\n' >&2\n{{ {cmd}\n}} || exit $?\n"));
+            s.push_str(&format!("xp {i}\n{{ {cmd}\n}} || exit $?\n"));
         }
+        s.push_str(&format!("xp {}\n", self.parts.len()));
         s
+    }
+
+    /// Each part's name and the guest's uptime as it began, then the end
+    /// (Linux guests; for the debug log).
+    pub(super) fn timings(&self, stderr: &str) -> String {
+        stderr
+            .lines()
+            .filter_map(|l| l.strip_prefix(PART))
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                let i: usize = w.next()?.parse().ok()?;
+                let name = self.parts.get(i).map(|(p, _)| format!("{p:?}")).unwrap_or_else(|| "end".into());
+                Some(format!("{name}@{}", w.next().unwrap_or("?")))
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     /// The part that failed and its own stderr (what it printed after its
@@ -68,7 +86,7 @@ impl Setup {
         let at = stderr.rfind(PART)?;
         let rest = &stderr[at + PART.len()..];
         let (num, detail) = rest.split_once('\n').unwrap_or((rest, ""));
-        let i: usize = num.trim().parse().ok()?;
+        let i: usize = num.split_whitespace().next()?.parse().ok()?;
         self.parts.get(i).map(|(p, _)| (p, detail.trim()))
     }
 }
@@ -100,7 +118,9 @@ impl Vm {
         if setup.is_empty() {
             return Ok(());
         }
-        let out = self.setup_exec(&setup.script()).await?;
+        let script = setup.script();
+        let out = self.setup_exec(&script).await?;
+        tracing::debug!(vm = %self.name, bytes = script.len(), parts = %setup.timings(&out.stderr_str()), "set-up parts (guest uptime at each)");
         if out.success() {
             if setup.parts.iter().any(|(p, _)| *p == Part::Store) && out.stdout_str().contains("guest-has-nix") {
                 if let Some(st) = &self.store {
@@ -144,10 +164,11 @@ mod tests {
         s.push(Part::Store, "mount x".into());
         s.push(Part::Vlans, "ip".into());
         let script = s.script();
-        assert!(script.contains("printf 'xdriver-setup-part 1\\n' >&2\n{ mount x\n} || exit $?\n"), "{script}");
-        let err = "xdriver-setup-part 0\nxdriver-setup-part 1\nmount: no such device\n";
+        assert!(script.contains("xp 1\n{ mount x\n} || exit $?\n"), "{script}");
+        let err = "xdriver-setup-part 0 7.50\nxdriver-setup-part 1 7.61\nmount: no such device\n";
         assert_eq!(s.failed(err), Some((&Part::Store, "mount: no such device")));
-        assert_eq!(s.failed("xdriver-setup-part 2\n"), Some((&Part::Vlans, "")));
+        assert_eq!(s.failed("xdriver-setup-part 2 \n"), Some((&Part::Vlans, "")));
+        assert_eq!(s.timings(err), "Key@7.50 Store@7.61");
         assert_eq!(s.failed("sh: garbage"), None);
     }
 
