@@ -63,7 +63,7 @@ fn a_client_node_reaches_the_server_node_by_name_until_it_is_cut_off_in_toml_and
     // Debian 13 (the client node is Debian 13 sysvinit in both).
     let (_w, dir) = cell("client-server-python", "debian-13", "runit", "unprivileged");
     let steps = steps_of(&dir);
-    for want in ["server.wait_for_unit('web')", "client.fail('curl -sf --max-time 5 http://server:8080/')", "server.block()", "server.unblock()"] {
+    for want in ["server.wait_for_unit('web')", "client.fail('curl -sf --max-time 5 http://server:8080/')", "server.block()", "server.unblock()", "client.reboot()", "client.start()"] {
         let found = steps.iter().find(|(n, _)| n == want);
         assert_eq!(found.map(|(_, s)| s.as_str()), Some("pass"), "{want}: {steps:?}");
     }

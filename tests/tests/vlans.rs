@@ -1,7 +1,8 @@
 //! Vlans between VMs, for real: two guests of different Debian releases
 //! and inits (Debian 12 systemd and Debian 13 sysvinit, each restored from
 //! its RAM snapshot) on one vde_switch whose sockets are in a temporary
-//! directory; each gets its NIC hot-plugged and its NixOS-driver address.
+//! directory; each starts with its NIC (hot-plugged as the restored guest
+//! resumes) and gets its NixOS-driver address in its start's set-up.
 //! They reach each other by name and over IPv4 and IPv6; a cut link (QMP `set_link`, the NixOS driver's
 //! `block()`) stops the traffic, and the user-mode NIC (`restrict=on`) does
 //! not carry it instead; restoring the link brings it back; the switch
@@ -9,7 +10,7 @@
 
 use std::time::Duration;
 
-use xdriver::vm::vlan::{Nic, Switch};
+use xdriver::vm::vlan::{Nic, Switch, VlanPort};
 use xdriver::vm::Channel;
 use xdriver_guests::Init;
 
@@ -23,18 +24,24 @@ async fn two_releases_on_one_vlan_reach_each_other_until_the_link_is_cut() {
     let work = xdriver_tests::workdir();
     let switch = Switch::start(1, work.path()).expect("vde_switch starts");
     let switch_pid = switch.pid() as i32;
+    let (na, nb) = (Nic { vlan: 1, node: 1 }, Nic { vlan: 1, node: 2 });
+    // Each starts on the vlan with every node's name for its /etc/hosts
+    // (the NIC plugged before the restored guest runs, configured in the
+    // start's one set-up command).
+    let hosts = vec![(std::net::IpAddr::V4(na.addr()), "node-a".to_string()), (std::net::IpAddr::V4(nb.addr()), "node-b".to_string())];
+    let port = |nic: &Nic| VlanPort { nic: nic.clone(), sock: switch.sock().to_path_buf() };
     let mut a_cfg = xdriver_tests::config(Init::SYSTEMD, "vlan-a");
     a_cfg.ssh = false;
+    a_cfg.vlans = vec![port(&na)];
+    a_cfg.hosts = hosts.clone();
     let mut b_cfg = xdriver::vm::VmConfig::new("t-vlan-b-sysvinit", xdriver_tests::recipe_image("debian-13", Init::SYSVINIT));
     b_cfg.accel = xdriver::vm::qemu::Accel::Tcg;
     b_cfg.ssh = false;
+    b_cfg.vlans = vec![port(&nb)];
+    b_cfg.hosts = hosts.clone();
     let (a, b) = tokio::join!(xdriver_tests::start(a_cfg), xdriver_tests::start(b_cfg));
-    let (na, nb) = (Nic { vlan: 1, node: 1 }, Nic { vlan: 1, node: 2 });
-    // Each joins with every node's name in its /etc/hosts (one guest
-    // command for the NIC and the names).
-    let hosts = vec![(std::net::IpAddr::V4(na.addr()), "node-a".to_string()), (std::net::IpAddr::V4(nb.addr()), "node-b".to_string())];
-    a.join_vlans(&[(na.clone(), &switch)], &hosts).await.expect("a joins vlan 1");
-    b.join_vlans(&[(nb.clone(), &switch)], &hosts).await.expect("b joins vlan 1");
+    let (_, out) = sh(&a, "grep -c node-b /etc/hosts").await;
+    assert_eq!(out.trim(), "1", "the machines' names once in /etc/hosts: {out}");
     let ping = |to: std::net::Ipv4Addr| format!("busybox ping -c 1 -W 3 {to}");
     // Each reaches the other by name (/etc/hosts), over IPv4 and IPv6.
 

@@ -291,13 +291,8 @@ impl<'a> Machine<'a> {
             Action::Start => {
                 let t = Instant::now();
                 let was_running = self.vm.is_running();
+                // The new QEMU starts on the VM's vlans as the first did.
                 self.vm.start_again().await?;
-                // A new QEMU has none of the hot-plugged vlan NICs.
-                if !was_running {
-                    for (switch, nic) in &self.net {
-                        self.vm.attach_vlan(nic, switch).await.map_err(|e| StepError::Infra(VmError::Prepare(e.to_string())))?;
-                    }
-                }
                 let note = if was_running { "already running" } else { "booted again on its disk" };
                 self.transcript.push(context, "start()", Some(0), note.into(), String::new(), t.elapsed());
                 Ok(None)

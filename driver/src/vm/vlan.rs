@@ -2,8 +2,9 @@
 //! makes them: one switch per vlan, Debian's `vde_switch`, its sockets in
 //! a directory of the run (no TAP, no bridge, no host interface: nothing
 //! on a vlan can reach outside the machines on it). A VM's NIC on a vlan
-//! is hot-plugged once the VM is up (a restored RAM snapshot has none),
-//! configured over the backdoor (node *i* on vlan *v* is 192.168.*v*.*i*,
+//! is plugged by QMP before its guest runs (a restored RAM snapshot has
+//! none, so a restored guest takes it as hot-plugged), configured over
+//! the backdoor in the start's set-up command (node *i* on vlan *v* is 192.168.*v*.*i*,
 //! MAC 52:54:00:12:*v*:*i*, both in hex in the MAC as in the NixOS
 //! driver), and cut or restored with QMP `set_link` (`block()` /
 //! `unblock()`). The user-mode NIC (host forwarding, `restrict=on`) is on
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::instance::{Channel, Vm, VmError};
+use super::instance::{Vm, VmError};
 
 /// Vlans are numbered 1..=254 (the third byte of their addresses).
 pub const VLANS: std::ops::RangeInclusive<u32> = 1..=254;
@@ -235,18 +236,6 @@ pub fn guest_error(vm: &str, nics: &[Nic], status: &str, stderr: &str) -> VlanEr
 }
 
 impl Vm {
-    /// Plugs a NIC on `switch`'s vlan into this running VM and gives it
-    /// its address in the guest.
-    pub async fn attach_vlan(&self, nic: &Nic, switch: &Switch) -> Result<(), VlanError> {
-        self.plug_vlans(&[VlanPort { nic: nic.clone(), sock: switch.sock().to_path_buf() }]).await?;
-        let nics = [nic.clone()];
-        let out = self.exec(Channel::Backdoor, &guest_script(self.os.profile(), &nics, &[]), &[], Duration::from_secs(30), None).await?;
-        if !out.success() {
-            return Err(guest_error(&self.name, &nics, &out.status.to_string(), &out.stderr_str()));
-        }
-        Ok(())
-    }
-
     /// Plugs each port's NIC into this VM (QMP `netdev_add` of a `vde`
     /// netdev on the port's switch, then `device_add` of a virtio-net NIC
     /// with the node's MAC); the guest still has to configure them.
