@@ -50,7 +50,8 @@
 , timeouts ? { }
   # Several machines in each cell (a TOML spec's [nodes.NAME]):
   # { <name> = { os; manager; profile; instances ? [ … ]; vlans ? [ 1 ];
-  #   memoryMib; cpus; }; }. What a node does not set it takes from the
+  #   memoryMib; cpus; guest ? { … }; }; } (a node's `guest` replaces the
+  #   cell's for that node, as [nodes.NAME.guest] does). What a node does not set it takes from the
   # cell; instances no node names run on the first node, and the first is
   # the first by name (Nix sorts attribute names). Test hooks' Python has
   # every node as a global.
@@ -86,35 +87,39 @@ let
     else throw "${testName}: ${what} must give Python (a string) or a list of steps";
   call = what: f: a: if f == null then [ ] else hook what (f a);
 
-  # `guest` as the TOML [guest] table (snake_case), sizes from nixosConfig.
-  guestTable =
+  # A `guest` attribute set as the TOML [guest] table (snake_case); `what`
+  # names it in errors, `vz` gives sizes it leaves out.
+  toGuestTable = what: g: vz:
     let
       known = [ "packages" "prepare" "bootServices" "diskMib" "memoryMib" "cpus" "os" ];
-      unknown = builtins.filter (n: !(builtins.elem n known)) (attrNames guest);
-      names = what: l: map (p: if isString p then p else throw "${testName}: guest.${what} takes names (strings) of the OS's own packages; Nix packages go in systemPackages") l;
+      unknown = builtins.filter (n: !(builtins.elem n known)) (attrNames g);
+      names = field: l: map (p: if isString p then p else throw "${testName}: ${what}.${field} takes names (strings) of the OS's own packages; Nix packages go in systemPackages") l;
       perOs = o: lib.compact {
         packages = if o ? packages then names "os.*.packages" o.packages else null;
         prepare = o.prepare or null;
         boot_services = o.bootServices or null;
       };
-      vz = if isAttrs nixosConfig then nixosConfig.virtualisation or { } else { };
     in
-    if unknown != [ ] then throw "${testName}: guest has no attribute `${builtins.head unknown}` (it takes ${builtins.concatStringsSep ", " known})"
+    if !(isAttrs g) then throw "${testName}: ${what} must be an attribute set"
+    else if unknown != [ ] then throw "${testName}: ${what} has no attribute `${builtins.head unknown}` (it takes ${builtins.concatStringsSep ", " known})"
     else lib.compact {
-      packages = names "packages" (guest.packages or [ ]);
-      prepare = guest.prepare or [ ];
-      boot_services = guest.bootServices or [ ];
-      disk_mib = guest.diskMib or vz.diskSize or null;
-      memory_mib = guest.memoryMib or vz.memorySize or null;
-      cpus = guest.cpus or vz.cores or null;
-      os = if guest ? os then mapAttrs (_: perOs) guest.os else null;
+      packages = names "packages" (g.packages or [ ]);
+      prepare = g.prepare or [ ];
+      boot_services = g.bootServices or [ ];
+      disk_mib = g.diskMib or vz.diskSize or null;
+      memory_mib = g.memoryMib or vz.memorySize or null;
+      cpus = g.cpus or vz.cores or null;
+      os = if g ? os then mapAttrs (_: perOs) g.os else null;
     };
+
+  # `guest` as the TOML [guest] table, sizes from nixosConfig.
+  guestTable = toGuestTable "guest" guest (if isAttrs nixosConfig then nixosConfig.virtualisation or { } else { });
 
   # `nodes` as the TOML [nodes] tables (snake_case).
   nodesTable = mapAttrs
     (n: v:
       let
-        known = [ "os" "manager" "profile" "instances" "vlans" "memoryMib" "cpus" ];
+        known = [ "os" "manager" "profile" "instances" "vlans" "memoryMib" "cpus" "guest" ];
         unknown = builtins.filter (k: !(builtins.elem k known)) (attrNames v);
       in
       if !(isAttrs v) then throw "${testName}: nodes.${n} must be an attribute set"
@@ -127,6 +132,8 @@ let
         vlans = v.vlans or null;
         memory_mib = v.memoryMib or null;
         cpus = v.cpus or null;
+        # The node's own [guest] (it replaces the cell's for this node).
+        guest = if v ? guest then toGuestTable "nodes.${n}.guest" v.guest { } else null;
       })
     nodes;
 

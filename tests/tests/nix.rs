@@ -150,6 +150,14 @@ fn nix_errors_come_with_nixs_message_and_location() {
         r.stderr
     );
     let _ = model;
+    // A misspelt attribute in a node's own guest table names the node.
+    let nodes = write(
+        "nodes.nix",
+        "{ xdriver ? import <xdriver> { } }:\n{\n  t = xdriver.testService { name = \"t\"; exprFile = ./model.nix; processManagers = [ \"sysvinit\" ]; profiles = [ \"privileged\" ]; nodes = { a = { guest = { pakages = [ ]; }; }; }; };\n}\n",
+    );
+    let r = xdriver(&["plan", &nodes], d.path());
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("nodes.a.guest has no attribute `pakages`"), "{}", r.stderr);
     // An attribute that is not there.
     let r = xdriver(&["plan", &spec, "-A", "t.privileged.systemd"], d.path());
     assert_eq!(r.code, 2);

@@ -72,7 +72,13 @@ fn a_client_node_reaches_the_server_node_by_name_until_it_is_cut_off_in_toml_and
     // s6, unprivileged: Nix sorts the nodes, so `client` is node 1 there.
     let (_w, dir) = cell("client-server-nix", "debian-12", "s6", "unprivileged");
     let steps = steps_of(&dir);
-    for want in ["server.wait_for_open_port(8080)", "server.block()", "client.fail('curl -sf --max-time 5 http://server:8080/')"] {
+    for want in [
+        "server.wait_for_open_port(8080)",
+        "client.succeed(\"wget -qO- http://server:8080/ | grep -q 'hello from the server'\")",
+        "server.fail('command -v wget')",
+        "server.block()",
+        "client.fail('curl -sf --max-time 5 http://server:8080/')",
+    ] {
         let found = steps.iter().find(|(n, _)| n == want);
         assert_eq!(found.map(|(_, s)| s.as_str()), Some("pass"), "{want}: {steps:?}");
     }

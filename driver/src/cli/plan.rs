@@ -178,7 +178,8 @@ pub fn render_text(c: &Cell, p: Option<&Prepared>) -> String {
         return s;
     };
     s.push_str(&format!("=== cell {} (image {})\n", c.id(), c.image.as_ref().map(String::as_str).unwrap_or("")));
-    if let (Some(a), Ok(Ok(base))) = (&p.additions, c.image.as_ref().map(|i| i.parse::<xdriver_images::ImageName>())) {
+    // (A cell of several machines says it per node, below.)
+    if let (false, Some(a), Ok(Ok(base))) = (p.multi, &p.additions, c.image.as_ref().map(|i| i.parse::<xdriver_images::ImageName>())) {
         s.push_str(&format!("guest: derived image {} = {base} plus {}\n", a.image_name(&base), super::image::derived_summary(a)));
     }
     if (p.mem_mib, p.cpus) != (super::args::DEFAULT_MEM_MIB, super::args::DEFAULT_CPUS) {
@@ -203,6 +204,10 @@ pub fn render_text(c: &Cell, p: Option<&Prepared>) -> String {
             let nd = &n.node;
             let addrs: Vec<String> = nd.vlans.iter().map(|v| format!("vlan {v} {}", crate::vm::vlan::Nic { vlan: *v, node: nd.index }.addr())).collect();
             let insts: Vec<&str> = p.resolved.system.processes.iter().map(|x| x.name.as_str()).filter(|i| crate::spec::node_of(&all, i).name == nd.name).collect();
+            let image = match (&n.additions, nd.image.as_ref().map(|i| i.parse::<xdriver_images::ImageName>())) {
+                (Some(a), Ok(Ok(base))) => format!("{} = {base} plus {}", a.image_name(&base), super::image::derived_summary(a)),
+                _ => nd.image.clone().unwrap_or_else(|e| e),
+            };
             s.push_str(&format!(
                 "  {} (node {}): {}/{}/{}, image {}, {}; instances: {}\n",
                 nd.name,
@@ -210,7 +215,7 @@ pub fn render_text(c: &Cell, p: Option<&Prepared>) -> String {
                 nd.os,
                 nd.manager,
                 nd.profile,
-                nd.image.as_deref().unwrap_or_else(|e| e),
+                image,
                 addrs.join(", "),
                 if insts.is_empty() { "none".to_string() } else { insts.join(" ") }
             ));

@@ -128,13 +128,14 @@ impl GuestOs for Freebsd {
             return Err("FreeBSD has no virtio-fs driver; share the store over 9p (p9fs)".into());
         }
         // p9fs for the share (FreeBSD 14.4+ and 15), then a tmpfs
-        // directory union-mounted above it at the store's path.
+        // directory union-mounted above it at the store's path. No `set
+        // -e`: this is one part of a longer set-up command.
         let (g, tag) = (quote(&s.guest), quote(&s.tag));
         Ok(format!(
-            "set -e; kldstat -q -m virtio_p9fs || kldload virtio_p9fs; mkdir -p {g} {STORE_UPPER}; \
-             mount -t p9fs | grep -q ' on {g} ' || mount -t p9fs -o ro {tag} {g}; \
-             mount -t tmpfs | grep -q ' on {STORE_UPPER} ' || mount -t tmpfs tmpfs {STORE_UPPER}; \
-             mount -t unionfs | grep -q ' on {g} ' || mount_unionfs {STORE_UPPER} {g}; \
+            "{{ kldstat -q -m virtio_p9fs || kldload virtio_p9fs; }} && mkdir -p {g} {STORE_UPPER} && \
+             {{ mount -t p9fs | grep -q ' on {g} ' || mount -t p9fs -o ro {tag} {g}; }} && \
+             {{ mount -t tmpfs | grep -q ' on {STORE_UPPER} ' || mount -t tmpfs tmpfs {STORE_UPPER}; }} && \
+             {{ mount -t unionfs | grep -q ' on {g} ' || mount_unionfs {STORE_UPPER} {g}; }} || exit 1; \
              if command -v nix-store >/dev/null; then echo guest-has-nix; fi"
         ))
     }

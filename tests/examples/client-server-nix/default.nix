@@ -16,7 +16,8 @@ testService {
 
   nodes = {
     server = { instances = [ "web" ]; };
-    client = { os = "debian-13"; manager = "sysvinit"; profile = "privileged"; };
+    # The client's own guest: wget, which the server's image has not.
+    client = { os = "debian-13"; manager = "sysvinit"; profile = "privileged"; guest = { packages = [ "wget" ]; }; };
   };
 
   readiness = { instanceName, instance, ... }: ''
@@ -26,6 +27,8 @@ testService {
 
   tests = { instance, ... }: ''
     client.wait_until_succeeds("curl -sf --max-time 5 http://server:${toString instance.port}/ | grep -q 'hello from the server'")
+    client.succeed("wget -qO- http://server:${toString instance.port}/ | grep -q 'hello from the server'")
+    server.fail("command -v wget")
     server.block()
     client.fail("curl -sf --max-time 5 http://server:${toString instance.port}/")
     server.unblock()

@@ -4,6 +4,7 @@
 //! mounted, SSH set up in the background.
 
 use super::*;
+use super::plan::LaunchPlan;
 use super::setup::{Part, Setup};
 
 impl Vm {
@@ -13,23 +14,18 @@ impl Vm {
         // Kept if starting fails (logs of a failed boot survive); released
         // once the VM is up.
         run.keep();
-        // The disk this VM boots: an overlay of the image's disk or of a
-        // prepared disk, or (preparing) the prepared disk itself.
-        let backing = match (&mode, &cfg.disk) {
-            (Launch::Restore(s), _) => Some(s.disk()),
-            (_, DiskUse::Image) => Some(cfg.image.disk()),
-            (_, DiskUse::Prepared { disk, .. }) => Some(disk.clone()),
-            (_, DiskUse::Preparing { .. } | DiskUse::Continue { .. }) => None,
-        };
-        let disk = match (&mode, &backing, &cfg.disk) {
-            (Launch::Save(s), _, _) => s.disk(),
-            (_, None, DiskUse::Preparing { disk, .. }) => disk.clone(),
-            _ => run.join("overlay.qcow2"),
-        };
-        if let DiskUse::Continue { overlay, .. } = &cfg.disk {
+        let key = ClientKey::generate();
+        let key_b64 = base64::engine::general_purpose::STANDARD.encode(key.public_openssh());
+        let m = &cfg.image.manifest;
+        // What this launch does, worked out first (pure; plan.rs), then
+        // done step by step.
+        let mut plan = LaunchPlan::of(&cfg, &mode, run.path(), &key_b64)?;
+        let os = plan.os;
+        let disk = plan.qemu.disk.clone();
+        if let Some(overlay) = &plan.move_overlay {
             std::fs::rename(overlay, &disk).map_err(|e| VmError::Prepare(format!("moving the stopped VM's overlay {}: {e}", overlay.display())))?;
         }
-        if let Some(backing) = &backing {
+        if let Some(backing) = &plan.overlay_of {
             let out = tokio::process::Command::new("qemu-img")
                 .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
                 .arg(backing)
@@ -41,120 +37,47 @@ impl Vm {
                 return Err(VmError::Prepare(format!("qemu-img create: {}", String::from_utf8_lossy(&out.stderr).trim())));
             }
         }
-        let key = ClientKey::generate();
-        let key_b64 = base64::engine::general_purpose::STANDARD.encode(key.public_openssh());
-        let m = &cfg.image.manifest;
-        let os: Os = m.os.parse().map_err(|e| VmError::Prepare(format!("image {}: its manifest names {e}", m.name)))?;
-        // Built images boot their kernel directly and take the SSH key on
-        // its command line; imported ones boot by their firmware and get
-        // the key over the backdoor once it is up.
-        let boot = match (cfg.image.kernel_initrd(), &m.import) {
-            (Some((kernel, initrd)), _) => Boot::Kernel { kernel, initrd, cmdline: kernel_cmdline(&m.init_path, &key_b64, &cfg.extra_cmdline) },
-            (None, Some(imp)) => {
-                if cfg.disk == DiskUse::Image {
-                    return Err(VmError::Prepare(format!("image {} is imported: boot a prepared disk of it (crate::vm::prepare)", m.name)));
-                }
-                let firmware = match imp.firmware {
-                    xdriver_guests::Firmware::Bios => Firmware::Bios,
-                    xdriver_guests::Firmware::Uefi => {
-                        let vars = run.join("OVMF_VARS.fd");
-                        let template = match &mode {
-                            Launch::Restore(s) if s.vars().is_file() => s.vars(),
-                            _ => OVMF_VARS.into(),
-                        };
-                        std::fs::copy(&template, &vars).map_err(|e| VmError::Prepare(format!("UEFI needs OVMF (Debian's `ovmf` package): {}: {e}", template.display())))?;
-                        Firmware::Uefi { code: OVMF_CODE.into(), vars }
-                    }
-                };
-                Boot::Disk { firmware }
-            }
-            (None, None) => return Err(VmError::Prepare(format!("image {}: its manifest has neither a kernel nor an import", m.name))),
-        };
-        let host_key = match &cfg.disk {
-            DiskUse::Prepared { host_key, .. } | DiskUse::Continue { host_key, .. } => host_key.clone(),
-            _ => m.ssh_host_key.clone(),
-        };
-        let seed = match &cfg.disk {
-            DiskUse::Preparing { seed, .. } => Some(seed.clone()),
-            _ => None,
-        };
-        // A restored guest's kernel command line is the saving VM's: it
-        // gets the key over the backdoor too.
-        let key_over_backdoor = matches!(boot, Boot::Disk { .. }) || matches!(mode, Launch::Restore(_));
-        let want_ssh = cfg.ssh && !matches!(mode, Launch::Save(_));
-        // Virtio-fs devices hot-plugged after a restore (the VM that saves
-        // the snapshot has none; see snapshot_shape).
-        let hot = !matches!(mode, Launch::Cold) && hotplug_virtiofs(&cfg, os);
-        let saving_hot = hot && matches!(mode, Launch::Save(_));
-        let mut virtiofsd = None;
-        let store = match &cfg.store {
-            None => None,
-            Some(StoreShare { fs: ShareFs::Virtiofs, .. }) if saving_hot => None,
-            Some(st @ StoreShare { fs: ShareFs::NineP, .. }) => Some(StoreDevice::NineP { host: st.host.clone() }),
-            Some(st @ StoreShare { fs: ShareFs::Virtiofs, .. }) => {
-                let bin = st.virtiofsd.clone().ok_or_else(|| VmError::Prepare("virtiofs store without a virtiofsd".into()))?;
-                let d = Virtiofsd::start(&bin, &st.host, run.path()).await.map_err(|e| VmError::Prepare(format!("virtiofsd: {e}")))?;
-                tracing::debug!(pid = ?d.pid(), user = d.user, "virtiofsd started");
-                let socket = d.socket.clone();
-                virtiofsd = Some(d);
-                Some(StoreDevice::Virtiofs { socket })
-            }
-        };
-        // Shares over 9p, or over virtio-fs (a virtiofsd each) for guests
-        // whose kernel has no 9p.
-        let mut share_devices = Vec::new();
-        let mut share_daemons = Vec::new();
-        for (i, sh) in cfg.shares.iter().enumerate() {
-            if os.has_9p() {
-                share_devices.push(ShareDevice { share: sh.clone(), virtiofs: None });
-                continue;
-            }
-            if saving_hot {
-                continue;
-            }
-            let bin = crate::vm::nix_store::find_virtiofsd().ok_or_else(|| {
-                VmError::Prepare(format!(
-                    "{os} guests have no 9p, so shares need virtio-fs: install virtiofsd (`cargo install virtiofsd`, or set XDRIVER_VIRTIOFSD)"
-                ))
-            })?;
-            let name = format!("virtiofsd-{}", Share::tag(i));
-            let d = Virtiofsd::start_named(&bin, &sh.host, run.path(), &name, sh.writable, false)
-                .await
-                .map_err(|e| VmError::Prepare(format!("virtiofsd for {}: {e}", sh.host.display())))?;
-            share_devices.push(ShareDevice { share: sh.clone(), virtiofs: Some(d.socket.clone()) });
-            share_daemons.push(d);
+        if let (Some(template), Boot::Disk { firmware: Firmware::Uefi { vars, .. } }) = (&plan.vars_from, &plan.qemu.boot) {
+            std::fs::copy(template, vars).map_err(|e| VmError::Prepare(format!("UEFI needs OVMF (Debian's `ovmf` package): {}: {e}", template.display())))?;
         }
-        let ram_copy = match &mode {
-            Launch::Restore(s) if hot => {
-                let from = s.ram();
+        let (key_over_backdoor, want_ssh, host_key) = (plan.key_over_backdoor, plan.want_ssh, plan.host_key.clone());
+        let mut virtiofsd = None;
+        let mut share_daemons = Vec::new();
+        for d in &plan.daemons {
+            let started = if d.store {
+                let bin = cfg.store.as_ref().and_then(|st| st.virtiofsd.clone()).ok_or_else(|| VmError::Prepare("virtiofs store without a virtiofsd".into()))?;
+                Virtiofsd::start(&bin, &d.host, run.path()).await.map_err(|e| VmError::Prepare(format!("virtiofsd: {e}")))?
+            } else {
+                let bin = crate::vm::nix_store::find_virtiofsd().ok_or_else(|| {
+                    VmError::Prepare(format!(
+                        "{os} guests have no 9p, so shares need virtio-fs: install virtiofsd (`cargo install virtiofsd`, or set XDRIVER_VIRTIOFSD)"
+                    ))
+                })?;
+                Virtiofsd::start_named(&bin, &d.host, run.path(), &d.name, d.writable, false)
+                    .await
+                    .map_err(|e| VmError::Prepare(format!("virtiofsd for {}: {e}", d.host.display())))?
+            };
+            debug_assert_eq!(started.socket, d.socket, "the plan names the daemon's socket");
+            tracing::debug!(pid = ?started.pid(), user = started.user, socket = %started.socket.display(), "virtiofsd started");
+            if d.store {
+                virtiofsd = Some(started);
+            } else {
+                share_daemons.push(started);
+            }
+        }
+        let ram_copy = match (&mode, &plan.ram_copy_of) {
+            (Launch::Restore(s), Some(from)) => {
+                let from = from.clone();
                 let copy = tokio::task::spawn_blocking(move || RamCopy::make(&from)).await.map_err(|e| e.to_string()).and_then(|r| r);
-                Some(copy.map_err(|detail| VmError::Hotplug { snapshot: s.dir.clone(), detail })?)
+                let copy = copy.map_err(|detail| VmError::Hotplug { snapshot: s.dir.clone(), detail })?;
+                plan.ram_copy_path(copy.path());
+                Some(copy)
             }
             _ => None,
         };
-        let spec = QemuSpec {
-            binary: cfg.qemu.clone(),
-            name: cfg.name.clone(),
-            accel: cfg.accel,
-            cpus: cfg.cpus,
-            mem_mib: cfg.mem_mib,
-            boot,
-            disk,
-            run_dir: run.path().to_path_buf(),
-            shares: share_devices,
-            forwards: vec![xdriver_guests::SSH_PORT],
-            store,
-            seed,
-            ram_file: match &mode {
-                Launch::Cold => None,
-                Launch::Save(s) => Some(RamFile { path: s.ram(), shared: true }),
-                Launch::Restore(_) if hot => ram_copy.as_ref().map(|c| RamFile { path: c.path(), shared: true }),
-                Launch::Restore(s) => Some(RamFile { path: s.ram(), shared: false }),
-            },
-            incoming: matches!(mode, Launch::Restore(_)),
-            hotplug_virtiofs: hot,
-        };
-        let hotplugs = if hot { spec.virtiofs_devices() } else { Vec::new() };
+        let _ = std::fs::write(run.join("launch.plan"), plan.describe());
+        let spec = plan.qemu.clone();
+        let hotplugs = plan.hotplugs.clone();
         let boot_kind = spec.boot.clone();
         if let Launch::Restore(s) = &mode {
             // The console from the saving VM's boot, then this VM's (QEMU

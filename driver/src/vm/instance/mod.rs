@@ -19,7 +19,7 @@ use xdriver_images::Entry;
 use crate::vm::backdoor::{Backdoor, BackdoorError};
 use crate::vm::console::{tail_lines, Console, ConsoleTimeout};
 use crate::vm::output::{Output, Sink};
-use crate::vm::qemu::{kernel_cmdline, Accel, Boot, Firmware, QemuSpec, RamFile, Share, ShareDevice, StoreDevice, NINEP_MSIZE, OVMF_CODE, OVMF_VARS};
+use crate::vm::qemu::{Accel, Boot, Firmware, Share, NINEP_MSIZE};
 use crate::vm::snapshot::{self, Meta, Snapshot};
 use crate::vm::nix_store::{guest_mount_script, host_nix_db, ShareFs, StoreShare, Virtiofsd};
 use crate::vm::qmp::{Qmp, QmpError};
@@ -29,6 +29,7 @@ use xdriver_guests::shell::quote;
 
 mod bringup;
 mod error;
+mod plan;
 mod power;
 mod setup;
 mod start;
