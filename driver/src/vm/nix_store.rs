@@ -341,10 +341,17 @@ mod tests {
     #[test]
     fn mount_scripts_put_a_writable_overlay_over_a_read_only_share() {
         let v = guest_mount_script(&share(ShareFs::Virtiofs)).expect("Linux mounts virtiofs");
-        assert!(v.contains("mount -t virtiofs -o ro xdstore /run/xdriver-store/ro"), "{v}");
-        assert!(v.contains("lowerdir=/run/xdriver-store/ro,upperdir=/run/xdriver-store/upper,workdir=/run/xdriver-store/work /nix/store"), "{v}");
+        // One `mount -a` of an fstab of what is not mounted yet: the share
+        // read-only, then the overlay on it.
+        assert!(v.contains("'xdstore /run/xdriver-store/ro virtiofs ro 0 0'"), "{v}");
+        assert!(
+            v.contains("'overlay /nix/store overlay lowerdir=/run/xdriver-store/ro,upperdir=/run/xdriver-store/upper,workdir=/run/xdriver-store/work 0 0'"),
+            "{v}"
+        );
+        assert!(v.find("virtiofs ro 0 0").expect("share") < v.find("overlay /nix/store").expect("overlay"), "{v}");
+        assert!(v.contains("mount -a -T /run/xdriver-store/fstab") && !v.contains("mountpoint"), "{v}");
         let n = guest_mount_script(&share(ShareFs::NineP)).expect("Linux mounts 9p");
-        assert!(n.contains(&format!("mount -t 9p -o trans=virtio,version=9p2000.L,msize={NINEP_MSIZE},cache=loose,ro xdstore")), "{n}");
+        assert!(n.contains(&format!("'xdstore /run/xdriver-store/ro 9p trans=virtio,version=9p2000.L,msize={NINEP_MSIZE},cache=loose,ro 0 0'")), "{n}");
         // FreeBSD: p9fs and a tmpfs union-mounted above it.
         let f = guest_mount_script(&StoreShare { os: xdriver_guests::Os::FREEBSD, ..share(ShareFs::NineP) }).expect("p9fs");
         assert!(f.contains("mount -t p9fs -o ro xdstore /nix/store"), "{f}");
