@@ -151,9 +151,10 @@ fn nix_errors_come_with_nixs_message_and_location() {
     );
     let _ = model;
     // A misspelt attribute in a node's own guest table names the node.
+    write("good.nix", "{ createManagedProcess, ... }:\n{\n  a = {\n    pkg = createManagedProcess {\n      instanceName = \"a\";\n      foregroundProcess = \"/bin/true\";\n    };\n  };\n}\n");
     let nodes = write(
         "nodes.nix",
-        "{ xdriver ? import <xdriver> { } }:\n{\n  t = xdriver.testService { name = \"t\"; exprFile = ./model.nix; processManagers = [ \"sysvinit\" ]; profiles = [ \"privileged\" ]; nodes = { a = { guest = { pakages = [ ]; }; }; }; };\n}\n",
+        "{ xdriver ? import <xdriver> { } }:\n{\n  t = xdriver.testService { name = \"t\"; exprFile = ./good.nix; processManagers = [ \"sysvinit\" ]; profiles = [ \"privileged\" ]; nodes = { a = { guest = { pakages = [ ]; }; }; }; };\n}\n",
     );
     let r = xdriver(&["plan", &nodes], d.path());
     assert_eq!(r.code, 2);

@@ -71,6 +71,18 @@ fn cell_panel(o: &mut String, i: usize, c: &CellReport) {
             _ => String::new(),
         };
         let _ = writeln!(o, "<h3>Reason{at}</h3><pre class=\"reason\">{}</pre>", escape(r));
+        if let Some(f) = &c.fault {
+            let _ = writeln!(
+                o,
+                "<p class=\"fault\">Infrastructure fault: <b>{}</b> ({}){}</p>",
+                escape(f.class.name()),
+                escape(f.class.words()),
+                f.log.as_deref().map(|l| format!(", shown in <code>{}</code>", escape(l))).unwrap_or_default()
+            );
+            if !f.evidence.is_empty() {
+                let _ = writeln!(o, "<pre class=\"evidence\">{}</pre>", escape(&f.evidence.join("\n")));
+            }
+        }
     }
     if !c.attempts.is_empty() {
         o.push_str("<h3>Retried attempts (infrastructure)</h3><ul>");

@@ -79,6 +79,16 @@ pub fn render(r: &Report) -> String {
             c.attempts.len() + 1
         );
         let groups: &[super::GroupReport] = if c.status == "skip" { &[] } else { &c.groups };
+        // An infrastructure error's class in the error's type and message,
+        // its evidence after the reason.
+        let (etype, emsg, evidence) = match &c.fault {
+            Some(f) => (
+                format!("infrastructure:{}", f.class.name()),
+                format!("infrastructure failure: {}{}", f.class.words(), f.log.as_deref().map(|l| format!(" ({l})")).unwrap_or_default()),
+                if f.evidence.is_empty() { String::new() } else { format!("\n--- evidence ---\n{}", f.evidence.join("\n")) },
+            ),
+            None => ("infrastructure".to_string(), "infrastructure failure".to_string(), String::new()),
+        };
         if groups.is_empty() {
             // Skipped, or failed before any group (image, results dir).
             let _ = write!(o, "    <testcase classname=\"{}\" name=\"cell\" time=\"{:.3}\"", escape(&c.id), c.duration_s);
@@ -88,7 +98,7 @@ pub fn render(r: &Report) -> String {
                     let _ = writeln!(o, "><skipped message=\"{reason}\"/></testcase>");
                 }
                 "error" => {
-                    let _ = writeln!(o, "><error message=\"infrastructure failure\" type=\"infrastructure\">{reason}</error></testcase>");
+                    let _ = writeln!(o, "><error message=\"{}\" type=\"{}\">{reason}{}</error></testcase>", escape(&emsg), escape(&etype), escape(&evidence));
                 }
                 "fail" => {
                     let _ = writeln!(o, "><failure message=\"failed\" type=\"step\">{reason}</failure></testcase>");
@@ -113,9 +123,12 @@ pub fn render(r: &Report) -> String {
                 (StepStatus::Error, Some(st)) => {
                     let _ = write!(
                         o,
-                        "<error message=\"infrastructure failure in step `{}`\" type=\"infrastructure\">{}</error>",
+                        "<error message=\"{} in step `{}`\" type=\"{}\">{}{}</error>",
+                        escape(&emsg),
                         escape(&st.name),
-                        escape(st.message.as_deref().unwrap_or(""))
+                        escape(&etype),
+                        escape(st.message.as_deref().unwrap_or("")),
+                        escape(&evidence)
                     );
                 }
                 (StepStatus::NotRun, _) => {

@@ -115,10 +115,14 @@ pub struct CellReport {
     /// When the cell started (seconds since the Unix epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<f64>,
-    /// Where its time went: phases, and each node's boot and vlans, in
-    /// seconds from its start.
+    /// Where its time went: phases, and each node's boot, in seconds from
+    /// its start.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub timeline: Vec<crate::runner::Span>,
+    /// An infrastructure error's class, the lines that show it and where
+    /// they are (absent for other cells).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<crate::runner::fault::Fault>,
 }
 
 /// A step group.
@@ -263,6 +267,10 @@ impl CellReport {
             nodes: shown.nodes.clone(),
             started_at: Some(r.started_at).filter(|t| *t > 0.0),
             timeline: r.timeline.clone(),
+            fault: match &r.outcome {
+                Outcome::Error { reason } => Some(r.fault.clone().unwrap_or_else(|| crate::runner::fault::classify(reason, &[]))),
+                _ => None,
+            },
         }
     }
 }

@@ -107,6 +107,7 @@ mod tests {
             nodes: Vec::new(),
             started_at: None,
             timeline: Vec::new(),
+            fault: None,
         }
     }
 

@@ -43,6 +43,11 @@ fn cell(id: &str, status: &str) -> CellReport {
         nodes: Vec::new(),
         started_at: None,
         timeline: Vec::new(),
+        fault: (status == "error").then(|| crate::runner::fault::Fault {
+            class: crate::runner::fault::FaultClass::GuestPanic,
+            evidence: vec!["[ 5.1] Kernel panic - not syncing: sysrq triggered crash".into()],
+            log: Some("serial.log:40-52".into()),
+        }),
     }
 }
 
@@ -186,4 +191,26 @@ fn the_timeline_puts_every_cells_phases_and_nodes_on_one_axis() {
     assert!(html.contains("class=\"tl-boot\" style=\"left:0.000%;width:20.000%\" title=\"boot: 4.0 s (at 0.0 s)\""), "the node's row: {html}");
     // A report without timelines (older, or merged from one) has none.
     assert!(!super::html::render(&report(vec![cell("debian-12/s6/privileged", "pass")], "1/1")).contains("<h2>Timeline</h2>"));
+}
+
+/// An infrastructure error names its fault class and evidence in every
+/// report: the JUnit error's type and message, the HTML panel, report.json.
+#[test]
+fn an_infrastructure_error_names_its_fault_class_everywhere() {
+    let mut broken = cell("debian-12/openrc/privileged", "error");
+    broken.groups[1].status = StepStatus::Error;
+    broken.groups[1].steps[0].status = StepStatus::Error;
+    broken.groups[1].steps[0].message = Some("the guest kernel panicked while running a command".into());
+    let r = report(vec![broken], "");
+    let x = junit::render(&r);
+    assert!(
+        x.contains("<error message=\"infrastructure failure: the guest kernel panicked (serial.log:40-52) in step `curl`\" type=\"infrastructure:guest-panic\">"),
+        "{x}"
+    );
+    assert!(x.contains("--- evidence ---\n[ 5.1] Kernel panic - not syncing: sysrq triggered crash"), "{x}");
+    let h = html::render(&r);
+    assert!(h.contains("Infrastructure fault: <b>guest-panic</b> (the guest kernel panicked), shown in <code>serial.log:40-52</code>"), "{h}");
+    let j = serde_json::to_value(&r).expect("json");
+    assert_eq!(j["cells"][0]["fault"]["class"], "guest-panic");
+    assert_eq!(j["cells"][0]["fault"]["log"], "serial.log:40-52");
 }

@@ -137,6 +137,9 @@ pub struct CellResult {
     /// Where its time went: each phase, and each node's boot (or restore)
     /// in a cell of several, from the cell's start.
     pub timeline: Vec<Span>,
+    /// An infrastructure error's class and evidence (None otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<super::fault::Fault>,
     /// What the reports show beside the above, carried from the runner to
     /// them (in the [`super::event::Event::Finished`] event) rather than
     /// read back from the files the runner wrote; not in result.json (the
@@ -245,6 +248,7 @@ impl CellResult {
             attempts: Vec::new(),
             screenshot: None,
             serial_tail: None,
+            fault: None,
             shown: Shown::default(),
             start: None,
             started_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
@@ -600,6 +604,9 @@ fn move_into(dir: &Path, sub: &str) {
 
 fn finish(mut r: CellResult, started: Instant) -> CellResult {
     r.duration_s = started.elapsed().as_secs_f64();
+    if let Outcome::Error { reason } = &r.outcome {
+        r.fault = Some(super::fault::classify(reason, &super::fault::consoles_of(&r.dir)));
+    }
     if r.dir.is_dir() {
         if let Ok(json) = serde_json::to_string_pretty(&r) {
             let _ = std::fs::write(r.dir.join("result.json"), json);

@@ -3,6 +3,7 @@
 
 mod cell;
 mod deploy;
+pub mod fault;
 pub mod event;
 mod machine;
 pub mod python;

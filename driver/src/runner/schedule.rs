@@ -26,7 +26,9 @@ pub fn cell_line(r: &CellResult) -> String {
         }
         Outcome::Skip { reason } => format!("SKIP  {id:<36}           {reason}"),
         Outcome::Error { reason } => {
-            format!("ERROR {id:<36} {:>6.1} s  infrastructure{tries}: {}", r.duration_s, reason.replace('\n', "\n      "))
+            let f = r.fault.clone().unwrap_or_else(|| super::fault::classify(reason, &[]));
+            let at = f.log.as_deref().map(|l| format!(", {l}")).unwrap_or_default();
+            format!("ERROR {id:<36} {:>6.1} s  infrastructure ({}{at}){tries}: {}", r.duration_s, f.class.name(), reason.replace('\n', "\n      "))
         }
     }
 }

@@ -18,4 +18,4 @@ pub mod snapshot;
 pub mod ssh;
 pub mod vlan;
 
-pub use instance::{kill_all, Channel, DiskUse, Stopped, Vm, VmConfig, VmError, DEFAULT_CPUS, DEFAULT_MEM_MIB};
+pub use instance::{find_panic, panic_excerpt, kill_all, Channel, DiskUse, Stopped, Vm, VmConfig, VmError, DEFAULT_CPUS, DEFAULT_MEM_MIB};

@@ -28,6 +28,17 @@ pub enum VmError {
         /// Tail of the serial log.
         serial: String,
     },
+    /// The guest's kernel panicked (and QEMU, told not to reboot, exited).
+    #[error("the guest kernel panicked while {during}: {panic_line}\n--- console from the panic ---\n{console}")]
+    GuestPanicked {
+        /// What xdriver was doing.
+        during: String,
+        /// The `Kernel panic - not syncing: …` line (or the first line of
+        /// the panic when there is none).
+        panic_line: String,
+        /// The console from the panic's first line on.
+        console: String,
+    },
     /// The guest did not come up in time.
     #[error("the guest did not come up within {timeout:?}: {waited_for}\n--- last serial output ---\n{serial}")]
     BootTimeout {
@@ -105,11 +116,37 @@ pub enum VmError {
     },
 }
 
+/// Where a kernel panic starts in a console log: the first line of its
+/// cause (an Oops, a BUG, sysrq's crash, or the panic line itself) and the
+/// `Kernel panic - not syncing` line, as (index of the first line, the
+/// panic line); None without a panic line.
+pub fn find_panic(lines: &[&str]) -> Option<(usize, String)> {
+    let at = lines.iter().rposition(|l| l.contains("Kernel panic - not syncing"))?;
+    let panic_line = lines[at][lines[at].find("Kernel panic - not syncing").unwrap_or(0)..].trim().to_string();
+    // The cause, within the 60 lines before (a register dump and a call
+    // trace come between).
+    let from = at.saturating_sub(60);
+    let cause = (from..at).find(|&i| {
+        let l = lines[i];
+        l.contains("sysrq: Trigger a crash") || l.contains("Oops:") || l.contains("BUG:") || l.contains("general protection fault") || l.contains("Out of memory and no killable")
+    });
+    Some((cause.unwrap_or(at), panic_line))
+}
+
+/// The console's lines from a panic's start, at most `max`.
+pub fn panic_excerpt(log: &str, max: usize) -> Option<(String, String)> {
+    let lines: Vec<&str> = log.lines().collect();
+    let (start, panic_line) = find_panic(&lines)?;
+    let end = (start + max).min(lines.len());
+    Some((panic_line, lines[start..end].join("\n")))
+}
+
 impl VmError {
     /// The guest kernel's panic line, if this error is QEMU exiting or a
     /// boot timing out with one in the serial tail.
     pub fn kernel_panic(&self) -> Option<&str> {
         let serial = match self {
+            VmError::GuestPanicked { panic_line, .. } => return Some(panic_line),
             VmError::QemuExited { serial, .. } | VmError::BootTimeout { serial, .. } => serial,
             VmError::BootedTwice { last, .. } => return last.kernel_panic(),
             _ => return None,

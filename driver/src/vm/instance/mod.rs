@@ -34,7 +34,7 @@ mod power;
 mod setup;
 mod start;
 
-pub use error::VmError;
+pub use error::{find_panic, panic_excerpt, VmError};
 pub use power::{kill_all, Stopped};
 use power::register;
 use start::hotplug_virtiofs;
@@ -245,6 +245,17 @@ impl Vm {
     }
 
     fn exited_error(&self, during: &str) -> VmError {
+        // A guest whose kernel panicked reboots (panic=-1), which QEMU
+        // (-no-reboot) makes an exit: say so, with the panic's lines.
+        if let Ok(log) = std::fs::read(self.run.join("serial.log")) {
+            // Only this QEMU's part of the log (a restored VM's starts with
+            // the saving boot's console).
+            let log = String::from_utf8_lossy(&log);
+            let own = log.rfind("[xdriver: restored from the RAM snapshot").map(|i| &log[i..]).unwrap_or(&log);
+            if let Some((panic_line, console)) = error::panic_excerpt(own, 40) {
+                return VmError::GuestPanicked { during: during.into(), panic_line, console };
+            }
+        }
         VmError::QemuExited {
             status: self.exited.borrow().clone().unwrap_or_else(|| "still running".into()),
             during: during.into(),

@@ -1,0 +1,135 @@
+//! Faults injected for real into real guests, each with the outcome it
+//! must have (docs/architecture.md, "Faults", states the bounds):
+//! - the guest kernel panicking in a step: the cell is an infrastructure
+//!   error of class guest-panic within seconds, the panic's console lines
+//!   in its reason and result.json, its logs kept, no QEMU left;
+//! - the guest's OOM killer in a command: the hog dies, both channels
+//!   live and the next command runs;
+//! - the guest's network gone under an SSH command: an error within the
+//!   keepalive bound, never a hang; the backdoor unaffected;
+//! - a corrupt image disk: an error with qemu-img's words within seconds.
+
+use std::time::{Duration, Instant};
+
+use xdriver::vm::{Channel, Vm};
+use xdriver_guests::Init;
+use xdriver_tests::xdriver_command;
+
+#[test]
+fn a_kernel_panic_in_a_step_is_a_guest_panic_with_its_console_lines_and_nothing_left_running() {
+    let work = xdriver_tests::workdir();
+    std::fs::write(
+        work.path().join("xdriver.toml"),
+        "name = \"panic\"\n[instances.idle]\nprocess.foreground = [\"/bin/sleep\", \"600\"]\n\
+         [tests]\ntests = [\n  { name = \"before\", succeed = \"true\" },\n  { name = \"the kernel panics\", succeed = \"echo c > /proc/sysrq-trigger\" },\n  { name = \"never\", succeed = \"true\" },\n]\n",
+    )
+    .expect("write");
+    let runs = work.path().join("runs");
+    std::fs::create_dir_all(&runs).expect("mkdir");
+    let t0 = Instant::now();
+    let out = xdriver_command(
+        &["test", "xdriver.toml", "--os", "debian-12", "--manager", "sysvinit", "--profile", "privileged", "--accel", "tcg", "--retries", "0", "--no-progress", "--results-dir", "results"],
+        work.path(),
+    )
+    .env("XDRIVER_RUN_DIR", &runs)
+    .output()
+    .expect("xdriver runs");
+    let took = t0.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(125), "{stdout}");
+    assert!(stdout.contains("ERROR debian-12/sysvinit/privileged") && stdout.contains("infrastructure (guest-panic, serial.log:"), "{stdout}");
+    assert!(stdout.contains("the guest kernel panicked") && stdout.contains("Kernel panic - not syncing: sysrq triggered crash"), "{stdout}");
+    let cell = work.path().join("results/panic/debian-12-sysvinit-privileged");
+    let result: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(cell.join("result.json")).expect("result.json")).expect("json");
+    assert_eq!(result["fault"]["class"], "guest-panic", "{result}");
+    let evidence = result["fault"]["evidence"].as_array().expect("evidence").iter().map(|l| l.as_str().unwrap_or("").to_string()).collect::<Vec<_>>();
+    assert!(evidence[0].contains("sysrq: Trigger a crash") && evidence.iter().any(|l| l.contains("Kernel panic - not syncing")), "{evidence:?}");
+    // The lines it points at are the console's, kept with the cell.
+    let log = result["fault"]["log"].as_str().expect("log");
+    let (file, span) = log.split_once(':').expect("file:lines");
+    let first: usize = span.split('-').next().expect("first").parse().expect("number");
+    let serial = std::fs::read_to_string(cell.join(file)).expect("the console is kept");
+    assert!(serial.lines().nth(first - 1).expect("that line").contains("sysrq: Trigger a crash"), "{log}");
+    // The step that panicked failed within seconds of the panic; the one
+    // before passed and the one after did not run.
+    let steps: Vec<(String, String, f64)> = result["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .flat_map(|g| g["steps"].as_array().cloned().unwrap_or_default())
+        .map(|s| (s["name"].as_str().unwrap_or("").to_string(), s["status"].as_str().unwrap_or("").to_string(), s["duration_s"].as_f64().unwrap_or(0.0)))
+        .collect();
+    let find = |n: &str| steps.iter().find(|s| s.0 == n).cloned().unwrap_or_else(|| panic!("{n}: {steps:?}"));
+    assert_eq!(find("before").1, "pass");
+    let (_, status, secs) = find("the kernel panics");
+    assert_eq!(status, "error");
+    assert!(secs < 15.0, "the panic took {secs} s to be seen");
+    assert_eq!(find("never").1, "not_run");
+    eprintln!("panic cell: {:.1} s in all, the panicking step {secs:.1} s", took.as_secs_f64());
+    // No QEMU of this run is left (its run directories were under `runs`).
+    let left = xdriver_tests::pids_mentioning(runs.to_str().expect("utf-8"));
+    assert!(left.is_empty(), "processes of the run left: {left:?}");
+}
+
+async fn sh(vm: &Vm, ch: Channel, cmd: &str, secs: u64) -> Result<(i32, String), String> {
+    vm.exec(ch, cmd, &[], Duration::from_secs(secs), None).await.map(|o| (o.status, format!("{}{}", o.stdout_str(), o.stderr_str()))).map_err(|e| xdriver::cli::chain_error(&e))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oom_killer_takes_the_hog_not_the_channels_and_a_cut_network_ends_an_ssh_command_within_the_keepalive_bound() {
+    let mut cfg = xdriver_tests::config(Init::SYSTEMD, "faults");
+    cfg.mem_mib = 512;
+    let vm = xdriver_tests::start(cfg).await;
+    // A memory hog over SSH: tail keeps all of its input that has no newline.
+    let (code, out) = sh(&vm, Channel::Ssh, "head -c 2000M /dev/zero | tail >/dev/null", 300).await.expect("the SSH command ends");
+    assert_ne!(code, 0, "the hog was not killed: {out}");
+    let (code, dmesg) = sh(&vm, Channel::Backdoor, "dmesg | grep -E 'Out of memory|oom-kill'", 30).await.expect("the backdoor lives");
+    assert_eq!(code, 0, "no OOM kill in the kernel log");
+    assert!(dmesg.contains("(tail)"), "the OOM killer took something else: {dmesg}");
+    assert_eq!(sh(&vm, Channel::Ssh, "true", 30).await.expect("SSH lives").0, 0);
+
+    // The guest's network gone under a running SSH command.
+    let t0 = Instant::now();
+    let (ssh, cut) = tokio::join!(sh(&vm, Channel::Ssh, "sleep 300", 400), async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        sh(&vm, Channel::Backdoor, "ip link set eth0 down", 30).await
+    });
+    let took = t0.elapsed();
+    assert_eq!(cut.expect("the backdoor cuts the link").0, 0);
+    let err = ssh.expect_err("the SSH command cannot end well without a network");
+    let bound = xdriver::vm::ssh::KEEPALIVE_INTERVAL * (xdriver::vm::ssh::KEEPALIVE_MAX as u32 + 2) + Duration::from_secs(2);
+    assert!(took < bound, "the lost connection took {took:?} to be given up (bound {bound:?}): {err}");
+    eprintln!("SSH given up {:.1} s after the command started: {err}", took.as_secs_f64());
+    let (code, _) = sh(&vm, Channel::Backdoor, "true", 30).await.expect("the backdoor is unaffected");
+    assert_eq!(code, 0);
+    vm.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_image_disk_fails_at_once_with_qemu_imgs_words() {
+    let work = xdriver_tests::workdir();
+    let good = xdriver_tests::recipe_image("debian-12", Init::SYSVINIT);
+    // A copy of the image whose disk is garbage past its first bytes
+    // (kernel and initrd linked from the real one).
+    let dir = work.path().join("broken-image");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let (kernel, initrd) = good.kernel_initrd().expect("built image");
+    for f in [&kernel, &initrd] {
+        std::os::unix::fs::symlink(f, dir.join(f.file_name().expect("name"))).expect("link");
+    }
+    let mut bytes = vec![0u8; 1 << 20];
+    bytes[..4].copy_from_slice(b"QFI\xfb");
+    for (i, b) in bytes.iter_mut().enumerate().skip(4) {
+        *b = (i * 7 + 13) as u8;
+    }
+    std::fs::write(dir.join(&good.manifest.disk.file), &bytes).expect("write");
+    let entry = xdriver_images::Entry { dir, manifest: good.manifest.clone(), current: true };
+    let mut cfg = xdriver::vm::VmConfig::new("t-broken-disk", entry);
+    cfg.accel = xdriver::vm::qemu::Accel::Tcg;
+    let t0 = Instant::now();
+    let err = Vm::start(cfg).await.expect_err("a corrupt disk cannot boot");
+    let msg = xdriver::cli::chain_error(&err);
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}: {msg}", t0.elapsed());
+    assert!(msg.contains("qemu-img") && (msg.contains("qcow2") || msg.contains("Could not open")), "{msg}");
+}
