@@ -40,7 +40,7 @@ pub enum SshError {
     #[error("SSH: {0}")]
     Russh(#[from] russh::Error),
     /// The channel closed without an exit status (the guest or sshd died).
-    #[error("SSH channel closed without an exit status")]
+    #[error("SSH channel closed without an exit status (the connection was lost: sshd or its process died, or the guest stopped answering keepalives, 5 s apart, 5 in a row)")]
     NoExitStatus,
     /// A tar stream failed.
     #[error("copy: {0}")]

@@ -66,10 +66,16 @@ impl InitSystem for Systemd {
             // that they can run before sysinit.target. Every VM's /tmp is
             // fresh from the image anyway.
             file("/etc/tmpfiles.d/tmp.conf", 0o644, "# xdriver: /tmp starts empty on every VM's fresh overlay; never wipe it at boot.\nd /tmp 1777 root root -\n"),
+            // Commands run over SSH and the backdoor live in these two
+            // services' cgroups (no logind here to give them sessions):
+            // with systemd's default OOMPolicy=stop, the OOM killer taking
+            // a test's memory hog would make systemd stop the whole
+            // service, sshd or the backdoor with it. `continue`: only the
+            // process the kernel chose dies.
             file(
                 "/etc/systemd/system/ssh.service.d/xdriver.conf",
                 0o644,
-                "[Unit]\nDefaultDependencies=no\nConflicts=shutdown.target\nBefore=shutdown.target\n\n[Service]\nStartupCPUWeight=1000\nExecStartPre=\nExecStart=\nExecStart=/usr/sbin/sshd -D -r $SSHD_OPTS\n",
+                "[Unit]\nDefaultDependencies=no\nConflicts=shutdown.target\nBefore=shutdown.target\n\n[Service]\nStartupCPUWeight=1000\nOOMPolicy=continue\nExecStartPre=\nExecStart=\nExecStart=/usr/sbin/sshd -D -r $SSHD_OPTS\n",
             ),
             file(
                 "/etc/systemd/system/xdriver-backdoor.service",
@@ -84,7 +90,8 @@ impl InitSystem for Systemd {
                  ExecStart=/usr/lib/xdriver/backdoor\n\
                  Restart=always\n\
                  RestartSec=0\n\
-                 KillMode=process\n\n\
+                 KillMode=process\n\
+                 OOMPolicy=continue\n\n\
                  [Install]\n\
                  WantedBy=multi-user.target\n",
             ),
