@@ -133,3 +133,79 @@ async fn a_corrupt_image_disk_fails_at_once_with_qemu_imgs_words() {
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}: {msg}", t0.elapsed());
     assert!(msg.contains("qemu-img") && (msg.contains("qcow2") || msg.contains("Could not open")), "{msg}");
 }
+
+/// The RAM snapshot of a shape of this test's own (704 MiB of RAM): saved
+/// by the first VM, truncated, then dropped by the second, which boots
+/// cold and says why; the third saves a new one and restores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_ram_snapshot_is_dropped_the_vm_boots_cold_and_the_next_saves_a_new_one() {
+    let cfg = || {
+        let mut c = xdriver_tests::config(Init::SYSVINIT, "truncated");
+        c.mem_mib = 704;
+        c.ssh = false;
+        c.snapshots = true;
+        c
+    };
+    let vm = xdriver_tests::start(cfg()).await;
+    let note = vm.how_started().to_string();
+    vm.quit().await;
+    let dir = note
+        .split("RAM snapshot ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| panic!("no snapshot in {note:?}"));
+    let ram = dir.join("ram");
+    let f = std::fs::OpenOptions::new().write(true).open(&ram).expect("the RAM file");
+    f.set_len(64 << 20).expect("truncate");
+    drop(f);
+    let t0 = Instant::now();
+    let vm = xdriver_tests::start(cfg()).await;
+    let note = vm.how_started().to_string();
+    assert!(note.starts_with("cold boot (the RAM snapshot was unsound and was dropped") && note.contains("truncated"), "{note}");
+    assert!(!dir.exists(), "the bad snapshot is gone");
+    let (code, _) = sh(&vm, Channel::Backdoor, "true", 30).await.expect("the cold VM answers");
+    assert_eq!(code, 0);
+    eprintln!("dropped and booted cold in {:.1} s", t0.elapsed().as_secs_f64());
+    vm.quit().await;
+    let vm = xdriver_tests::start(cfg()).await;
+    assert!(vm.how_started().contains("it saved first"), "{}", vm.how_started());
+    assert_eq!(std::fs::metadata(dir.join("ram")).expect("a new RAM file").len(), 704 << 20);
+    vm.quit().await;
+    // Snapshots of this shape serve no other test.
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The run directory on a 64 MiB tmpfs: a guest writing 200 MiB fills
+/// it, QEMU pauses the guest (virtio-blk's `werror=enospc`), and the
+/// command fails at once saying the host's device is full, where it
+/// would have waited out its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_host_device_under_the_run_directory_fails_the_command_saying_so() {
+    let work = xdriver_tests::workdir();
+    let small = work.path().join("small");
+    std::fs::create_dir_all(&small).expect("mkdir");
+    let mount = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"]).arg(&small).status().expect("mount");
+    assert!(mount.success(), "mounting a tmpfs (the suite runs as root)");
+    struct Umount(std::path::PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _umount = Umount(small.clone());
+    std::env::set_var("XDRIVER_RUN_DIR", &small);
+    let mut cfg = xdriver_tests::config(Init::SYSVINIT, "full");
+    cfg.ssh = false;
+    cfg.snapshots = true;
+    let vm = xdriver_tests::start(cfg).await;
+    let t0 = Instant::now();
+    let err = sh(&vm, Channel::Backdoor, "dd if=/dev/urandom of=/var/tmp/big bs=1M count=200 conv=fsync 2>&1", 300).await.expect_err("the write cannot finish");
+    let took = t0.elapsed();
+    assert!(err.contains("no space left on the host device under") && err.contains("paused the guest"), "{err}");
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    eprintln!("disk full seen {:.1} s after the write began: {err}", took.as_secs_f64());
+    let pid = vm.pid();
+    vm.quit().await;
+    assert!(!xdriver_tests::alive(pid), "QEMU {pid} outlived the VM");
+}

@@ -403,7 +403,7 @@ impl Vm {
     }
 
     /// A setup command on the backdoor while the VM comes up.
-    pub(super) async fn setup_exec(&self, cmd: &str) -> Result<Output, VmError> {
+    pub(super) async fn setup_exec_within(&self, cmd: &str, timeout: Duration) -> Result<Output, VmError> {
         // Rarely (seen on sysvinit guests under load, at the moment the
         // serial getty starts) the backdoor shell is replaced by a new one
         // while this first command runs; the new shell has announced itself
@@ -411,7 +411,7 @@ impl Vm {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.exec(Channel::Backdoor, cmd, &[], Duration::from_secs(30), None).await {
+            match self.exec(Channel::Backdoor, cmd, &[], timeout, None).await {
                 Err(VmError::Backdoor(BackdoorError::Restarted)) if attempt < 3 => {
                     tracing::warn!(vm = %self.name, attempt, "backdoor restarted during setup; retrying");
                 }

@@ -28,6 +28,17 @@ pub enum VmError {
         /// Tail of the serial log.
         serial: String,
     },
+    /// The host's device under the run directory filled up: QEMU could not
+    /// grow the VM's disk overlay and paused the guest.
+    #[error("no space left on the host device under {run_dir}: QEMU could not grow the VM's disk overlay while {during} ({detail}) and paused the guest; free space there or set XDRIVER_RUN_DIR to a roomier directory")]
+    HostDiskFull {
+        /// What xdriver was doing.
+        during: String,
+        /// The run directory.
+        run_dir: PathBuf,
+        /// QEMU's words (operation, node, reason).
+        detail: String,
+    },
     /// The guest's kernel panicked (and QEMU, told not to reboot, exited).
     #[error("the guest kernel panicked while {during}: {panic_line}\n--- console from the panic ---\n{console}")]
     GuestPanicked {

@@ -227,6 +227,12 @@ pub struct Vm {
     start_note: String,
 }
 
+/// QEMU's BLOCK_IO_ERROR for a full host device (it then pauses the guest:
+/// virtio-blk's default `werror=enospc`).
+fn disk_full_event(e: &serde_json::Value) -> bool {
+    e["event"] == "BLOCK_IO_ERROR" && e["data"]["nospace"] == true
+}
+
 impl Vm {
 
     /// How the VM came up: a cold boot (and why), or restored from which
@@ -235,12 +241,36 @@ impl Vm {
         &self.start_note
     }
 
-    /// Runs `fut` unless QEMU exits first.
+    /// Runs `fut` unless QEMU exits first, or pauses the guest because
+    /// the host's device under the run directory is full.
     async fn until_exit<T>(&self, during: &str, fut: impl std::future::Future<Output = T>) -> Result<T, VmError> {
         let mut ex = self.exited.clone();
+        let mut events = self.qmp.subscribe();
+        if let Some(e) = self.qmp.events().iter().find(|e| disk_full_event(e)) {
+            return Err(self.disk_full_error(during, e));
+        }
+        let full = async {
+            loop {
+                match events.recv().await {
+                    Ok(e) if disk_full_event(&e) => return e,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+                    _ => {}
+                }
+            }
+        };
         tokio::select! {
             v = fut => Ok(v),
             _ = ex.wait_for(Option::is_some) => Err(self.exited_error(during)),
+            e = full => Err(self.disk_full_error(during, &e)),
+        }
+    }
+
+    fn disk_full_error(&self, during: &str, event: &serde_json::Value) -> VmError {
+        let d = &event["data"];
+        VmError::HostDiskFull {
+            during: during.into(),
+            run_dir: self.run.path().to_path_buf(),
+            detail: format!("{} of {}: {}", d["operation"].as_str().unwrap_or("write"), d["node-name"].as_str().or(d["device"].as_str()).unwrap_or("the disk"), d["reason"].as_str().unwrap_or("no space")),
         }
     }
 

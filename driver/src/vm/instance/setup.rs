@@ -31,6 +31,10 @@ pub(super) enum Part {
 /// last one names the part (a part may end the command with `exit`).
 const PART: &str = "xdriver-setup-part ";
 
+/// How long a restored guest has for its set-up: it took under 3 s with
+/// two VMs on two busy cores (docs/benchmarks.md).
+pub(super) const RESTORED_SETUP: Duration = Duration::from_secs(20);
+
 /// The set-up command, part by part.
 #[derive(Debug, Default)]
 pub(super) struct Setup {
@@ -119,7 +123,10 @@ impl Vm {
             return Ok(());
         }
         let script = setup.script();
-        let out = self.setup_exec(&script).await?;
+        // A restored guest that cannot set itself up within RESTORED_SETUP
+        // is taken for a damaged snapshot (see `Vm::start`).
+        let within = if snapshot.is_some() { RESTORED_SETUP } else { Duration::from_secs(30) };
+        let out = self.setup_exec_within(&script, within).await?;
         tracing::debug!(vm = %self.name, bytes = script.len(), parts = %setup.timings(&out.stderr_str()), "set-up parts (guest uptime at each)");
         if out.success() {
             if setup.parts.iter().any(|(p, _)| *p == Part::Store) && out.stdout_str().contains("guest-has-nix") {

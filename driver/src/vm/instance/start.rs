@@ -81,6 +81,14 @@ impl Vm {
             let hotplug_failed = cfg.image.manifest.os.parse::<Os>().is_ok_and(|os| hotplug_virtiofs(&cfg, os)) && NO_HOTPLUG.lock().expect("lock").as_ref().is_some_and(|s| s.contains(&snap.dir));
             if hotplug_failed {
                 cold_why = "an earlier restore of this VM's RAM snapshot could not take its virtio-fs devices hot-plugged".into();
+            } else if let Some(bad) = snap.meta().and_then(|_| snapshot_unsound(&snap, cfg.mem_mib)) {
+                // Cheap checks before QEMU maps the RAM file: a truncated
+                // file would restore as zeros.
+                let e = VmError::Restore { snapshot: snap.dir.clone(), detail: bad };
+                tracing::warn!(vm = %cfg.name, error = %e, "dropping the RAM snapshot and booting cold");
+                eprintln!("xdriver: warning: {e}; dropped it, booting cold");
+                cold_why = format!("the RAM snapshot was unsound and was dropped: {e}");
+                snap.discard();
             } else if snap.meta().is_some() {
                 match Vm::launch(cfg.clone(), Launch::Restore(snap.clone())).await {
                     Err(e @ VmError::Hotplug { .. }) => {
@@ -91,7 +99,11 @@ impl Vm {
                         cold_why = format!("{e}");
                         NO_HOTPLUG.lock().expect("lock").get_or_insert_with(HashSet::new).insert(snap.dir.clone());
                     }
-                    Err(e @ VmError::Restore { .. }) => {
+                    // A restore that does not come up (the snapshot's bytes
+                    // damaged: the guest panics, QEMU exits or its backdoor
+                    // never answers) is the snapshot's fault: dropped (the
+                    // next VM of its shape saves a new one), this VM cold.
+                    Err(e @ (VmError::Restore { .. } | VmError::GuestPanicked { .. } | VmError::QemuExited { .. } | VmError::Backdoor(_) | VmError::BootTimeout { .. })) => {
                         tracing::warn!(vm = %cfg.name, error = %e, "dropping the RAM snapshot and booting cold");
                         eprintln!("xdriver: warning: {e}; dropped it, booting cold");
                         cold_why = format!("the RAM snapshot could not be restored and was dropped: {e}");
@@ -269,6 +281,23 @@ fn settled_probe(os: Os, init: xdriver_guests::Init) -> String {
     match init.settled_probe() {
         Some(init) => format!("{} && {init}", os.port_open(xdriver_guests::SSH_PORT)),
         None => os.port_open(xdriver_guests::SSH_PORT),
+    }
+}
+
+/// Why a snapshot's files cannot be sound, before QEMU reads them: its
+/// RAM file is not the VM's RAM size (truncated, or of another shape), or
+/// its device state is empty.
+fn snapshot_unsound(snap: &Snapshot, mem_mib: u32) -> Option<String> {
+    let want = u64::from(mem_mib) << 20;
+    match std::fs::metadata(snap.ram()) {
+        Ok(m) if m.len() != want => return Some(format!("its RAM file is {} bytes, the VM's RAM {want} (truncated?)", m.len())),
+        Ok(_) => {}
+        Err(e) => return Some(format!("its RAM file: {e}")),
+    }
+    match std::fs::metadata(snap.state()) {
+        Ok(m) if m.len() == 0 => Some("its device state is empty".into()),
+        Ok(_) => None,
+        Err(e) => Some(format!("its device state: {e}")),
     }
 }
 
