@@ -209,3 +209,35 @@ async fn a_full_host_device_under_the_run_directory_fails_the_command_saying_so(
     vm.quit().await;
     assert!(!xdriver_tests::alive(pid), "QEMU {pid} outlived the VM");
 }
+
+/// virtiofsd (the store's server) killed under a running VM: the next
+/// command fails at once naming it (the guest's accesses to the share
+/// would hang), and the VM goes with nothing left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn virtiofsd_dying_fails_the_next_command_naming_it() {
+    let work = xdriver_tests::workdir();
+    std::fs::write(work.path().join("hello"), "from the host\n").expect("write");
+    let mut cfg = xdriver_tests::config(Init::SYSVINIT, "vfsd");
+    cfg.ssh = false;
+    cfg.store = Some(xdriver::vm::nix_store::StoreShare {
+        host: work.path().to_path_buf(),
+        guest: "/nix/store".into(),
+        fs: xdriver::vm::nix_store::ShareFs::Virtiofs,
+        virtiofsd: Some(xdriver::vm::nix_store::find_virtiofsd().expect("virtiofsd installed (scripts/setup-host)")),
+        os: xdriver_guests::Os::DEBIAN_12,
+    });
+    let vm = xdriver_tests::start(cfg).await;
+    let (code, out) = sh(&vm, Channel::Backdoor, "cat /nix/store/hello", 30).await.expect("the share answers");
+    assert_eq!((code, out.trim()), (0, "from the host"));
+    let daemon = vm.virtiofsd_pid().expect("virtiofsd") as i32;
+    // SAFETY: a plain kill(2) of the virtiofsd this test's VM started.
+    unsafe { libc::kill(daemon, libc::SIGKILL) };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t0 = Instant::now();
+    let err = sh(&vm, Channel::Backdoor, "cat /nix/store/hello", 60).await.expect_err("the share's server is gone");
+    assert!(err.contains("virtiofsd") && err.contains("exited while"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    let pid = vm.pid();
+    vm.quit().await;
+    assert!(!xdriver_tests::alive(pid), "QEMU {pid} outlived the VM");
+}

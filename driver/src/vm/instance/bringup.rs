@@ -169,6 +169,7 @@ impl Vm {
             host_key,
             backdoor_ready_after: Duration::ZERO,
             ready_after: Duration::ZERO,
+            share_server_gone: watch_daemons(virtiofsd.iter().chain(share_daemons.iter())),
             virtiofsd,
             _share_daemons: share_daemons,
             shares: cfg.shares.clone(),
@@ -419,6 +420,31 @@ impl Vm {
             }
         }
     }
+}
+
+/// A receiver set to a daemon's name and share when one of `daemons`
+/// exits (its process gone or a zombie), polled every 250 ms.
+fn watch_daemons<'a>(daemons: impl Iterator<Item = &'a Virtiofsd>) -> watch::Receiver<Option<String>> {
+    let (tx, rx) = watch::channel(None);
+    let watched: Vec<(u32, String)> = daemons.filter_map(|d| d.pid().map(|p| (p, format!("virtiofsd {} (pid {p})", d.socket.display())))).collect();
+    if !watched.is_empty() {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if tx.is_closed() {
+                    return;
+                }
+                let dead = watched.iter().find(|(pid, _)| {
+                    std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z')).unwrap_or(true)
+                });
+                if let Some((_, name)) = dead {
+                    let _ = tx.send(Some(name.clone()));
+                    return;
+                }
+            }
+        });
+    }
+    rx
 }
 
 /// How long a preparation waits for the seed's backdoor after the guest

@@ -39,6 +39,15 @@ pub enum VmError {
         /// QEMU's words (operation, node, reason).
         detail: String,
     },
+    /// A virtio-fs daemon (a share's or the store's server) exited while
+    /// the VM ran: the guest's accesses to that share would hang.
+    #[error("{which} exited while {during}: the guest's share is gone (its accesses would hang); the VM is stopped")]
+    ShareServerDied {
+        /// What xdriver was doing.
+        during: String,
+        /// The daemon and its share.
+        which: String,
+    },
     /// The guest's kernel panicked (and QEMU, told not to reboot, exited).
     #[error("the guest kernel panicked while {during}: {panic_line}\n--- console from the panic ---\n{console}")]
     GuestPanicked {

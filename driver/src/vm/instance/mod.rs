@@ -216,6 +216,9 @@ pub struct Vm {
     virtiofsd: Option<Virtiofsd>,
     /// The shares' virtiofsds (guests without 9p); killed with the VM.
     _share_daemons: Vec<Virtiofsd>,
+    /// Set (to the daemon's name and share) when a virtio-fs daemon of
+    /// this VM has exited.
+    share_server_gone: watch::Receiver<Option<String>>,
     /// How it boots.
     boot: Boot,
     /// What a boot mounts (again after a reboot).
@@ -258,10 +261,25 @@ impl Vm {
                 }
             }
         };
+        let mut gone = self.share_server_gone.clone();
         tokio::select! {
             v = fut => Ok(v),
             _ = ex.wait_for(Option::is_some) => Err(self.exited_error(during)),
             e = full => Err(self.disk_full_error(during, &e)),
+            // (No daemon to watch: the sender is gone, and this never ends.)
+            which = async {
+                match gone.wait_for(Option::is_some).await {
+                    Ok(w) => w.clone().unwrap_or_default(),
+                    Err(_) => std::future::pending().await,
+                }
+            } => {
+                // QEMU going first takes its daemons with it: that is the
+                // exit, not the share server.
+                if self.wait_exit(Duration::from_millis(500)).await {
+                    return Err(self.exited_error(during));
+                }
+                Err(VmError::ShareServerDied { during: during.into(), which })
+            }
         }
     }
 
