@@ -34,6 +34,22 @@ pub enum CacheError {
         #[source]
         source: BuildError,
     },
+    /// The build ran out of space on the device holding the cache.
+    #[error("building image {name} failed: no space left on the device holding the cache {root} ({free_then_mib} MiB free when it failed, {free_mib} MiB now that the half-built image is gone); free space there or set XDRIVER_CACHE_DIR to a roomier directory. The build log's last lines (the log, {log}, may have been cut short):\n{tail}")]
+    DiskFull {
+        /// The image.
+        name: String,
+        /// The cache's root.
+        root: PathBuf,
+        /// Space free there when the build failed.
+        free_then_mib: u64,
+        /// Space free there after the clean-up.
+        free_mib: u64,
+        /// Where the build log is.
+        log: PathBuf,
+        /// Its last lines.
+        tail: String,
+    },
     /// An image asked for by name is not in the store.
     #[error("no image named `{0}` in the store (see `xdriver image list`)")]
     NotFound(String),
@@ -61,6 +77,22 @@ pub struct Entry {
     pub manifest: Manifest,
     /// Whether its recipe hash is that of the recipe this xdriver ships.
     pub current: bool,
+}
+
+/// A failed build with less than this free where it was building ran out
+/// of space.
+const FULL_BELOW: u64 = 16 << 20;
+
+/// Bytes free for an unprivileged writer on the file system of `path`
+/// (0 if it cannot be told).
+pub fn free_bytes(path: &Path) -> u64 {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return 0 };
+    // SAFETY: statvfs(3) fills the struct it is given; the path is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return 0;
+    }
+    st.f_bavail as u64 * st.f_frsize as u64
 }
 
 impl Entry {
@@ -209,8 +241,20 @@ impl ImageCache {
                 let logs = self.root.join("logs");
                 let _ = std::fs::create_dir_all(&logs);
                 let log = logs.join(format!("build-{key}.log"));
+                // Space left when it failed (apt's own words about it are
+                // not always in the log: mmdebstrap --quiet keeps them).
+                let free_then = free_bytes(&tmp);
                 let _ = std::fs::rename(tmp.join("build.log"), &log);
                 let _ = std::fs::remove_dir_all(&tmp);
+                // A full disk shows in the log's end (the log itself may be
+                // cut short there).
+                let text = std::fs::read(&log).map(|b| String::from_utf8_lossy(&b[b.len().saturating_sub(64 << 10)..]).into_owned()).unwrap_or_default();
+                let full = free_then < FULL_BELOW || text.contains("No space left on device") || source.to_string().contains("No space left on device");
+                if full {
+                    let tail: Vec<&str> = text.lines().rev().take(12).collect();
+                    let tail = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+                    return Err(CacheError::DiskFull { name: image, root: self.root.clone(), free_then_mib: free_then >> 20, free_mib: free_bytes(&self.root) >> 20, log, tail });
+                }
                 return Err(CacheError::Build { name: image, log, source });
             }
         };

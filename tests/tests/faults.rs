@@ -241,3 +241,67 @@ async fn virtiofsd_dying_fails_the_next_command_naming_it() {
     vm.quit().await;
     assert!(!xdriver_tests::alive(pid), "QEMU {pid} outlived the VM");
 }
+
+/// A starved host: two busy loops (one per core of the CI host) run beside
+/// a webapps cell, which still passes. The deadlines are generous rather
+/// than scaled: a restored guest's set-up has 20 s (it takes ~1 s), a boot
+/// 180 s (a cold one ~6 s), a step 300 s and a readiness wait 120 s, while
+/// under two hogs everything took about twice its time.
+#[test]
+fn a_cell_passes_beside_two_cpu_hogs() {
+    let work = xdriver_tests::workdir();
+    let spec = xdriver_tests::example("webapps");
+    let hogs: Vec<std::process::Child> =
+        (0..2).map(|_| std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn().expect("a busy loop")).collect();
+    struct Kill(Vec<std::process::Child>);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            for c in &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let _hogs = Kill(hogs);
+    let t0 = Instant::now();
+    let out = xdriver_command(
+        &["test", spec.to_str().expect("utf-8"), "--os", "debian-12", "--manager", "sysvinit", "--profile", "privileged", "--accel", "tcg", "--retries", "0", "--no-progress", "--results-dir", "results"],
+        work.path(),
+    )
+    .output()
+    .expect("xdriver runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("PASS  debian-12/sysvinit/privileged"), "{stdout}");
+    eprintln!("the cell beside two busy loops: {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// The image cache on a 96 MiB tmpfs: building an image runs out of
+/// space; the error says so (not only which build stage failed), carries
+/// the log's last lines, and leaves no image listed.
+#[test]
+fn a_full_cache_device_is_named_and_leaves_no_image() {
+    let work = xdriver_tests::workdir();
+    let cache = work.path().join("cache");
+    std::fs::create_dir_all(&cache).expect("mkdir");
+    let mount = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=96m", "tmpfs"]).arg(&cache).status().expect("mount");
+    assert!(mount.success(), "mounting a tmpfs (the suite runs as root)");
+    struct Umount(std::path::PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _umount = Umount(cache.clone());
+    let t0 = Instant::now();
+    let out = xdriver_command(&["image", "build", "debian-12-sysvinit"], work.path()).env("XDRIVER_CACHE_DIR", &cache).output().expect("xdriver runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(stderr.contains("no space left on the device holding the cache") && stderr.contains("MiB free"), "{stderr}");
+    assert!(stderr.contains("E: mmdebstrap failed to run") || stderr.contains("No space left on device"), "the log's own lines: {stderr}");
+    let list = xdriver_command(&["image", "list"], work.path()).env("XDRIVER_CACHE_DIR", &cache).output().expect("xdriver runs");
+    assert!(!String::from_utf8_lossy(&list.stdout).contains("debian-12-sysvinit"), "{}", String::from_utf8_lossy(&list.stdout));
+    eprintln!("full cache seen after {:.1} s", t0.elapsed().as_secs_f64());
+}

@@ -127,7 +127,7 @@ pub fn classify(reason: &str, consoles: &[(String, String)]) -> Fault {
             None => from_reason(FaultClass::GuestPanic, &["panic"]),
         };
     }
-    if lower.contains("no space left on device") || lower.contains("no space left on the host") {
+    if lower.contains("no space left on") {
         return from_reason(FaultClass::DiskFull, &["o space left"]);
     }
     if reason.contains("virtiofsd") && (reason.contains("exited") || reason.contains("died")) {
@@ -201,6 +201,7 @@ mod tests {
         assert_eq!(c("boot: preparing the VM: qemu-img create: Image is not in qcow2 format"), FaultClass::Image);
         assert_eq!(c("step: SSH channel closed without an exit status"), FaultClass::ChannelLost);
         assert_eq!(c("the VM's disk: No space left on device (os error 28)"), FaultClass::DiskFull);
+        assert_eq!(c("image: building image debian-12-sysvinit failed: no space left on the device holding the cache /c"), FaultClass::DiskFull);
         assert_eq!(c("step `ls /nix/store`: virtiofsd for /nix/store exited (signal 9)"), FaultClass::ShareServer);
         assert_eq!(c("xdriver's deadline (--deadline) passed while booting"), FaultClass::Driver);
         assert_eq!(c("xdriver bug: the cell's task panicked: oops"), FaultClass::Driver);
