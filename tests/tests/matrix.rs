@@ -209,7 +209,7 @@ fn boot_failures_are_retried_and_reported() {
     // QEMU quit before the guest printed anything: the tail is there, empty.
     assert!(json["cells"][0]["serial_tail"].is_string());
     assert!(json["cells"][0]["reason"].as_str().is_some_and(|r| r.contains("QEMU exited")));
-    assert!(std::fs::read_to_string(work.path().join("report/junit.xml")).expect("junit").contains("type=\"infrastructure\""));
+    assert!(std::fs::read_to_string(work.path().join("report/junit.xml")).expect("junit").contains("type=\"infrastructure:boot\""));
 }
 
 #[test]
