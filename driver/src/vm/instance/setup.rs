@@ -137,7 +137,8 @@ impl Vm {
             return Ok(());
         }
         let stderr = out.stderr_str();
-        let (part, detail) = setup.failed(&stderr).unwrap_or((&Part::Restored, stderr.trim()));
+        // No marker at all: the command died before its first part.
+        let (part, detail) = setup.failed(&stderr).unwrap_or((&setup.parts[0].0, stderr.trim()));
         let detail = if detail.is_empty() { format!("exit {}", out.status) } else { detail.to_string() };
         let snap = || snapshot.map(|s| s.dir.clone()).unwrap_or_default();
         Err(match part {
