@@ -72,6 +72,25 @@ fn a_kernel_panic_in_a_step_is_a_guest_panic_with_its_console_lines_and_nothing_
     assert!(left.is_empty(), "processes of the run left: {left:?}");
 }
 
+/// A small tmpfs of the test's own, unmounted when dropped (the suite
+/// runs as root).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, mib: u32) -> Tmpfs {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let status = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"]).arg(dir).status().expect("mount");
+        assert!(status.success(), "mounting a tmpfs (the suite runs as root)");
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 async fn sh(vm: &Vm, ch: Channel, cmd: &str, secs: u64) -> Result<(i32, String), String> {
     vm.exec(ch, cmd, &[], Duration::from_secs(secs), None).await.map(|o| (o.status, format!("{}{}", o.stdout_str(), o.stderr_str()))).map_err(|e| xdriver::cli::chain_error(&e))
 }
@@ -184,16 +203,7 @@ async fn a_truncated_ram_snapshot_is_dropped_the_vm_boots_cold_and_the_next_save
 async fn a_full_host_device_under_the_run_directory_fails_the_command_saying_so() {
     let work = xdriver_tests::workdir();
     let small = work.path().join("small");
-    std::fs::create_dir_all(&small).expect("mkdir");
-    let mount = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"]).arg(&small).status().expect("mount");
-    assert!(mount.success(), "mounting a tmpfs (the suite runs as root)");
-    struct Umount(std::path::PathBuf);
-    impl Drop for Umount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _umount = Umount(small.clone());
+    let _umount = Tmpfs::mount(&small, 64);
     std::env::set_var("XDRIVER_RUN_DIR", &small);
     let mut cfg = xdriver_tests::config(Init::SYSVINIT, "full");
     cfg.ssh = false;
@@ -284,16 +294,7 @@ fn a_cell_passes_beside_two_cpu_hogs() {
 fn a_full_cache_device_is_named_and_leaves_no_image() {
     let work = xdriver_tests::workdir();
     let cache = work.path().join("cache");
-    std::fs::create_dir_all(&cache).expect("mkdir");
-    let mount = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=96m", "tmpfs"]).arg(&cache).status().expect("mount");
-    assert!(mount.success(), "mounting a tmpfs (the suite runs as root)");
-    struct Umount(std::path::PathBuf);
-    impl Drop for Umount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _umount = Umount(cache.clone());
+    let _umount = Tmpfs::mount(&cache, 96);
     let t0 = Instant::now();
     let out = xdriver_command(&["image", "build", "debian-12-sysvinit"], work.path()).env("XDRIVER_CACHE_DIR", &cache).output().expect("xdriver runs");
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -235,6 +235,12 @@ impl Qmp {
         self.history.lock().expect("history lock").clone()
     }
 
+    /// The first event received so far that `want` picks (without copying
+    /// the history).
+    pub fn find_event(&self, want: impl Fn(&Value) -> bool) -> Option<Value> {
+        self.history.lock().expect("history lock").iter().find(|e| want(e)).cloned()
+    }
+
     /// A receiver of events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Value> {
         self.events.subscribe()

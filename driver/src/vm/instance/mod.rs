@@ -249,8 +249,8 @@ impl Vm {
     async fn until_exit<T>(&self, during: &str, fut: impl std::future::Future<Output = T>) -> Result<T, VmError> {
         let mut ex = self.exited.clone();
         let mut events = self.qmp.subscribe();
-        if let Some(e) = self.qmp.events().iter().find(|e| disk_full_event(e)) {
-            return Err(self.disk_full_error(during, e));
+        if let Some(e) = self.qmp.find_event(disk_full_event) {
+            return Err(self.disk_full_error(during, &e));
         }
         let full = async {
             loop {
