@@ -134,6 +134,39 @@ async fn a_kernel_panic_at_boot_gets_one_more_boot_and_both_run_dirs_are_kept() 
     }
 }
 
+/// A VM started again after a crash boots its own overlay: when that boot
+/// panics, it gets one more boot on the same overlay (moved on from the
+/// first boot's kept run directory), as a machine boots again after a
+/// crash. Here the guest's init is replaced by one that exits, so both
+/// boots panic, and the second one's panic shows it booted the same disk
+/// (a fresh overlay of the image would have come up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_started_again_whose_kernel_panics_boots_its_own_overlay_once_more() {
+    let mut vm = boot(Init::SYSVINIT, "panic-again", vec![]).await;
+    let name = "t-panic-again-sysvinit";
+    let broken = vm
+        .exec(Channel::Backdoor, "mv /sbin/init /sbin/init.real && printf '#!/bin/sh\\nexit 1\\n' >/sbin/init && chmod 755 /sbin/init && sync", &[], T, None)
+        .await
+        .expect("exec");
+    assert_eq!(broken.status, 0, "{broken:?}");
+    let before = xdriver::vm::rundir::RunDir::existing(name);
+    vm.kill().await;
+    let err = vm.start_again().await.expect_err("its init exits: the kernel panics");
+    let msg = xdriver::cli::chain_error(&err);
+    assert!(matches!(err, VmError::BootedTwice { .. }), "{msg}");
+    assert!(err.kernel_panic().is_some_and(|p| p.contains("Attempted to kill init")), "{msg}");
+    let kept: Vec<_> = xdriver::vm::rundir::RunDir::existing(name).into_iter().filter(|d| !before.contains(d)).collect();
+    assert_eq!(kept.len(), 2, "run directories kept: {kept:?}");
+    // The overlay went from the first boot's directory to the second's.
+    assert_eq!(kept.iter().filter(|d| d.join("overlay.qcow2").is_file()).count(), 1, "{kept:?}");
+    for d in &kept {
+        let log = std::fs::read_to_string(d.join("serial.log")).expect("serial.log");
+        assert!(log.contains("Attempted to kill init"), "{}: {log}", d.display());
+        std::fs::remove_dir_all(d).expect("rm");
+    }
+    drop(vm);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_text_waits_see_boot_messages_and_time_out_cleanly() {
     let vm = boot(Init::SYSVINIT, "console", vec![]).await;

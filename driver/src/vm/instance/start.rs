@@ -137,7 +137,9 @@ impl Vm {
 
     /// Boots `cfg` cold (to use or to save a snapshot). A guest kernel that
     /// panics before the backdoor is up gets one more boot, when that boot
-    /// starts from the same disk (an overlay; not a disk being prepared):
+    /// starts from the same disk (a new overlay of the image or prepared
+    /// disk, or a VM started again: its own overlay, as a machine boots
+    /// again after a crash; not a disk being prepared):
     /// under TCG, QEMU 7.2 now and then runs a stale copy of code Linux
     /// 6.12 has just patched (seen: "Oops: int3" in `sched_clock_cpu` as
     /// the sched_clock static key flips, then "Kernel panic - not
@@ -149,18 +151,29 @@ impl Vm {
             Ok(vm) => return Ok((vm, None)),
             Err(e) => e,
         };
-        let again = matches!(cfg.disk, DiskUse::Image | DiskUse::Prepared { .. });
+        let again = matches!(cfg.disk, DiskUse::Image | DiskUse::Prepared { .. } | DiskUse::Continue { .. });
         let Some(panic) = e.kernel_panic().filter(|_| again).map(str::to_string) else {
             return Err(e);
         };
         let kept = RunDir::kept_since(&cfg.name, &before);
+        let mut next = cfg.clone();
+        if let DiskUse::Continue { overlay, host_key } = &cfg.disk {
+            // The first boot moved the stopped VM's overlay into its own
+            // run directory (kept): the second boots it from there.
+            let moved = kept.as_ref().map(|d| d.join("overlay.qcow2")).filter(|o| o.is_file());
+            match moved {
+                Some(o) => next.disk = DiskUse::Continue { overlay: o, host_key: host_key.clone() },
+                None if overlay.is_file() => {}
+                None => return Err(e),
+            }
+        }
         let first = match &kept {
             Some(d) => format!("\"{panic}\", run directory {} kept", d.display()),
             None => format!("\"{panic}\""),
         };
         tracing::info!(vm = %cfg.name, %first, "the guest's kernel panicked at boot; booting it again");
         eprintln!("xdriver: warning: {}: the guest's kernel panicked at boot ({first}); booting it again", cfg.name);
-        match Vm::launch(cfg.clone(), mode).await {
+        match Vm::launch(next, mode).await {
             Ok(vm) => Ok((vm, Some(format!("booted twice: the first boot's kernel panicked ({first})")))),
             Err(last) => Err(VmError::BootedTwice { first, last: Box::new(last) }),
         }
