@@ -179,6 +179,8 @@ fn boot_failures_are_retried_and_reported() {
     let work = xdriver_tests::workdir();
     // 48 MiB is too little for the guest kernel to boot: each attempt fails
     // fast, for infrastructure reasons.
+    let runs = work.path().join("runs");
+    std::env::set_var("XDRIVER_RUN_DIR", &runs);
     let run = test_chain(
         &[
             "--manager",
@@ -203,6 +205,12 @@ fn boot_failures_are_retried_and_reported() {
     for a in ["attempt-1", "attempt-2"] {
         assert!(cell.join(a).join("serial.log").is_file(), "{a} keeps its serial log");
     }
+    // The failed VMs' logs are with the cell; their run directories went.
+    for f in ["serial.log", "qemu.log", "qemu.cmdline", "launch.plan"] {
+        assert!(cell.join(f).is_file(), "{f} is with the cell's artifacts");
+    }
+    let left: Vec<_> = std::fs::read_dir(&runs).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "run directories left: {left:?}");
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(work.path().join("report/report.json")).expect("report")).expect("json");
     assert_eq!(json["summary"]["retried"], 1);
     assert_eq!(json["cells"][0]["attempts"].as_array().expect("attempts").len(), 2);

@@ -654,8 +654,8 @@ async fn find_image(n: &NodePrepared, opts: &RunOptions) -> Result<(xdriver_imag
 /// nodes).
 fn vm_name(cell: &Cell, n: &NodePrepared, multi: bool) -> String {
     if multi {
-        // The node first: run directories are named by the first 24
-        // characters, and each node's must be told apart.
+        // The node first, so a run directory's name shows it (names
+        // keep 15 characters and a hash of the rest: RunDir::create).
         format!("cell-{}-{}", n.node.name, cell.dir_name())
     } else {
         format!("cell-{}", cell.dir_name())
@@ -777,18 +777,23 @@ async fn boot_and_test(cell: &Cell, p: &Prepared, shares: &[Share], opts: &RunOp
             let _ = vm.quit().await;
         }
         let n = &p.nodes[i];
-        // The failed VM's run directory is kept; bring its logs along.
         let mut reason = node_says(p, n, why);
         if cut {
             reason = format!("{DEADLINE} while booting; {reason}");
         }
         let ndir = node_dir(dir, p, n);
         let _ = std::fs::create_dir_all(&ndir);
-        if let Some(kept) = crate::vm::rundir::RunDir::kept_since(&labels[i], &before[i]) {
-            for f in ["serial.log", "qemu.log", "qemu.cmdline"] {
-                let _ = std::fs::copy(kept.join(f), ndir.join(f));
+        // The failed VM kept its run directory (two, when its kernel
+        // panicked and it booted twice): its logs go to the cell's
+        // artifacts, the rest (overlay, sockets) goes.
+        let mut kept: Vec<PathBuf> = crate::vm::rundir::RunDir::existing(&labels[i]).into_iter().filter(|d| !before[i].contains(d)).collect();
+        kept.sort_by_key(|d| std::fs::metadata(d).and_then(|m| m.modified()).ok());
+        for (k, d) in kept.iter().rev().enumerate() {
+            let prefix = if k == 0 { "" } else { "first-boot-" };
+            for f in FAILED_VM_LOGS {
+                let _ = std::fs::copy(d.join(f), ndir.join(format!("{prefix}{f}")));
             }
-            reason.push_str(&format!("\n(run directory kept: {})", kept.display()));
+            let _ = std::fs::remove_dir_all(d);
         }
         if let Ok(log) = std::fs::read(ndir.join("serial.log")) {
             result.serial_tail = Some(crate::vm::console::tail_lines(&log, 60));
@@ -877,9 +882,12 @@ async fn boot_and_test(cell: &Cell, p: &Prepared, shares: &[Share], opts: &RunOp
     }
     drop(ms);
     for ((vm, n), d) in vms.into_iter().zip(&p.nodes).zip(&node_dirs) {
-        let mut vm = vm;
+        // A failed cell's VMs leave their logs with its artifacts (the
+        // console below); their run directories go.
         if failed {
-            vm.keep_run_dir();
+            for f in FAILED_VM_LOGS.iter().filter(|f| **f != "serial.log") {
+                let _ = std::fs::copy(vm.run_dir().join(f), d.join(f));
+            }
         }
         // The console, read once: the node's serial.log, the first node's
         // also the cell's (reports), and the tails the reports show.
@@ -915,6 +923,11 @@ async fn boot_and_test(cell: &Cell, p: &Prepared, shares: &[Share], opts: &RunOp
     drop(net);
     (outcome, false)
 }
+
+/// What a failed cell keeps of each VM's run directory, with its
+/// artifacts: the console, QEMU's stderr, its command line and the launch
+/// plan.
+const FAILED_VM_LOGS: [&str; 4] = ["serial.log", "qemu.log", "qemu.cmdline", "launch.plan"];
 
 /// How many of a console's last lines a report shows (the cell's and each
 /// node's).

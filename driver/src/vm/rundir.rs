@@ -31,9 +31,9 @@ impl RunDir {
         let base = Self::base();
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&base)?;
         std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700))?;
-        let label: String = label.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).take(24).collect();
+        let prefix = Self::prefix(label);
         for _ in 0..100 {
-            let path = base.join(format!("{label}-{:08x}", rand::random::<u32>()));
+            let path = base.join(format!("{prefix}-{:08x}", rand::random::<u32>()));
             match std::fs::DirBuilder::new().mode(0o700).create(&path) {
                 Ok(()) => return Ok(RunDir { path, keep: false }),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -43,17 +43,35 @@ impl RunDir {
         Err(std::io::Error::other("could not create a unique run directory"))
     }
 
-    /// The run directories there now whose names start like one for
-    /// `label` (a VM that failed to start keeps its own: compare the
-    /// lists before and after the start to find it).
+    /// How the names of `label`'s run directories start (each ends in
+    /// `-` and 8 random hex digits): the label, made safe for a path, when
+    /// it is at most 24 characters long, else its first 15 and 8 hex digits
+    /// of its hash, so two labels that differ only past the cut (a cell's
+    /// privileged and unprivileged VMs) never share one. Short on purpose:
+    /// Unix socket paths in the directory are limited to 107 bytes.
+    fn prefix(label: &str) -> String {
+        use sha2::{Digest, Sha256};
+        let safe: String = label.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+        if safe.len() <= 24 {
+            return safe;
+        }
+        let hash = Sha256::digest(label.as_bytes());
+        format!("{}-{:02x}{:02x}{:02x}{:02x}", &safe[..15], hash[0], hash[1], hash[2], hash[3])
+    }
+
+    /// The run directories of `label` there now (a VM that failed to
+    /// start keeps its own: compare the lists before and after the start
+    /// to find it).
     pub fn existing(label: &str) -> Vec<PathBuf> {
-        // RunDir names start with the first 24 characters of the label.
-        let prefix: String = label.chars().take(24).collect();
+        let prefix = format!("{}-", Self::prefix(label));
         std::fs::read_dir(RunDir::base())
             .into_iter()
             .flatten()
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .filter(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.len() == prefix.len() + 8 && name.starts_with(&prefix) && name[prefix.len()..].bytes().all(|b| b.is_ascii_hexdigit())
+            })
             .map(|e| e.path())
             .collect()
     }
@@ -95,6 +113,10 @@ impl Drop for RunDir {
     fn drop(&mut self) {
         if !self.keep {
             let _ = std::fs::remove_dir_all(&self.path);
+        } else {
+            // Kept for its logs: one that holds nothing (a start that
+            // failed before anything was written) goes all the same.
+            let _ = std::fs::remove_dir(&self.path);
         }
     }
 }
@@ -116,7 +138,22 @@ mod tests {
         let mut b = RunDir::create("t").expect("create");
         b.keep();
         let p = b.path().to_path_buf();
+        std::fs::write(b.join("serial.log"), "boot").expect("write");
         drop(b);
-        assert!(p.exists());
+        assert!(p.exists(), "kept with its log");
+        let mut c = RunDir::create("t").expect("create");
+        c.keep();
+        let empty = c.path().to_path_buf();
+        drop(c);
+        assert!(!empty.exists(), "kept but empty: removed");
+        // Labels that differ only past the cut are told apart; a label
+        // that starts another one's does not find its directories.
+        let long = ["cell-debian-12-sysvinit-privileged", "cell-debian-12-sysvinit-unprivileged"];
+        let dirs: Vec<RunDir> = long.iter().chain(&["u", "u-x"]).map(|l| RunDir::create(l).expect("create")).collect();
+        assert_ne!(RunDir::prefix(long[0]), RunDir::prefix(long[1]));
+        assert_eq!(RunDir::prefix(long[0]).len(), 24);
+        for (l, d) in long.iter().chain(&["u", "u-x"]).zip(&dirs) {
+            assert_eq!(RunDir::existing(l), vec![d.path().to_path_buf()], "{l}");
+        }
     }
 }

@@ -81,9 +81,10 @@ impl Vm {
             let hotplug_failed = cfg.image.manifest.os.parse::<Os>().is_ok_and(|os| hotplug_virtiofs(&cfg, os)) && NO_HOTPLUG.lock().expect("lock").as_ref().is_some_and(|s| s.contains(&snap.dir));
             if hotplug_failed {
                 cold_why = "an earlier restore of this VM's RAM snapshot could not take its virtio-fs devices hot-plugged".into();
-            } else if let Some(bad) = snap.meta().and_then(|_| snapshot_unsound(&snap, cfg.mem_mib)) {
+            } else if let Some(bad) = snap.meta().and_then(|m| snapshot_unsound(&snap, &m, cfg.mem_mib)) {
                 // Cheap checks before QEMU maps the RAM file: a truncated
-                // file would restore as zeros.
+                // file would restore as zeros, overwritten bytes as
+                // whatever they are now.
                 let e = VmError::Restore { snapshot: snap.dir.clone(), detail: bad };
                 tracing::warn!(vm = %cfg.name, error = %e, "dropping the RAM snapshot and booting cold");
                 eprintln!("xdriver: warning: {e}; dropped it, booting cold");
@@ -230,6 +231,7 @@ impl Vm {
             boot_s,
             settle_s,
             save_s,
+            sums: Some(snapshot::Sums::of(snap).map_err(|e| VmError::Prepare(format!("the snapshot's checksums: {e}")))?),
         };
         snap.finish_save(&meta).map_err(VmError::Prepare)?;
         tracing::info!(vm = %name, boot_s, settle_s, save_s, took = ?t0.elapsed(), snapshot = %snap.dir.display(), "RAM snapshot saved");
@@ -298,9 +300,10 @@ fn settled_probe(os: Os, init: xdriver_guests::Init) -> String {
 }
 
 /// Why a snapshot's files cannot be sound, before QEMU reads them: its
-/// RAM file is not the VM's RAM size (truncated, or of another shape), or
-/// its device state is empty.
-fn snapshot_unsound(snap: &Snapshot, mem_mib: u32) -> Option<String> {
+/// RAM file is not the VM's RAM size (truncated, or of another shape),
+/// its device state is empty, or a file's checksum (taken as it was
+/// saved: [`snapshot::Sums`]) differs now.
+fn snapshot_unsound(snap: &Snapshot, meta: &Meta, mem_mib: u32) -> Option<String> {
     let want = u64::from(mem_mib) << 20;
     match std::fs::metadata(snap.ram()) {
         Ok(m) if m.len() != want => return Some(format!("its RAM file is {} bytes, the VM's RAM {want} (truncated?)", m.len())),
@@ -308,10 +311,18 @@ fn snapshot_unsound(snap: &Snapshot, mem_mib: u32) -> Option<String> {
         Err(e) => return Some(format!("its RAM file: {e}")),
     }
     match std::fs::metadata(snap.state()) {
-        Ok(m) if m.len() == 0 => Some("its device state is empty".into()),
-        Ok(_) => None,
-        Err(e) => Some(format!("its device state: {e}")),
+        Ok(m) if m.len() == 0 => return Some("its device state is empty".into()),
+        Ok(_) => {}
+        Err(e) => return Some(format!("its device state: {e}")),
     }
+    let saved = meta.sums.as_ref()?;
+    let t = Instant::now();
+    let now = match snapshot::Sums::of(snap) {
+        Ok(now) => now,
+        Err(e) => return Some(format!("its files cannot be read: {e}")),
+    };
+    tracing::debug!(snapshot = %snap.dir.display(), took = ?t.elapsed(), "snapshot checksums checked");
+    saved.differ(&now)
 }
 
 /// Whether a VM's virtio-fs devices (its store, or the shares of a guest
