@@ -184,6 +184,31 @@ pub fn alive(pid: i32) -> bool {
     }
 }
 
+/// A test's own parent of run directories (`XDRIVER_RUN_DIR`; nextest
+/// runs each test in a process of its own), to check that a run leaves
+/// nothing behind: no process names it (QEMU, virtiofsd and vde_switch
+/// are all started with files or sockets in their run directory) and no
+/// run directory is left in it.
+pub struct Runs(PathBuf);
+
+impl Runs {
+    /// `dir`, made and set as `XDRIVER_RUN_DIR` for this process and the
+    /// xdriver commands it starts.
+    pub fn under(dir: &std::path::Path) -> Runs {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        std::env::set_var("XDRIVER_RUN_DIR", dir);
+        Runs(dir.to_path_buf())
+    }
+
+    /// Panics if a process or a run directory of the run is left.
+    pub fn assert_nothing_left(&self) {
+        let left = pids_mentioning(self.0.to_str().expect("utf-8"));
+        assert!(left.is_empty(), "processes of the run left: {left:?}");
+        let dirs: Vec<_> = std::fs::read_dir(&self.0).expect("the run directories' parent").flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+        assert!(dirs.is_empty(), "run directories left: {dirs:?}");
+    }
+}
+
 /// Pids of processes whose command line mentions `needle`.
 pub fn pids_mentioning(needle: &str) -> Vec<i32> {
     let mut out = Vec::new();

@@ -121,7 +121,7 @@ async fn a_kernel_panic_at_boot_gets_one_more_boot_and_both_run_dirs_are_kept() 
         let msg = err.to_string();
         assert!(matches!(err, VmError::BootedTwice { .. }), "snapshots {snapshots}: {msg}");
         assert_eq!(err.kernel_panic(), Some("Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)"), "{msg}");
-        let kept: Vec<_> = xdriver::vm::rundir::RunDir::existing(&name).into_iter().filter(|d| !before.contains(d)).collect();
+        let kept = xdriver::vm::rundir::RunDir::new_since(&name, &before);
         assert_eq!(kept.len(), 2, "snapshots {snapshots}: run directories kept: {kept:?}");
         // The error names the first boot's directory (the second's is
         // the one a caller finds new after the start, as the runner does).
@@ -155,7 +155,7 @@ async fn a_vm_started_again_whose_kernel_panics_boots_its_own_overlay_once_more(
     let msg = xdriver::cli::chain_error(&err);
     assert!(matches!(err, VmError::BootedTwice { .. }), "{msg}");
     assert!(err.kernel_panic().is_some_and(|p| p.contains("Attempted to kill init")), "{msg}");
-    let kept: Vec<_> = xdriver::vm::rundir::RunDir::existing(name).into_iter().filter(|d| !before.contains(d)).collect();
+    let kept = xdriver::vm::rundir::RunDir::new_since(name, &before);
     assert_eq!(kept.len(), 2, "run directories kept: {kept:?}");
     // The overlay went from the first boot's directory to the second's.
     assert_eq!(kept.iter().filter(|d| d.join("overlay.qcow2").is_file()).count(), 1, "{kept:?}");

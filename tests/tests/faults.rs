@@ -24,7 +24,7 @@ fn a_kernel_panic_in_a_step_is_a_guest_panic_with_its_console_lines_and_nothing_
          [tests]\ntests = [\n  { name = \"before\", succeed = \"true\" },\n  { name = \"the kernel panics\", succeed = \"echo c > /proc/sysrq-trigger\" },\n  { name = \"never\", succeed = \"true\" },\n]\n",
     )
     .expect("write");
-    let runs = Runs::under(&work.path().join("runs"));
+    let runs = xdriver_tests::Runs::under(&work.path().join("runs"));
     let t0 = Instant::now();
     let out = xdriver_command(
         &["test", "xdriver.toml", "--os", "debian-12", "--manager", "sysvinit", "--profile", "privileged", "--accel", "tcg", "--retries", "0", "--no-progress", "--results-dir", "results"],
@@ -66,7 +66,7 @@ fn a_kernel_panic_in_a_step_is_a_guest_panic_with_its_console_lines_and_nothing_
     assert_eq!(find("never").1, "not_run");
     eprintln!("panic cell: {:.1} s in all, the panicking step {secs:.1} s", took.as_secs_f64());
     // Nothing of the run is left (its logs are with the cell's results).
-    runs.assert_nothing_left(0);
+    runs.assert_nothing_left();
 }
 
 /// A small tmpfs of the test's own, unmounted when dropped (the suite
@@ -88,29 +88,6 @@ impl Drop for Tmpfs {
     }
 }
 
-/// The test's own parent of run directories (`XDRIVER_RUN_DIR`; nextest
-/// runs each test in a process of its own), to check that a fault leaves
-/// nothing of its run behind: no process names it (QEMU, virtiofsd and
-/// vde_switch are all started with files or sockets in their run
-/// directory) and no run directory is left in it but the `kept` ones (a
-/// VM that failed to start keeps its logs and says where).
-struct Runs(std::path::PathBuf);
-
-impl Runs {
-    fn under(dir: &std::path::Path) -> Runs {
-        std::fs::create_dir_all(dir).expect("mkdir");
-        std::env::set_var("XDRIVER_RUN_DIR", dir);
-        Runs(dir.to_path_buf())
-    }
-
-    fn assert_nothing_left(&self, kept: usize) {
-        let left = xdriver_tests::pids_mentioning(self.0.to_str().expect("utf-8"));
-        assert!(left.is_empty(), "processes of the run left: {left:?}");
-        let dirs: Vec<_> = std::fs::read_dir(&self.0).expect("the run directories' parent").flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
-        assert_eq!(dirs.len(), kept, "run directories left: {dirs:?}");
-    }
-}
-
 async fn sh(vm: &Vm, ch: Channel, cmd: &str, secs: u64) -> Result<(i32, String), String> {
     vm.exec(ch, cmd, &[], Duration::from_secs(secs), None).await.map(|o| (o.status, format!("{}{}", o.stdout_str(), o.stderr_str()))).map_err(|e| xdriver::cli::chain_error(&e))
 }
@@ -118,7 +95,7 @@ async fn sh(vm: &Vm, ch: Channel, cmd: &str, secs: u64) -> Result<(i32, String),
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_oom_killer_takes_the_hog_not_the_channels_and_a_cut_network_ends_an_ssh_command_within_the_keepalive_bound() {
     let work = xdriver_tests::workdir();
-    let runs = Runs::under(&work.path().join("runs"));
+    let runs = xdriver_tests::Runs::under(&work.path().join("runs"));
     let mut cfg = xdriver_tests::config(Init::SYSTEMD, "faults");
     cfg.mem_mib = 512;
     let vm = xdriver_tests::start(cfg).await;
@@ -145,13 +122,13 @@ async fn the_oom_killer_takes_the_hog_not_the_channels_and_a_cut_network_ends_an
     let (code, _) = sh(&vm, Channel::Backdoor, "true", 30).await.expect("the backdoor is unaffected");
     assert_eq!(code, 0);
     vm.quit().await;
-    runs.assert_nothing_left(0);
+    runs.assert_nothing_left();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_image_disk_fails_at_once_with_qemu_imgs_words() {
     let work = xdriver_tests::workdir();
-    let runs = Runs::under(&work.path().join("runs"));
+    let runs = xdriver_tests::Runs::under(&work.path().join("runs"));
     let good = xdriver_tests::recipe_image("debian-12", Init::SYSVINIT);
     // A copy of the image whose disk is garbage past its first bytes
     // (kernel and initrd linked from the real one).
@@ -176,7 +153,7 @@ async fn a_corrupt_image_disk_fails_at_once_with_qemu_imgs_words() {
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}: {msg}", t0.elapsed());
     assert!(msg.contains("qemu-img") && (msg.contains("qcow2") || msg.contains("Could not open")), "{msg}");
     // Its start failed before anything was written: no directory is kept.
-    runs.assert_nothing_left(0);
+    runs.assert_nothing_left();
 }
 
 /// The RAM snapshot of a shape of this test's own (704 MiB of RAM): saved
@@ -187,7 +164,7 @@ async fn a_corrupt_image_disk_fails_at_once_with_qemu_imgs_words() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_or_overwritten_ram_snapshot_is_dropped_the_vm_boots_cold_and_the_next_saves_a_new_one() {
     let work = xdriver_tests::workdir();
-    let runs = Runs::under(&work.path().join("runs"));
+    let runs = xdriver_tests::Runs::under(&work.path().join("runs"));
     let cfg = || {
         let mut c = xdriver_tests::config(Init::SYSVINIT, "truncated");
         c.mem_mib = 704;
@@ -248,7 +225,7 @@ async fn a_truncated_or_overwritten_ram_snapshot_is_dropped_the_vm_boots_cold_an
     }
     // Snapshots of this shape serve no other test.
     let _ = std::fs::remove_dir_all(&dir);
-    runs.assert_nothing_left(0);
+    runs.assert_nothing_left();
 }
 
 /// The run directory on a 64 MiB tmpfs: a guest writing 200 MiB fills
@@ -260,7 +237,7 @@ async fn a_full_host_device_under_the_run_directory_fails_the_command_saying_so(
     let work = xdriver_tests::workdir();
     let small = work.path().join("small");
     let _umount = Tmpfs::mount(&small, 64);
-    let runs = Runs::under(&small);
+    let runs = xdriver_tests::Runs::under(&small);
     let mut cfg = xdriver_tests::config(Init::SYSVINIT, "full");
     cfg.ssh = false;
     cfg.snapshots = true;
@@ -274,7 +251,7 @@ async fn a_full_host_device_under_the_run_directory_fails_the_command_saying_so(
     let pid = vm.pid();
     vm.quit().await;
     assert!(!xdriver_tests::alive(pid), "QEMU {pid} outlived the VM");
-    runs.assert_nothing_left(0);
+    runs.assert_nothing_left();
 }
 
 /// virtiofsd (the store's server) killed under a running VM: the next
@@ -283,7 +260,7 @@ async fn a_full_host_device_under_the_run_directory_fails_the_command_saying_so(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn virtiofsd_dying_fails_the_next_command_naming_it() {
     let work = xdriver_tests::workdir();
-    let runs = Runs::under(&work.path().join("runs"));
+    let runs = xdriver_tests::Runs::under(&work.path().join("runs"));
     std::fs::write(work.path().join("hello"), "from the host\n").expect("write");
     let mut cfg = xdriver_tests::config(Init::SYSVINIT, "vfsd");
     cfg.ssh = false;
@@ -308,7 +285,7 @@ async fn virtiofsd_dying_fails_the_next_command_naming_it() {
     let pid = vm.pid();
     vm.quit().await;
     assert!(!xdriver_tests::alive(pid), "QEMU {pid} outlived the VM");
-    runs.assert_nothing_left(0);
+    runs.assert_nothing_left();
 }
 
 /// A starved host: two busy loops (one per core of the CI host) run beside
@@ -320,7 +297,7 @@ async fn virtiofsd_dying_fails_the_next_command_naming_it() {
 fn a_cell_passes_beside_two_cpu_hogs() {
     let work = xdriver_tests::workdir();
     let spec = xdriver_tests::example("webapps");
-    let runs = Runs::under(&work.path().join("runs"));
+    let runs = xdriver_tests::Runs::under(&work.path().join("runs"));
     let hogs: Vec<std::process::Child> =
         (0..2).map(|_| std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn().expect("a busy loop")).collect();
     struct Kill(Vec<std::process::Child>);
@@ -345,7 +322,7 @@ fn a_cell_passes_beside_two_cpu_hogs() {
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains("PASS  debian-12/sysvinit/privileged"), "{stdout}");
     eprintln!("the cell beside two busy loops: {:.1} s", t0.elapsed().as_secs_f64());
-    runs.assert_nothing_left(0);
+    runs.assert_nothing_left();
 }
 
 /// The image cache on a 96 MiB tmpfs: building an image runs out of

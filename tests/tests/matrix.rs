@@ -179,8 +179,7 @@ fn boot_failures_are_retried_and_reported() {
     let work = xdriver_tests::workdir();
     // 48 MiB is too little for the guest kernel to boot: each attempt fails
     // fast, for infrastructure reasons.
-    let runs = work.path().join("runs");
-    std::env::set_var("XDRIVER_RUN_DIR", &runs);
+    let runs = xdriver_tests::Runs::under(&work.path().join("runs"));
     let run = test_chain(
         &[
             "--manager",
@@ -209,8 +208,7 @@ fn boot_failures_are_retried_and_reported() {
     for f in ["serial.log", "qemu.log", "qemu.cmdline", "launch.plan"] {
         assert!(cell.join(f).is_file(), "{f} is with the cell's artifacts");
     }
-    let left: Vec<_> = std::fs::read_dir(&runs).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
-    assert!(left.is_empty(), "run directories left: {left:?}");
+    runs.assert_nothing_left();
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(work.path().join("report/report.json")).expect("report")).expect("json");
     assert_eq!(json["summary"]["retried"], 1);
     assert_eq!(json["cells"][0]["attempts"].as_array().expect("attempts").len(), 2);

@@ -786,7 +786,7 @@ async fn boot_and_test(cell: &Cell, p: &Prepared, shares: &[Share], opts: &RunOp
         // The failed VM kept its run directory (two, when its kernel
         // panicked and it booted twice): its logs go to the cell's
         // artifacts, the rest (overlay, sockets) goes.
-        let mut kept: Vec<PathBuf> = crate::vm::rundir::RunDir::existing(&labels[i]).into_iter().filter(|d| !before[i].contains(d)).collect();
+        let mut kept = crate::vm::rundir::RunDir::new_since(&labels[i], &before[i]);
         kept.sort_by_key(|d| std::fs::metadata(d).and_then(|m| m.modified()).ok());
         for (k, d) in kept.iter().rev().enumerate() {
             let prefix = if k == 0 { "" } else { "first-boot-" };

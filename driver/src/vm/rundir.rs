@@ -76,11 +76,17 @@ impl RunDir {
             .collect()
     }
 
-    /// The run directory for `label` that is there now and was not in
+    /// The run directories for `label` that are there now and were not in
     /// `before` (a list [`RunDir::existing`] gave before a VM started):
-    /// the one a VM that failed to start kept.
+    /// those a VM that failed to start kept (two when it booted twice).
+    pub fn new_since(label: &str, before: &[PathBuf]) -> Vec<PathBuf> {
+        RunDir::existing(label).into_iter().filter(|d| !before.contains(d)).collect()
+    }
+
+    /// The first of [`RunDir::new_since`]: the one a VM that failed to
+    /// start (once) kept.
     pub fn kept_since(label: &str, before: &[PathBuf]) -> Option<PathBuf> {
-        RunDir::existing(label).into_iter().find(|d| !before.contains(d))
+        RunDir::new_since(label, before).into_iter().next()
     }
 
     /// The directory.
